@@ -1,0 +1,59 @@
+"""The ``peftsmoothing`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from ._version import __version__
+
+__all__ = ["build_parser", "main"]
+
+
+def _cmd_methods(args: argparse.Namespace) -> int:
+    from .registry import method_descriptions
+
+    descriptions = method_descriptions()
+    width = max(len(n) for n in descriptions) if descriptions else 0
+    for name, text in descriptions.items():
+        print(f"{name:<{width}}  {text}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the argument parser of the ``peftsmoothing`` command.
+
+    Examples:
+        >>> build_parser().parse_args(["methods"]).command
+        'methods'
+    """
+    parser = argparse.ArgumentParser(
+        prog="peftsmoothing",
+        description="Certified robustness: parameter-efficient fine-tuning + randomized smoothing.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    p = sub.add_parser("methods", help="list the registered PEFT methods")
+    p.set_defaults(func=_cmd_methods)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``peftsmoothing`` console script; returns the exit status.
+
+    Examples:
+        >>> main(["methods"])  # doctest: +ELLIPSIS
+        adapter ...
+        0
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    return int(args.func(args))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,9 @@
+"""Built-in methods; importing this package registers them.
+
+Each method lives in its own module and registers itself with
+:func:`peftsmoothing.register_method`, exactly as a third-party plug-in would.
+"""
+
+from . import adapter, full, linear, lora, prompt
+
+__all__ = ["adapter", "full", "linear", "lora", "prompt"]

@@ -1,0 +1,89 @@
+"""Input normalization as a layer, so that models take [0, 1] images (DESIGN.md invariant 1)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+__all__ = ["Normalize", "timm_mean_std"]
+
+
+class Normalize(nn.Module):
+    """Per-channel ``(x - mean) / std`` on NCHW images in [0, 1].
+
+    Putting normalization inside the model keeps Gaussian noise in pixel space: the smoothing
+    noise ``sigma`` is then measured in the same units as the certified L2 radius.
+
+    Args:
+        mean: Per-channel means (e.g. ImageNet's ``(0.485, 0.456, 0.406)``).
+        std: Per-channel standard deviations, all positive.
+
+    Examples:
+        >>> import torch
+        >>> norm = Normalize((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+        >>> norm(torch.full((1, 3, 2, 2), 0.75))[0, :, 0, 0].tolist()
+        [1.0, 1.0, 1.0]
+    """
+
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__()
+        mean_t = torch.as_tensor([float(m) for m in mean], dtype=torch.float32)
+        std_t = torch.as_tensor([float(s) for s in std], dtype=torch.float32)
+        if mean_t.ndim != 1 or std_t.ndim != 1 or mean_t.numel() != std_t.numel():
+            raise ValueError(
+                f"mean and std must be flat sequences of equal length, got {list(mean)} and "
+                f"{list(std)}"
+            )
+        if mean_t.numel() == 0:
+            raise ValueError("mean and std must not be empty")
+        if not torch.all(std_t > 0) or not torch.all(torch.isfinite(std_t)):
+            raise ValueError(f"std must be positive and finite, got {list(std)}")
+        if not torch.all(torch.isfinite(mean_t)):
+            raise ValueError(f"mean must be finite, got {list(mean)}")
+        self.register_buffer("mean", mean_t.view(-1, 1, 1), persistent=False)
+        self.register_buffer("std", std_t.view(-1, 1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim < 3 or x.shape[-3] != self.mean.shape[0]:
+            raise ValueError(
+                f"Normalize expects images with {self.mean.shape[0]} channels in dimension -3, "
+                f"got shape {tuple(x.shape)}"
+            )
+        return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"mean={self.mean.flatten().tolist()}, std={self.std.flatten().tolist()}"
+
+    def as_lists(self) -> tuple[list[float], list[float]]:
+        """Return ``(mean, std)`` as plain lists (for saving in a JSON config).
+
+        Examples:
+            >>> Normalize((0.5,), (0.25,)).as_lists()
+            ([0.5], [0.25])
+        """
+        return self.mean.flatten().tolist(), self.std.flatten().tolist()
+
+
+def timm_mean_std(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """Read the input mean/std a timm model was pretrained with, or ``None`` if unknown.
+
+    Uses the model's ``pretrained_cfg`` (timm sets it even for ``pretrained=False``).
+
+    Examples:
+        >>> import timm
+        >>> m = timm.create_model("vit_tiny_patch16_224", pretrained=False)
+        >>> timm_mean_std(m)
+        ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    """
+    cfg = getattr(model, "pretrained_cfg", None)
+    if not isinstance(cfg, dict):
+        return None
+    mean, std = cfg.get("mean"), cfg.get("std")
+    if mean is None or std is None:
+        return None
+    return tuple(float(m) for m in mean), tuple(float(s) for s in std)

@@ -1,0 +1,100 @@
+"""Counting trainable and total parameters, per module."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+__all__ = ["ModuleCount", "ParameterReport", "parameter_report"]
+
+
+@dataclass(frozen=True)
+class ModuleCount:
+    """Parameter counts of one module (its own parameters, not its children's)."""
+
+    name: str
+    trainable: int
+    total: int
+
+
+@dataclass(frozen=True)
+class ParameterReport:
+    """Trainable and total parameter counts of a model, with a per-module breakdown.
+
+    ``str(report)`` is a plain-text table; :meth:`to_markdown` a markdown one.
+
+    Attributes:
+        trainable: Number of parameters with ``requires_grad``.
+        total: Number of parameters (shared tensors counted once).
+        modules: One row per module that owns trainable parameters.
+    """
+
+    trainable: int
+    total: int
+    modules: tuple[ModuleCount, ...]
+
+    @property
+    def fraction(self) -> float:
+        """``trainable / total`` (0.0 for a model without parameters)."""
+        return self.trainable / self.total if self.total else 0.0
+
+    def summary(self) -> str:
+        """One line: ``trainable 36,864 / 5,526,346 (0.667%)``."""
+        return f"trainable {self.trainable:,} / {self.total:,} ({100 * self.fraction:.3g}%)"
+
+    def _rows(self) -> list[tuple[str, str, str]]:
+        return [(m.name or "(root)", f"{m.trainable:,}", f"{m.total:,}") for m in self.modules]
+
+    def __str__(self) -> str:
+        rows = [("module", "trainable", "total"), *self._rows()]
+        widths = [max(len(r[i]) for r in rows) for i in range(3)]
+        lines = [
+            f"{r[0]:<{widths[0]}}  {r[1]:>{widths[1]}}  {r[2]:>{widths[2]}}" for r in rows
+        ]
+        lines.insert(1, "-" * len(lines[0]))
+        return "\n".join([*lines, "", self.summary()])
+
+    def to_markdown(self) -> str:
+        """The per-module table and the summary as markdown."""
+        lines = ["| module | trainable | total |", "|---|---:|---:|"]
+        lines += [f"| `{n}` | {t} | {a} |" for n, t, a in self._rows()]
+        return "\n".join([*lines, "", self.summary()])
+
+
+def parameter_report(model: nn.Module) -> ParameterReport:
+    """Count trainable and total parameters of ``model``, per module.
+
+    Args:
+        model: Any module (wrapped or not).
+
+    Returns:
+        A :class:`ParameterReport`; ``print()`` it for a table.
+
+    Examples:
+        >>> import peftsmoothing as ps
+        >>> from torch import nn
+        >>> net = nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 2))
+        >>> net[0].requires_grad_(False)  # doctest: +ELLIPSIS
+        Linear(...)
+        >>> r = ps.parameter_report(net)
+        >>> r.trainable, r.total, [m.name for m in r.modules]
+        (8, 23, ['1'])
+    """
+    seen: set[int] = set()
+    rows: list[ModuleCount] = []
+    trainable = total = 0
+    for name, module in model.named_modules():
+        own_trainable = own_total = 0
+        for p in module.parameters(recurse=False):
+            if id(p) in seen:
+                continue
+            seen.add(id(p))
+            own_total += p.numel()
+            if p.requires_grad:
+                own_trainable += p.numel()
+        trainable += own_trainable
+        total += own_total
+        if own_trainable:
+            rows.append(ModuleCount(name, own_trainable, own_total))
+    return ParameterReport(trainable, total, tuple(rows))

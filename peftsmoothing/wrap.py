@@ -1,0 +1,610 @@
+"""``wrap()`` / ``load()``: freeze a model, add a method's parameters, normalize, save, merge.
+
+A wrapped model is a :class:`PEFTModel`: ``pixel`` (a method's pixel-space module, e.g. a
+denoiser; usually empty) -> ``normalize`` (mean/std, so the model takes [0, 1] images) ->
+``model`` (the original network, modified in place by the method). Saving writes only what
+was trained plus a JSON file that rebuilds the wrapper around the same base model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ._version import __version__
+from .methods._targets import get_submodule, replace_module
+from .normalize import Normalize, timm_mean_std
+from .registry import Method, MethodContext, get_method
+
+__all__ = ["CONFIG_FILE", "TENSORS_FILE", "PEFTModel", "WrapSpec", "load", "read_config", "wrap"]
+
+CONFIG_FILE = "peftsmoothing.json"
+TENSORS_FILE = "trainable.pt"
+_FORMAT = "peftsmoothing-wrapped-model"
+_FORMAT_VERSION = 1
+
+NormalizeArg = str | tuple[Sequence[float], Sequence[float]] | None
+
+
+@dataclass(frozen=True)
+class WrapSpec:
+    """Everything :func:`wrap` needs to rebuild a wrapped model around the same base model.
+
+    Attributes:
+        method: Registered method name.
+        method_config: The method's options (JSON-serialisable).
+        num_classes: New head width, or ``None`` if the head was kept.
+        head: Qualified name of the classification head (``None`` if unknown).
+        train_head: Whether the head is trained.
+        mean: Normalization mean, or ``None`` without normalization.
+        std: Normalization std, or ``None`` without normalization.
+    """
+
+    method: str
+    method_config: dict[str, Any]
+    num_classes: int | None
+    head: str | None
+    train_head: bool
+    mean: tuple[float, ...] | None
+    std: tuple[float, ...] | None
+
+
+class PEFTModel(nn.Module):
+    """A frozen model with a method's trainable parameters and built-in input normalization.
+
+    Built by :func:`wrap`; takes images in [0, 1] and returns the original model's output.
+
+    Examples:
+        >>> import timm, torch, peftsmoothing as ps
+        >>> vit = timm.create_model("vit_tiny_patch16_224", pretrained=False,
+        ...                         img_size=32, patch_size=4, num_classes=10)
+        >>> m = ps.wrap(vit, method="lora", r=4)
+        >>> m(torch.rand(2, 3, 32, 32)).shape
+        torch.Size([2, 10])
+        >>> sum(p.numel() for p in m.trainable_parameters())  # LoRA on q, v + the head
+        36864
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        method: Method,
+        spec: WrapSpec,
+        *,
+        normalize: Normalize | None = None,
+        pixel: nn.Module | None = None,
+        base_parameters: int = 0,
+    ) -> None:
+        super().__init__()
+        self.pixel = pixel if pixel is not None else nn.Identity()
+        self.normalize: nn.Module = normalize if normalize is not None else nn.Identity()
+        self.model = model
+        self.method = method
+        self.spec = spec
+        self.base_parameters = base_parameters
+        self._merged = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(self.normalize(self.pixel(x)))
+
+    # ----------------------------------------------------------------- trainable parameters
+    def named_trainable_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
+        """Yield ``(name, parameter)`` for every parameter with ``requires_grad``.
+
+        Examples:
+            >>> import peftsmoothing as ps
+            >>> from torch import nn
+            >>> m = ps.wrap(nn.Linear(3, 2), method="full", normalize=None)
+            >>> [n for n, _ in m.named_trainable_parameters()]
+            ['model.weight', 'model.bias']
+        """
+        for name, p in self.named_parameters():
+            if p.requires_grad:
+                yield name, p
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """The parameters that training updates (pass them to an optimizer).
+
+        Examples:
+            >>> import torch, peftsmoothing as ps
+            >>> from torch import nn
+            >>> m = ps.wrap(nn.Linear(3, 2), method="full", normalize=None)
+            >>> opt = torch.optim.AdamW(m.trainable_parameters(), lr=1e-3)
+        """
+        return [p for _, p in self.named_trainable_parameters()]
+
+    def train(self, mode: bool = True) -> PEFTModel:
+        """Like ``nn.Module.train``, but frozen BatchNorm layers stay in eval mode.
+
+        A BatchNorm whose affine parameters are frozen is part of the frozen backbone; updating
+        its running statistics in training would change the backbone and make saved
+        checkpoints (which hold only trained tensors) irreproducible.
+        """
+        super().train(mode)
+        if mode:
+            for module in self.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm) and not any(
+                    p.requires_grad for p in module.parameters(recurse=False)
+                ):
+                    module.eval()
+            if self._merged:
+                warnings.warn(
+                    "training a merged model: call unmerge() first, or the merged LoRA update "
+                    "is frozen into the weights and the LoRA parameters get no gradient",
+                    stacklevel=2,
+                )
+        return self
+
+    # ------------------------------------------------------------------------ merge
+    @property
+    def supports_merge(self) -> bool:
+        """Whether the method can fold its parameters into the base weights."""
+        return bool(self.method.supports_merge)
+
+    @property
+    def merged(self) -> bool:
+        """Whether the method's parameters are currently folded into the base weights."""
+        return self._merged
+
+    def merge(self) -> PEFTModel:
+        """Fold the trained update into the base weights: inference then costs what the base
+        model costs. Undo with :meth:`unmerge`. A no-op when already merged.
+
+        Raises:
+            NotImplementedError: If the method does not support merging.
+
+        Examples:
+            >>> import timm, torch, peftsmoothing as ps
+            >>> vit = timm.create_model("vit_tiny_patch16_224", pretrained=False,
+            ...                         img_size=32, patch_size=4, num_classes=10)
+            >>> m = ps.wrap(vit, method="lora", r=4).eval()
+            >>> x = torch.rand(1, 3, 32, 32)
+            >>> y = m(x)
+            >>> torch.allclose(m.merge()(x), y, atol=1e-5), m.merged
+            (True, True)
+        """
+        if not self.supports_merge:
+            raise NotImplementedError(f"method {self.spec.method!r} does not support merge()")
+        if not self._merged:
+            self.method.merge(self.model)
+            self._merged = True
+        return self
+
+    def unmerge(self) -> PEFTModel:
+        """Undo :meth:`merge` (restores the base weights up to float rounding).
+
+        Examples:
+            >>> import timm, peftsmoothing as ps
+            >>> vit = timm.create_model("vit_tiny_patch16_224", pretrained=False,
+            ...                         img_size=32, patch_size=4, num_classes=10)
+            >>> ps.wrap(vit, method="lora").merge().unmerge().merged
+            False
+        """
+        if not self.supports_merge:
+            raise NotImplementedError(f"method {self.spec.method!r} does not support unmerge()")
+        if self._merged:
+            self.method.unmerge(self.model)
+            self._merged = False
+        return self
+
+    @contextlib.contextmanager
+    def merged_for_inference(self) -> Iterator[PEFTModel]:
+        """Context manager: merge if the method supports it, restore the previous state after.
+
+        Examples:
+            >>> import timm, torch, peftsmoothing as ps
+            >>> vit = timm.create_model("vit_tiny_patch16_224", pretrained=False,
+            ...                         img_size=32, patch_size=4, num_classes=10)
+            >>> m = ps.wrap(vit, method="lora").eval()
+            >>> with m.merged_for_inference():
+            ...     m.merged
+            True
+            >>> m.merged
+            False
+        """
+        was_merged = self._merged
+        if self.supports_merge:
+            self.merge()
+        try:
+            yield self
+        finally:
+            if self.supports_merge and not was_merged:
+                self.unmerge()
+
+    # ------------------------------------------------------------------------ saving
+    def trained_state_dict(self) -> dict[str, torch.Tensor]:
+        """The tensors that training changes: trainable parameters, plus the persistent buffers
+        of modules that own trainable parameters (e.g. running statistics of a trained
+        BatchNorm).
+
+        Examples:
+            >>> import peftsmoothing as ps
+            >>> from torch import nn
+            >>> m = ps.wrap(nn.Linear(3, 2), method="full", normalize=None)
+            >>> sorted(m.trained_state_dict())
+            ['model.bias', 'model.weight']
+        """
+        state = self.state_dict()
+        keys: set[str] = set()
+        for mod_name, module in self.named_modules():
+            prefix = f"{mod_name}." if mod_name else ""
+            own = [(n, p) for n, p in module.named_parameters(recurse=False) if p.requires_grad]
+            if not own:
+                continue
+            keys.update(prefix + n for n, _ in own)
+            keys.update(prefix + n for n, _ in module.named_buffers(recurse=False))
+        return {k: state[k].detach().clone() for k in sorted(keys) if k in state}
+
+    def save(self, path: str | os.PathLike[str], metadata: Mapping[str, Any] | None = None) -> Path:
+        """Save the trained tensors and a JSON config to the directory ``path``.
+
+        The directory holds ``peftsmoothing.json`` (method, options, head, normalization, and
+        your ``metadata``) and ``trainable.pt`` (only trained tensors: kilobytes to a few
+        megabytes for PEFT methods). Files are written atomically. Rebuild with
+        :func:`peftsmoothing.load`.
+
+        Args:
+            path: Output directory (created if needed).
+            metadata: Extra JSON-serialisable information stored in the config.
+
+        Returns:
+            The directory path.
+
+        Examples:
+            >>> import tempfile, timm, peftsmoothing as ps
+            >>> vit = timm.create_model("vit_tiny_patch16_224", pretrained=False,
+            ...                         img_size=32, patch_size=4, num_classes=10)
+            >>> m = ps.wrap(vit, method="lora", r=4)
+            >>> out = m.save(tempfile.mkdtemp())
+            >>> sorted(p.name for p in out.iterdir())
+            ['peftsmoothing.json', 'trainable.pt']
+        """
+        out = Path(path)
+        out.mkdir(parents=True, exist_ok=True)
+        # Merged base weights are never saved (only trained tensors are), so saving a merged
+        # model is exact too.
+        tensors = self.trained_state_dict()
+        config = {
+            "format": _FORMAT,
+            "format_version": _FORMAT_VERSION,
+            "peftsmoothing_version": __version__,
+            "spec": asdict(self.spec),
+            "base": {
+                "class": f"{type(self.model).__module__}.{type(self.model).__qualname__}",
+                "architecture": _architecture(self.model),
+                "num_parameters": self.base_parameters,
+            },
+            "tensors": {k: list(v.shape) for k, v in tensors.items()},
+            "metadata": dict(metadata) if metadata else {},
+        }
+        _atomic_write(out / TENSORS_FILE, lambda f: torch.save(tensors, f))
+        text = json.dumps(config, indent=2, sort_keys=False) + "\n"
+        _atomic_write(out / CONFIG_FILE, lambda f: f.write(text.encode()))
+        return out
+
+    def extra_repr(self) -> str:
+        return f"method={self.spec.method!r}, merged={self._merged}"
+
+
+def _architecture(model: nn.Module) -> str | None:
+    cfg = getattr(model, "pretrained_cfg", None)
+    if isinstance(cfg, dict):
+        arch = cfg.get("architecture")
+        return str(arch) if arch else None
+    return None
+
+
+def _atomic_write(path: Path, write: Any) -> None:
+    """Write through a temporary file in the same directory, fsync, then rename."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _resolve_normalize(model: nn.Module, normalize: NormalizeArg) -> Normalize | None:
+    if normalize is None:
+        return None
+    if any(isinstance(m, Normalize) for m in model.modules()):
+        raise ValueError(
+            "the model already contains a peftsmoothing.Normalize layer; normalizing again "
+            "would apply mean/std twice. Pass normalize=None."
+        )
+    if isinstance(normalize, str):
+        if normalize != "auto":
+            raise ValueError(f"normalize must be 'auto', None or (mean, std), got {normalize!r}")
+        stats = timm_mean_std(model)
+        if stats is None:
+            raise ValueError(
+                "normalize='auto' reads mean/std from a timm model's pretrained_cfg, and this "
+                f"{type(model).__name__} has none. Pass normalize=(mean, std) for the "
+                "statistics it was trained with, or normalize=None if it takes [0, 1] images."
+            )
+        return Normalize(*stats)
+    try:
+        mean, std = normalize
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"normalize must be 'auto', None or a (mean, std) pair, got {normalize!r}"
+        ) from None
+    return Normalize(mean, std)
+
+
+def _find_head(model: nn.Module, head: str | None) -> str | None:
+    if head is not None:
+        get_submodule(model, head)
+        return head
+    get_classifier = getattr(model, "get_classifier", None)
+    if callable(get_classifier):
+        classifier = get_classifier()
+        for name, module in model.named_modules():
+            if module is classifier and name:
+                return name
+    return None
+
+
+def _reset_head(model: nn.Module, head: str | None, user_named: bool, num_classes: int) -> str:
+    ref = next(model.parameters(), None)
+    factory: dict[str, Any] = {"device": ref.device, "dtype": ref.dtype} if ref is not None else {}
+    if not user_named and callable(getattr(model, "reset_classifier", None)):
+        model.reset_classifier(num_classes)  # type: ignore[operator]
+        new_head = _find_head(model, None)
+        if new_head is None:
+            raise ValueError(f"{type(model).__name__}.reset_classifier() left no classifier")
+        model.get_submodule(new_head).to(**factory)
+        return new_head
+    if head is None:
+        raise ValueError(
+            f"num_classes={num_classes} needs a classification head to reset, and "
+            f"{type(model).__name__} has no timm reset_classifier(); pass head='<module name>' "
+            f"(e.g. one of: {', '.join(_linear_names(model)[-3:]) or 'no nn.Linear found'})"
+        )
+    old = model.get_submodule(head)
+    if not isinstance(old, nn.Linear):
+        raise ValueError(
+            f"head {head!r} is a {type(old).__name__}; only an nn.Linear head can be reset"
+        )
+    new = nn.Linear(old.in_features, num_classes, bias=old.bias is not None, **factory)
+    replace_module(model, head, new)
+    return head
+
+
+def _linear_names(model: nn.Module) -> list[str]:
+    return [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+
+
+def wrap(
+    model: nn.Module,
+    method: str = "lora",
+    *,
+    num_classes: int | None = None,
+    head: str | None = None,
+    train_head: bool | None = None,
+    normalize: NormalizeArg = "auto",
+    **config: Any,
+) -> PEFTModel:
+    """Freeze ``model``, add a PEFT method's trainable parameters and built-in normalization.
+
+    The model is modified in place (no copy of a large backbone is made) and returned inside a
+    :class:`PEFTModel` that takes images in [0, 1].
+
+    Args:
+        model: A timm VisionTransformer-family model or any ``nn.Module`` the method supports.
+        method: A registered method name (see :func:`available_methods`).
+        num_classes: Reset the classification head to this many classes (timm
+            ``reset_classifier``, or the ``nn.Linear`` named by ``head``); the new head is
+            trained along with the method's parameters.
+        head: Qualified name of the classification head, for models without timm's
+            ``get_classifier`` / ``reset_classifier``.
+        train_head: Train the head too. Default: ``True`` when ``num_classes`` resets it,
+            otherwise ``False``. ``False`` together with ``num_classes`` is an error.
+        normalize: ``"auto"`` (mean/std from timm's ``pretrained_cfg``), ``None`` (the model
+            already takes [0, 1] images), or a ``(mean, std)`` pair.
+        **config: The method's options, e.g. ``r=8`` for LoRA. Unknown keys raise an error
+            naming the valid ones.
+
+    Returns:
+        The wrapped model.
+
+    Raises:
+        UnknownMethodError: If ``method`` is not registered.
+        TypeError: If ``config`` has an option the method does not know.
+        ValueError: For invalid options, a model the method cannot handle, a second
+            normalization, or a head that cannot be found or reset.
+
+    Examples:
+        >>> import timm, torch, peftsmoothing as ps
+        >>> vit = timm.create_model("vit_tiny_patch16_224", pretrained=False,
+        ...                         img_size=32, patch_size=4)
+        >>> m = ps.wrap(vit, method="lora", r=8, num_classes=10)
+        >>> m(torch.rand(4, 3, 32, 32)).shape
+        torch.Size([4, 10])
+    """
+    if isinstance(model, PEFTModel):
+        raise ValueError(
+            "this model is already wrapped (method "
+            f"{model.spec.method!r}); wrap the original model instead. Wrapping twice would "
+            "normalize the input twice."
+        )
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"wrap() expects an nn.Module, got {type(model).__name__}")
+    method_cls = get_method(method)
+    cfg = method_cls.Config.from_kwargs(method, config)
+    if num_classes is not None and (
+        isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1
+    ):
+        raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+    if train_head is None:
+        train_head = num_classes is not None
+    if num_classes is not None and not train_head:
+        raise ValueError(
+            "num_classes resets the head to random weights, so it must be trained; "
+            "drop train_head=False or num_classes"
+        )
+    norm = _resolve_normalize(model, normalize)
+    head_name = _find_head(model, head)
+    if train_head and num_classes is None and head_name is None:
+        raise ValueError("train_head=True but no classification head was found; pass head=")
+
+    saved_flags = {id(p): p.requires_grad for p in model.parameters()}
+    for p in model.parameters():
+        p.requires_grad_(False)
+    try:
+        if num_classes is not None:
+            head_name = _reset_head(model, head_name, head is not None, num_classes)
+        base_parameters = sum(p.numel() for p in model.parameters())
+        method_obj = method_cls(cfg)
+        context = MethodContext(head_name=head_name)
+        method_obj.apply(model, context)
+    except BaseException:
+        for p in model.parameters():
+            p.requires_grad_(saved_flags.get(id(p), True))
+        raise
+    if train_head and head_name is not None:
+        for p in model.get_submodule(head_name).parameters():
+            p.requires_grad_(True)
+    if norm is not None:
+        ref = next(model.parameters(), None)
+        if ref is not None:
+            norm = norm.to(device=ref.device)
+    spec = WrapSpec(
+        method=method,
+        method_config=cfg.to_dict(),
+        num_classes=num_classes,
+        head=head_name,
+        train_head=bool(train_head),
+        mean=tuple(norm.as_lists()[0]) if norm is not None else None,
+        std=tuple(norm.as_lists()[1]) if norm is not None else None,
+    )
+    return PEFTModel(
+        model,
+        method_obj,
+        spec,
+        normalize=norm,
+        pixel=context.pixel_module,
+        base_parameters=base_parameters,
+    )
+
+
+def read_config(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read and check the JSON config of a directory written by :meth:`PEFTModel.save`."""
+    cfg_path = Path(path) / CONFIG_FILE
+    if not cfg_path.is_file():
+        raise FileNotFoundError(
+            f"{path} is not a saved peftsmoothing model: {CONFIG_FILE} not found"
+        )
+    config = json.loads(cfg_path.read_text())
+    if config.get("format") != _FORMAT:
+        raise ValueError(f"{cfg_path} is not a peftsmoothing model config")
+    if int(config.get("format_version", 0)) > _FORMAT_VERSION:
+        raise ValueError(
+            f"{cfg_path} was written by a newer peftsmoothing "
+            f"({config.get('peftsmoothing_version')}); upgrade to load it"
+        )
+    return config
+
+
+def load(
+    base_model: nn.Module, path: str | os.PathLike[str], *, map_location: Any = None
+) -> PEFTModel:
+    """Rebuild a model saved with :meth:`PEFTModel.save` around a fresh copy of its base model.
+
+    ``base_model`` must be the same architecture with the same pretrained weights that was
+    wrapped before saving (e.g. the same ``timm.create_model(...)`` call). The result computes
+    bit-identical outputs to the saved model.
+
+    Args:
+        base_model: The original (unwrapped) model; it is modified in place.
+        path: Directory written by ``save``.
+        map_location: Passed to ``torch.load``; default: the base model's device.
+
+    Returns:
+        The wrapped model with the saved tensors loaded.
+
+    Raises:
+        FileNotFoundError: If ``path`` holds no saved model.
+        ValueError: If the base model does not fit the saved tensors.
+
+    Examples:
+        >>> import tempfile, timm, torch, peftsmoothing as ps
+        >>> make = lambda: timm.create_model("vit_tiny_patch16_224", pretrained=False,
+        ...                                  img_size=32, patch_size=4)
+        >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
+        <torch._C.Generator object at ...>
+        >>> base = make()
+        >>> base_state = base.state_dict()
+        >>> m = ps.wrap(base, method="lora", r=4, num_classes=10).eval()
+        >>> d = m.save(tempfile.mkdtemp())
+        >>> fresh = make(); _ = fresh.load_state_dict(base_state)
+        >>> m2 = ps.load(fresh, d).eval()
+        >>> x = torch.rand(2, 3, 32, 32)
+        >>> torch.equal(m(x), m2(x))
+        True
+    """
+    config = read_config(path)
+    spec = config["spec"]
+    normalize: NormalizeArg = None
+    if spec.get("mean") is not None:
+        normalize = (spec["mean"], spec["std"])
+    wrapped = wrap(
+        base_model,
+        spec["method"],
+        num_classes=spec.get("num_classes"),
+        head=spec.get("head") if spec.get("num_classes") is None else _user_head(base_model, spec),
+        train_head=spec.get("train_head"),
+        normalize=normalize,
+        **spec.get("method_config", {}),
+    )
+    expected = config.get("base", {}).get("num_parameters")
+    if expected and expected != wrapped.base_parameters:
+        raise ValueError(
+            f"base model mismatch: the saved model was built on a "
+            f"{config['base'].get('class')} with {expected:,} parameters, but the given base "
+            f"model has {wrapped.base_parameters:,}"
+        )
+    if map_location is None:
+        ref = next(wrapped.parameters(), None)
+        map_location = ref.device if ref is not None else "cpu"
+    tensors = torch.load(Path(path) / TENSORS_FILE, map_location=map_location, weights_only=True)
+    state = wrapped.state_dict()
+    problems = [k for k in tensors if k not in state]
+    problems += [
+        f"{k} (saved {tuple(v.shape)}, model {tuple(state[k].shape)})"
+        for k, v in tensors.items()
+        if k in state and state[k].shape != v.shape
+    ]
+    if problems:
+        raise ValueError(
+            "the saved tensors do not fit this base model: " + ", ".join(problems[:10])
+        )
+    missing = [n for n, _ in wrapped.named_trainable_parameters() if n not in tensors]
+    if missing:
+        raise ValueError(f"the saved model lacks trained tensors: {', '.join(missing[:10])}")
+    wrapped.load_state_dict(tensors, strict=False)
+    return wrapped
+
+
+def _user_head(base_model: nn.Module, spec: Mapping[str, Any]) -> str | None:
+    """When the head was reset through timm's ``reset_classifier`` let ``wrap`` do that again;
+    when it was a user-named module, name it again."""
+    if callable(getattr(base_model, "reset_classifier", None)):
+        return None
+    head = spec.get("head")
+    return str(head) if head is not None else None
