@@ -1,24 +1,16 @@
-"""The ``peftsmoothing`` command line."""
+"""The ``peftsmoothing`` command line: a thin dispatcher over ``peftsmoothing.commands``."""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Sequence
 
 from ._version import __version__
+from .commands import COMMANDS
 
 __all__ = ["build_parser", "main"]
-
-
-def _cmd_methods(args: argparse.Namespace) -> int:
-    from .registry import method_descriptions
-
-    descriptions = method_descriptions()
-    width = max(len(n) for n in descriptions) if descriptions else 0
-    for name, text in descriptions.items():
-        print(f"{name:<{width}}  {text}")
-    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,8 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    p = sub.add_parser("methods", help="list the registered PEFT methods")
-    p.set_defaults(func=_cmd_methods)
+    for name in COMMANDS:
+        importlib.import_module(f".commands.{name}", __package__).register(sub)
     return parser
 
 
