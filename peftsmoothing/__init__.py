@@ -10,6 +10,7 @@ Examples:
     >>> model = ps.wrap(vit, method="lora", r=8, num_classes=10)
 """
 
+from . import datasets
 from . import methods as _methods  # noqa: F401  (registers the built-in methods)
 from ._version import __version__
 from .normalize import Normalize
@@ -26,6 +27,7 @@ from .registry import (
     register_method,
 )
 from .wrap import PEFTModel, WrapSpec, load, wrap
+from .zoo import create_model
 
 __all__ = [
     "ENTRY_POINT_GROUP",
@@ -40,6 +42,8 @@ __all__ = [
     "WrapSpec",
     "__version__",
     "available_methods",
+    "create_model",
+    "datasets",
     "get_method",
     "load",
     "method_descriptions",

@@ -25,6 +25,7 @@ from ._version import __version__
 from .methods._targets import get_submodule, replace_module
 from .normalize import Normalize, timm_mean_std
 from .registry import Method, MethodContext, get_method
+from .zoo import BASE_ATTR, build_base_model
 
 __all__ = ["CONFIG_FILE", "TENSORS_FILE", "PEFTModel", "WrapSpec", "load", "read_config", "wrap"]
 
@@ -92,6 +93,7 @@ class PEFTModel(nn.Module):
         self.method = method
         self.spec = spec
         self.base_parameters = base_parameters
+        self.base_recipe: dict[str, Any] | None = getattr(model, BASE_ATTR, None)
         self._merged = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -283,6 +285,7 @@ class PEFTModel(nn.Module):
                 "class": f"{type(self.model).__module__}.{type(self.model).__qualname__}",
                 "architecture": _architecture(self.model),
                 "num_parameters": self.base_parameters,
+                "recipe": self.base_recipe,
             },
             "tensors": {k: list(v.shape) for k, v in tensors.items()},
             "metadata": dict(metadata) if metadata else {},
@@ -522,17 +525,23 @@ def read_config(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def load(
-    base_model: nn.Module, path: str | os.PathLike[str], *, map_location: Any = None
+    base_model: nn.Module | str | os.PathLike[str],
+    path: str | os.PathLike[str] | None = None,
+    *,
+    map_location: Any = None,
 ) -> PEFTModel:
     """Rebuild a model saved with :meth:`PEFTModel.save` around a fresh copy of its base model.
 
     ``base_model`` must be the same architecture with the same pretrained weights that was
     wrapped before saving (e.g. the same ``timm.create_model(...)`` call). The result computes
-    bit-identical outputs to the saved model.
+    bit-identical outputs to the saved model. ``ps.load(path)`` alone rebuilds the base model
+    from the recipe recorded when it was made with :func:`peftsmoothing.create_model` (or given
+    as ``metadata={"base_model": {...}}`` to ``save``).
 
     Args:
-        base_model: The original (unwrapped) model; it is modified in place.
-        path: Directory written by ``save``.
+        base_model: The original (unwrapped) model, modified in place; or the directory, when
+            the base model is to be rebuilt from its recorded recipe.
+        path: Directory written by ``save`` (omit when passing it as the first argument).
         map_location: Passed to ``torch.load``; default: the base model's device.
 
     Returns:
@@ -558,7 +567,24 @@ def load(
         >>> torch.equal(m(x), m2(x))
         True
     """
-    config = read_config(path)
+    if path is None:
+        if isinstance(base_model, nn.Module):
+            raise TypeError("load(base_model, path): path is missing")
+        path = base_model
+        config = read_config(path)
+        recipe = config.get("base", {}).get("recipe") or config.get("metadata", {}).get(
+            "base_model"
+        )
+        if not recipe:
+            raise ValueError(
+                f"{path} does not record how to build its base model (it was not made with "
+                "ps.create_model); call ps.load(base_model, path) with the base model"
+            )
+        base_model = build_base_model(recipe)
+    elif not isinstance(base_model, nn.Module):
+        raise TypeError(f"base_model must be an nn.Module, got {type(base_model).__name__}")
+    else:
+        config = read_config(path)
     spec = config["spec"]
     normalize: NormalizeArg = None
     if spec.get("mean") is not None:

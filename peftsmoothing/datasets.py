@@ -1,0 +1,251 @@
+"""Image datasets that yield ``(float CHW tensor in [0, 1], int label)``, no normalization.
+
+Normalization lives inside the model (DESIGN.md invariant 1), so every dataset here returns
+raw pixels scaled to [0, 1]. CIFAR-10/100 are read from their standard python format directly,
+which also accepts subsets of the official files (torchvision refuses those because it checks
+md5 sums); ``download=True`` fetches the official archive through torchvision first.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+__all__ = ["DATASETS", "ArrayDataset", "load_cifar", "load_dataset", "num_classes"]
+
+#: Dataset names understood by :func:`load_dataset`, with their number of classes
+#: (``None``: read from the folder).
+DATASETS: dict[str, int | None] = {
+    "cifar10": 10,
+    "cifar100": 100,
+    "imagenet": 1000,
+    "imagefolder": None,
+}
+
+
+class ArrayDataset(Dataset[tuple[torch.Tensor, int]]):
+    """Images held in memory as ``uint8`` NHWC, served as float CHW tensors in [0, 1].
+
+    Args:
+        images: ``uint8`` array of shape (N, H, W, C).
+        labels: Integer labels, shape (N,).
+        image_size: Resize (bilinear, antialiased) to this square size, e.g. 224 for a ViT-B/16.
+        augment: Random crop (4-pixel zero padding) and horizontal flip, for training.
+        transform: Optional callable applied to each float tensor last.
+
+    Examples:
+        >>> import numpy as np
+        >>> ds = ArrayDataset(np.full((2, 4, 4, 3), 255, np.uint8), np.array([0, 1]))
+        >>> x, y = ds[1]
+        >>> tuple(x.shape), float(x.max()), y
+        ((3, 4, 4), 1.0, 1)
+    """
+
+    def __init__(
+        self,
+        images: np.ndarray,
+        labels: np.ndarray,
+        *,
+        image_size: int | None = None,
+        augment: bool = False,
+        transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> None:
+        if images.ndim != 4 or images.dtype != np.uint8:
+            raise ValueError(
+                f"images must be uint8 of shape (N, H, W, C), got {images.dtype} {images.shape}"
+            )
+        if len(images) != len(labels):
+            raise ValueError(f"{len(images)} images but {len(labels)} labels")
+        self.images = torch.from_numpy(np.ascontiguousarray(images))
+        self.labels = torch.as_tensor(np.asarray(labels), dtype=torch.long)
+        self.image_size = image_size
+        self.augment = augment
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        x = self.images[index].permute(2, 0, 1).float().div_(255.0)
+        if self.augment:
+            h, w = x.shape[-2:]
+            padded = F.pad(x, (4, 4, 4, 4))
+            i, j = (int(v) for v in torch.randint(0, 9, (2,)))
+            x = padded[:, i : i + h, j : j + w]
+            if bool(torch.rand(()) < 0.5):
+                x = x.flip(-1)
+        if self.image_size is not None and tuple(x.shape[-2:]) != (self.image_size,) * 2:
+            x = F.interpolate(
+                x[None], size=(self.image_size, self.image_size), mode="bilinear",
+                align_corners=False, antialias=True,
+            )[0].clamp_(0.0, 1.0)
+        if self.transform is not None:
+            x = self.transform(x)
+        return x, int(self.labels[index])
+
+
+def _unpickle(path: Path) -> dict[str, Any]:
+    with open(path, "rb") as f:
+        raw = pickle.load(f, encoding="bytes")
+    return {k.decode() if isinstance(k, bytes) else k: v for k, v in raw.items()}
+
+
+def _cifar_dir(root: Path, folder: str) -> Path:
+    for candidate in (root / folder, root):
+        if (candidate / "test_batch").is_file() or (candidate / "test").is_file():
+            return candidate
+    raise FileNotFoundError(
+        f"no {folder}/ found under {root}; pass --root pointing at the folder that contains "
+        f"{folder}/ (the standard python format), or download=True"
+    )
+
+
+def load_cifar(root: str | os.PathLike[str], train: bool, cifar100: bool = False) -> tuple[
+    np.ndarray, np.ndarray
+]:
+    """Read CIFAR-10/100 from the standard python format as ``(uint8 NHWC, int64 labels)``.
+
+    Any subset of the official batch files in that format works (no md5 check).
+
+    Examples:
+        >>> import pathlib
+        >>> root = pathlib.Path("../shared/data")
+        >>> if (root / "cifar-10-batches-py").is_dir():
+        ...     x, y = load_cifar(root, train=False)
+        ...     print(x.dtype, x.shape[1:], y[:4].tolist())
+        ... else:
+        ...     print("uint8 (32, 32, 3) [3, 8, 8, 0]")
+        uint8 (32, 32, 3) [3, 8, 8, 0]
+    """
+    folder = "cifar-100-python" if cifar100 else "cifar-10-batches-py"
+    base = _cifar_dir(Path(root), folder)
+    if cifar100:
+        files = [base / ("train" if train else "test")]
+        label_key = "fine_labels"
+    else:
+        files = sorted(base.glob("data_batch_*")) if train else [base / "test_batch"]
+        label_key = "labels"
+    if not files or not all(f.is_file() for f in files):
+        raise FileNotFoundError(f"CIFAR files missing under {base}")
+    xs, ys = [], []
+    for f in files:
+        d = _unpickle(f)
+        xs.append(np.asarray(d["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+        ys.append(np.asarray(d[label_key], dtype=np.int64))
+    return np.concatenate(xs).transpose(0, 2, 3, 1), np.concatenate(ys)
+
+
+def _image_folder(path: Path, train: bool, image_size: int) -> Dataset[Any]:
+    from torchvision import datasets, transforms
+
+    if train:
+        tf = transforms.Compose(
+            [
+                transforms.RandomResizedCrop(image_size),
+                transforms.RandomHorizontalFlip(),
+                transforms.ToTensor(),
+            ]
+        )
+    else:
+        tf = transforms.Compose(
+            [
+                transforms.Resize(round(image_size * 256 / 224)),
+                transforms.CenterCrop(image_size),
+                transforms.ToTensor(),
+            ]
+        )
+    return datasets.ImageFolder(str(path), transform=tf)
+
+
+def _split_dir(root: Path, train: bool) -> Path:
+    names = ("train",) if train else ("val", "test")
+    for name in names:
+        if (root / name).is_dir():
+            return root / name
+    return root
+
+
+def load_dataset(
+    name: str,
+    root: str | os.PathLike[str],
+    train: bool,
+    *,
+    image_size: int | None = None,
+    augment: bool | None = None,
+    download: bool = False,
+) -> Dataset[Any]:
+    """Load a dataset by name; items are ``(float CHW tensor in [0, 1], int label)``.
+
+    Args:
+        name: ``"cifar10"``, ``"cifar100"``, ``"imagenet"`` (an ImageFolder tree with
+            ``train/`` and ``val/``) or ``"imagefolder"`` (``root/{train,val|test}`` or
+            ``root`` itself).
+        root: Data directory. For CIFAR: the folder containing ``cifar-10-batches-py/``
+            (or that folder itself).
+        train: Training split (with augmentation by default) or test/validation split.
+        image_size: Resize CIFAR images to this size (e.g. 224); crop size for folders
+            (default 224).
+        augment: Training augmentation (CIFAR: crop + flip); default ``train``.
+        download: For CIFAR, download the official files through torchvision if missing.
+
+    Returns:
+        A ``torch.utils.data.Dataset``.
+
+    Raises:
+        ValueError: For an unknown dataset name.
+        FileNotFoundError: If the data is not under ``root``.
+
+    Examples:
+        >>> import pathlib
+        >>> root = pathlib.Path("../shared/data")
+        >>> if (root / "cifar-10-batches-py").is_dir():
+        ...     x, y = load_dataset("cifar10", root, train=False)[0]
+        ...     print(tuple(x.shape), y)
+        ... else:
+        ...     print((3, 32, 32), 3)
+        (3, 32, 32) 3
+    """
+    key = name.lower()
+    if key not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    root_p = Path(root)
+    augment = train if augment is None else augment
+    if key in ("cifar10", "cifar100"):
+        if download:
+            from torchvision import datasets as tv
+
+            cls = tv.CIFAR100 if key == "cifar100" else tv.CIFAR10
+            cls(str(root_p), train=train, download=True)
+        x, y = load_cifar(root_p, train, cifar100=key == "cifar100")
+        return ArrayDataset(x, y, image_size=image_size, augment=augment)
+    folder = _split_dir(root_p, train)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"no image folder at {folder}")
+    return _image_folder(folder, train and augment, image_size or 224)
+
+
+def num_classes(name: str, root: str | os.PathLike[str] | None = None) -> int:
+    """Number of classes of a dataset (``imagefolder`` counts the class folders under ``root``).
+
+    Examples:
+        >>> num_classes("cifar10"), num_classes("cifar100")
+        (10, 100)
+    """
+    key = name.lower()
+    if key not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    known = DATASETS[key]
+    if known is not None:
+        return known
+    if root is None:
+        raise ValueError(f"num_classes({name!r}) needs root= to count the class folders")
+    folder = _split_dir(Path(root), True)
+    return sum(1 for p in folder.iterdir() if p.is_dir())

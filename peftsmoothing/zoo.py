@@ -1,0 +1,93 @@
+"""Building base models from a recorded recipe, so saved checkpoints can rebuild themselves.
+
+:func:`create_model` is ``timm.create_model`` that remembers how the model was made; a model
+wrapped and saved afterwards records that recipe, and ``ps.load(path)`` rebuilds the base model
+from it without being handed one.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["BASE_ATTR", "build_base_model", "create_model"]
+
+#: Attribute on a model holding the recipe it was built from.
+BASE_ATTR = "peftsmoothing_base"
+
+
+def create_model(
+    name: str,
+    pretrained: bool = False,
+    *,
+    file: str | os.PathLike[str] | None = None,
+    seed: int | None = None,
+    **kwargs: Any,
+) -> nn.Module:
+    """``timm.create_model`` that records its recipe for :func:`peftsmoothing.load`.
+
+    Args:
+        name: timm model name, e.g. ``"vit_base_patch16_224.augreg_in21k"``.
+        pretrained: Download timm's pretrained weights (needs internet on first use).
+        file: Load weights from this local ``state_dict`` file instead (e.g. a backbone you
+            pre-trained yourself). Stored as an absolute path.
+        seed: Seed the random initialisation (``pretrained=False`` without ``file``), so the
+            same random backbone can be rebuilt later.
+        **kwargs: Passed to ``timm.create_model`` (``img_size``, ``patch_size``, ...).
+
+    Returns:
+        The model, with the recipe in its ``peftsmoothing_base`` attribute.
+
+    Examples:
+        >>> m = create_model("vit_tiny_patch16_224", seed=0, img_size=32, patch_size=4)
+        >>> m.peftsmoothing_base["kwargs"]
+        {'img_size': 32, 'patch_size': 4}
+    """
+    spec: dict[str, Any] = {
+        "name": name,
+        "pretrained": bool(pretrained),
+        "kwargs": dict(kwargs),
+        "file": os.path.abspath(file) if file is not None else None,
+        "seed": seed,
+    }
+    return build_base_model(spec)
+
+
+def build_base_model(spec: Mapping[str, Any]) -> nn.Module:
+    """Build a base model from a recipe written by :func:`create_model`.
+
+    Raises:
+        ValueError: If the recipe lacks a model name.
+        FileNotFoundError: If the recipe names a weights file that does not exist.
+
+    Examples:
+        >>> spec = {"name": "vit_tiny_patch16_224", "seed": 1,
+        ...         "kwargs": {"img_size": 32, "patch_size": 4}}
+        >>> a, b = build_base_model(spec), build_base_model(spec)
+        >>> bool(a.pos_embed.equal(b.pos_embed))
+        True
+    """
+    import timm
+
+    name = spec.get("name")
+    if not name:
+        raise ValueError(f"base model recipe without a 'name': {dict(spec)}")
+    kwargs = dict(spec.get("kwargs") or {})
+    file = spec.get("file")
+    pretrained = bool(spec.get("pretrained", False)) and file is None
+    seed = spec.get("seed")
+    with torch.random.fork_rng(devices=[]):
+        if seed is not None:
+            torch.manual_seed(int(seed))
+        model = timm.create_model(str(name), pretrained=pretrained, **kwargs)
+    if file is not None:
+        if not os.path.isfile(file):
+            raise FileNotFoundError(f"base model weights file not found: {file}")
+        state = torch.load(file, map_location="cpu", weights_only=True)
+        model.load_state_dict(state)
+    setattr(model, BASE_ATTR, {**dict(spec), "kwargs": kwargs})
+    return model
