@@ -72,7 +72,9 @@ class MethodConfig:
         if unknown:
             hints = []
             for key in unknown:
-                close = difflib.get_close_matches(key, valid, n=1)
+                close = difflib.get_close_matches(key, valid, n=1) or [
+                    v for v in valid if key.startswith(v) or v.startswith(key)
+                ][:1]
                 hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
             raise TypeError(
                 f"unknown option(s) for method {method_name!r}: {', '.join(hints)}; "
@@ -105,12 +107,32 @@ class MethodContext:
             unknown). Methods that train the head (e.g. ``linear``) use it.
         pixel_module: A method may set this to a module that runs on the [0, 1] input *before*
             normalization (e.g. a denoiser). ``wrap`` places it in front of the model.
+        modules: New modules that a method attaches through hooks; :meth:`add_module` puts them
+            here and the wrapped model owns them (as ``peft.<name>``), so they are saved,
+            moved between devices and counted without being inserted into the base model.
         extra: Free-form information for plug-ins.
     """
 
     head_name: str | None = None
     pixel_module: nn.Module | None = None
+    modules: dict[str, nn.Module] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def add_module(self, name: str, module: nn.Module) -> nn.Module:
+        """Register a module the method created; dots in ``name`` become underscores.
+
+        Examples:
+            >>> from torch import nn
+            >>> ctx = MethodContext()
+            >>> _ = ctx.add_module("blocks.0.mlp", nn.Linear(2, 2))
+            >>> list(ctx.modules)
+            ['blocks_0_mlp']
+        """
+        key = name.replace(".", "_")
+        if not key or key in self.modules:
+            raise ValueError(f"a module named {key!r} was already added (or the name is empty)")
+        self.modules[key] = module
+        return module
 
 
 class Method:

@@ -33,6 +33,7 @@ CONFIG_FILE = "peftsmoothing.json"
 TENSORS_FILE = "trainable.pt"
 _FORMAT = "peftsmoothing-wrapped-model"
 _FORMAT_VERSION = 1
+_WRAPPED_ATTR = "_peftsmoothing_wrapped"
 
 NormalizeArg = str | tuple[Sequence[float], Sequence[float]] | None
 
@@ -84,12 +85,14 @@ class PEFTModel(nn.Module):
         *,
         normalize: Normalize | None = None,
         pixel: nn.Module | None = None,
+        modules: Mapping[str, nn.Module] | None = None,
         base_parameters: int = 0,
     ) -> None:
         super().__init__()
         self.pixel = pixel if pixel is not None else nn.Identity()
         self.normalize: nn.Module = normalize if normalize is not None else nn.Identity()
         self.model = model
+        self.peft = nn.ModuleDict(dict(modules or {}))
         self.method = method
         self.spec = spec
         self.base_parameters = base_parameters
@@ -448,6 +451,11 @@ def wrap(
         )
     if not isinstance(model, nn.Module):
         raise TypeError(f"wrap() expects an nn.Module, got {type(model).__name__}")
+    if getattr(model, _WRAPPED_ATTR, False):
+        raise ValueError(
+            "this model was already wrapped (wrap() modifies the model in place); create a "
+            "fresh copy of the base model to wrap it again"
+        )
     method_cls = get_method(method)
     cfg = method_cls.Config.from_kwargs(method, config)
     if num_classes is not None and (
@@ -483,6 +491,7 @@ def wrap(
     if train_head and head_name is not None:
         for p in model.get_submodule(head_name).parameters():
             p.requires_grad_(True)
+    setattr(model, _WRAPPED_ATTR, True)
     if norm is not None:
         ref = next(model.parameters(), None)
         if ref is not None:
@@ -502,6 +511,7 @@ def wrap(
         spec,
         normalize=norm,
         pixel=context.pixel_module,
+        modules=context.modules,
         base_parameters=base_parameters,
     )
 

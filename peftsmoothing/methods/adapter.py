@@ -4,9 +4,9 @@ An adapter is ``up(act(down(h)))`` with a zero-initialised up-projection, so a f
 model computes exactly what the original did. ``style="parallel"`` adds ``scale * adapter(x)``
 beside a module (default: every ViT block's MLP, whose input is ``x``); ``style="sequential"``
 adds ``scale * adapter(y)`` after a module's output ``y`` (default: every block's attention and
-MLP, before the residual sum). Adapters are attached to their target as a child named
-``adapter`` and enter the computation through a forward hook, so no original parameter name
-changes.
+MLP, before the residual sum). Adapters are owned by the wrapped model (``peft.adapter_<target>``)
+and enter the computation through a forward hook on their target, so the base model's modules
+and parameter names stay as they were.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ class BottleneckAdapter(nn.Module):
         >>> import torch
         >>> from torch import nn
         >>> mlp = nn.Linear(8, 8)
-        >>> mlp.adapter = BottleneckAdapter(8, 2, style="parallel").attach(mlp)
+        >>> adapter = BottleneckAdapter(8, 2, style="parallel").attach(mlp)
         >>> x = torch.randn(4, 8)
         >>> torch.equal(mlp(x), nn.functional.linear(x, mlp.weight, mlp.bias))
         True
@@ -183,9 +183,6 @@ class Adapter(Method):
             patterns = (rf"blocks\.\d+\.{parts}",)
         targets = match_modules(model, patterns, (nn.Module,), "adapter")
         for name, module in targets:
-            if hasattr(module, "adapter"):
-                raise ValueError(f"adapter: module {name!r} already has an 'adapter' attribute")
-        for name, module in targets:
             dim = _feature_dim(module, cfg.style, name)
             ref = next(module.parameters())
             adapter = BottleneckAdapter(
@@ -199,4 +196,4 @@ class Adapter(Method):
                 dtype=ref.dtype,
             )
             adapter.train(module.training)
-            module.adapter = adapter.attach(module)
+            context.add_module(f"adapter.{name}", adapter.attach(module))

@@ -4,9 +4,9 @@ Learnable prompt tokens are inserted after the class/register tokens, in front o
 tokens. *Shallow* VPT inserts them once before the first block; *deep* VPT replaces them with a
 fresh set before every block. After the last block the prompt tokens are removed again, so the
 final norm, the pooling (``token`` or ``avg``) and the head see exactly the tokens they were
-built for. The prompts are held by a ``VisualPrompts`` module attached to the model as ``vpt``
-and enter the computation through forward hooks, so none of the model's own parameter names
-change.
+built for. The prompts are held by a ``VisualPrompts`` module owned by the wrapped model
+(``peft.vpt``) and enter the computation through forward hooks, so the base model's modules and
+parameter names stay as they were.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ class VisualPrompts(nn.Module):
         >>> import timm, torch
         >>> vit = timm.create_model("vit_tiny_patch16_224", pretrained=False,
         ...                         img_size=32, patch_size=4, num_classes=10)
-        >>> vit.vpt = VisualPrompts(vit.blocks, vit.num_prefix_tokens, 5, vit.embed_dim)
+        >>> vpt = VisualPrompts(vit.blocks, vit.num_prefix_tokens, 5, vit.embed_dim)
         >>> vit(torch.rand(2, 3, 32, 32)).shape
         torch.Size([2, 10])
     """
@@ -162,8 +162,6 @@ class Prompt(Method):
                 "`blocks`, `num_prefix_tokens`, `embed_dim` and a convolutional `patch_embed.proj`"
                 f"; got {type(model).__name__}. Use method='lora' or 'adapter' for other models."
             )
-        if hasattr(model, "vpt"):
-            raise ValueError("prompt: the model already has visual prompts (attribute 'vpt')")
         if cfg.init == "xavier":
             kh, kw = proj.kernel_size
             bound = math.sqrt(6.0 / float(proj.in_channels * kh * kw + dim))
@@ -172,4 +170,4 @@ class Prompt(Method):
         prompts = VisualPrompts(blocks, prefix, cfg.num_tokens, dim, cfg.deep, cfg.dropout, bound)
         if cfg.init == "normal":
             nn.init.normal_(prompts.prompts, std=0.02)
-        model.vpt = prompts
+        context.add_module("vpt", prompts)
