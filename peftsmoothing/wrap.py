@@ -539,6 +539,7 @@ def load(
     path: str | os.PathLike[str] | None = None,
     *,
     map_location: Any = None,
+    **method_overrides: Any,
 ) -> PEFTModel:
     """Rebuild a model saved with :meth:`PEFTModel.save` around a fresh copy of its base model.
 
@@ -553,6 +554,8 @@ def load(
             the base model is to be rebuilt from its recorded recipe.
         path: Directory written by ``save`` (omit when passing it as the first argument).
         map_location: Passed to ``torch.load``; default: the base model's device.
+        **method_overrides: Method options that replace the saved ones, e.g. a custom
+            module that could not be stored in JSON (``denoiser=MyDenoiser()``).
 
     Returns:
         The wrapped model with the saved tensors loaded.
@@ -606,7 +609,7 @@ def load(
         head=spec.get("head") if spec.get("num_classes") is None else _user_head(base_model, spec),
         train_head=spec.get("train_head"),
         normalize=normalize,
-        **spec.get("method_config", {}),
+        **{**spec.get("method_config", {}), **method_overrides},
     )
     expected = config.get("base", {}).get("num_parameters")
     if expected and expected != wrapped.base_parameters:
