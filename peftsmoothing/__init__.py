@@ -26,10 +26,21 @@ from .registry import (
     method_descriptions,
     register_method,
 )
+from .report import CertificationReport, plot_certified_accuracy
+from .smoothing import ABSTAIN, Certificate, SmoothedClassifier
+from .stats import binomial_pvalue, certified_radius, clopper_pearson_lower
 from .wrap import PEFTModel, WrapSpec, load, wrap
 from .zoo import create_model
 
 __all__ = [
+    "ABSTAIN",
+    "Certificate",
+    "CertificationReport",
+    "SmoothedClassifier",
+    "binomial_pvalue",
+    "certified_radius",
+    "clopper_pearson_lower",
+    "plot_certified_accuracy",
     "ENTRY_POINT_GROUP",
     "Method",
     "MethodConfig",

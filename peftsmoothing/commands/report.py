@@ -1,0 +1,79 @@
+"""``peftsmoothing report``: certified-accuracy table, ACR and curve from certification logs."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print the report of ``args.logs`` (merged, or one row each with ``--compare``).
+
+    Examples:
+        >>> import argparse, os, tempfile
+        >>> from peftsmoothing.smoothing import LOG_COLUMNS
+        >>> path = os.path.join(tempfile.mkdtemp(), "certify.tsv")
+        >>> with open(path, "w") as f:
+        ...     _ = f.write("\\t".join(LOG_COLUMNS) + "\\n")
+        ...     _ = f.write("0\\t3\\t3\\t0.5\\t1\\t0.84\\t99\\t100\\t2\\n")
+        >>> run(argparse.Namespace(logs=[path], radii=[0.0, 0.5], format="csv", plot=None,
+        ...                        compare=False, max_radius=None))
+        name,0.0,0.5,acr,abstain_rate,images
+        certify,1.0,1.0,0.5,0.0,1
+        0
+    """
+    from ..report import CertificationReport, certified_accuracy_table, plot_certified_accuracy
+
+    try:
+        if args.compare:
+            reports = {Path(p).stem: CertificationReport.from_log(p) for p in args.logs}
+        else:
+            merged = CertificationReport.from_logs(args.logs)
+            name = merged.name if len(args.logs) == 1 else f"{merged.name} (+{len(args.logs) - 1})"
+            merged.name = name
+            reports = {name or "": merged}
+        if args.format == "csv":
+            print(certified_accuracy_table(reports, args.radii, format="csv"))
+        else:
+            for name, report in reports.items():
+                if not len(report):
+                    raise ValueError(f"{name}: the log holds no certificates yet")
+                print(
+                    f"{name}: images {len(report)}, clean accuracy {report.clean_accuracy:.3f}, "
+                    f"ACR {report.acr:.3f}, abstain rate {report.abstain_rate:.3f}"
+                )
+            print()
+            print(certified_accuracy_table(reports, args.radii, format="markdown"))
+        if args.plot:
+            out = plot_certified_accuracy(reports, args.plot, max_radius=args.max_radius)
+            print(f"wrote {out}", file=sys.stderr)
+    except (ValueError, FileNotFoundError, ImportError) as err:
+        print(f"peftsmoothing report: error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``report`` sub-command."""
+    from ..report import DEFAULT_RADII
+
+    p = subparsers.add_parser(
+        "report",
+        help="certified accuracy, ACR and curves from certification logs",
+        description="Merge certification logs (e.g. the shards of one run) and print the "
+        "approximate certified-accuracy table of Cohen et al. (2019); --compare keeps one row "
+        "and one curve per log.",
+    )
+    p.add_argument("logs", nargs="+", metavar="LOG", help="logs written by `certify`")
+    p.add_argument(
+        "--radii", type=float, nargs="+", default=list(DEFAULT_RADII), help="table columns"
+    )
+    p.add_argument("--format", choices=("markdown", "csv"), default="markdown")
+    p.add_argument("--plot", default=None, metavar="PNG", help="save certified accuracy vs radius")
+    p.add_argument("--max-radius", type=float, default=None, help="x-axis limit of the plot")
+    p.add_argument(
+        "--compare", action="store_true", help="one row/curve per log instead of merging them"
+    )
+    p.set_defaults(func=run)

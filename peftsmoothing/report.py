@@ -1,0 +1,454 @@
+"""Certification logs as numbers: certified accuracy, ACR, tables and curves.
+
+A :class:`CertificationReport` reads the logs written by
+:meth:`peftsmoothing.SmoothedClassifier.certify_dataset` (or several shard logs at once) and
+computes the *approximate certified accuracy* of Cohen et al. (2019) at a radius ``r``: the
+fraction of images whose certified prediction is correct with a certified radius of at least
+``r``, plus the average certified radius (ACR), the abstain rate and the smoothed classifier's
+clean accuracy.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .smoothing import ABSTAIN, LogRow, parse_log
+
+__all__ = [
+    "DEFAULT_RADII",
+    "CertificationReport",
+    "certified_accuracy_table",
+    "plot_certified_accuracy",
+]
+
+DEFAULT_RADII: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
+"""Radii of the certified-accuracy table when none are given."""
+
+_FORMATS = ("markdown", "csv")
+
+
+def _check_radii(radii: Iterable[float] | None) -> list[float]:
+    values = list(DEFAULT_RADII if radii is None else radii)
+    out = []
+    for r in values:
+        if isinstance(r, bool) or not isinstance(r, (int, float, np.floating, np.integer)):
+            raise ValueError(f"radii must be numbers >= 0, got {r!r}")
+        if not (math.isfinite(float(r)) and float(r) >= 0.0):
+            raise ValueError(f"radii must be finite numbers >= 0, got {r!r}")
+        out.append(float(r))
+    if not out:
+        raise ValueError("radii must not be empty")
+    return out
+
+
+class CertificationReport:
+    """Certified accuracy, ACR, abstain rate and clean accuracy of a set of certificates.
+
+    Build one with :meth:`from_log` / :meth:`from_logs`, or get it from
+    :meth:`peftsmoothing.SmoothedClassifier.certify_dataset`. Rows with the same image index
+    are kept once (the first one seen).
+
+    Args:
+        rows: Log rows (:class:`peftsmoothing.smoothing.LogRow`).
+        name: Label used in tables and plots.
+
+    Attributes:
+        idx, label, predict, radius, correct, pa_lower, count, n, seconds: The log's columns as
+            numpy arrays, in row order.
+
+    Examples:
+        >>> from peftsmoothing.smoothing import LogRow
+        >>> rows = [LogRow(0, 1, 1, 0.8, 1, 0.9, 95, 100, 1.0),
+        ...         LogRow(1, 2, 2, 0.2, 1, 0.6, 65, 100, 1.0),
+        ...         LogRow(2, 0, -1, 0.0, 0, 0.4, 45, 100, 1.0),
+        ...         LogRow(3, 0, 5, 0.5, 0, 0.8, 90, 100, 1.0)]
+        >>> report = CertificationReport(rows)
+        >>> report.certified_accuracy([0.0, 0.5, 1.0])
+        {0.0: 0.5, 0.5: 0.25, 1.0: 0.0}
+        >>> report.acr, report.abstain_rate
+        (0.25, 0.25)
+    """
+
+    def __init__(self, rows: Iterable[LogRow], name: str | None = None) -> None:
+        unique: dict[int, LogRow] = {}
+        conflicts = 0
+        for row in rows:
+            first = unique.setdefault(row.idx, row)
+            if first is not row and first.values()[:-1] != row.values()[:-1]:
+                conflicts += 1
+        if conflicts:
+            warnings.warn(
+                f"{conflicts} image(s) appear more than once with different certificates; the "
+                "first one seen is kept (never the better one, which would bias the result)",
+                UserWarning,
+                stacklevel=2,
+            )
+        kept = list(unique.values())
+        self.name = name
+        self.rows: tuple[LogRow, ...] = tuple(kept)
+        self.idx = np.array([r.idx for r in kept], dtype=np.int64)
+        self.label = np.array([r.label for r in kept], dtype=np.int64)
+        self.predict = np.array([r.predict for r in kept], dtype=np.int64)
+        self.radius = np.array([r.radius for r in kept], dtype=np.float64)
+        self.correct = np.array([r.correct for r in kept], dtype=bool)
+        self.pa_lower = np.array([r.pa_lower for r in kept], dtype=np.float64)
+        self.count = np.array([r.count for r in kept], dtype=np.int64)
+        self.n = np.array([r.n for r in kept], dtype=np.int64)
+        self.seconds = np.array([r.seconds for r in kept], dtype=np.float64)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __repr__(self) -> str:
+        name = f"{self.name!r}, " if self.name else ""
+        return f"CertificationReport({name}{len(self)} images)"
+
+    # ------------------------------------------------------------------------ reading
+    @classmethod
+    def from_log(
+        cls, path: str | os.PathLike[str], name: str | None = None
+    ) -> CertificationReport:
+        """Read a log written by ``certify_dataset`` (a torn last line is ignored, with a warning).
+
+        Args:
+            path: The tab-separated log.
+            name: Label for tables and plots (default: the file name without extension).
+
+        Returns:
+            The report.
+
+        Raises:
+            FileNotFoundError: If ``path`` does not exist.
+            ValueError: If the file is not a certification log or is corrupted.
+
+        Examples:
+            >>> import os, tempfile
+            >>> from peftsmoothing.smoothing import LOG_COLUMNS
+            >>> path = os.path.join(tempfile.mkdtemp(), "certify.tsv")
+            >>> with open(path, "w") as f:
+            ...     _ = f.write("\\t".join(LOG_COLUMNS) + "\\n")
+            ...     _ = f.write("0\\t3\\t3\\t0.5\\t1\\t0.84\\t99\\t100\\t2.0\\n")
+            >>> report = CertificationReport.from_log(path)
+            >>> report.name, len(report), report.acr
+            ('certify', 1, 0.5)
+        """
+        p = Path(path)
+        data = p.read_bytes()
+        rows, valid = parse_log(data, str(p))
+        if valid < len(data):
+            warnings.warn(
+                f"{p}: ignoring a torn last line ({len(data) - valid} bytes; the run was "
+                "interrupted or is still going)",
+                UserWarning,
+                stacklevel=2,
+            )
+        return cls(rows, name=p.stem if name is None else name)
+
+    @classmethod
+    def from_logs(
+        cls, paths: Sequence[str | os.PathLike[str]], name: str | None = None
+    ) -> CertificationReport:
+        """Merge several logs (e.g. the shards of one run) into one report, one row per image.
+
+        Args:
+            paths: Log files.
+            name: Label for tables and plots (default: the first file's name).
+
+        Returns:
+            The merged report.
+
+        Raises:
+            ValueError: If ``paths`` is empty, or a file is not a certification log.
+
+        Examples:
+            >>> import os, tempfile
+            >>> from peftsmoothing.smoothing import LOG_COLUMNS
+            >>> folder = tempfile.mkdtemp()
+            >>> for shard, line in enumerate(["0\\t1\\t1\\t0.5\\t1\\t0.8\\t9\\t10\\t1.0",
+            ...                               "1\\t2\\t-1\\t0.0\\t0\\t0.3\\t5\\t10\\t1.0"]):
+            ...     with open(os.path.join(folder, f"shard{shard}.tsv"), "w") as f:
+            ...         _ = f.write("\\t".join(LOG_COLUMNS) + "\\n" + line + "\\n")
+            >>> paths = [os.path.join(folder, f"shard{i}.tsv") for i in range(2)]
+            >>> report = CertificationReport.from_logs(paths)
+            >>> len(report), report.abstain_rate
+            (2, 0.5)
+        """
+        if isinstance(paths, (str, os.PathLike)) or not list(paths):
+            raise ValueError("from_logs expects a non-empty list of log paths")
+        rows: list[LogRow] = []
+        for path in paths:
+            rows.extend(cls.from_log(path).rows)
+        return cls(rows, name=Path(paths[0]).stem if name is None else name)
+
+    # ------------------------------------------------------------------------ numbers
+    def _require_rows(self) -> None:
+        if not len(self):
+            raise ValueError("the report holds no certificates")
+
+    def certified_accuracy(self, radii: Iterable[float] | None = None) -> dict[float, float]:
+        """Approximate certified accuracy at each radius (Cohen et al. 2019).
+
+        The fraction of images whose certified prediction is correct with a certified radius
+        ``>= r``. At ``r = 0`` this is the smoothed classifier's clean accuracy (abstentions
+        count as errors).
+
+        Args:
+            radii: Radii (>= 0); default :data:`DEFAULT_RADII`.
+
+        Returns:
+            ``{radius: fraction}`` in the order given.
+
+        Raises:
+            ValueError: For a negative or non-finite radius, or an empty report.
+
+        Examples:
+            >>> from peftsmoothing.smoothing import LogRow
+            >>> rows = [LogRow(0, 1, 1, 0.3, 1, 0.7, 80, 100, 1.0),
+            ...         LogRow(1, 1, 0, 0.9, 0, 0.9, 99, 100, 1.0)]
+            >>> CertificationReport(rows).certified_accuracy([0, 0.3, 0.31])
+            {0.0: 0.5, 0.3: 0.5, 0.31: 0.0}
+        """
+        values = _check_radii(radii)
+        self._require_rows()
+        total = len(self)
+        return {r: float(np.sum(self.correct & (self.radius >= r))) / total for r in values}
+
+    @property
+    def acr(self) -> float:
+        """Average certified radius: mean over images of the radius if correct, else 0."""
+        self._require_rows()
+        return float(np.mean(np.where(self.correct, self.radius, 0.0)))
+
+    @property
+    def abstain_rate(self) -> float:
+        """Fraction of images on which the smoothed classifier abstained."""
+        self._require_rows()
+        return float(np.mean(self.predict == ABSTAIN))
+
+    @property
+    def clean_accuracy(self) -> float:
+        """Accuracy of the smoothed classifier's certified predictions (abstain = wrong)."""
+        self._require_rows()
+        return float(np.mean(self.correct))
+
+    def summary(self, radii: Iterable[float] | None = None) -> str:
+        """A few human-readable lines: images, clean accuracy, ACR, abstain rate, table.
+
+        Examples:
+            >>> from peftsmoothing.smoothing import LogRow
+            >>> report = CertificationReport([LogRow(0, 1, 1, 0.3, 1, 0.7, 80, 100, 1.0)])
+            >>> print(report.summary([0.0]).splitlines()[0])
+            images: 1   clean accuracy: 1.000   ACR: 0.300   abstain rate: 0.000
+        """
+        head = (
+            f"images: {len(self)}   clean accuracy: {self.clean_accuracy:.3f}   "
+            f"ACR: {self.acr:.3f}   abstain rate: {self.abstain_rate:.3f}"
+        )
+        name = self.name or "certified accuracy"
+        return head + "\n\n" + certified_accuracy_table({name: self}, radii)
+
+    def table(self, radii: Iterable[float] | None = None, format: str = "markdown") -> str:
+        """The certified-accuracy table (one row) as markdown or CSV.
+
+        Args:
+            radii: Columns; default :data:`DEFAULT_RADII`.
+            format: ``"markdown"`` or ``"csv"``.
+
+        Returns:
+            The table text.
+
+        Examples:
+            >>> from peftsmoothing.smoothing import LogRow
+            >>> report = CertificationReport([LogRow(0, 1, 1, 0.3, 1, 0.7, 80, 100, 1.0)],
+            ...                              name="lora")
+            >>> print(report.table([0.0, 0.5], format="csv"))
+            name,0.0,0.5,acr,abstain_rate,images
+            lora,1.0,0.0,0.3,0.0,1
+        """
+        return certified_accuracy_table({self.name or "": self}, radii, format=format)
+
+    def curve(self, max_radius: float | None = None, points: int = 401) -> tuple[Any, Any]:
+        """Certified accuracy as a function of the radius, on a grid from 0 to ``max_radius``.
+
+        Returns:
+            ``(radii, accuracies)`` as numpy arrays.
+
+        Examples:
+            >>> from peftsmoothing.smoothing import LogRow
+            >>> report = CertificationReport([LogRow(0, 1, 1, 0.5, 1, 0.8, 9, 10, 1.0)])
+            >>> r, acc = report.curve(max_radius=1.0, points=3)
+            >>> r.tolist(), acc.tolist()
+            ([0.0, 0.5, 1.0], [1.0, 1.0, 0.0])
+        """
+        self._require_rows()
+        top = max_radius if max_radius is not None else _default_max_radius([self])
+        grid = np.linspace(0.0, float(top), int(points))
+        good = np.sort(self.radius[self.correct])
+        # number of correct certificates with radius >= r, for every r in the grid
+        at_least = good.size - np.searchsorted(good, grid, side="left")
+        return grid, at_least / len(self)
+
+    def plot(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        max_radius: float | None = None,
+        title: str | None = None,
+    ) -> Path:
+        """Save a plot of certified accuracy vs. radius (needs ``pip install peftsmoothing[plot]``).
+
+        Args:
+            path: Image file to write (format from the extension, e.g. ``.png``, ``.pdf``).
+            max_radius: Right end of the x axis (default: a little beyond the largest radius).
+            title: Figure title.
+
+        Returns:
+            The path written.
+
+        Raises:
+            ImportError: If matplotlib is not installed.
+
+        Examples:
+            >>> import os, tempfile
+            >>> from peftsmoothing.smoothing import LogRow
+            >>> report = CertificationReport([LogRow(0, 1, 1, 0.5, 1, 0.8, 9, 10, 1.0)])
+            >>> out = report.plot(os.path.join(tempfile.mkdtemp(), "curve.png"))
+            >>> out.stat().st_size > 0
+            True
+        """
+        return plot_certified_accuracy(
+            {self.name or "smoothed classifier": self}, path, max_radius=max_radius, title=title
+        )
+
+
+def _default_max_radius(reports: Iterable[CertificationReport]) -> float:
+    largest = max((float(np.max(r.radius)) for r in reports if len(r)), default=0.0)
+    return largest * 1.05 if largest > 0 else 1.0
+
+
+def certified_accuracy_table(
+    reports: Mapping[str, CertificationReport],
+    radii: Iterable[float] | None = None,
+    format: str = "markdown",
+) -> str:
+    """Cohen et al.'s approximate certified-accuracy table, one row per report.
+
+    Columns: the certified accuracy at each radius, then ACR, abstain rate and number of images.
+
+    Args:
+        reports: ``{row name: report}``.
+        radii: Columns; default :data:`DEFAULT_RADII`.
+        format: ``"markdown"`` or ``"csv"``.
+
+    Returns:
+        The table text (no trailing newline).
+
+    Raises:
+        ValueError: For an unknown format, invalid radii, or an empty report.
+
+    Examples:
+        >>> from peftsmoothing.smoothing import LogRow
+        >>> a = CertificationReport([LogRow(0, 1, 1, 0.6, 1, 0.9, 9, 10, 1.0)])
+        >>> b = CertificationReport([LogRow(0, 1, -1, 0.0, 0, 0.4, 4, 10, 1.0)])
+        >>> print(certified_accuracy_table({"lora": a, "prompt": b}, [0.0, 0.5]))
+        | | r = 0.0 | r = 0.5 | ACR | abstain | images |
+        |---|---:|---:|---:|---:|---:|
+        | lora | 1.000 | 1.000 | 0.600 | 0.000 | 1 |
+        | prompt | 0.000 | 0.000 | 0.000 | 1.000 | 1 |
+    """
+    if format not in _FORMATS:
+        raise ValueError(f"format must be one of {', '.join(map(repr, _FORMATS))}, got {format!r}")
+    values = _check_radii(radii)
+    if format == "csv":
+        lines = [",".join(["name", *(repr(r) for r in values), "acr", "abstain_rate", "images"])]
+        for name, report in reports.items():
+            acc = report.certified_accuracy(values)
+            cells = [_csv_cell(name), *(repr(acc[r]) for r in values)]
+            cells += [repr(report.acr), repr(report.abstain_rate), str(len(report))]
+            lines.append(",".join(cells))
+        return "\n".join(lines)
+    header = "| | " + " | ".join(f"r = {r!r}" for r in values) + " | ACR | abstain | images |"
+    lines = [header, "|---|" + "---:|" * (len(values) + 3)]
+    for name, report in reports.items():
+        acc = report.certified_accuracy(values)
+        cells = [f"{acc[r]:.3f}" for r in values]
+        cells += [f"{report.acr:.3f}", f"{report.abstain_rate:.3f}", str(len(report))]
+        lines.append(f"| {name.replace('|', '/')} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _csv_cell(text: str) -> str:
+    if any(c in text for c in ',"\n'):
+        return '"' + text.replace('"', '""') + '"'
+    return text
+
+
+def plot_certified_accuracy(
+    reports: Mapping[str, CertificationReport] | CertificationReport,
+    path: str | os.PathLike[str],
+    *,
+    max_radius: float | None = None,
+    title: str | None = None,
+) -> Path:
+    """Plot certified accuracy vs. radius of one or several reports on one figure.
+
+    Needs matplotlib (``pip install peftsmoothing[plot]``); no display is used.
+
+    Args:
+        reports: ``{legend label: report}``, or a single report.
+        path: Image file to write (format from the extension).
+        max_radius: Right end of the x axis (default: a little beyond the largest radius).
+        title: Figure title.
+
+    Returns:
+        The path written.
+
+    Raises:
+        ImportError: If matplotlib is not installed.
+        ValueError: If there is nothing to plot.
+
+    Examples:
+        >>> import os, tempfile
+        >>> from peftsmoothing.smoothing import LogRow
+        >>> a = CertificationReport([LogRow(0, 1, 1, 0.6, 1, 0.9, 9, 10, 1.0)])
+        >>> b = CertificationReport([LogRow(0, 1, 1, 0.3, 1, 0.7, 7, 10, 1.0)])
+        >>> out = plot_certified_accuracy({"sigma=0.5": a, "sigma=0.25": b},
+        ...                               os.path.join(tempfile.mkdtemp(), "curves.png"))
+        >>> out.suffix
+        '.png'
+    """
+    try:
+        from matplotlib.figure import Figure
+    except ImportError as err:
+        raise ImportError(
+            "plotting certified accuracy needs matplotlib: pip install 'peftsmoothing[plot]'"
+        ) from err
+    if isinstance(reports, CertificationReport):
+        reports = {reports.name or "smoothed classifier": reports}
+    if not reports or not any(len(r) for r in reports.values()):
+        raise ValueError("nothing to plot: no report holds certificates")
+    top = max_radius if max_radius is not None else _default_max_radius(reports.values())
+    fig = Figure(figsize=(6.0, 4.0), layout="constrained")
+    ax = fig.add_subplot()
+    for label, report in reports.items():
+        if len(report):
+            radii, accuracy = report.curve(max_radius=top)
+            ax.plot(radii, accuracy, label=f"{label} (ACR {report.acr:.3f})")
+    ax.set_xlabel("radius (L2, pixel units of [0, 1] images)")
+    ax.set_ylabel("certified accuracy")
+    ax.set_xlim(0.0, top)
+    ax.set_ylim(0.0, 1.0)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    if title:
+        ax.set_title(title)
+    out = Path(path)
+    fig.savefig(out, dpi=150)
+    return out

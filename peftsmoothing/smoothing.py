@@ -1,0 +1,823 @@
+"""Randomized smoothing: ``SmoothedClassifier.predict / certify / certify_dataset``.
+
+PREDICT and CERTIFY are exactly the algorithms of Cohen, Rosenfeld & Kolter (2019). The smoothed
+classifier ``g(x) = argmax_c P(f(x + d) = c)``, ``d ~ N(0, sigma^2 I)``, is evaluated with noise in
+pixel space: the base model ``f`` takes images in [0, 1] and normalizes them itself
+(DESIGN.md invariant 1), so ``sigma`` and the certified L2 radius are in the same units.
+
+A :class:`Certificate` is a statistical statement: with probability at least ``1 - alpha`` over
+the noise, a non-abstaining prediction is the smoothed classifier's prediction on every point
+within ``radius`` (L2) of ``x``. Selection (``n0``) and estimation (``n``) samples are drawn
+independently; the bound is the exact one-sided Clopper-Pearson bound (:mod:`peftsmoothing.stats`).
+
+Speed: noise is drawn on the model's device into a reused buffer, class counts accumulate on the
+device, and each ``certify`` call synchronises with the host once, at the end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import numbers
+import os
+import sys
+import time
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+import numpy as np
+import torch
+from torch import nn
+
+from .stats import (
+    binomial_pvalue,
+    certified_radius,
+    check_alpha,
+    check_positive_int,
+    check_sigma,
+    clopper_pearson_lower,
+)
+
+if TYPE_CHECKING:
+    from .report import CertificationReport
+
+__all__ = [
+    "ABSTAIN",
+    "LOG_COLUMNS",
+    "Certificate",
+    "LogRow",
+    "SmoothedClassifier",
+    "parse_log",
+]
+
+ABSTAIN: Final[int] = -1
+"""Prediction returned when the smoothed classifier abstains."""
+
+LOG_COLUMNS: Final[tuple[str, ...]] = (
+    "idx", "label", "predict", "radius", "correct", "pa_lower", "count", "n", "seconds",
+)  # fmt: skip
+"""Columns of a certification log (tab-separated, one header line)."""
+
+_LOG_HEADER: Final[str] = "\t".join(LOG_COLUMNS) + "\n"
+_META_FORMAT: Final[str] = "peftsmoothing-certify-log"
+_PRECISIONS: Final[dict[str, torch.dtype | None]] = {
+    "fp32": None,
+    "bf16": torch.bfloat16,
+    "fp16": torch.float16,
+}
+# Inputs further than this outside [0, 1] are "clearly" not pixel-space images.
+_RANGE_TOLERANCE: Final[float] = 1e-3
+# Stream keys of the per-call generators derived from one seed.
+_SELECTION, _ESTIMATION, _PREDICTION = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class Certificate:
+    """The result of :meth:`SmoothedClassifier.certify`.
+
+    Attributes:
+        prediction: The certified class, or :data:`ABSTAIN` (-1).
+        radius: Certified L2 radius in pixel units of [0, 1] images; 0.0 when abstaining.
+        pa_lower: One-sided ``(1 - alpha)`` Clopper-Pearson lower bound of the top class's
+            probability under noise (reported also when abstaining).
+        count: How many of the ``n`` estimation samples the base model put in the selected class.
+        n: Number of estimation samples.
+        n0: Number of selection samples.
+        seconds: Wall-clock time of the certification.
+
+    Examples:
+        >>> c = Certificate(prediction=3, radius=0.42, pa_lower=0.8, count=95, n=100, n0=10,
+        ...                 seconds=0.1)
+        >>> c.abstained
+        False
+    """
+
+    prediction: int
+    radius: float
+    pa_lower: float
+    count: int
+    n: int
+    n0: int
+    seconds: float
+
+    @property
+    def abstained(self) -> bool:
+        """Whether the smoothed classifier abstained (``prediction == ABSTAIN``)."""
+        return self.prediction == ABSTAIN
+
+
+@dataclass(frozen=True)
+class LogRow:
+    """One row of a certification log (see :data:`LOG_COLUMNS`).
+
+    Examples:
+        >>> row = LogRow(7, 3, 3, 0.5, 1, 0.84, 99, 100, 1.25)
+        >>> LogRow.from_line(row.to_line()) == row
+        True
+    """
+
+    idx: int
+    label: int
+    predict: int
+    radius: float
+    correct: int
+    pa_lower: float
+    count: int
+    n: int
+    seconds: float
+
+    def to_line(self) -> str:
+        """The row as one tab-separated line, newline included (floats round-trip exactly)."""
+        values = [repr(float(v)) if isinstance(v, float) else str(int(v)) for v in self.values()]
+        return "\t".join(values) + "\n"
+
+    def values(self) -> tuple[int | float, ...]:
+        """The fields in :data:`LOG_COLUMNS` order."""
+        return tuple(getattr(self, f.name) for f in fields(self))
+
+    @classmethod
+    def from_line(cls, line: str) -> LogRow:
+        """Parse one line; raise ``ValueError`` if it is not a complete, valid row."""
+        parts = line.rstrip("\n").split("\t")
+        if len(parts) != len(LOG_COLUMNS):
+            raise ValueError(f"expected {len(LOG_COLUMNS)} tab-separated fields, got {len(parts)}")
+        kinds = [f.type for f in fields(cls)]
+        values: list[Any] = [
+            float(p) if kind in ("float", float) else int(p)
+            for p, kind in zip(parts, kinds, strict=True)
+        ]
+        row = cls(*values)
+        if row.n < 1 or not 0 <= row.count <= row.n or row.correct not in (0, 1):
+            raise ValueError("inconsistent values")
+        if not (math.isfinite(row.radius) and row.radius >= 0 and 0 <= row.pa_lower <= 1):
+            raise ValueError("radius or pa_lower out of range")
+        return row
+
+
+def parse_log(data: bytes, name: str = "log") -> tuple[list[LogRow], int]:
+    """Parse the bytes of a certification log.
+
+    A process killed while appending can leave a torn last line (no trailing newline, or, after
+    a power loss, a garbled final line). That line is not returned; the second element of the
+    result is the length of the valid prefix, so the caller can truncate the file there.
+
+    Args:
+        data: The file's bytes.
+        name: The file name, for error messages.
+
+    Returns:
+        ``(rows, valid_length)``; an empty or torn-header file gives ``([], 0)``.
+
+    Raises:
+        ValueError: If the header is not the certification-log header, or a line other than
+            the last one is malformed.
+
+    Examples:
+        >>> text = "\\t".join(LOG_COLUMNS) + "\\n" + "0\\t1\\t1\\t0.5\\t1\\t0.9\\t99\\t100\\t0.1\\n"
+        >>> rows, size = parse_log((text + "1\\t2\\t").encode())
+        >>> [r.idx for r in rows], size == len(text)
+        ([0], True)
+    """
+    header = _LOG_HEADER.encode()
+    if len(data) < len(header):
+        if header.startswith(data):
+            return [], 0  # empty, or killed while writing the header
+        raise ValueError(f"{name} is not a certification log: bad header")
+    if not data.startswith(header):
+        first = data.split(b"\n", 1)[0].decode(errors="replace")
+        raise ValueError(
+            f"{name} is not a certification log: header {first!r}, expected "
+            f"{_LOG_HEADER.strip()!r}"
+        )
+    rows: list[LogRow] = []
+    pos = len(header)
+    lines = data[pos:].split(b"\n")
+    complete, tail = lines[:-1], lines[-1]
+    for number, raw in enumerate(complete):
+        try:
+            rows.append(LogRow.from_line(raw.decode()))
+        except (ValueError, UnicodeDecodeError) as err:
+            if number == len(complete) - 1 and not tail:
+                return rows, pos  # a garbled final line: treated as torn
+            raise ValueError(
+                f"{name}: line {number + 2} is malformed ({err}); only the last line of a log "
+                "can be torn, so this log is corrupted"
+            ) from None
+        pos += len(raw) + 1
+    return rows, pos
+
+
+def _derive_seed(seed: int, *path: int) -> int:
+    """A 63-bit seed derived from ``seed`` and a path of integers (independent streams)."""
+    state = np.random.SeedSequence(entropy=seed, spawn_key=path).generate_state(1, np.uint64)
+    return int(state[0] >> np.uint64(1))
+
+
+def _check_seed(seed: object, allow_none: bool = True) -> int | None:
+    if seed is None and allow_none:
+        return None
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or int(seed) < 0:
+        raise ValueError(f"seed must be a non-negative integer or None, got {seed!r}")
+    return int(seed)
+
+
+class SmoothedClassifier:
+    """The Gaussian-smoothed version of a classifier, with Cohen et al.'s PREDICT and CERTIFY.
+
+    Args:
+        base: The base classifier: takes a batch of images in [0, 1], shape (B, C, H, W), and
+            returns logits (B, num_classes). Normalization must be inside it (``ps.wrap`` puts
+            it there).
+        num_classes: Number of classes; must equal the width of the model's output.
+        sigma: Standard deviation of the Gaussian noise, in pixel units of [0, 1] images.
+        device: Move the model to this device; default: where its parameters are.
+        precision: ``"fp32"`` (default), or ``"bf16"`` / ``"fp16"`` autocast. The noise is
+            always drawn in the model's own dtype (at least fp32), so a certificate stays a
+            certificate of the (reduced-precision) base classifier.
+        merge: If the model has a ``merged_for_inference()`` context manager (a
+            :class:`peftsmoothing.PEFTModel` does), fold LoRA weights in while sampling.
+        channels_last: Use the channels-last memory format while sampling. Default (``None``):
+            on CUDA for convolutional networks (models with more than one ``Conv2d``).
+
+    Raises:
+        TypeError: If ``base`` is not an ``nn.Module``.
+        ValueError: For ``sigma <= 0``, ``num_classes < 2`` or an unknown ``precision``.
+
+    Examples:
+        >>> import torch, peftsmoothing as ps
+        >>> from torch import nn
+        >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
+        <torch._C.Generator object at ...>
+        >>> model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 10))
+        >>> smoothed = ps.SmoothedClassifier(model, num_classes=10, sigma=0.25)
+        >>> cert = smoothed.certify(torch.rand(3, 8, 8), n0=10, n=200, alpha=0.001, seed=0)
+        >>> cert.n, cert.prediction in range(-1, 10), cert.radius >= 0
+        (200, True, True)
+    """
+
+    def __init__(
+        self,
+        base: nn.Module,
+        num_classes: int,
+        sigma: float,
+        *,
+        device: torch.device | str | None = None,
+        precision: str = "fp32",
+        merge: bool = True,
+        channels_last: bool | None = None,
+    ) -> None:
+        if not isinstance(base, nn.Module):
+            raise TypeError(f"base must be an nn.Module, got {type(base).__name__}")
+        if (
+            isinstance(num_classes, bool)
+            or not isinstance(num_classes, numbers.Integral)
+            or num_classes < 2
+        ):
+            raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
+        if precision not in _PRECISIONS:
+            raise ValueError(
+                f"precision must be one of {', '.join(map(repr, _PRECISIONS))}, got {precision!r}"
+            )
+        self.base: nn.Module = base
+        self.num_classes: int = int(num_classes)
+        self.sigma: float = check_sigma(sigma)
+        self.precision: str = precision
+        self.merge: bool = bool(merge)
+        self._device_override: torch.device | None = (
+            torch.device(device) if device is not None else None
+        )
+        if self._device_override is not None:
+            base.to(self._device_override)
+        self.channels_last: bool | None = channels_last
+        self._depth: int = 0
+
+    def __repr__(self) -> str:
+        return (
+            f"SmoothedClassifier({type(self.base).__name__}, num_classes={self.num_classes}, "
+            f"sigma={self.sigma}, precision={self.precision!r})"
+        )
+
+    # ----------------------------------------------------------------------- device, dtype
+    @property
+    def device(self) -> torch.device:
+        """The device the model runs on (where noise is drawn and counts accumulate)."""
+        for t in self._tensors():
+            return t.device
+        return self._device_override or torch.device("cpu")
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the model's floating-point parameters (``float32`` if it has none)."""
+        for t in self._tensors():
+            return t.dtype
+        return torch.float32
+
+    def _tensors(self) -> Iterator[torch.Tensor]:
+        for t in (*self.base.parameters(), *self.base.buffers()):
+            if t.is_floating_point():
+                yield t
+
+    def _noise_dtype(self) -> torch.dtype:
+        # Noise is added in at least fp32: a reduced-precision model then sees round(x + d),
+        # a deterministic function of x + d, so smoothing theory still applies to it.
+        dtype = self.dtype
+        return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+    def _use_channels_last(self) -> bool:
+        if self.channels_last is not None:
+            return self.channels_last
+        convs = sum(isinstance(m, nn.Conv2d) for m in self.base.modules())
+        return self.device.type == "cuda" and convs > 1
+
+    # ------------------------------------------------------------------------ inference
+    @contextlib.contextmanager
+    def _inference(self) -> Iterator[None]:
+        """Eval mode, merged weights, channels-last and inference mode; restored on exit."""
+        if self._depth:
+            yield
+            return
+        modes = [(m, m.training) for m in self.base.modules()]
+        restore_format: list[nn.Parameter] = []
+        with contextlib.ExitStack() as stack:
+            try:
+                self.base.eval()
+                merged = getattr(self.base, "merged_for_inference", None)
+                if self.merge and callable(merged):
+                    stack.enter_context(merged())
+                if self._use_channels_last():
+                    for p in self.base.parameters():
+                        if p.ndim == 4 and not p.is_contiguous(memory_format=torch.channels_last):
+                            p.data = p.data.contiguous(memory_format=torch.channels_last)
+                            restore_format.append(p)
+                stack.enter_context(torch.inference_mode())
+                self._depth += 1
+                yield
+            finally:
+                self._depth = 0
+                stack.close()
+                for p in restore_format:
+                    p.data = p.data.contiguous()
+                for module, mode in modes:
+                    module.training = mode
+
+    def _prepare_input(self, x: object) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"x must be a torch.Tensor image (C, H, W), got {type(x).__name__}")
+        if x.ndim != 3:
+            hint = "; for a batch of one image pass x[0]" if x.ndim == 4 and len(x) == 1 else ""
+            raise ValueError(
+                f"x must be one image of shape (C, H, W), got shape {tuple(x.shape)}{hint}"
+            )
+        if not x.is_floating_point():
+            raise ValueError(
+                f"x must be a floating-point image in [0, 1], got dtype {x.dtype} "
+                "(convert with x.float() / 255)"
+            )
+        if x.numel() == 0:
+            raise ValueError(f"x is empty (shape {tuple(x.shape)})")
+        lo, hi = (float(v) for v in torch.stack(torch.aminmax(x.detach())).tolist())
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            raise ValueError("x contains non-finite values (nan or inf)")
+        if lo < -_RANGE_TOLERANCE or hi > 1.0 + _RANGE_TOLERANCE:
+            warnings.warn(
+                f"image values span [{lo:.3g}, {hi:.3g}], outside [0, 1]: the input is probably "
+                "already normalized. SmoothedClassifier adds noise in pixel space and expects "
+                "[0, 1] images with normalization inside the model; otherwise sigma and the "
+                "certified radius are in the wrong units.",
+                UserWarning,
+                stacklevel=3,
+            )
+        return x.detach().to(device=self.device, dtype=self._noise_dtype())
+
+    def _generator(self, seed: int, key: int) -> torch.Generator:
+        gen = torch.Generator(device=self.device)
+        gen.manual_seed(_derive_seed(seed, key))
+        return gen
+
+    def _sample_counts(
+        self, x: torch.Tensor, num: int, batch_size: int, gen: torch.Generator
+    ) -> torch.Tensor:
+        """Class counts of the base model on ``num`` noisy copies of ``x`` (on the device)."""
+        device = self.device
+        counts = torch.zeros(self.num_classes, dtype=torch.long, device=device)
+        channels_last = self._use_channels_last()
+        memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        buffer = torch.empty(
+            (min(batch_size, num), *x.shape), dtype=x.dtype, device=device,
+            memory_format=memory_format,
+        )  # fmt: skip
+        model_dtype = self.dtype
+        amp_dtype = _PRECISIONS[self.precision]
+        autocast = (
+            torch.autocast(device_type=device.type, dtype=amp_dtype)
+            if amp_dtype is not None
+            else contextlib.nullcontext()
+        )
+        ones: torch.Tensor | None = None
+        remaining = num
+        while remaining > 0:
+            size = min(batch_size, remaining)
+            batch = buffer[:size]
+            batch.normal_(0.0, self.sigma, generator=gen).add_(x)
+            inputs = batch if batch.dtype == model_dtype else batch.to(model_dtype)
+            with autocast:
+                logits = self.base(inputs)
+            if remaining == num:
+                self._check_logits(logits, size)
+            predictions = logits.argmax(dim=1)
+            if device.type == "cpu":
+                counts += torch.bincount(predictions, minlength=self.num_classes)
+            else:
+                # CUDA's bincount reads the input's min/max on the host (a sync per batch);
+                # index_add_ computes the same counts without leaving the device.
+                if ones is None or ones.numel() < size:
+                    ones = torch.ones(size, dtype=torch.long, device=device)
+                counts.index_add_(0, predictions, ones[:size])
+            remaining -= size
+        return counts
+
+    def _check_logits(self, logits: object, size: int) -> None:
+        if not isinstance(logits, torch.Tensor) or logits.ndim != 2 or logits.shape[0] != size:
+            shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits)
+            raise ValueError(
+                f"the base model must return logits of shape (batch, num_classes); for a batch "
+                f"of {size} it returned {shape}"
+            )
+        if logits.shape[1] != self.num_classes:
+            raise ValueError(
+                f"num_classes={self.num_classes} disagrees with the model, which returns "
+                f"{logits.shape[1]} outputs per image"
+            )
+
+    @staticmethod
+    def _resolve_seed(seed: object) -> int:
+        checked = _check_seed(seed)
+        if checked is None:  # follows torch.manual_seed
+            return int(torch.randint(0, 2**62, (), dtype=torch.long).item())
+        return checked
+
+    # ------------------------------------------------------------------------ public API
+    def predict(
+        self,
+        x: torch.Tensor,
+        n: int = 1000,
+        alpha: float = 0.001,
+        batch_size: int = 1000,
+        seed: int | None = None,
+    ) -> int:
+        """PREDICT of Cohen et al. (2019): the smoothed classifier's class, or :data:`ABSTAIN`.
+
+        Draws ``n`` noisy samples and returns the most frequent class if a two-sided binomial
+        test of the two largest counts rejects equality at level ``alpha``; then the returned
+        class differs from the smoothed classifier's with probability at most ``alpha``.
+
+        Args:
+            x: One image (C, H, W) in [0, 1].
+            n: Number of noise samples.
+            alpha: Probability of returning a class other than the smoothed classifier's.
+            batch_size: Noisy images per forward pass.
+            seed: Seed of the noise; ``None`` draws one from torch's global generator.
+
+        Returns:
+            The class index, or ``ABSTAIN`` (-1).
+
+        Raises:
+            ValueError: For invalid arguments or inputs (see the class documentation).
+
+        Examples:
+            >>> import torch, peftsmoothing as ps
+            >>> from torch import nn
+            >>> class Constant(nn.Module):
+            ...     def forward(self, x):
+            ...         return torch.tensor([0.0, 1.0]).repeat(len(x), 1)
+            >>> ps.SmoothedClassifier(Constant(), 2, sigma=0.5).predict(torch.rand(1, 4, 4), n=50)
+            1
+        """
+        n_ = check_positive_int(n, "n")
+        a = check_alpha(alpha)
+        b = check_positive_int(batch_size, "batch_size")
+        s = self._resolve_seed(seed)
+        x_dev = self._prepare_input(x)
+        with self._inference():
+            counts = self._sample_counts(x_dev, n_, b, self._generator(s, _PREDICTION)).cpu()
+        order = np.argsort(-counts.numpy(), kind="stable")
+        n_a, n_b = int(counts[order[0]]), int(counts[order[1]])
+        if binomial_pvalue(n_a, n_a + n_b) > a:
+            return ABSTAIN
+        return int(order[0])
+
+    def certify(
+        self,
+        x: torch.Tensor,
+        n0: int = 100,
+        n: int = 100_000,
+        alpha: float = 0.001,
+        batch_size: int = 1000,
+        seed: int | None = None,
+    ) -> Certificate:
+        """CERTIFY of Cohen et al. (2019): a class and an L2 radius, wrong w.p. <= ``alpha``.
+
+        Selects the top class from ``n0`` noisy samples, then bounds its probability from
+        below with ``n`` independent samples (exact one-sided Clopper-Pearson bound
+        ``pa_lower``). Abstains when ``pa_lower < 0.5``; otherwise the radius is
+        ``sigma * Phi^-1(pa_lower)``.
+
+        Args:
+            x: One image (C, H, W) in [0, 1].
+            n0: Number of selection samples.
+            n: Number of estimation samples.
+            alpha: Failure probability of the certificate.
+            batch_size: Noisy images per forward pass (memory only; does not change validity).
+            seed: Seed of the noise (same seed, batch size and device: same certificate);
+                ``None`` draws one from torch's global generator.
+
+        Returns:
+            The :class:`Certificate`.
+
+        Raises:
+            TypeError: If ``x`` is not a tensor.
+            ValueError: For ``alpha`` outside (0, 1), ``n0``, ``n`` or ``batch_size`` < 1, an
+                image that is not (C, H, W) or has non-finite values, or a model whose output
+                width is not ``num_classes``.
+
+        Examples:
+            >>> import torch, peftsmoothing as ps
+            >>> from torch import nn
+            >>> class Constant(nn.Module):
+            ...     def forward(self, x):
+            ...         return torch.tensor([0.0, 1.0]).repeat(len(x), 1)
+            >>> smoothed = ps.SmoothedClassifier(Constant(), 2, sigma=0.5)
+            >>> cert = smoothed.certify(torch.rand(1, 4, 4), n0=10, n=100, alpha=0.001)
+            >>> cert.prediction, cert.count, round(cert.pa_lower, 6)  # 0.001 ** (1 / 100)
+            (1, 100, 0.933254)
+            >>> round(cert.radius, 4)  # 0.5 * Phi^-1(0.933254)
+            0.7502
+        """
+        n0_ = check_positive_int(n0, "n0")
+        n_ = check_positive_int(n, "n")
+        a = check_alpha(alpha)
+        b = check_positive_int(batch_size, "batch_size")
+        s = self._resolve_seed(seed)
+        x_dev = self._prepare_input(x)
+        start = time.perf_counter()
+        with self._inference():
+            counts0 = self._sample_counts(x_dev, n0_, b, self._generator(s, _SELECTION))
+            counts = self._sample_counts(x_dev, n_, b, self._generator(s, _ESTIMATION))
+            both = torch.stack([counts0, counts]).cpu()  # the one host synchronisation
+        c_a = int(both[0].argmax())
+        count = int(both[1, c_a])
+        pa_lower = clopper_pearson_lower(count, n_, a)
+        if pa_lower < 0.5:
+            prediction, radius = ABSTAIN, 0.0
+        else:
+            prediction, radius = c_a, certified_radius(self.sigma, pa_lower)
+        return Certificate(
+            prediction=prediction,
+            radius=radius,
+            pa_lower=pa_lower,
+            count=count,
+            n=n_,
+            n0=n0_,
+            seconds=time.perf_counter() - start,
+        )
+
+    def certify_dataset(
+        self,
+        dataset: Any,
+        n0: int = 100,
+        n: int = 100_000,
+        alpha: float = 0.001,
+        batch_size: int = 1000,
+        *,
+        log: str | os.PathLike[str] | None = None,
+        resume: bool = True,
+        indices: Sequence[int] | None = None,
+        skip: int = 1,
+        shard: tuple[int, int] | None = None,
+        seed: int = 0,
+        progress: bool | None = None,
+    ) -> CertificationReport:
+        """Certify every ``skip``-th image of a dataset, logging one row per image as it goes.
+
+        Image ``i`` is certified with a seed derived from ``(seed, i)``, so its certificate
+        does not depend on which images were certified before it, on ``skip``, on sharding or
+        on resuming. Each log row is flushed and fsynced; with ``resume=True`` images already in
+        the log are skipped, and a torn last line (process killed mid-write) is truncated and
+        that image certified again, so no row is ever lost or duplicated.
+
+        Args:
+            dataset: Map-style dataset of ``(image (C, H, W) in [0, 1], int label)`` pairs.
+            n0: Number of selection samples per image.
+            n: Number of estimation samples per image.
+            alpha: Failure probability of each certificate.
+            batch_size: Noisy images per forward pass.
+            log: Tab-separated log to write (columns :data:`LOG_COLUMNS`, one header line),
+                plus a ``<log>.json`` file with the settings; ``None``: no log.
+            resume: Continue an existing log (which must have been written with the same
+                sigma, n0, n, alpha, seed and precision). If ``False`` an existing log is an error.
+            indices: Dataset indices to consider (default: all).
+            skip: Certify every ``skip``-th of those indices (Cohen et al. use 20 on CIFAR-10).
+            shard: ``(i, k)``: certify only the ``i``-th of ``k`` disjoint, interleaved slices
+                of the selected indices (one per process or GPU; merge logs with
+                :meth:`CertificationReport.from_logs`).
+            seed: Master seed of the per-image seeds.
+            progress: Show a progress bar (images/s, running certified accuracy); default:
+                when stderr is a terminal.
+
+        Returns:
+            A :class:`peftsmoothing.CertificationReport` over the selected images (this
+            shard's), including those already in the log.
+
+        Raises:
+            ValueError: For invalid arguments, a log written with other settings, a corrupted
+                log, or a label outside ``[0, num_classes)``.
+            FileExistsError: If ``log`` exists and ``resume=False``.
+
+        Examples:
+            >>> import torch, peftsmoothing as ps
+            >>> from torch import nn
+            >>> data = [(torch.rand(3, 4, 4), i % 2) for i in range(4)]
+            >>> model = nn.Sequential(nn.Flatten(), nn.Linear(48, 2))
+            >>> smoothed = ps.SmoothedClassifier(model, 2, sigma=0.25)
+            >>> report = smoothed.certify_dataset(data, n0=10, n=50, batch_size=50, skip=2)
+            >>> len(report), report.idx.tolist()
+            (2, [0, 2])
+        """
+        from .report import CertificationReport  # the one upward reference: the return type
+
+        n0_ = check_positive_int(n0, "n0")
+        n_ = check_positive_int(n, "n")
+        a = check_alpha(alpha)
+        b = check_positive_int(batch_size, "batch_size")
+        skip_ = check_positive_int(skip, "skip")
+        master = _check_seed(seed, allow_none=False)
+        assert master is not None
+        selected = _select_indices(dataset, indices, skip_, shard)
+
+        done: dict[int, LogRow] = {}
+        handle = None
+        if log is not None:
+            meta = {
+                "format": _META_FORMAT,
+                "sigma": self.sigma,
+                "n0": n0_,
+                "n": n_,
+                "alpha": a,
+                "seed": master,
+                "num_classes": self.num_classes,
+                "precision": self.precision,
+            }
+            handle, rows = _open_log(Path(log), meta, resume)
+            for row in rows:
+                done.setdefault(row.idx, row)
+        results: dict[int, LogRow] = {i: done[i] for i in selected if i in done}
+        correct = sum(r.correct for r in results.values())
+        todo = [i for i in selected if i not in done]
+
+        show = sys.stderr.isatty() if progress is None else bool(progress)
+        from tqdm.auto import tqdm
+
+        bar = tqdm(
+            total=len(selected), initial=len(results), unit="img", disable=not show,
+            desc="certify", dynamic_ncols=True,
+        )  # fmt: skip
+        try:
+            with self._inference():
+                for idx in todo:
+                    image, label = dataset[idx]
+                    label_ = _check_label(label, idx, self.num_classes)
+                    cert = self.certify(image, n0_, n_, a, b, seed=_derive_seed(master, idx))
+                    row = LogRow(
+                        idx=idx,
+                        label=label_,
+                        predict=cert.prediction,
+                        radius=cert.radius,
+                        correct=int(cert.prediction == label_),
+                        pa_lower=cert.pa_lower,
+                        count=cert.count,
+                        n=cert.n,
+                        seconds=cert.seconds,
+                    )
+                    if handle is not None:
+                        handle.write(row.to_line())
+                        handle.flush()
+                        os.fsync(handle.fileno())
+                    results[idx] = row
+                    correct += row.correct
+                    bar.set_postfix(cert_acc=f"{correct / len(results):.3f}", refresh=False)
+                    bar.update(1)
+        finally:
+            bar.close()
+            if handle is not None:
+                handle.close()
+        return CertificationReport([results[i] for i in selected])
+
+
+def _check_label(label: object, idx: int, num_classes: int) -> int:
+    if isinstance(label, torch.Tensor):
+        if label.numel() != 1 or label.is_floating_point():
+            raise ValueError(f"the label of image {idx} must be one integer, got {label!r}")
+        label = label.item()
+    if isinstance(label, bool) or not isinstance(label, numbers.Integral):
+        raise ValueError(f"the label of image {idx} must be an integer, got {label!r}")
+    if not 0 <= int(label) < num_classes:
+        raise ValueError(f"the label {label} of image {idx} is outside [0, {num_classes})")
+    return int(label)
+
+
+def _select_indices(
+    dataset: Any, indices: Sequence[int] | None, skip: int, shard: tuple[int, int] | None
+) -> list[int]:
+    size: int | None = len(dataset) if hasattr(dataset, "__len__") else None
+    if indices is None:
+        if size is None:
+            raise ValueError("the dataset has no len(); pass indices=")
+        chosen = list(range(size))
+    else:
+        chosen = []
+        for i in indices:
+            if isinstance(i, bool) or not isinstance(i, numbers.Integral) or i < 0:
+                raise ValueError(f"indices must be non-negative integers, got {i!r}")
+            if size is not None and i >= size:
+                raise ValueError(f"index {i} is out of range for a dataset of {size} images")
+            chosen.append(int(i))
+        if len(set(chosen)) != len(chosen):
+            raise ValueError("indices contains duplicates")
+    chosen = chosen[::skip]
+    if shard is not None:
+        try:
+            part, parts = shard
+        except (TypeError, ValueError):
+            raise ValueError(f"shard must be a pair (i, k), got {shard!r}") from None
+        ok = all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in shard)
+        if not ok or parts < 1 or not 0 <= part < parts:
+            raise ValueError(f"shard must be (i, k) with 0 <= i < k, got {shard!r}")
+        chosen = chosen[int(part) :: int(parts)]
+    return chosen
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _open_log(path: Path, meta: dict[str, Any], resume: bool) -> tuple[Any, list[LogRow]]:
+    """Open ``path`` for appending rows; return the handle and the rows already there."""
+    meta_path = path.with_name(path.name + ".json")
+    exists = path.exists() and path.stat().st_size > 0
+    if exists and not resume:
+        raise FileExistsError(
+            f"{path} exists; pass resume=True to continue it, or choose another log"
+        )
+    rows: list[LogRow] = []
+    if exists:
+        if meta_path.exists():
+            old = json.loads(meta_path.read_text())
+            diff = [
+                f"{k}={old.get(k)!r} (now {meta[k]!r})"
+                for k in meta
+                if k != "format" and old.get(k) != meta[k]
+            ]
+            if diff:
+                raise ValueError(
+                    f"{path} was written with other settings: {', '.join(diff)}; resuming "
+                    "would mix certificates of different settings. Use another log."
+                )
+        data = path.read_bytes()
+        rows, valid = parse_log(data, str(path))
+        if valid < len(data):
+            warnings.warn(
+                f"{path}: dropping a torn last line ({len(data) - valid} bytes, from a run that "
+                "was interrupted); that image is certified again",
+                UserWarning,
+                stacklevel=3,
+            )
+            with open(path, "r+b") as f:
+                f.truncate(valid)
+                f.flush()
+                os.fsync(f.fileno())
+        ns = {r.n for r in rows}
+        if ns and ns != {meta["n"]}:
+            raise ValueError(f"{path} holds rows with n={sorted(ns)}, but n={meta['n']} now")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not exists or not meta_path.exists():
+        tmp = meta_path.with_name(meta_path.name + ".tmp")
+        tmp.write_text(json.dumps(meta, indent=2) + "\n")
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, meta_path)
+    handle = open(path, "a", encoding="utf-8", newline="\n")  # noqa: SIM115
+    if handle.tell() == 0:
+        handle.write(_LOG_HEADER)
+        handle.flush()
+        os.fsync(handle.fileno())
+        _fsync_dir(path.parent)
+    return handle, rows

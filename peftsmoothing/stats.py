@@ -1,0 +1,205 @@
+"""Confidence bounds and tests for randomized smoothing (pure functions, no torch).
+
+Everything a certificate's soundness rests on lives here, small enough to check by hand:
+the exact one-sided Clopper-Pearson lower bound of a binomial proportion, the two-sided
+binomial test used by PREDICT, and the certified L2 radius ``sigma * Phi^-1(pA_lower)`` of
+Cohen, Rosenfeld & Kolter (2019).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+from scipy.stats import beta, binomtest, norm
+
+__all__ = [
+    "binomial_pvalue",
+    "certified_radius",
+    "check_alpha",
+    "check_positive_int",
+    "check_sigma",
+    "clopper_pearson_lower",
+]
+
+
+def check_positive_int(value: object, name: str) -> int:
+    """Return ``value`` as an ``int`` if it is an integer >= 1, else raise ``ValueError``.
+
+    Args:
+        value: The value to check (``bool`` is rejected).
+        name: The argument's name, used in the error message.
+
+    Returns:
+        ``int(value)``.
+
+    Raises:
+        ValueError: If ``value`` is not an integer >= 1.
+
+    Examples:
+        >>> check_positive_int(100, "n")
+        100
+        >>> check_positive_int(0, "n0")
+        Traceback (most recent call last):
+        ...
+        ValueError: n0 must be an integer >= 1, got 0
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or int(value) < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    return int(value)
+
+
+def check_alpha(alpha: object) -> float:
+    """Return ``alpha`` as a ``float`` if it lies strictly between 0 and 1, else raise.
+
+    Args:
+        alpha: Failure probability of a certificate (e.g. ``0.001``).
+
+    Returns:
+        ``float(alpha)``.
+
+    Raises:
+        ValueError: If ``alpha`` is not a real number in the open interval (0, 1).
+
+    Examples:
+        >>> check_alpha(0.001)
+        0.001
+        >>> check_alpha(1.0)
+        Traceback (most recent call last):
+        ...
+        ValueError: alpha must be a number in the open interval (0, 1), got 1.0
+    """
+    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real):
+        raise ValueError(f"alpha must be a number in the open interval (0, 1), got {alpha!r}")
+    a = float(alpha)
+    if not 0.0 < a < 1.0:  # also rejects nan
+        raise ValueError(f"alpha must be a number in the open interval (0, 1), got {alpha!r}")
+    return a
+
+
+def check_sigma(sigma: object) -> float:
+    """Return ``sigma`` as a ``float`` if it is finite and positive, else raise ``ValueError``.
+
+    Args:
+        sigma: Standard deviation of the Gaussian noise, in pixel units of [0, 1] images.
+
+    Returns:
+        ``float(sigma)``.
+
+    Raises:
+        ValueError: If ``sigma`` is not a finite number > 0.
+
+    Examples:
+        >>> check_sigma(0.5)
+        0.5
+        >>> check_sigma(0)
+        Traceback (most recent call last):
+        ...
+        ValueError: sigma must be a finite number > 0, got 0
+    """
+    if isinstance(sigma, bool) or not isinstance(sigma, numbers.Real):
+        raise ValueError(f"sigma must be a finite number > 0, got {sigma!r}")
+    s = float(sigma)
+    if not (math.isfinite(s) and s > 0.0):
+        raise ValueError(f"sigma must be a finite number > 0, got {sigma!r}")
+    return s
+
+
+def _check_counts(k: object, n: object) -> tuple[int, int]:
+    n_ = check_positive_int(n, "n")
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or not 0 <= int(k) <= n_:
+        raise ValueError(f"the count k must be an integer in [0, n={n_}], got {k!r}")
+    return int(k), n_
+
+
+def clopper_pearson_lower(k: int, n: int, alpha: float) -> float:
+    """Exact one-sided ``(1 - alpha)`` Clopper-Pearson lower confidence bound of ``p``.
+
+    For ``k ~ Binomial(n, p)``, ``P(clopper_pearson_lower(k, n, alpha) > p) <= alpha`` for
+    every ``p``. This is ``Beta(alpha; k, n - k + 1)``, the ``alpha`` quantile of a beta
+    distribution, and 0 when ``k == 0``. With ``k == n`` it equals ``alpha ** (1 / n)``.
+
+    Args:
+        k: Number of successes, ``0 <= k <= n``.
+        n: Number of trials, ``n >= 1``.
+        alpha: Probability that the bound exceeds the true ``p``, in (0, 1).
+
+    Returns:
+        The lower bound, in ``[0, 1)``.
+
+    Raises:
+        ValueError: For a count outside ``[0, n]``, ``n < 1`` or ``alpha`` outside (0, 1).
+
+    Examples:
+        >>> round(clopper_pearson_lower(100, 100, 0.001), 6)  # 0.001 ** (1 / 100)
+        0.933254
+        >>> clopper_pearson_lower(0, 100, 0.001)
+        0.0
+    """
+    k_, n_ = _check_counts(k, n)
+    a = check_alpha(alpha)
+    if k_ == 0:
+        return 0.0
+    return float(beta.ppf(a, k_, n_ - k_ + 1))
+
+
+def binomial_pvalue(k: int, n: int, p: float = 0.5) -> float:
+    """Two-sided p-value of the exact binomial test of ``H0: P(success) = p``.
+
+    PREDICT (Cohen et al. 2019) uses it on the two largest class counts ``nA`` and ``nB``:
+    ``binomial_pvalue(nA, nA + nB)``; it abstains unless the p-value is at most ``alpha``.
+
+    Args:
+        k: Number of successes, ``0 <= k <= n``.
+        n: Number of trials, ``n >= 1``.
+        p: Success probability under the null hypothesis, in (0, 1).
+
+    Returns:
+        The p-value, in ``(0, 1]``.
+
+    Raises:
+        ValueError: For a count outside ``[0, n]``, ``n < 1`` or ``p`` outside (0, 1).
+
+    Examples:
+        >>> binomial_pvalue(10, 10)  # 2 * 0.5 ** 10
+        0.001953125
+        >>> binomial_pvalue(5, 10)
+        1.0
+    """
+    k_, n_ = _check_counts(k, n)
+    if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0.0 < float(p) < 1.0:
+        raise ValueError(f"p must be a number in the open interval (0, 1), got {p!r}")
+    return float(binomtest(k_, n_, float(p), alternative="two-sided").pvalue)
+
+
+def certified_radius(sigma: float, pa_lower: float) -> float:
+    """Certified L2 radius ``sigma * Phi^-1(pa_lower)`` of Cohen et al. (2019), Theorem 1.
+
+    Only meaningful when ``pa_lower >= 0.5`` (otherwise CERTIFY abstains); below 0.5 this
+    returns 0.0 rather than a negative radius.
+
+    Args:
+        sigma: Noise standard deviation (pixel units of [0, 1] images), > 0.
+        pa_lower: Lower confidence bound of the top class probability, in [0, 1).
+
+    Returns:
+        The radius (0.0 when ``pa_lower <= 0.5``).
+
+    Raises:
+        ValueError: If ``sigma <= 0`` or ``pa_lower`` is outside ``[0, 1)``.
+
+    Examples:
+        >>> round(certified_radius(0.5, 0.975), 4)  # 0.5 * 1.96
+        0.98
+        >>> certified_radius(0.5, 0.3)
+        0.0
+    """
+    s = check_sigma(sigma)
+    if isinstance(pa_lower, bool) or not isinstance(pa_lower, numbers.Real):
+        raise ValueError(f"pa_lower must be a number in [0, 1), got {pa_lower!r}")
+    p = float(pa_lower)
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"pa_lower must be a number in [0, 1), got {pa_lower!r}")
+    if p <= 0.5:
+        return 0.0
+    return s * float(norm.ppf(p))

@@ -1,0 +1,102 @@
+"""`peftsmoothing certify` and `peftsmoothing report` end to end on a tiny saved model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+import peftsmoothing as ps
+from peftsmoothing.cli import main
+from peftsmoothing.commands.certify import parse_shard, shard_log_path
+
+COMMON = ["--dataset", "cifar10", "--sigma", "0.25", "--n0", "4", "--n", "16", "--batch", "16",
+          "--alpha", "0.01", "--seed", "3", "--device", "cpu"]  # fmt: skip
+
+
+@pytest.fixture
+def saved_model(tmp_path: Path) -> Path:
+    base = ps.create_model("vit_tiny_patch16_224", seed=0, img_size=16, patch_size=4, depth=1,
+                           embed_dim=32, num_heads=2)  # fmt: skip
+    return ps.wrap(base, method="lora", r=2, num_classes=10).save(tmp_path / "model")
+
+
+@pytest.fixture
+def fake_cifar(monkeypatch: pytest.MonkeyPatch) -> list[tuple[torch.Tensor, int]]:
+    g = torch.Generator().manual_seed(0)
+    data = [(torch.rand(3, 16, 16, generator=g), i % 10) for i in range(10)]
+    calls: list[dict[str, Any]] = []
+
+    def load_dataset(name: str, root: str, train: bool, **kwargs: Any) -> Any:
+        calls.append({"name": name, "train": train, **kwargs})
+        return data
+
+    monkeypatch.setattr(ps.datasets, "load_dataset", load_dataset)
+    return data
+
+
+def read_rows(path: Path) -> list[list[str]]:
+    lines = path.read_text().splitlines()[1:]
+    return [line.split("\t")[:-1] for line in lines]  # without seconds
+
+
+def test_certify_resume_shards_and_report(
+    saved_model: Path, fake_cifar: list[Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = ["--model", str(saved_model), "--root", str(tmp_path)]
+    full = tmp_path / "full.tsv"
+    assert main(["certify", *root, *COMMON, "--skip", "2", "--out", str(full)]) == 0
+    assert "clean accuracy" in capsys.readouterr().out
+    rows = read_rows(full)
+    assert [r[0] for r in rows] == ["0", "2", "4", "6", "8"]
+    # a second run resumes: nothing is added
+    assert main(["certify", *root, *COMMON, "--skip", "2", "--out", str(full)]) == 0
+    assert read_rows(full) == rows
+    assert main(["certify", *root, *COMMON, "--skip", "2", "--out", str(full), "--no-resume"]) == 1
+    assert "exists" in capsys.readouterr().err
+
+    out = str(tmp_path / "part.tsv")
+    for i in range(2):
+        args = ["certify", *root, *COMMON, "--skip", "2", "--out", out, "--shard", f"{i}/2"]
+        assert main(args) == 0
+    shards = [tmp_path / "part.shard0of2.tsv", tmp_path / "part.shard1of2.tsv"]
+    assert sorted(read_rows(shards[0]) + read_rows(shards[1])) == sorted(rows)
+    capsys.readouterr()
+
+    assert main(["report", *map(str, shards), "--radii", "0", "0.5", "--format", "csv"]) == 0
+    merged_csv = capsys.readouterr().out
+    assert main(["report", str(full), "--radii", "0", "0.5", "--format", "csv"]) == 0
+    full_csv = capsys.readouterr().out
+    assert merged_csv.splitlines()[1].split(",")[1:] == full_csv.splitlines()[1].split(",")[1:]
+
+    png = tmp_path / "curve.png"
+    assert main(["report", str(full), *map(str, shards), "--compare", "--plot", str(png)]) == 0
+    text = capsys.readouterr().out
+    assert "| full |" in text and "| part.shard1of2 |" in text
+    assert png.stat().st_size > 0
+
+
+def test_certify_errors(
+    saved_model: Path, fake_cifar: list[Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = ["--model", str(saved_model), "--root", str(tmp_path), "--out", str(tmp_path / "x")]
+    with pytest.raises(SystemExit):
+        main(["certify", *root, *COMMON, "--shard", "2/2"])
+    assert main(["certify", *root, *COMMON[:-4], "--alpha", "2", "--device", "cpu"]) == 1
+    assert "alpha" in capsys.readouterr().err
+    bad = ["certify", "--model", str(tmp_path / "missing"), "--root", ".", "--out", "x", *COMMON]
+    assert main(bad) == 1
+    assert "peftsmoothing certify: error" in capsys.readouterr().err
+    assert main(["report", str(tmp_path / "missing.tsv")]) == 1
+
+
+def test_shard_helpers(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert parse_shard("0/1") == (0, 1)
+    monkeypatch.setenv("RANK", "2")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    assert parse_shard("torchrun") == (2, 4)
+    assert str(shard_log_path("c.tsv", None)) == "c.tsv"
+    assert str(shard_log_path("c.tsv", (0, 1))) == "c.tsv"
+    assert str(shard_log_path("logs/{shard}/c.tsv", (3, 4))) == "logs/3/c.tsv"

@@ -1,0 +1,132 @@
+"""CertificationReport: numbers worked out by hand on a hand-written log."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+import peftsmoothing as ps
+from peftsmoothing.report import certified_accuracy_table
+from peftsmoothing.smoothing import LOG_COLUMNS, LogRow
+
+HEADER = "\t".join(LOG_COLUMNS) + "\n"
+# idx label predict radius correct pa_lower count n seconds
+ROWS = [
+    "0\t3\t3\t0.9\t1\t0.9\t990\t1000\t1.5",  # correct, radius 0.9
+    "1\t1\t1\t0.3\t1\t0.7\t720\t1000\t1.5",  # correct, radius 0.3
+    "2\t0\t-1\t0.0\t0\t0.4\t410\t1000\t1.5",  # abstain
+    "3\t2\t5\t0.6\t0\t0.8\t820\t1000\t1.5",  # wrong, radius 0.6 (must not count)
+    "4\t4\t4\t0.0\t1\t0.5\t520\t1000\t1.5",  # correct, radius exactly 0
+]
+
+
+def write_log(path: Path, rows: list[str], tail: str = "") -> Path:
+    path.write_text(HEADER + "".join(r + "\n" for r in rows) + tail)
+    return path
+
+
+@pytest.fixture
+def report(tmp_path: Path) -> ps.CertificationReport:
+    return ps.CertificationReport.from_log(write_log(tmp_path / "lora.tsv", ROWS))
+
+
+def test_numbers_by_hand(report: ps.CertificationReport) -> None:
+    assert len(report) == 5 and report.name == "lora"
+    acc = report.certified_accuracy([0.0, 0.3, 0.31, 0.6, 0.9, 1.0])
+    # correct radii: 0.9, 0.3, 0.0 out of 5 images
+    assert acc == {0.0: 0.6, 0.3: 0.4, 0.31: 0.2, 0.6: 0.2, 0.9: 0.2, 1.0: 0.0}
+    assert report.acr == pytest.approx((0.9 + 0.3 + 0.0) / 5)
+    assert report.abstain_rate == pytest.approx(0.2)
+    assert report.clean_accuracy == pytest.approx(0.6)
+    assert report.certified_accuracy() == {0.0: 0.6, 0.25: 0.4, 0.5: 0.2, 0.75: 0.2, 1.0: 0.0}
+
+
+def test_tables(report: ps.CertificationReport) -> None:
+    assert report.table([0.0, 0.5]) == (
+        "| | r = 0.0 | r = 0.5 | ACR | abstain | images |\n"
+        "|---|---:|---:|---:|---:|---:|\n"
+        "| lora | 0.600 | 0.200 | 0.240 | 0.200 | 5 |"
+    )
+    assert report.table([0.0, 0.5], format="csv") == (
+        "name,0.0,0.5,acr,abstain_rate,images\nlora,0.6,0.2,0.24,0.2,5"
+    )
+    assert "ACR: 0.240" in report.summary()
+    with pytest.raises(ValueError, match="format"):
+        report.table(format="html")
+    with pytest.raises(ValueError, match="radii"):
+        report.certified_accuracy([-0.1])
+    with pytest.raises(ValueError, match="radii"):
+        report.certified_accuracy([float("inf")])
+
+
+def test_curve(report: ps.CertificationReport) -> None:
+    radii, acc = report.curve(max_radius=1.2, points=5)
+    assert radii.tolist() == pytest.approx([0.0, 0.3, 0.6, 0.9, 1.2])
+    assert acc.tolist() == pytest.approx([0.6, 0.4, 0.2, 0.2, 0.0])
+
+
+def test_merge_shards_and_deduplicate(tmp_path: Path) -> None:
+    a = write_log(tmp_path / "a.tsv", ROWS[:3])
+    b = write_log(tmp_path / "b.tsv", ROWS[2:])  # row 2 in both, identical but for seconds
+    b.write_text(b.read_text().replace("0.4\t410\t1000\t1.5", "0.4\t410\t1000\t9.0"))
+    merged = ps.CertificationReport.from_logs([a, b])
+    assert merged.idx.tolist() == [0, 1, 2, 3, 4]
+    assert merged.acr == pytest.approx(0.24)
+    conflicting = write_log(tmp_path / "c.tsv", ["0\t3\t3\t5.0\t1\t0.99\t999\t1000\t1.5"])
+    with pytest.warns(UserWarning, match="first one seen is kept"):
+        first = ps.CertificationReport.from_logs([a, conflicting])
+    assert first.radius[0] == 0.9  # never the better one
+    with pytest.raises(ValueError, match="non-empty list"):
+        ps.CertificationReport.from_logs([])
+
+
+def test_torn_and_corrupted_logs(tmp_path: Path) -> None:
+    torn = write_log(tmp_path / "torn.tsv", ROWS[:2], tail="2\t0\t-1\t0.")
+    with pytest.warns(UserWarning, match="torn last line"):
+        assert len(ps.CertificationReport.from_log(torn)) == 2
+    bad = write_log(tmp_path / "bad.tsv", [ROWS[0], "0\tx", ROWS[1]])
+    with pytest.raises(ValueError, match="line 3 is malformed"):
+        ps.CertificationReport.from_log(bad)
+    other = tmp_path / "other.tsv"
+    other.write_text("idx\tlabel\tpredict\tradius\tcorrect\ttime\n0\t1\t1\t0.5\t1\t0:00:01\n")
+    with pytest.raises(ValueError, match="not a certification log"):
+        ps.CertificationReport.from_log(other)
+    empty = ps.CertificationReport.from_log(write_log(tmp_path / "empty.tsv", []))
+    with pytest.raises(ValueError, match="no certificates"):
+        empty.certified_accuracy()
+
+
+def test_rows_round_trip() -> None:
+    row = LogRow(3, 1, 1, 0.1 + 0.2, 1, 1 / 3, 7, 10, 0.125)
+    assert LogRow.from_line(row.to_line()) == row
+
+
+def test_plots(report: ps.CertificationReport, tmp_path: Path) -> None:
+    out = report.plot(tmp_path / "curve.png", title="sigma = 0.25")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    other = ps.CertificationReport(report.rows[:2], name="prompt")
+    both = ps.plot_certified_accuracy({"lora": report, "prompt": other}, tmp_path / "c.pdf")
+    assert both.read_bytes()[:4] == b"%PDF"
+    assert "| prompt |" in certified_accuracy_table({"lora": report, "prompt": other})
+
+
+def test_plot_without_matplotlib(
+    report: ps.CertificationReport, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
+    with pytest.raises(ImportError, match=r"pip install 'peftsmoothing\[plot\]'"):
+        report.plot(tmp_path / "curve.png")
+
+
+def test_cohen_analysis_columns(tmp_path: Path) -> None:
+    """Cohen et al.'s analyze.py reads the columns 'correct' and 'radius' by name."""
+    import csv
+
+    path = write_log(tmp_path / "log.tsv", ROWS)
+    with open(path) as f:
+        rows = list(csv.DictReader(f, delimiter="\t"))
+    cert_acc = sum(int(r["correct"]) and float(r["radius"]) >= 0.5 for r in rows) / len(rows)
+    assert cert_acc == ps.CertificationReport.from_log(path).certified_accuracy([0.5])[0.5]
