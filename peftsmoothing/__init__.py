@@ -13,6 +13,13 @@ Examples:
 from . import datasets
 from . import methods as _methods  # noqa: F401  (registers the built-in methods)
 from ._version import __version__
+from .losses import (
+    LossContext,
+    LossOutput,
+    UnknownLossError,
+    available_losses,
+    register_loss,
+)
 from .normalize import Normalize
 from .params import ModuleCount, ParameterReport, parameter_report
 from .registry import (
@@ -29,6 +36,7 @@ from .registry import (
 from .report import CertificationReport, plot_certified_accuracy
 from .smoothing import ABSTAIN, Certificate, SmoothedClassifier
 from .stats import binomial_pvalue, certified_radius, clopper_pearson_lower
+from .training import Callback, NoiseTrainer, TrainerConfig
 from .wrap import PEFTModel, WrapSpec, load, wrap
 from .zoo import create_model
 
@@ -61,4 +69,12 @@ __all__ = [
     "parameter_report",
     "register_method",
     "wrap",
+    "Callback",
+    "LossContext",
+    "LossOutput",
+    "NoiseTrainer",
+    "TrainerConfig",
+    "UnknownLossError",
+    "available_losses",
+    "register_loss",
 ]

@@ -4,6 +4,6 @@ Each method lives in its own module and registers itself with
 :func:`peftsmoothing.register_method`, exactly as a third-party plug-in would.
 """
 
-from . import adapter, full, linear, lora, prompt
+from . import adapter, denoiser, full, linear, lora, prompt
 
-__all__ = ["adapter", "full", "linear", "lora", "prompt"]
+__all__ = ["adapter", "denoiser", "full", "linear", "lora", "prompt"]

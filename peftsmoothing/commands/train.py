@@ -1,0 +1,197 @@
+"""``peftsmoothing train``: build a timm model, wrap it with a PEFT method, train it on noise.
+
+The output directory is a saved :class:`peftsmoothing.PEFTModel` whose config records how to
+rebuild the base model (``metadata["base_model"]``), so ``peftsmoothing certify --model OUT``
+and ``peftsmoothing.load(OUT)`` accept it. Checkpoints (``last/``, ``best/``) and
+``history.jsonl`` go to ``OUT/checkpoints``; rerun with ``--resume`` to continue.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = ["parse_options", "register", "run"]
+
+
+def _value(text: str) -> Any:
+    """``"8"`` -> 8, ``"0.1"`` -> 0.1, ``"true"`` -> True, ``"[1,2]"`` -> [1, 2], else the text."""
+    lowered = text.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered in ("none", "null"):
+        return None
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def parse_options(items: Sequence[str] | None) -> dict[str, Any]:
+    """Parse ``key=value`` strings; values are Python literals when they parse as one.
+
+    Raises:
+        ValueError: For an item without ``=``.
+
+    Examples:
+        >>> parse_options(["img_size=32", "drop_rate=0.1", "targets=['qkv']", "name=x"])
+        {'img_size': 32, 'drop_rate': 0.1, 'targets': ['qkv'], 'name': 'x'}
+    """
+    out: dict[str, Any] = {}
+    for item in items or ():
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"expected key=value, got {item!r}")
+        out[key.strip().replace("-", "_")] = _value(value.strip())
+    return out
+
+
+def _load_dataset(name: str, root: str, train: bool, image_size: int | None) -> Any:
+    from .. import datasets
+
+    return datasets.load_dataset(name, root, train, image_size=image_size)
+
+
+def _num_classes(name: str, root: str) -> int:
+    from .. import datasets
+
+    return int(datasets.num_classes(name, root))
+
+
+def _create_model(name: str, pretrained: bool, seed: int, kwargs: dict[str, Any]) -> Any:
+    from ..zoo import create_model
+
+    return create_model(name, pretrained, seed=None if pretrained else seed, **kwargs)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Train as the arguments say and save the model to ``args.out``; returns the exit status."""
+    import torch
+    from torch.utils.data import DataLoader, Subset, random_split
+
+    import peftsmoothing as ps
+
+    try:
+        model_kwargs = parse_options(args.model_kwargs)
+        method_options = parse_options(args.opt)
+        if args.r is not None:
+            method_options["r"] = args.r
+        model_kwargs.pop("num_classes", None)
+        classes = _num_classes(args.dataset, args.root)
+        train_set: Any = _load_dataset(args.dataset, args.root, True, args.img_size)
+        if args.limit is not None:
+            train_set = Subset(train_set, range(min(args.limit, len(train_set))))
+        val_set: Any = None
+        if args.val_fraction > 0:
+            n_val = max(1, round(len(train_set) * args.val_fraction))
+            split = torch.Generator().manual_seed(args.seed)
+            train_set, val_set = random_split(
+                train_set, [len(train_set) - n_val, n_val], generator=split
+            )
+        base = _create_model(args.model, args.pretrained, args.seed, model_kwargs)
+        model = ps.wrap(base, args.method, num_classes=classes, **method_options)
+        loader_gen = torch.Generator().manual_seed(args.seed)
+        train_loader = DataLoader(
+            train_set, batch_size=args.batch, shuffle=True, num_workers=args.workers,
+            drop_last=False, generator=loader_gen, pin_memory=torch.cuda.is_available(),
+        )  # fmt: skip
+        val_loader = (
+            DataLoader(val_set, batch_size=args.batch, num_workers=args.workers)
+            if val_set is not None
+            else None
+        )
+        metadata = {
+            "base_model": {
+                "name": args.model,
+                "pretrained": bool(args.pretrained),
+                "kwargs": model_kwargs,
+                "seed": None if args.pretrained else args.seed,
+            },
+            "data": {"dataset": args.dataset, "image_size": args.img_size},
+        }
+        sigma: float | list[float] = args.sigma[0] if len(args.sigma) == 1 else args.sigma
+        out = args.out
+        trainer = ps.NoiseTrainer(
+            model,
+            sigma,
+            epochs=args.epochs,
+            lr=args.lr,
+            weight_decay=args.weight_decay,
+            optimizer=args.optimizer,
+            schedule=args.schedule,
+            warmup_steps=args.warmup_steps,
+            grad_accum=args.grad_accum,
+            max_grad_norm=args.max_grad_norm,
+            precision=args.precision,
+            loss=args.loss,
+            consistency_weight=args.consistency_weight,
+            num_noise=args.num_noise,
+            device=args.device,
+            seed=args.seed,
+            checkpoint_dir=f"{out}/checkpoints",
+            metadata=metadata,
+        )
+        if trainer.is_main:
+            print(ps.parameter_report(model).summary(), file=sys.stderr)
+        history = trainer.fit(train_loader, val_loader, resume=args.resume)
+        if trainer.is_main:
+            meta = {**metadata, "training": {"config": trainer.config.to_dict(),
+                                             "history": history}}
+            model.save(out, metadata=meta)
+            print(f"saved {args.method} model to {out} "
+                  f"(certify with: peftsmoothing certify --model {out} ...)")
+    except (ValueError, TypeError, FileNotFoundError, ImportError, RuntimeError) as err:
+        print(f"peftsmoothing train: error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``train`` sub-command."""
+    p = subparsers.add_parser(
+        "train",
+        help="fine-tune a PEFT method on Gaussian-noised images",
+        description="Build a timm model, wrap it with a PEFT method and train it on noisy "
+        "images; the output directory is accepted by `peftsmoothing certify --model`. "
+        "Run under torchrun for several GPUs.",
+    )
+    p.add_argument("--model", required=True, help="timm model name, e.g. vit_base_patch16_224")
+    p.add_argument("--pretrained", action="store_true", help="load timm's pretrained weights")
+    p.add_argument("--model-kwargs", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="extra timm.create_model options, e.g. img_size=32 patch_size=4")
+    p.add_argument("--method", default="lora", help="PEFT method (see `peftsmoothing methods`)")
+    p.add_argument("--r", type=int, default=None, help="LoRA rank (shortcut for --opt r=R)")
+    p.add_argument("--opt", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="method options, e.g. alpha=16 targets=\"['qkv']\"")
+    p.add_argument("--dataset", default="cifar10", help="cifar10, cifar100, imagenet, imagefolder")
+    p.add_argument("--root", required=True, help="data directory")
+    p.add_argument("--img-size", "--image-size", dest="img_size", type=int, default=None,
+                   help="resize images to this size before the noise (e.g. 224); pass the "
+                   "same --image-size to certify")
+    p.add_argument("--limit", type=int, default=None, help="use only the first N training images")
+    p.add_argument("--val-fraction", type=float, default=0.0,
+                   help="hold out this fraction of the training set for validation / best/")
+    p.add_argument("--sigma", type=float, nargs="+", default=[0.5],
+                   help="noise level(s) in pixel units; several: one drawn per batch")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--batch", type=int, default=128, help="batch size per process")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--optimizer", default="adamw", help="adamw, adam or sgd")
+    p.add_argument("--schedule", default="cosine", help="cosine, linear or constant")
+    p.add_argument("--warmup-steps", type=int, default=0)
+    p.add_argument("--grad-accum", type=int, default=1)
+    p.add_argument("--max-grad-norm", type=float, default=None)
+    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
+    p.add_argument("--loss", default="ce", help="ce, consistency, stability, ...")
+    p.add_argument("--consistency-weight", type=float, default=None)
+    p.add_argument("--num-noise", type=int, default=None)
+    p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
+    p.add_argument("--device", default=None, help="default: cuda (LOCAL_RANK) if available")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last")
+    p.add_argument("--out", required=True, help="output directory")
+    p.set_defaults(func=run)
