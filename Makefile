@@ -10,15 +10,16 @@ $(PY):
 
 # Re-install when the project metadata changes.
 $(VENV)/.installed: pyproject.toml | $(PY)
-	$(PY) -m pip install -e .
+	$(PY) -m pip install -e ".[plot]"
 	touch $@
 
 $(VENV)/.installed-dev: pyproject.toml | $(PY)
 	$(PY) -m pip install -e ".[dev,docs,plot]"
 	touch $(VENV)/.installed $@
 
+# The main job, offline: shipped ViT + CIFAR-10 sample -> LoRA -> noise training -> certificates.
 demo: $(VENV)/.installed
-	$(PY) examples/quickstart.py
+	$(VENV)/bin/peftsmoothing demo --out demo-output
 
 lint: $(VENV)/.installed-dev
 	$(PY) -m ruff check .

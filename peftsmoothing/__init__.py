@@ -10,7 +10,7 @@ Examples:
     >>> model = ps.wrap(vit, method="lora", r=8, num_classes=10)
 """
 
-from . import datasets
+from . import datasets, zoo
 from . import methods as _methods  # noqa: F401  (registers the built-in methods)
 from ._version import __version__
 from .losses import (
@@ -63,6 +63,7 @@ __all__ = [
     "available_methods",
     "create_model",
     "datasets",
+    "zoo",
     "get_method",
     "load",
     "method_descriptions",

@@ -19,7 +19,20 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-__all__ = ["DATASETS", "ArrayDataset", "load_cifar", "load_dataset", "num_classes"]
+__all__ = [
+    "CIFAR10_CLASSES",
+    "DATASETS",
+    "ArrayDataset",
+    "cifar10_sample",
+    "load_cifar",
+    "load_dataset",
+    "num_classes",
+]
+
+#: CIFAR-10 class names, in label order.
+CIFAR10_CLASSES = (
+    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
+)
 
 #: Dataset names understood by :func:`load_dataset`, with their number of classes
 #: (``None``: read from the folder).
@@ -249,3 +262,31 @@ def num_classes(name: str, root: str | os.PathLike[str] | None = None) -> int:
         raise ValueError(f"num_classes({name!r}) needs root= to count the class folders")
     folder = _split_dir(Path(root), True)
     return sum(1 for p in folder.iterdir() if p.is_dir())
+
+
+def cifar10_sample(train: bool = True, *, augment: bool | None = None) -> ArrayDataset:
+    """A small real CIFAR-10 sample shipped inside the package (works offline).
+
+    2,000 training images (200 per class) and 500 test images (the first 500 of the official
+    test set, in order), taken from CIFAR-10 (Krizhevsky, Nair & Hinton, 2009) by
+    ``examples/make_demo_assets.py``.
+
+    Args:
+        train: The training (2,000) or test (500) part.
+        augment: Random crop + flip; default ``train``.
+
+    Returns:
+        An :class:`ArrayDataset` of ``(float CHW tensor in [0, 1], int label)``.
+
+    Examples:
+        >>> test = cifar10_sample(train=False)
+        >>> len(test), [test[i][1] for i in range(4)]
+        (500, [3, 8, 8, 0])
+    """
+    from importlib import resources
+
+    path = resources.files("peftsmoothing") / "assets" / "cifar10_sample.npz"
+    with resources.as_file(path) as p, np.load(p) as data:
+        split = "train" if train else "test"
+        x, y = data[f"x_{split}"], data[f"y_{split}"]
+    return ArrayDataset(x, y, augment=train if augment is None else augment)

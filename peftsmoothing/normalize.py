@@ -45,6 +45,9 @@ class Normalize(nn.Module):
             raise ValueError(f"std must be positive and finite, got {list(std)}")
         if not torch.all(torch.isfinite(mean_t)):
             raise ValueError(f"mean must be finite, got {list(mean)}")
+        # the values as given (float64), for configs; the buffers hold them in float32
+        self.given_mean = tuple(float(m) for m in mean)
+        self.given_std = tuple(float(s) for s in std)
         self.register_buffer("mean", mean_t.view(-1, 1, 1), persistent=False)
         self.register_buffer("std", std_t.view(-1, 1, 1), persistent=False)
 

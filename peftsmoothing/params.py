@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
-__all__ = ["ModuleCount", "ParameterReport", "parameter_report"]
+__all__ = ["ModuleCount", "ParameterReport", "parameter_report", "trained_state_dict"]
 
 
 @dataclass(frozen=True)
@@ -98,3 +99,27 @@ def parameter_report(model: nn.Module) -> ParameterReport:
         if own_trainable:
             rows.append(ModuleCount(name, own_trainable, own_total))
     return ParameterReport(trainable, total, tuple(rows))
+
+
+def trained_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The tensors that training changes, detached copies keyed as in ``model.state_dict()``.
+
+    Trainable parameters, plus the persistent buffers of every module that owns a trainable
+    parameter (e.g. the running statistics of a BatchNorm that is trained).
+
+    Examples:
+        >>> from torch import nn
+        >>> net = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
+        >>> _ = net[0].requires_grad_(False)
+        >>> sorted(trained_state_dict(net))
+        ['1.bias', '1.num_batches_tracked', '1.running_mean', '1.running_var', '1.weight']
+    """
+    state = model.state_dict()
+    keys: set[str] = set()
+    for mod_name, module in model.named_modules():
+        prefix = f"{mod_name}." if mod_name else ""
+        own = [n for n, p in module.named_parameters(recurse=False) if p.requires_grad]
+        if own:
+            keys.update(prefix + n for n in own)
+            keys.update(prefix + n for n, _ in module.named_buffers(recurse=False))
+    return {k: state[k].detach().clone() for k in sorted(keys) if k in state}

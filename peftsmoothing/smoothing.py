@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ._io import fsync_dir
 from .stats import (
     binomial_pvalue,
     certified_radius,
@@ -760,15 +761,6 @@ def _select_indices(
     return chosen
 
 
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 def _open_log(path: Path, meta: dict[str, Any], resume: bool) -> tuple[Any, list[LogRow]]:
     """Open ``path`` for appending rows; return the handle and the rows already there."""
     meta_path = path.with_name(path.name + ".json")
@@ -819,5 +811,5 @@ def _open_log(path: Path, meta: dict[str, Any], resume: bool) -> tuple[Any, list
         handle.write(_LOG_HEADER)
         handle.flush()
         os.fsync(handle.fileno())
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
     return handle, rows

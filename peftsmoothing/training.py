@@ -38,7 +38,9 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, IterableDataset, RandomSampler, Sampler
 
+from ._io import atomic_save, fsync_dir
 from .losses import LossContext, LossOutput, LossSpec, get_loss
+from .params import trained_state_dict
 
 __all__ = [
     "HISTORY_FILE",
@@ -279,46 +281,11 @@ def _is_peft_model(module: nn.Module) -> bool:
     )
 
 
-def _trained_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
-    """Trainable parameters plus the buffers of the modules that own them."""
+def _trained_tensors(module: nn.Module) -> dict[str, torch.Tensor]:
+    """A wrapped model's own notion of its trained tensors, else :func:`trained_state_dict`."""
     if _is_peft_model(module):
         return dict(module.trained_state_dict())  # type: ignore[operator]
-    state = module.state_dict()
-    keys: set[str] = set()
-    for mod_name, sub in module.named_modules():
-        prefix = f"{mod_name}." if mod_name else ""
-        own = [n for n, p in sub.named_parameters(recurse=False) if p.requires_grad]
-        if own:
-            keys.update(prefix + n for n in own)
-            keys.update(prefix + n for n, _ in sub.named_buffers(recurse=False))
-    return {k: state[k].detach().clone() for k in sorted(keys) if k in state}
-
-
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _atomic_save(obj: Any, path: Path) -> None:
-    """``torch.save`` through a temporary file in the same directory, fsync, then rename."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            if isinstance(obj, bytes):
-                f.write(obj)
-            else:
-                torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    return trained_state_dict(module)
 
 
 def _swap_dir(tmp: Path, final: Path) -> None:
@@ -329,7 +296,7 @@ def _swap_dir(tmp: Path, final: Path) -> None:
     if final.exists():
         os.replace(final, old)
     os.replace(tmp, final)
-    _fsync_dir(final.parent)
+    fsync_dir(final.parent)
     shutil.rmtree(old, ignore_errors=True)
 
 
@@ -1225,9 +1192,9 @@ class NoiseTrainer:
             if _is_peft_model(self.module):
                 self.module.save(tmp, metadata=meta)  # type: ignore[operator]
             else:
-                _atomic_save(_trained_state_dict(self.module), tmp / TENSORS_FILE)
-            _atomic_save(dict(state), tmp / TRAINER_STATE_FILE)
-            _fsync_dir(tmp)
+                atomic_save(_trained_tensors(self.module), tmp / TENSORS_FILE)
+            atomic_save(dict(state), tmp / TRAINER_STATE_FILE)
+            fsync_dir(tmp)
             _swap_dir(tmp, root / name)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -1285,7 +1252,7 @@ class NoiseTrainer:
         if self.checkpoint_dir is None or not self.is_main:
             return
         text = "".join(json.dumps(r) + "\n" for r in self.history)
-        _atomic_save(text.encode(), self.checkpoint_dir / HISTORY_FILE)
+        atomic_save(text.encode(), self.checkpoint_dir / HISTORY_FILE)
 
     def _update_best(self, record: Mapping[str, Any]) -> bool:
         key = self.config.monitor or ("val_noisy_acc" if "val_noisy_acc" in record else "train_acc")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -21,9 +20,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from ._io import atomic_save, atomic_write
 from ._version import __version__
 from .methods._targets import get_submodule, replace_module
 from .normalize import Normalize, timm_mean_std
+from .params import trained_state_dict
 from .registry import Method, MethodContext, get_method
 from .zoo import BASE_ATTR, build_base_model
 
@@ -239,16 +240,7 @@ class PEFTModel(nn.Module):
             >>> sorted(m.trained_state_dict())
             ['model.bias', 'model.weight']
         """
-        state = self.state_dict()
-        keys: set[str] = set()
-        for mod_name, module in self.named_modules():
-            prefix = f"{mod_name}." if mod_name else ""
-            own = [(n, p) for n, p in module.named_parameters(recurse=False) if p.requires_grad]
-            if not own:
-                continue
-            keys.update(prefix + n for n, _ in own)
-            keys.update(prefix + n for n, _ in module.named_buffers(recurse=False))
-        return {k: state[k].detach().clone() for k in sorted(keys) if k in state}
+        return trained_state_dict(self)
 
     def save(self, path: str | os.PathLike[str], metadata: Mapping[str, Any] | None = None) -> Path:
         """Save the trained tensors and a JSON config to the directory ``path``.
@@ -293,9 +285,8 @@ class PEFTModel(nn.Module):
             "tensors": {k: list(v.shape) for k, v in tensors.items()},
             "metadata": dict(metadata) if metadata else {},
         }
-        _atomic_write(out / TENSORS_FILE, lambda f: torch.save(tensors, f))
-        text = json.dumps(config, indent=2, sort_keys=False) + "\n"
-        _atomic_write(out / CONFIG_FILE, lambda f: f.write(text.encode()))
+        atomic_save(tensors, out / TENSORS_FILE)
+        atomic_write(out / CONFIG_FILE, (json.dumps(config, indent=2) + "\n").encode())
         return out
 
     def extra_repr(self) -> str:
@@ -308,21 +299,6 @@ def _architecture(model: nn.Module) -> str | None:
         arch = cfg.get("architecture")
         return str(arch) if arch else None
     return None
-
-
-def _atomic_write(path: Path, write: Any) -> None:
-    """Write through a temporary file in the same directory, fsync, then rename."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def _resolve_normalize(model: nn.Module, normalize: NormalizeArg) -> Normalize | None:
@@ -502,8 +478,8 @@ def wrap(
         num_classes=num_classes,
         head=head_name,
         train_head=bool(train_head),
-        mean=tuple(norm.as_lists()[0]) if norm is not None else None,
-        std=tuple(norm.as_lists()[1]) if norm is not None else None,
+        mean=norm.given_mean if norm is not None else None,
+        std=norm.given_std if norm is not None else None,
     )
     return PEFTModel(
         model,

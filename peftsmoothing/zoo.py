@@ -14,10 +14,19 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["BASE_ATTR", "build_base_model", "create_model"]
+__all__ = ["BASE_ATTR", "DEMO_VIT_KWARGS", "build_base_model", "create_model", "demo_vit"]
 
 #: Attribute on a model holding the recipe it was built from.
 BASE_ATTR = "peftsmoothing_base"
+
+#: timm ``vit_tiny_patch16_224`` options of the small demo backbone (1.2M parameters, 32 px).
+DEMO_VIT_KWARGS: dict[str, Any] = {
+    "img_size": 32,
+    "patch_size": 4,
+    "embed_dim": 128,
+    "depth": 6,
+    "num_heads": 4,
+}
 
 
 def create_model(
@@ -73,6 +82,8 @@ def build_base_model(spec: Mapping[str, Any]) -> nn.Module:
     """
     import timm
 
+    if spec.get("zoo") == "demo_vit":
+        return demo_vit()
     name = spec.get("name")
     if not name:
         raise ValueError(f"base model recipe without a 'name': {dict(spec)}")
@@ -91,3 +102,35 @@ def build_base_model(spec: Mapping[str, Any]) -> nn.Module:
         model.load_state_dict(state)
     setattr(model, BASE_ATTR, {**dict(spec), "kwargs": kwargs})
     return model
+
+
+def demo_vit() -> nn.Module:
+    """The small ViT shipped with the package, pre-trained on clean CIFAR-10 (no download).
+
+    A timm ``vit_tiny_patch16_224`` layout on 32x32 inputs (patch 4, width 128, depth 6;
+    1.2M parameters) trained from scratch on 5,085 clean CIFAR-10 training images by
+    ``examples/make_demo_assets.py``. It expects inputs normalized with mean = std = 0.5, which
+    is what its timm ``pretrained_cfg`` says, so ``ps.wrap(demo_vit(), ...)`` normalizes right.
+
+    Returns:
+        The model (float32, eval mode), whose recipe lets ``ps.load(path)`` rebuild it.
+
+    Examples:
+        >>> import torch
+        >>> vit = demo_vit()
+        >>> vit(torch.zeros(1, 3, 32, 32)).shape
+        torch.Size([1, 10])
+    """
+    from importlib import resources
+
+    import timm
+
+    model = timm.create_model(
+        "vit_tiny_patch16_224", pretrained=False, num_classes=10, **DEMO_VIT_KWARGS
+    )
+    weights = resources.files("peftsmoothing") / "assets" / "demo_vit.pt"
+    with resources.as_file(weights) as path:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    model.load_state_dict({k: v.float() for k, v in state.items()})
+    setattr(model, BASE_ATTR, {"zoo": "demo_vit"})
+    return model.eval()

@@ -4,4 +4,4 @@ Every module exposes ``register(subparsers)``, which adds its parser and sets ``
 callable taking the parsed ``argparse.Namespace`` and returning an exit status).
 """
 
-COMMANDS = ("methods", "train", "certify", "report")
+COMMANDS = ("methods", "train", "certify", "report", "demo")

@@ -1,0 +1,41 @@
+"""``peftsmoothing demo``: the whole pipeline on the shipped ViT and CIFAR-10 sample."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run :func:`peftsmoothing.demo.run_demo` with the command-line settings."""
+    from ..demo import DemoConfig, run_demo
+
+    if args.smoke:
+        cfg = DemoConfig.smoke(out=args.out)
+        run_demo(cfg, train_limit=128)
+        return 0
+    cfg = DemoConfig(out=args.out, sigma=args.sigma, epochs=args.epochs,
+                     num_images=args.num_images, n=args.n, n0=args.n0,
+                     compare_base=not args.no_baseline)
+    run_demo(cfg)
+    return 0
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``demo`` sub-command."""
+    from ..demo import DemoConfig
+
+    defaults = DemoConfig()
+    p = subparsers.add_parser(
+        "demo", help="run the end-to-end demo offline (about 3 minutes on 2 CPU cores)"
+    )
+    p.add_argument("--out", default=defaults.out, help="output directory")
+    p.add_argument("--sigma", type=float, default=defaults.sigma)
+    p.add_argument("--epochs", type=int, default=defaults.epochs)
+    p.add_argument("--num-images", type=int, default=defaults.num_images)
+    p.add_argument("--n0", type=int, default=defaults.n0)
+    p.add_argument("--n", type=int, default=defaults.n)
+    p.add_argument("--no-baseline", action="store_true",
+                   help="skip certifying the model before fine-tuning")
+    p.add_argument("--smoke", action="store_true", help="tiny sizes: runs in seconds")
+    p.set_defaults(func=run)
