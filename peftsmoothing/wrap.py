@@ -1,7 +1,8 @@
 """``wrap()`` / ``load()``: freeze a model, add a method's parameters, normalize, save, merge.
 
 A wrapped model is a :class:`PEFTModel`: ``pixel`` (a method's pixel-space module, e.g. a
-denoiser; usually empty) -> ``normalize`` (mean/std, so the model takes [0, 1] images) ->
+denoiser; usually empty) -> ``resize`` (optional, e.g. 32 -> 224 px) -> ``normalize``
+(mean/std, so the model takes [0, 1] images) ->
 ``model`` (the original network, modified in place by the method). Saving writes only what
 was trained plus a JSON file that rebuilds the wrapper around the same base model.
 """
@@ -23,7 +24,7 @@ from torch import nn
 from ._io import atomic_save, atomic_write
 from ._version import __version__
 from .methods._targets import get_submodule, replace_module
-from .normalize import Normalize, timm_mean_std
+from .normalize import Normalize, Resize, timm_mean_std
 from .params import trained_state_dict
 from .registry import Method, MethodContext, get_method
 from .zoo import BASE_ATTR, build_base_model
@@ -51,6 +52,7 @@ class WrapSpec:
         train_head: Whether the head is trained.
         mean: Normalization mean, or ``None`` without normalization.
         std: Normalization std, or ``None`` without normalization.
+        input_size: Size images are resized to inside the model, or ``None``.
     """
 
     method: str
@@ -60,6 +62,7 @@ class WrapSpec:
     train_head: bool
     mean: tuple[float, ...] | None
     std: tuple[float, ...] | None
+    input_size: tuple[int, int] | None = None
 
 
 class PEFTModel(nn.Module):
@@ -86,11 +89,13 @@ class PEFTModel(nn.Module):
         *,
         normalize: Normalize | None = None,
         pixel: nn.Module | None = None,
+        resize: Resize | None = None,
         modules: Mapping[str, nn.Module] | None = None,
         base_parameters: int = 0,
     ) -> None:
         super().__init__()
         self.pixel = pixel if pixel is not None else nn.Identity()
+        self.resize: nn.Module = resize if resize is not None else nn.Identity()
         self.normalize: nn.Module = normalize if normalize is not None else nn.Identity()
         self.model = model
         self.peft = nn.ModuleDict(dict(modules or {}))
@@ -101,7 +106,7 @@ class PEFTModel(nn.Module):
         self._merged = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(self.normalize(self.pixel(x)))
+        return self.model(self.normalize(self.resize(self.pixel(x))))
 
     # ----------------------------------------------------------------- trainable parameters
     def named_trainable_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
@@ -380,6 +385,7 @@ def wrap(
     head: str | None = None,
     train_head: bool | None = None,
     normalize: NormalizeArg = "auto",
+    input_size: int | tuple[int, int] | None = None,
     **config: Any,
 ) -> PEFTModel:
     """Freeze ``model``, add a PEFT method's trainable parameters and built-in normalization.
@@ -399,6 +405,9 @@ def wrap(
             otherwise ``False``. ``False`` together with ``num_classes`` is an error.
         normalize: ``"auto"`` (mean/std from timm's ``pretrained_cfg``), ``None`` (the model
             already takes [0, 1] images), or a ``(mean, std)`` pair.
+        input_size: Resize images to this size inside the model (bilinear, before
+            normalization), e.g. 224 to feed 32x32 CIFAR-10 images to a ViT-B/16. Noise and
+            certified radii then stay in the data's native resolution.
         **config: The method's options, e.g. ``r=8`` for LoRA. Unknown keys raise an error
             naming the valid ones.
 
@@ -446,6 +455,7 @@ def wrap(
             "drop train_head=False or num_classes"
         )
     norm = _resolve_normalize(model, normalize)
+    resize = Resize(input_size) if input_size is not None else None
     head_name = _find_head(model, head)
     if train_head and num_classes is None and head_name is None:
         raise ValueError("train_head=True but no classification head was found; pass head=")
@@ -480,6 +490,7 @@ def wrap(
         train_head=bool(train_head),
         mean=norm.given_mean if norm is not None else None,
         std=norm.given_std if norm is not None else None,
+        input_size=resize.size if resize is not None else None,
     )
     return PEFTModel(
         model,
@@ -487,6 +498,7 @@ def wrap(
         spec,
         normalize=norm,
         pixel=context.pixel_module,
+        resize=resize,
         modules=context.modules,
         base_parameters=base_parameters,
     )
@@ -585,6 +597,7 @@ def load(
         head=spec.get("head") if spec.get("num_classes") is None else _user_head(base_model, spec),
         train_head=spec.get("train_head"),
         normalize=normalize,
+        input_size=tuple(spec["input_size"]) if spec.get("input_size") else None,
         **{**spec.get("method_config", {}), **method_overrides},
     )
     expected = config.get("base", {}).get("num_parameters")

@@ -216,3 +216,23 @@ def test_device_and_dtype_follow_the_model(images: torch.Tensor) -> None:
     m = ps.wrap(base, method="lora", num_classes=3)
     assert all(p.dtype == torch.float64 for p in m.parameters())
     assert m(images.double()).dtype == torch.float64
+
+
+def test_input_size_resizes_inside_the_model(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    base = tiny_vit(img_size=64, patch_size=8)
+    seen: list[torch.Size] = []
+    base.patch_embed.register_forward_pre_hook(lambda mod, args: seen.append(args[0].shape))
+    m = ps.wrap(base, method="lora", r=2, input_size=64).eval()
+    x = torch.rand(2, 3, 32, 32)  # native CIFAR resolution; noise would be added here
+    y = m(x)
+    assert seen[-1] == (2, 3, 64, 64) and y.shape == (2, 10)
+    expected = nn.functional.interpolate(x, size=(64, 64), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(m.model(m.normalize(expected)), y)
+    m.save(tmp_path)
+    state = {k: v for k, v in tiny_vit(img_size=64, patch_size=8).state_dict().items()}
+    fresh = tiny_vit(img_size=64, patch_size=8, seed=4)
+    fresh.load_state_dict(state)
+    m2 = ps.load(fresh, tmp_path).eval()
+    assert m2.spec.input_size == (64, 64)
+    with pytest.raises(ValueError, match="size must be a positive int"):
+        ps.wrap(tiny_vit(), method="lora", input_size=0)

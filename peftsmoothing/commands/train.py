@@ -92,7 +92,9 @@ def run(args: argparse.Namespace) -> int:
                 train_set, [len(train_set) - n_val, n_val], generator=split
             )
         base = _create_model(args.model, args.pretrained, args.seed, model_kwargs)
-        model = ps.wrap(base, args.method, num_classes=classes, **method_options)
+        model = ps.wrap(
+            base, args.method, num_classes=classes, input_size=args.input_size, **method_options
+        )
         loader_gen = torch.Generator().manual_seed(args.seed)
         train_loader = DataLoader(
             train_set, batch_size=args.batch, shuffle=True, num_workers=args.workers,
@@ -169,8 +171,11 @@ def register(subparsers: Any) -> None:
     p.add_argument("--dataset", default="cifar10", help="cifar10, cifar100, imagenet, imagefolder")
     p.add_argument("--root", required=True, help="data directory")
     p.add_argument("--img-size", "--image-size", dest="img_size", type=int, default=None,
-                   help="resize images to this size before the noise (e.g. 224); pass the "
-                   "same --image-size to certify")
+                   help="resize the data before the noise (radii then refer to the resized "
+                   "images; pass the same --image-size to certify); see --input-size")
+    p.add_argument("--input-size", type=int, default=None,
+                   help="resize inside the model (e.g. 224 for ViT-B on CIFAR): noise and "
+                   "certified radii stay at the data's native resolution")
     p.add_argument("--limit", type=int, default=None, help="use only the first N training images")
     p.add_argument("--val-fraction", type=float, default=0.0,
                    help="hold out this fraction of the training set for validation / best/")
