@@ -83,3 +83,11 @@ def test_errors() -> None:
     x = torch.rand(1, 3, 32, 32)
     with pytest.raises(ValueError, match="pixel-space module"):
         mse_loss(m, x, [x], torch.zeros(1, dtype=torch.long), LossContext(sigma=0.1, module=m))
+
+
+def test_mse_refuses_ddp_wrapped_models() -> None:
+    m = ps.wrap(nn.Flatten(), method="denoiser", depth=2, width=4, normalize=None)
+    wrapper = nn.Sequential(m)  # stands in for DistributedDataParallel(m)
+    x = torch.rand(1, 3, 4, 4)
+    with pytest.raises(RuntimeError, match="does not support multi-process"):
+        mse_loss(wrapper, x, [x], torch.zeros(1, dtype=torch.long), LossContext(0.1, module=m))

@@ -155,6 +155,13 @@ def mse_loss(
         0.01
     """
     module = ctx.module if ctx.module is not None else model
+    if module is not model:
+        # Under DistributedDataParallel, calling the denoiser directly would bypass DDP's
+        # gradient synchronisation and let the ranks drift apart silently.
+        raise RuntimeError(
+            "loss='mse' does not support multi-process (DDP) training; use loss='stability' "
+            "under torchrun, or train the denoiser in one process"
+        )
     pixel = getattr(module, "pixel", None)
     if not isinstance(pixel, nn.Module) or isinstance(pixel, nn.Identity):
         raise ValueError("loss='mse' trains a pixel-space module (wrap(..., method='denoiser'))")
