@@ -264,7 +264,9 @@ def num_classes(name: str, root: str | os.PathLike[str] | None = None) -> int:
     return sum(1 for p in folder.iterdir() if p.is_dir())
 
 
-def cifar10_sample(train: bool = True, *, augment: bool | None = None) -> ArrayDataset:
+def cifar10_sample(
+    train: bool = True, *, augment: bool | None = None, image_size: int | None = None
+) -> ArrayDataset:
     """A small real CIFAR-10 sample shipped inside the package (works offline).
 
     2,000 training images (200 per class) and 500 test images (the first 500 of the official
@@ -274,6 +276,8 @@ def cifar10_sample(train: bool = True, *, augment: bool | None = None) -> ArrayD
     Args:
         train: The training (2,000) or test (500) part.
         augment: Random crop + flip; default ``train``.
+        image_size: Resize to this size (prefer ``ps.wrap(..., input_size=...)``, which keeps
+            certified radii at the native 32x32 resolution).
 
     Returns:
         An :class:`ArrayDataset` of ``(float CHW tensor in [0, 1], int label)``.
@@ -289,4 +293,6 @@ def cifar10_sample(train: bool = True, *, augment: bool | None = None) -> ArrayD
     with resources.as_file(path) as p, np.load(p) as data:
         split = "train" if train else "test"
         x, y = data[f"x_{split}"], data[f"y_{split}"]
-    return ArrayDataset(x, y, augment=train if augment is None else augment)
+    return ArrayDataset(
+        x, y, augment=train if augment is None else augment, image_size=image_size
+    )

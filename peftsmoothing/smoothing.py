@@ -17,6 +17,7 @@ device, and each ``certify`` call synchronises with the host once, at the end.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import numbers
@@ -33,7 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._io import fsync_dir
+from ._io import atomic_write, fsync_dir
 from .stats import (
     binomial_pvalue,
     certified_radius,
@@ -671,6 +672,7 @@ class SmoothedClassifier:
                 "seed": master,
                 "num_classes": self.num_classes,
                 "precision": self.precision,
+                "model_sha256": model_fingerprint(self.base),
             }
             handle, rows = _open_log(Path(log), meta, resume)
             for row in rows:
@@ -761,6 +763,28 @@ def _select_indices(
     return chosen
 
 
+def model_fingerprint(model: nn.Module) -> str:
+    """SHA-256 of a model's state (names, dtypes, shapes and values of every tensor).
+
+    Recorded in a certification log's settings so that resuming with another (or retrained)
+    model is refused instead of mixing certificates of two models in one report.
+
+    Examples:
+        >>> from torch import nn
+        >>> a = nn.Linear(2, 2)
+        >>> model_fingerprint(a) == model_fingerprint(a), len(model_fingerprint(a))
+        (True, 64)
+    """
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach()
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        if t.dtype == torch.bfloat16:
+            t = t.view(torch.int16)
+        digest.update(t.contiguous().cpu().numpy().tobytes())
+    return digest.hexdigest()
+
+
 def _open_log(path: Path, meta: dict[str, Any], resume: bool) -> tuple[Any, list[LogRow]]:
     """Open ``path`` for appending rows; return the handle and the rows already there."""
     meta_path = path.with_name(path.name + ".json")
@@ -780,8 +804,9 @@ def _open_log(path: Path, meta: dict[str, Any], resume: bool) -> tuple[Any, list
             ]
             if diff:
                 raise ValueError(
-                    f"{path} was written with other settings: {', '.join(diff)}; resuming "
-                    "would mix certificates of different settings. Use another log."
+                    f"{path} was written with other settings or another model: "
+                    f"{', '.join(diff)}; resuming would mix certificates of different settings "
+                    "or models. Use another log."
                 )
         data = path.read_bytes()
         rows, valid = parse_log(data, str(path))
@@ -801,11 +826,7 @@ def _open_log(path: Path, meta: dict[str, Any], resume: bool) -> tuple[Any, list
             raise ValueError(f"{path} holds rows with n={sorted(ns)}, but n={meta['n']} now")
     path.parent.mkdir(parents=True, exist_ok=True)
     if not exists or not meta_path.exists():
-        tmp = meta_path.with_name(meta_path.name + ".tmp")
-        tmp.write_text(json.dumps(meta, indent=2) + "\n")
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, meta_path)
+        atomic_write(meta_path, (json.dumps(meta, indent=2) + "\n").encode())
     handle = open(path, "a", encoding="utf-8", newline="\n")  # noqa: SIM115
     if handle.tell() == 0:
         handle.write(_LOG_HEADER)

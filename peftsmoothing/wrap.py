@@ -27,7 +27,7 @@ from .methods._targets import get_submodule, replace_module
 from .normalize import Normalize, Resize, timm_mean_std
 from .params import trained_state_dict
 from .registry import Method, MethodContext, get_method
-from .zoo import BASE_ATTR, build_base_model
+from .zoo import BASE_ATTR, build_base_model, unreproducible_reason
 
 __all__ = ["CONFIG_FILE", "TENSORS_FILE", "PEFTModel", "WrapSpec", "load", "read_config", "wrap"]
 
@@ -580,6 +580,13 @@ def load(
             raise ValueError(
                 f"{path} does not record how to build its base model (it was not made with "
                 "ps.create_model); call ps.load(base_model, path) with the base model"
+            )
+        reason = unreproducible_reason(recipe)
+        if reason is not None:
+            raise ValueError(
+                f"{path}: cannot rebuild its base model: {reason}, so a rebuilt one would have "
+                "other weights. Call ps.load(base_model, path) with the original base model "
+                "(next time: ps.create_model(..., seed=N) or file=...)"
             )
         base_model = build_base_model(recipe)
     elif not isinstance(base_model, nn.Module):

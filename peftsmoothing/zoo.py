@@ -14,7 +14,14 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["BASE_ATTR", "DEMO_VIT_KWARGS", "build_base_model", "create_model", "demo_vit"]
+__all__ = [
+    "BASE_ATTR",
+    "DEMO_VIT_KWARGS",
+    "build_base_model",
+    "create_model",
+    "demo_vit",
+    "unreproducible_reason",
+]
 
 #: Attribute on a model holding the recipe it was built from.
 BASE_ATTR = "peftsmoothing_base"
@@ -64,6 +71,25 @@ def create_model(
         "seed": seed,
     }
     return build_base_model(spec)
+
+
+def unreproducible_reason(spec: Mapping[str, Any]) -> str | None:
+    """Why a recipe cannot rebuild the same weights, or ``None`` if it can.
+
+    A randomly initialised model (no pretrained weights, no weights file) can only be rebuilt
+    when its seed was recorded.
+
+    Examples:
+        >>> unreproducible_reason({"name": "vit_tiny_patch16_224", "seed": 0}) is None
+        True
+        >>> print(unreproducible_reason({"name": "vit_tiny_patch16_224"}))
+        vit_tiny_patch16_224 was randomly initialised without a recorded seed
+    """
+    if spec.get("zoo") or spec.get("pretrained") or spec.get("file"):
+        return None
+    if spec.get("seed") is None:
+        return f"{spec.get('name')} was randomly initialised without a recorded seed"
+    return None
 
 
 def build_base_model(spec: Mapping[str, Any]) -> nn.Module:
@@ -133,4 +159,7 @@ def demo_vit() -> nn.Module:
         state = torch.load(path, map_location="cpu", weights_only=True)
     model.load_state_dict({k: v.float() for k, v in state.items()})
     setattr(model, BASE_ATTR, {"zoo": "demo_vit"})
+    cfg = dict(getattr(model, "pretrained_cfg", {}))
+    cfg["input_size"] = (3, 32, 32)  # timm's default for this name says 224
+    setattr(model, "pretrained_cfg", cfg)  # noqa: B010
     return model.eval()

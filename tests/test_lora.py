@@ -148,3 +148,15 @@ def test_dropout_is_a_module_and_model_deepcopies(images: torch.Tensor) -> None:
     m = ps.wrap(tiny_vit(), method="lora", dropout=0.1).eval()
     clone = copy.deepcopy(m)
     torch.testing.assert_close(clone(images), m(images))
+
+
+def test_unmerge_restores_the_frozen_weights_bit_for_bit(images: torch.Tensor) -> None:
+    m = ps.wrap(tiny_vit(), method="lora", r=4).eval()
+    _randomize_trainable(m)
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    y = m(images)
+    for _ in range(3):
+        m.merge().unmerge()
+    for k, v in m.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert torch.equal(m(images), y)

@@ -389,10 +389,19 @@ def test_existing_log_without_resume_is_an_error(tmp_path: Path) -> None:
 def test_resume_with_other_settings_is_an_error(tmp_path: Path) -> None:
     log = tmp_path / "certify.tsv"
     run_dataset(log, indices=[0])
-    with pytest.raises(ValueError, match="other settings: n="):
+    with pytest.raises(ValueError, match="other settings or another model: n="):
         run_dataset(log, n=41)
     with pytest.raises(ValueError, match="seed="):
         run_dataset(log, seed=2)
+
+
+def test_resume_with_another_model_is_an_error(tmp_path: Path) -> None:
+    log = tmp_path / "certify.tsv"
+    run_dataset(log, indices=[0])
+    other = ps.SmoothedClassifier(random_linear(5), 2, sigma=0.5)
+    with pytest.raises(ValueError, match="model_sha256="):
+        other.certify_dataset(images(9), n0=5, n=40, alpha=0.01, batch_size=40, seed=1, log=log)
+    run_dataset(log)  # the same model resumes
 
 
 def test_resume_after_a_crash_at_every_byte(tmp_path: Path) -> None:

@@ -236,3 +236,10 @@ def test_input_size_resizes_inside_the_model(tmp_path) -> None:  # type: ignore[
     assert m2.spec.input_size == (64, 64)
     with pytest.raises(ValueError, match="size must be a positive int"):
         ps.wrap(tiny_vit(), method="lora", input_size=0)
+
+
+def test_load_refuses_an_unseeded_random_base(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    base = ps.create_model("vit_tiny_patch16_224", img_size=32, patch_size=4)  # no seed
+    ps.wrap(base, method="lora", r=2).save(tmp_path)
+    with pytest.raises(ValueError, match="randomly initialised without a recorded seed"):
+        ps.load(tmp_path)

@@ -47,16 +47,22 @@ class _LoRAMixin(loralib.LoRALayer):
 
     @torch.no_grad()
     def merge(self) -> None:
-        """Add the low-rank update to the frozen weight (no-op when already merged)."""
+        """Add the low-rank update to the frozen weight (no-op when already merged).
+
+        The original weight is kept aside, so :meth:`unmerge` restores it bit for bit
+        (subtracting the update again would leave float rounding in the frozen weight).
+        """
         if not self.merged:
+            self._unmerged_weight = self.weight.detach().clone()
             self.weight.add_(self.delta_weight().to(self.weight.dtype))
             self.merged = True
 
     @torch.no_grad()
     def unmerge(self) -> None:
-        """Subtract the low-rank update again (no-op when not merged)."""
+        """Restore the original frozen weight exactly (no-op when not merged)."""
         if self.merged:
-            self.weight.sub_(self.delta_weight().to(self.weight.dtype))
+            self.weight.copy_(self._unmerged_weight)
+            del self._unmerged_weight
             self.merged = False
 
 
