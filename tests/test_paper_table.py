@@ -1,0 +1,67 @@
+"""End-to-end check of ``examples/cifar10_paper_table.py --smoke``: table, figure and resume."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "examples" / "cifar10_paper_table.py"
+DATA = ROOT.parent / "shared" / "data"
+METHODS = ("linear", "full", "lora", "prompt", "prompt-deep", "adapter", "denoiser")
+
+
+def _run(out: Path) -> subprocess.CompletedProcess[str]:
+    # Real CIFAR-10 when the project's data folder is there; otherwise the script's smoke mode
+    # makes up random images, so the test runs in a user's clone too.
+    root = DATA if (DATA / "cifar-10-batches-py").is_dir() else out / "no-data"
+    cmd = [sys.executable, str(SCRIPT), "--smoke", "--root", str(root), "--out", str(out)]
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+
+def _table_rows(table: Path) -> dict[tuple[str, str], list[str]]:
+    lines = [line for line in table.read_text().splitlines() if line.startswith("| ")]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    assert header[:3] == ["method", "sigma", "trained params"]
+    rows = {}
+    for line in lines[1:]:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        rows[(cells[0], cells[1])] = cells
+    return rows
+
+
+def test_smoke_run_writes_the_table_and_a_rerun_skips_finished_runs(tmp_path: Path) -> None:
+    if importlib.util.find_spec("timm") is None:
+        pytest.skip("timm is not installed (pip install timm)")
+    out = tmp_path / "table"
+    first = _run(out)
+    assert first.returncode == 0, first.stdout + first.stderr
+
+    rows = _table_rows(out / "table.md")
+    assert set(rows) == {(m, "0.5") for m in METHODS}
+    for cells in rows.values():
+        assert int(cells[2].replace(",", "")) > 0  # trained parameters
+        # clean acc, certified accuracy at r = 0, 0.25, 0.5, 0.75, 1.0: fractions
+        values = [float(c) for c in cells[5:11]]
+        assert all(0.0 <= v <= 1.0 for v in values), cells
+        assert values[0] == values[1]  # clean accuracy = certified accuracy at radius 0
+        assert values[1:] == sorted(values[1:], reverse=True), cells
+    # linear trains the head only; full trains everything
+    assert int(rows[("linear", "0.5")][2].replace(",", "")) < int(
+        rows[("full", "0.5")][2].replace(",", "")
+    )
+    csv = (out / "table.csv").read_text().splitlines()
+    assert len(csv) == 1 + len(METHODS)
+    if importlib.util.find_spec("matplotlib") is not None:
+        assert (out / "certified_accuracy_sigma0.5.png").stat().st_size > 0
+
+    second = _run(out)
+    assert second.returncode == 0, second.stdout + second.stderr
+    for method in METHODS:
+        assert f"skipping {method}-s0.5" in second.stdout
+    assert "training (" not in second.stdout and "certifying" not in second.stdout
+    assert _table_rows(out / "table.md") == rows
