@@ -334,17 +334,27 @@ def _resolve_normalize(model: nn.Module, normalize: NormalizeArg) -> Normalize |
     return Normalize(mean, std)
 
 
+def _head_names(model: nn.Module) -> list[str]:
+    """Names of the modules timm's ``get_classifier()`` returns (two for distilled DeiTs)."""
+    get_classifier = getattr(model, "get_classifier", None)
+    if not callable(get_classifier):
+        return []
+    found = get_classifier()
+    classifiers = list(found) if isinstance(found, (tuple, list)) else [found]
+    return [
+        name
+        for c in classifiers
+        for name, module in model.named_modules()
+        if module is c and name and isinstance(c, nn.Module)
+    ]
+
+
 def _find_head(model: nn.Module, head: str | None) -> str | None:
     if head is not None:
         get_submodule(model, head)
         return head
-    get_classifier = getattr(model, "get_classifier", None)
-    if callable(get_classifier):
-        classifier = get_classifier()
-        for name, module in model.named_modules():
-            if module is classifier and name:
-                return name
-    return None
+    names = _head_names(model)
+    return names[0] if names else None
 
 
 def _reset_head(model: nn.Module, head: str | None, user_named: bool, num_classes: int) -> str:
@@ -355,7 +365,8 @@ def _reset_head(model: nn.Module, head: str | None, user_named: bool, num_classe
         new_head = _find_head(model, None)
         if new_head is None:
             raise ValueError(f"{type(model).__name__}.reset_classifier() left no classifier")
-        model.get_submodule(new_head).to(**factory)
+        for name in _head_names(model):
+            model.get_submodule(name).to(**factory)
         return new_head
     if head is None:
         raise ValueError(
@@ -475,8 +486,10 @@ def wrap(
             p.requires_grad_(saved_flags.get(id(p), True))
         raise
     if train_head and head_name is not None:
-        for p in model.get_submodule(head_name).parameters():
-            p.requires_grad_(True)
+        heads = [head_name] if head is not None else (_head_names(model) or [head_name])
+        for name in heads:
+            for p in model.get_submodule(name).parameters():
+                p.requires_grad_(True)
     setattr(model, _WRAPPED_ATTR, True)
     if norm is not None:
         ref = next(model.parameters(), None)

@@ -243,3 +243,20 @@ def test_load_refuses_an_unseeded_random_base(tmp_path) -> None:  # type: ignore
     ps.wrap(base, method="lora", r=2).save(tmp_path)
     with pytest.raises(ValueError, match="randomly initialised without a recorded seed"):
         ps.load(tmp_path)
+
+
+@pytest.mark.parametrize(("method", "config"), [("lora", {"r": 2}), ("adapter", {"bottleneck": 4}),
+                                                ("prompt", {"num_tokens": 3, "deep": True})])
+def test_deit_distilled_two_prefix_tokens_and_two_heads(method: str, config: dict) -> None:
+    torch.manual_seed(0)
+    base = timm.create_model("deit_tiny_distilled_patch16_224", pretrained=False, img_size=32,
+                             patch_size=4, depth=2)
+    assert base.num_prefix_tokens == 2  # class + distillation tokens
+    x = torch.rand(2, 3, 32, 32)
+    base.eval()
+    ref = base(ps.Normalize(*[base.pretrained_cfg[k] for k in ("mean", "std")])(x))
+    m = ps.wrap(base, method=method, num_classes=4, **config).eval()
+    out = m(x)
+    assert out.shape == (2, 4) and ref.shape == (2, 1000)
+    assert all(p.requires_grad for p in m.model.head.parameters())
+    assert all(p.requires_grad for p in m.model.head_dist.parameters())

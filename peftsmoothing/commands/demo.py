@@ -27,7 +27,7 @@ def register(subparsers: Any) -> None:
 
     defaults = DemoConfig()
     p = subparsers.add_parser(
-        "demo", help="run the end-to-end demo offline (about 3 minutes on 2 CPU cores)"
+        "demo", help="run the end-to-end demo offline (3-4 minutes on 2 CPU cores)"
     )
     p.add_argument("--out", default=defaults.out, help="output directory")
     p.add_argument("--sigma", type=float, default=defaults.sigma)
