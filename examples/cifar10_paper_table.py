@@ -115,7 +115,6 @@ import os
 import platform
 import sys
 import time
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -274,7 +273,6 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Preset, argparse.Name
 
 # ---------------------------------------------------------------------------- small helpers
 # A fresh run has no checkpoint to resume from; NoiseTrainer says so, which is expected here.
-warnings.filterwarnings("ignore", message="resume=True but .* holds no checkpoint")
 
 
 def log(message: str) -> None:

@@ -1141,12 +1141,10 @@ class NoiseTrainer:
                 p = self.checkpoint_dir / name
                 if (p / TRAINER_STATE_FILE).is_file():
                     return p
-            if self.is_main:
-                warnings.warn(
-                    f"resume=True but {self.checkpoint_dir / 'last'} holds no checkpoint: "
-                    "starting from scratch",
-                    stacklevel=3,
-                )
+            if self.is_main and self.progress is not False:
+                # the normal first run of a resumable script: a note, not a warning
+                print(f"no checkpoint in {self.checkpoint_dir / 'last'} yet: starting from "
+                      "scratch", file=sys.stderr)
             return None
         p = Path(resume)  # type: ignore[arg-type]
         if not (p / TRAINER_STATE_FILE).is_file():
