@@ -661,7 +661,7 @@ class SmoothedClassifier:
         selected = _select_indices(dataset, indices, skip_, shard)
 
         done: dict[int, LogRow] = {}
-        handle = None
+        handle = lock = None
         if log is not None:
             meta = {
                 "format": _META_FORMAT,
@@ -674,7 +674,13 @@ class SmoothedClassifier:
                 "precision": self.precision,
                 "model_sha256": model_fingerprint(self.base),
             }
-            handle, rows = _open_log(Path(log), meta, resume)
+            lock = _lock_log(Path(log))
+            try:
+                handle, rows = _open_log(Path(log), meta, resume)
+            except BaseException:
+                if lock is not None:
+                    lock.close()
+                raise
             for row in rows:
                 done.setdefault(row.idx, row)
         results: dict[int, LogRow] = {i: done[i] for i in selected if i in done}
@@ -717,6 +723,8 @@ class SmoothedClassifier:
             bar.close()
             if handle is not None:
                 handle.close()
+            if lock is not None:
+                lock.close()
         return CertificationReport([results[i] for i in selected])
 
 
@@ -785,8 +793,30 @@ def model_fingerprint(model: nn.Module) -> str:
     return digest.hexdigest()
 
 
+def _lock_log(path: Path) -> Any:
+    """An exclusive advisory lock on ``<log>.lock`` held until the returned file is closed, so
+    that two processes never append to one log (POSIX; a no-op where ``fcntl`` is missing)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        return None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = open(path.with_name(path.name + ".lock"), "a")  # noqa: SIM115
+    try:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        raise RuntimeError(
+            f"another process is certifying into {path}; give each process its own log "
+            "(e.g. shard=(i, k) with one log per shard)"
+        ) from None
+    return lock
+
+
 def _open_log(path: Path, meta: dict[str, Any], resume: bool) -> tuple[Any, list[LogRow]]:
-    """Open ``path`` for appending rows; return the handle and the rows already there."""
+    """Open ``path`` for appending rows; return the handle and the rows already there.
+
+    The caller holds the log's lock (:func:`_lock_log`) while it reads and appends."""
     meta_path = path.with_name(path.name + ".json")
     exists = path.exists() and path.stat().st_size > 0
     if exists and not resume:

@@ -465,3 +465,18 @@ def test_shards_are_disjoint_and_their_union_is_the_full_run(tmp_path: Path) -> 
     assert sorted(strip_seconds(merged.rows)) == sorted(strip_seconds(full.rows))
     assert merged.certified_accuracy([0.0, 0.5]) == full.certified_accuracy([0.0, 0.5])
     assert math.isclose(merged.acr, full.acr)
+
+
+def test_two_processes_cannot_append_to_one_log(tmp_path: Path) -> None:
+    from peftsmoothing.smoothing import _lock_log
+
+    log = tmp_path / "certify.tsv"
+    held = _lock_log(log)  # stands in for another process certifying into the same log
+    if held is None:
+        pytest.skip("no fcntl on this platform")
+    try:
+        with pytest.raises(RuntimeError, match="another process is certifying into"):
+            run_dataset(log)
+    finally:
+        held.close()
+    assert len(run_dataset(log)) == 9  # free again once the other one is done
