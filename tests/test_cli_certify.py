@@ -100,3 +100,20 @@ def test_shard_helpers(monkeypatch: pytest.MonkeyPatch) -> None:
     assert str(shard_log_path("c.tsv", None)) == "c.tsv"
     assert str(shard_log_path("c.tsv", (0, 1))) == "c.tsv"
     assert str(shard_log_path("logs/{shard}/c.tsv", (3, 4))) == "logs/3/c.tsv"
+
+
+def test_certify_into_a_log_in_use_is_a_clear_error(
+    saved_model: Path, fake_cifar: list[Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from peftsmoothing.smoothing import _lock_log
+
+    out = tmp_path / "busy.tsv"
+    held = _lock_log(out)  # another process certifying into the same log
+    if held is None:
+        pytest.skip("no fcntl on this platform")
+    try:
+        args = ["certify", "--model", str(saved_model), "--root", str(tmp_path), *COMMON]
+        assert main([*args, "--out", str(out)]) == 1
+        assert "another process is certifying into" in capsys.readouterr().err
+    finally:
+        held.close()

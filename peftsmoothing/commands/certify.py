@@ -96,7 +96,8 @@ def run(args: argparse.Namespace) -> int:
             dataset, args.n0, args.n, args.alpha, args.batch, log=log, resume=args.resume,
             indices=indices, skip=args.skip, shard=shard, seed=args.seed,
         )  # fmt: skip
-    except (ValueError, TypeError, FileNotFoundError, FileExistsError, ImportError) as err:
+    except (ValueError, TypeError, FileNotFoundError, FileExistsError, ImportError,
+            RuntimeError) as err:
         print(f"peftsmoothing certify: error: {err}", file=sys.stderr)
         return 1
     if len(report):
