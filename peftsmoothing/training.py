@@ -281,13 +281,6 @@ def _is_peft_model(module: nn.Module) -> bool:
     )
 
 
-def _trained_tensors(module: nn.Module) -> dict[str, torch.Tensor]:
-    """A wrapped model's own notion of its trained tensors, else :func:`trained_state_dict`."""
-    if _is_peft_model(module):
-        return dict(module.trained_state_dict())  # type: ignore[operator]
-    return trained_state_dict(module)
-
-
 def _swap_dir(tmp: Path, final: Path) -> None:
     """Replace directory ``final`` by ``tmp``; a crash in between leaves ``.<name>.old``."""
     old = final.parent / f".{final.name}.old"
@@ -1190,7 +1183,7 @@ class NoiseTrainer:
             if _is_peft_model(self.module):
                 self.module.save(tmp, metadata=meta)  # type: ignore[operator]
             else:
-                atomic_save(_trained_tensors(self.module), tmp / TENSORS_FILE)
+                atomic_save(trained_state_dict(self.module), tmp / TENSORS_FILE)
             atomic_save(dict(state), tmp / TRAINER_STATE_FILE)
             fsync_dir(tmp)
             _swap_dir(tmp, root / name)
