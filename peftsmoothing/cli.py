@@ -44,7 +44,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    return int(args.func(args))
+    # Each command names the exceptions that are the user's to fix (bad options, missing files);
+    # those become one line on stderr and exit status 1, anything else keeps its traceback.
+    user_errors: tuple[type[Exception], ...] = getattr(args, "user_errors", ())
+    try:
+        return int(args.func(args))
+    except user_errors as err:
+        print(f"peftsmoothing {args.command}: error: {err}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +69,14 @@ def _default_device(shard_spec: str | None) -> str:
     return "cuda"
 
 
+#: Exceptions ``peftsmoothing certify`` reports as a one-line error (exit status 1), not a
+#: traceback: bad options, missing files, a log started with other settings or held by another
+#: process, a missing optional package.
+USER_ERRORS: tuple[type[Exception], ...] = (
+    ValueError, TypeError, FileNotFoundError, FileExistsError, ImportError, RuntimeError,
+)
+
+
 def run(args: argparse.Namespace) -> int:
     """Certify ``args.model`` on ``args.dataset``; print the summary; return the exit status."""
     import peftsmoothing
@@ -80,26 +87,21 @@ def run(args: argparse.Namespace) -> int:
     shard = parse_shard(args.shard) if args.shard else None
     log = shard_log_path(args.out, shard)
     device = args.device or _default_device(args.shard)
-    try:
-        dataset = datasets.load_dataset(
-            args.dataset, args.root, train=args.split == "train", image_size=args.image_size,
-            augment=False,
-        )  # fmt: skip
-        classes = int(datasets.num_classes(args.dataset, args.root))
-        model = peftsmoothing.load(args.model)
-        smoothed = SmoothedClassifier(
-            model, classes, args.sigma, device=device, precision=args.precision
-        )
-        indices = range(min(len(dataset), args.max)) if args.max is not None else None
-        print(f"certifying {args.dataset} ({args.split}) with sigma={args.sigma} -> {log}")
-        report = smoothed.certify_dataset(
-            dataset, args.n0, args.n, args.alpha, args.batch, log=log, resume=args.resume,
-            indices=indices, skip=args.skip, shard=shard, seed=args.seed,
-        )  # fmt: skip
-    except (ValueError, TypeError, FileNotFoundError, FileExistsError, ImportError,
-            RuntimeError) as err:
-        print(f"peftsmoothing certify: error: {err}", file=sys.stderr)
-        return 1
+    dataset = datasets.load_dataset(
+        args.dataset, args.root, train=args.split == "train", image_size=args.image_size,
+        augment=False,
+    )  # fmt: skip
+    classes = int(datasets.num_classes(args.dataset, args.root))
+    model = peftsmoothing.load(args.model)
+    smoothed = SmoothedClassifier(
+        model, classes, args.sigma, device=device, precision=args.precision
+    )
+    indices = range(min(len(dataset), args.max)) if args.max is not None else None
+    print(f"certifying {args.dataset} ({args.split}) with sigma={args.sigma} -> {log}")
+    report = smoothed.certify_dataset(
+        dataset, args.n0, args.n, args.alpha, args.batch, log=log, resume=args.resume,
+        indices=indices, skip=args.skip, shard=shard, seed=args.seed,
+    )  # fmt: skip
     if len(report):
         print(report.summary(args.radii))
     return 0
@@ -143,4 +145,4 @@ def register(subparsers: Any) -> None:
         "--radii", type=float, nargs="+", default=list(DEFAULT_RADII),
         help="radii of the summary table",
     )  # fmt: skip
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, user_errors=USER_ERRORS)

@@ -7,6 +7,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+#: Exceptions ``peftsmoothing report`` reports as a one-line error (exit status 1), not a
+#: traceback: unreadable or empty logs, missing files, matplotlib not installed for ``--plot``.
+USER_ERRORS: tuple[type[Exception], ...] = (ValueError, FileNotFoundError, ImportError)
+
 
 def run(args: argparse.Namespace) -> int:
     """Print the report of ``args.logs`` (merged, or one row each with ``--compare``).
@@ -26,32 +30,28 @@ def run(args: argparse.Namespace) -> int:
     """
     from ..report import CertificationReport, certified_accuracy_table, plot_certified_accuracy
 
-    try:
-        if args.compare:
-            reports = {Path(p).stem: CertificationReport.from_log(p) for p in args.logs}
-        else:
-            merged = CertificationReport.from_logs(args.logs)
-            name = merged.name if len(args.logs) == 1 else f"{merged.name} (+{len(args.logs) - 1})"
-            merged.name = name
-            reports = {name or "": merged}
-        if args.format == "csv":
-            print(certified_accuracy_table(reports, args.radii, format="csv"))
-        else:
-            for name, report in reports.items():
-                if not len(report):
-                    raise ValueError(f"{name}: the log holds no certificates yet")
-                print(
-                    f"{name}: images {len(report)}, clean accuracy {report.clean_accuracy:.3f}, "
-                    f"ACR {report.acr:.3f}, abstain rate {report.abstain_rate:.3f}"
-                )
-            print()
-            print(certified_accuracy_table(reports, args.radii, format="markdown"))
-        if args.plot:
-            out = plot_certified_accuracy(reports, args.plot, max_radius=args.max_radius)
-            print(f"wrote {out}", file=sys.stderr)
-    except (ValueError, FileNotFoundError, ImportError) as err:
-        print(f"peftsmoothing report: error: {err}", file=sys.stderr)
-        return 1
+    if args.compare:
+        reports = {Path(p).stem: CertificationReport.from_log(p) for p in args.logs}
+    else:
+        merged = CertificationReport.from_logs(args.logs)
+        name = merged.name if len(args.logs) == 1 else f"{merged.name} (+{len(args.logs) - 1})"
+        merged.name = name
+        reports = {name or "": merged}
+    if args.format == "csv":
+        print(certified_accuracy_table(reports, args.radii, format="csv"))
+    else:
+        for name, report in reports.items():
+            if not len(report):
+                raise ValueError(f"{name}: the log holds no certificates yet")
+            print(
+                f"{name}: images {len(report)}, clean accuracy {report.clean_accuracy:.3f}, "
+                f"ACR {report.acr:.3f}, abstain rate {report.abstain_rate:.3f}"
+            )
+        print()
+        print(certified_accuracy_table(reports, args.radii, format="markdown"))
+    if args.plot:
+        out = plot_certified_accuracy(reports, args.plot, max_radius=args.max_radius)
+        print(f"wrote {out}", file=sys.stderr)
     return 0
 
 
@@ -76,4 +76,4 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--compare", action="store_true", help="one row/curve per log instead of merging them"
     )
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, user_errors=USER_ERRORS)

@@ -66,6 +66,12 @@ def _create_model(name: str, pretrained: bool, seed: int, kwargs: dict[str, Any]
 
     return create_model(name, pretrained, seed=None if pretrained else seed, **kwargs)
 
+#: Exceptions ``peftsmoothing train`` reports as a one-line error (exit status 1), not a
+#: traceback: bad options, missing data, a checkpoint that does not fit, a missing package.
+USER_ERRORS: tuple[type[Exception], ...] = (
+    ValueError, TypeError, FileNotFoundError, ImportError, RuntimeError,
+)
+
 
 def run(args: argparse.Namespace) -> int:
     """Train as the arguments say and save the model to ``args.out``; returns the exit status."""
@@ -74,80 +80,76 @@ def run(args: argparse.Namespace) -> int:
 
     import peftsmoothing as ps
 
-    try:
-        model_kwargs = parse_options(args.model_kwargs)
-        method_options = parse_options(args.opt)
-        if args.r is not None:
-            method_options["r"] = args.r
-        model_kwargs.pop("num_classes", None)
-        classes = _num_classes(args.dataset, args.root)
-        train_set: Any = _load_dataset(args.dataset, args.root, True, args.img_size)
-        if args.limit is not None:
-            train_set = Subset(train_set, range(min(args.limit, len(train_set))))
-        val_set: Any = None
-        if args.val_fraction > 0:
-            n_val = max(1, round(len(train_set) * args.val_fraction))
-            split = torch.Generator().manual_seed(args.seed)
-            train_set, val_set = random_split(
-                train_set, [len(train_set) - n_val, n_val], generator=split
-            )
-        base = _create_model(args.model, args.pretrained, args.seed, model_kwargs)
-        model = ps.wrap(
-            base, args.method, num_classes=classes, input_size=args.input_size, **method_options
+    model_kwargs = parse_options(args.model_kwargs)
+    method_options = parse_options(args.opt)
+    if args.r is not None:
+        method_options["r"] = args.r
+    model_kwargs.pop("num_classes", None)
+    classes = _num_classes(args.dataset, args.root)
+    train_set: Any = _load_dataset(args.dataset, args.root, True, args.img_size)
+    if args.limit is not None:
+        train_set = Subset(train_set, range(min(args.limit, len(train_set))))
+    val_set: Any = None
+    if args.val_fraction > 0:
+        n_val = max(1, round(len(train_set) * args.val_fraction))
+        split = torch.Generator().manual_seed(args.seed)
+        train_set, val_set = random_split(
+            train_set, [len(train_set) - n_val, n_val], generator=split
         )
-        loader_gen = torch.Generator().manual_seed(args.seed)
-        train_loader = DataLoader(
-            train_set, batch_size=args.batch, shuffle=True, num_workers=args.workers,
-            drop_last=False, generator=loader_gen, pin_memory=torch.cuda.is_available(),
-        )  # fmt: skip
-        val_loader = (
-            DataLoader(val_set, batch_size=args.batch, num_workers=args.workers)
-            if val_set is not None
-            else None
-        )
-        metadata = {
-            "base_model": {
-                "name": args.model,
-                "pretrained": bool(args.pretrained),
-                "kwargs": model_kwargs,
-                "seed": None if args.pretrained else args.seed,
-            },
-            "data": {"dataset": args.dataset, "image_size": args.img_size},
-        }
-        sigma: float | list[float] = args.sigma[0] if len(args.sigma) == 1 else args.sigma
-        out = args.out
-        trainer = ps.NoiseTrainer(
-            model,
-            sigma,
-            epochs=args.epochs,
-            lr=args.lr,
-            weight_decay=args.weight_decay,
-            optimizer=args.optimizer,
-            schedule=args.schedule,
-            warmup_steps=args.warmup_steps,
-            grad_accum=args.grad_accum,
-            max_grad_norm=args.max_grad_norm,
-            precision=args.precision,
-            loss=args.loss,
-            consistency_weight=args.consistency_weight,
-            num_noise=args.num_noise,
-            device=args.device,
-            seed=args.seed,
-            checkpoint_dir=f"{out}/checkpoints",
-            metadata=metadata,
-        )
-        if trainer.is_main:
-            print(ps.parameter_report(model).summary(), file=sys.stderr)
-        history = trainer.fit(train_loader, val_loader, resume=args.resume)
-        if trainer.is_main:
-            meta = {**metadata, "training": {"config": trainer.config.to_dict(),
-                                             "history": history}}
-            model.save(out, metadata=meta)
-            print(f"saved {args.method} model to {out} "
-                  f"(certify with: peftsmoothing certify --model {out} ...)")
-    except (ValueError, TypeError, FileNotFoundError, ImportError, RuntimeError) as err:
-        print(f"peftsmoothing train: error: {err}", file=sys.stderr)
-        return 1
+    base = _create_model(args.model, args.pretrained, args.seed, model_kwargs)
+    model = ps.wrap(
+        base, args.method, num_classes=classes, input_size=args.input_size, **method_options
+    )
+    loader_gen = torch.Generator().manual_seed(args.seed)
+    train_loader = DataLoader(
+        train_set, batch_size=args.batch, shuffle=True, num_workers=args.workers,
+        drop_last=False, generator=loader_gen, pin_memory=torch.cuda.is_available(),
+    )  # fmt: skip
+    val_loader = (
+        DataLoader(val_set, batch_size=args.batch, num_workers=args.workers)
+        if val_set is not None
+        else None
+    )
+    metadata = {
+        "base_model": {
+            "name": args.model,
+            "pretrained": bool(args.pretrained),
+            "kwargs": model_kwargs,
+            "seed": None if args.pretrained else args.seed,
+        },
+        "data": {"dataset": args.dataset, "image_size": args.img_size},
+    }
+    sigma: float | list[float] = args.sigma[0] if len(args.sigma) == 1 else args.sigma
+    out = args.out
+    trainer = ps.NoiseTrainer(
+        model,
+        sigma,
+        epochs=args.epochs,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        optimizer=args.optimizer,
+        schedule=args.schedule,
+        warmup_steps=args.warmup_steps,
+        grad_accum=args.grad_accum,
+        max_grad_norm=args.max_grad_norm,
+        precision=args.precision,
+        loss=args.loss,
+        consistency_weight=args.consistency_weight,
+        num_noise=args.num_noise,
+        device=args.device,
+        seed=args.seed,
+        checkpoint_dir=f"{out}/checkpoints",
+        metadata=metadata,
+    )
+    if trainer.is_main:
+        print(ps.parameter_report(model).summary(), file=sys.stderr)
+    history = trainer.fit(train_loader, val_loader, resume=args.resume)
+    if trainer.is_main:
+        meta = {**metadata, "training": {"config": trainer.config.to_dict(),
+                                         "history": history}}
+        model.save(out, metadata=meta)
+        print(f"saved {args.method} model to {out} "
+              f"(certify with: peftsmoothing certify --model {out} ...)")
     return 0
 
 
@@ -199,4 +201,4 @@ def register(subparsers: Any) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last")
     p.add_argument("--out", required=True, help="output directory")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, user_errors=USER_ERRORS)
