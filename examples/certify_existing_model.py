@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
+from typing import Any
 
 import timm
 import torch
@@ -67,6 +68,8 @@ def main() -> None:
     started = time.time()
 
     # 1. The model you have. It expects *normalized* inputs, as most pretrained models do.
+    net: Any  # a timm model: it has .pretrained_cfg and .num_classes
+    test: Any
     if args.model:
         net = timm.create_model(args.model, pretrained=True)
         size = net.pretrained_cfg["input_size"][-1]

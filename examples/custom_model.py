@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 import torchvision
@@ -81,11 +82,13 @@ def main() -> None:
     # 3. BatchNorm stays frozen: its affine parameters are frozen with the backbone, and the
     #    wrapped model keeps frozen BatchNorm layers in eval mode even in model.train(), so
     #    noisy batches never overwrite their running statistics.
-    bn = model.model.layer1[0].bn1
+    blocks: Any = resnet.layer1  # the same ResNet, now inside the wrapper (model.model)
+    bn = blocks[0].bn1
+    blocks4: Any = resnet.layer4
     running_mean = bn.running_mean.clone()
     model.train()
     print(f"\nafter model.train(): layer1[0].bn1.training = {bn.training}, "
-          f"layer4[0].conv1.training = {model.model.layer4[0].conv1.training}")
+          f"layer4[0].conv1.training = {blocks4[0].conv1.training}")
 
     # 4. Noise training, as for any model (images in [0, 1], noise added in pixel space).
     train = ps.datasets.cifar10_sample(train=True)

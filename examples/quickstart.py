@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Subset
@@ -69,6 +70,7 @@ def main() -> None:
 
     # 1. A pretrained model and data. Images are float tensors in [0, 1]: the noise is added in
     #    pixel space, and the model normalizes them itself (ps.wrap puts the layer in).
+    base: Any  # a timm model: it has .pretrained_cfg
     if args.model:
         # ps.create_model is timm.create_model that remembers the recipe, so that
         # ps.load(path) can rebuild the base model later without being handed one (seed=0
