@@ -33,7 +33,7 @@ from .registry import (
     method_descriptions,
     register_method,
 )
-from .report import CertificationReport, plot_certified_accuracy
+from .report import CertificationReport, PairedDifference, plot_certified_accuracy
 from .smoothing import ABSTAIN, Certificate, SmoothedClassifier
 from .stats import binomial_pvalue, certified_radius, clopper_pearson_lower
 from .training import Callback, NoiseTrainer, TrainerConfig
@@ -44,6 +44,7 @@ __all__ = [
     "ABSTAIN",
     "Certificate",
     "CertificationReport",
+    "PairedDifference",
     "SmoothedClassifier",
     "binomial_pvalue",
     "certified_radius",

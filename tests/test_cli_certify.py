@@ -75,6 +75,10 @@ def test_certify_resume_shards_and_report(
     assert main(["report", str(full), *map(str, shards), "--compare", "--plot", str(png)]) == 0
     text = capsys.readouterr().out
     assert "| full |" in text and "| part.shard1of2 |" in text
+    # each shard holds half of full's images, certified identically: no difference
+    assert "Paired differences against full" in text
+    shard_row = next(line for line in text.splitlines() if line.startswith("| part.shard0of2 | +"))
+    assert "+0.000 ± 0.000 (p = 1)" in shard_row
     assert png.stat().st_size > 0
 
 

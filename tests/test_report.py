@@ -130,3 +130,52 @@ def test_cohen_analysis_columns(tmp_path: Path) -> None:
         rows = list(csv.DictReader(f, delimiter="\t"))
     cert_acc = sum(int(r["correct"]) and float(r["radius"]) >= 0.5 for r in rows) / len(rows)
     assert cert_acc == ps.CertificationReport.from_log(path).certified_accuracy([0.5])[0.5]
+
+
+def _rows(correct_radius: list[tuple[int, float]], start: int = 0, label: int = 0) -> list[LogRow]:
+    return [
+        LogRow(start + i, label, label if c else ps.ABSTAIN, r, c, 0.9, 900, 1000, 1.0)
+        for i, (c, r) in enumerate(correct_radius)
+    ]
+
+
+def test_compare_to_counts_discordant_pairs_by_hand() -> None:
+    # image:        0          1          2          3          4
+    a = _rows([(1, 0.9), (1, 0.3), (0, 0.0), (1, 0.6), (0, 0.0)])
+    b = _rows([(1, 0.2), (0, 0.0), (1, 0.4), (1, 0.6), (0, 0.0)])
+    diff = ps.CertificationReport(a).compare_to(ps.CertificationReport(b), [0.0, 0.3])
+    at0, at03 = diff[0.0], diff[0.3]
+    # r = 0: a certifies {0, 1, 3}, b {0, 2, 3}: one image each way
+    assert (at0.better, at0.worse, at0.images) == (1, 1, 5)
+    assert at0.difference == 0.0 and at0.p_value == 1.0
+    # per-image differences (0, 1, -1, 0, 0): mean 0, sample std sqrt(0.5)
+    assert at0.stderr == pytest.approx((0.5**0.5) / 5**0.5)
+    # r = 0.3: a certifies {0, 1, 3}, b {2, 3}: a better on 0 and 1, worse on 2
+    assert (at03.better, at03.worse) == (2, 1)
+    assert at03.difference == pytest.approx(1 / 5)
+    # exact McNemar: 2 of 3 discordant pairs one way, two-sided p = 1
+    assert at03.p_value == pytest.approx(1.0)
+    assert "+0.200" in str(at03)
+
+
+def test_compare_to_uses_shared_images_and_exact_binomial_p() -> None:
+    # a is right on 12 images b gets wrong; b has 3 images a does not hold.
+    a = ps.CertificationReport(_rows([(1, 0.5)] * 12))
+    b = ps.CertificationReport(_rows([(0, 0.0)] * 15))
+    d = a.compare_to(b, [0.25])[0.25]
+    assert d.images == 12 and d.better == 12 and d.worse == 0
+    assert d.difference == 1.0 and d.stderr == 0.0
+    assert d.p_value == pytest.approx(2 * 0.5**12)
+    # the reverse comparison has the opposite sign and the same p-value
+    r = b.compare_to(a, [0.25])[0.25]
+    assert r.difference == -1.0 and r.p_value == pytest.approx(d.p_value)
+
+
+def test_compare_to_refuses_reports_of_other_data() -> None:
+    a = ps.CertificationReport(_rows([(1, 0.5)] * 3))
+    with pytest.raises(ValueError, match="share no image"):
+        a.compare_to(ps.CertificationReport(_rows([(1, 0.5)] * 3, start=10)))
+    with pytest.raises(ValueError, match="different labels"):
+        a.compare_to(ps.CertificationReport(_rows([(1, 0.5)] * 3, label=7)))
+    with pytest.raises(ValueError, match="no certificates"):
+        a.compare_to(ps.CertificationReport([]))

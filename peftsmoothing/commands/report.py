@@ -49,10 +49,45 @@ def run(args: argparse.Namespace) -> int:
             )
         print()
         print(certified_accuracy_table(reports, args.radii, format="markdown"))
+        if args.compare and len(reports) > 1:
+            print()
+            print(paired_differences(reports, args.radii))
     if args.plot:
         out = plot_certified_accuracy(reports, args.plot, max_radius=args.max_radius)
         print(f"wrote {out}", file=sys.stderr)
     return 0
+
+
+def paired_differences(reports: dict[str, Any], radii: list[float]) -> str:
+    """Markdown table: every report minus the first, image by image, at each radius.
+
+    Examples:
+        >>> from peftsmoothing import CertificationReport
+        >>> from peftsmoothing.smoothing import LogRow
+        >>> a = CertificationReport([LogRow(i, 0, 0, 0.5, 1, 0.9, 90, 100, 1) for i in range(4)])
+        >>> b = CertificationReport([LogRow(i, 0, 1, 0.5, 0, 0.9, 90, 100, 1) for i in range(4)])
+        >>> print(paired_differences({"a": a, "b": b}, [0.0]).splitlines()[-1])
+        | b | -1.000 ± 0.000 (p = 0.12) | 4 |
+    """
+    names = list(reports)
+    first = reports[names[0]]
+    lines = [
+        f"Paired differences against {names[0]} (same images; ± standard error, p = exact "
+        "McNemar test):",
+        "",
+        "| log | " + " | ".join(f"r={r:g}" for r in radii) + " | shared images |",
+        "|---|" + "---:|" * (len(radii) + 1),
+    ]
+    for name in names[1:]:
+        try:
+            diffs = reports[name].compare_to(first, radii)
+        except ValueError as err:  # other data: say so instead of failing the whole report
+            lines.append(f"| {name} | " + " | ".join("" for _ in radii) + f" | 0 ({err}) |")
+            continue
+        cells = [str(diffs[r]) for r in radii]
+        images = next(iter(diffs.values())).images
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {images} |")
+    return "\n".join(lines)
 
 
 def register(subparsers: Any) -> None:
@@ -64,7 +99,7 @@ def register(subparsers: Any) -> None:
         help="certified accuracy, ACR and curves from certification logs",
         description="Merge certification logs (e.g. the shards of one run) and print the "
         "approximate certified-accuracy table of Cohen et al. (2019); --compare keeps one row "
-        "and one curve per log.",
+        "and one curve per log, and compares every log with the first on their shared images.",
     )
     p.add_argument("logs", nargs="+", metavar="LOG", help="logs written by `certify`")
     p.add_argument(
@@ -74,6 +109,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--plot", default=None, metavar="PNG", help="save certified accuracy vs radius")
     p.add_argument("--max-radius", type=float, default=None, help="x-axis limit of the plot")
     p.add_argument(
-        "--compare", action="store_true", help="one row/curve per log instead of merging them"
+        "--compare",
+        action="store_true",
+        help="one row/curve per log instead of merging them, plus paired differences against "
+        "the first log",
     )
     p.set_defaults(func=run, user_errors=USER_ERRORS)
