@@ -7,10 +7,12 @@ trained with ``ps.NoiseTrainer`` at every noise level in ``--sigmas`` (0.25, 0.5
 with ``SmoothedClassifier.certify_dataset`` (Cohen et al. 2019), and summarised in ONE table,
 ``OUT/table.md`` (and ``OUT/table.csv``): method, sigma, trained parameters, train time,
 certification time, clean accuracy of the smoothed classifier (= certified accuracy at radius 0),
-certified accuracy at radii 0, 0.25, 0.5, 0.75, 1.0, and the average certified radius (ACR). One
-figure per sigma, ``OUT/certified_accuracy_sigma<s>.png``, draws certified accuracy against the
-radius with one curve per method (needs matplotlib: ``pip install 'peftsmoothing[plot]'``; without
-it the tables are still written).
+certified accuracy at radii 0, 0.25, 0.5, 0.75, 1.0, and the average certified radius (ACR);
+``OUT/differences.md`` compares every method with ``full`` and ``denoiser`` image by image
+(paired difference, standard error, exact McNemar p-value; ``CertificationReport.compare_to``).
+One figure per sigma, ``OUT/certified_accuracy_sigma<s>.png``, draws certified accuracy against
+the radius with one curve per method (needs matplotlib: ``pip install 'peftsmoothing[plot]'``;
+without it the tables are still written).
 
 The methods: every method except ``denoiser`` gets a fresh 10-class head that is trained with it
 (``linear`` trains the head only, ``full`` every weight). ``denoiser`` is denoised smoothing
@@ -31,15 +33,14 @@ Presets:
     --preset small  Runs on a laptop CPU without internet, on the real CIFAR-10 under ``--root``
                     (any folder holding ``cifar-10-batches-py/``; the project's
                     ``../shared/data`` holds a 5,085 / 1,017-image subset). A small ViT (timm
-                    ``vit_tiny_patch16_224`` layout with ``peftsmoothing.zoo.DEMO_VIT_KWARGS``:
-                    32 px, patch 4, width 128, depth 6, 1.2M parameters, ``pretrained=False``) is
-                    first pre-trained on the clean training images by this script (40 epochs, as
-                    ``examples/make_demo_assets.py`` does) and cached in ``OUT/backbone/``; that
-                    clean classifier is also the denoiser's frozen classifier. Then 10 noisy
-                    epochs per method (batch 128), DnCNN of depth 5 and width 32 (29,603
-                    parameters, adds ~30 % to a forward pass; the paper-size DnCNN, 17 x 64,
-                    would cost ~4 times the small ViT at 32 px), certification with n=1,000,
-                    n0=100, alpha=0.001 on the first 500 test images.
+                    ``vit_tiny_patch16_224`` layout with ``SMALL_VIT_KWARGS``: 32 px, patch 8,
+                    width 64, depth 4, 214k parameters, ``pretrained=False``) is first
+                    pre-trained on the clean training images by this script (60 epochs) and
+                    cached in ``OUT/backbone/``; that clean classifier is also the denoiser's
+                    frozen classifier. Then 10 noisy epochs per method (batch 128), a DnCNN of
+                    depth 5 and width 16 (7,891 parameters; it costs about 4 times the small ViT
+                    per image; the paper-size 17 x 64 DnCNN would cost over 100 times), and
+                    certification with n=1,000, n0=100, alpha=0.001 on the first 500 test images.
     --preset paper  The paper's setting, for a GPU with internet: timm's
                     ``vit_base_patch16_224.augreg_in21k`` (ViT-B/16, ImageNet-21k;
                     ``ps.create_model(..., pretrained=True)``), CIFAR-10 images resized
@@ -55,13 +56,11 @@ Presets:
 
 How long it takes (measured on 2 CPU cores, torch 2.14, CIFAR-10 subset of 5,085 images):
     --smoke          ~10 s.
-    --preset small   about 7 hours, mostly certification. Per image, 1,100 forward passes took
-                     1.5 s (lora, merged) to 2.4 s (prompt-deep): 13.7 s for the 7 methods, so
-                     3 sigmas x 500 images x 13.7 s = 5.7 h. Noisy training: 10 epochs x 5,085
-                     images at 240 (denoiser) to 930 (linear) images/s = ~16 min per sigma,
-                     ~50 min in all. Pre-training: 40 epochs x 5,085 images at ~260 images/s =
-                     ~13 min. The issue's 45-minute budget is met by a reduced run, e.g.
-                     ``--sigmas 0.5 --test-images 100`` (~50 min); say so if you publish it.
+    --preset small   32 minutes end to end (2-core AMD EPYC, idle): pre-training 1.2 min; noisy
+                     training 4 s (linear) to 27 s (denoiser) per run; certification of 500
+                     images 35 s (lora, merged) to 1.4 min (prompt-deep) per run, 3.6 min for
+                     the denoiser. A backbone with patch 4 and width 128 (the demo ViT) is a
+                     little more accurate but about 30 times slower per image: ~7 hours.
     --preset paper   not measured: 21 runs x 500 images x 100,100 ViT-B/16 passes at 224 px
                      = 1.05e9 passes, i.e. ~3 days at an assumed 4,000 images/s on one H100
                      (``--precision bf16`` roughly halves it), plus 10 epochs per run of
@@ -90,7 +89,7 @@ What differs from the paper (and why):
       from scratch for the same budget as the other methods, to keep the comparison at equal
       training cost. The small preset uses a smaller DnCNN (5 x 32) so that it is not far
       costlier than its backbone.
-    - Small preset. A 1.2M-parameter ViT pre-trained by us on ~5,000 clean images (about 50 %
+    - Small preset. A 214k-parameter ViT pre-trained by us on ~5,000 clean images (about 49 %
       clean accuracy) instead of ViT-B/16 pre-trained on ImageNet-21k, n=1,000 instead of
       100,000 (the largest radius n samples can certify at alpha=0.001 is
       sigma * Phi^-1(0.001^(1/n)): 2.46 sigma for n=1,000, 3.81 sigma for n=100,000), and the
@@ -128,12 +127,20 @@ from torch.utils.data import DataLoader
 import peftsmoothing as ps
 from peftsmoothing.datasets import ArrayDataset, load_cifar
 from peftsmoothing.report import CertificationReport
-from peftsmoothing.zoo import DEMO_VIT_KWARGS
 
 METHODS = ("linear", "full", "lora", "prompt", "prompt-deep", "adapter", "denoiser")
 SIGMAS = (0.25, 0.5, 1.0)
 RADII = (0.0, 0.25, 0.5, 0.75, 1.0)
 NUM_CLASSES = 10
+
+#: timm ``vit_tiny_patch16_224`` options of the small preset's backbone: 32 px, patch 8 (16
+#: tokens), width 64, depth 4 (214k parameters). Chosen so that the whole comparison (21 runs,
+#: 11.5M certification forward passes) fits in 45 minutes on 2 CPU cores. On 5,085 training
+#: images it is nearly as accurate (49 % clean test accuracy) as the 1.2M-parameter demo ViT
+#: (patch 4, width 128, depth 6; 50-55 %), which is about 30 times slower per image.
+SMALL_VIT_KWARGS: dict[str, Any] = {
+    "img_size": 32, "patch_size": 8, "embed_dim": 64, "depth": 4, "num_heads": 2,
+}
 
 #: Default learning rates (AdamW, cosine decay), per preset and method. Our choice: the paper's
 #: values were not available to us. Override with ``--lr METHOD=VALUE``.
@@ -184,10 +191,10 @@ class Preset:
 
 PRESETS: dict[str, Preset] = {
     "small": Preset(
-        name="small", model="vit_tiny_patch16_224", model_kwargs=dict(DEMO_VIT_KWARGS),
-        pretrained=False, input_size=None, pretrain_epochs=40, pretrain_lr=2e-3,
+        name="small", model="vit_tiny_patch16_224", model_kwargs=dict(SMALL_VIT_KWARGS),
+        pretrained=False, input_size=None, pretrain_epochs=60, pretrain_lr=2e-3,
         clean_method="full", epochs=10, batch_size=128, train_images=None, test_images=500,
-        skip=1, n0=100, n=1_000, alpha=0.001, cert_batch=1_000, dncnn_depth=5, dncnn_width=32,
+        skip=1, n0=100, n=1_000, alpha=0.001, cert_batch=1_000, dncnn_depth=5, dncnn_width=16,
     ),
     "paper": Preset(
         name="paper", model="vit_base_patch16_224.augreg_in21k", model_kwargs={},
@@ -545,6 +552,43 @@ def write_tables(rows: list[Row], out: Path, notes: str) -> None:
     atomic_write_text(out / "table.csv", "\n".join(csv) + "\n")
 
 
+#: Baselines every method is compared with, image by image, in ``differences.md``.
+BASELINES = ("full", "denoiser")
+#: Radii of those comparisons.
+DIFFERENCE_RADII = (0.0, 0.5)
+
+
+def write_differences(rows: list[Row], out: Path) -> None:
+    """``OUT/differences.md``: each method minus each baseline, paired over the same images.
+
+    Two accuracies measured on the same 500 images differ by chance much less than their
+    separate standard errors suggest; ``CertificationReport.compare_to`` gives the paired
+    difference, its standard error and an exact McNemar p-value.
+    """
+    header = ["method", "sigma"] + [
+        f"vs {b}, r={r:g}" for b in BASELINES for r in DIFFERENCE_RADII
+    ]
+    md = ["| " + " | ".join(header) + " |", "|---|---:|" + "---:|" * (len(header) - 2)]
+    by_key = {(r.method, r.sigma): r for r in rows}
+    for row in rows:
+        cells = [row.method, f"{row.sigma:g}"]
+        for baseline in BASELINES:
+            ref = by_key.get((baseline, row.sigma))
+            if ref is None or ref is row:
+                cells += ["" for _ in DIFFERENCE_RADII]
+                continue
+            diffs = row.report.compare_to(ref.report, DIFFERENCE_RADII)
+            cells += [str(diffs[r]) for r in DIFFERENCE_RADII]
+        md.append("| " + " | ".join(cells) + " |")
+    notes = (
+        "Certified accuracy of the method minus the baseline's at radius r, on the same test "
+        "images: difference ± standard error (p = two-sided exact McNemar test of equal "
+        "accuracy, from the images only one of the two certifies). Made by "
+        "`CertificationReport.compare_to`.\n"
+    )
+    atomic_write_text(out / "differences.md", "\n".join(md) + "\n\n" + notes)
+
+
 def write_figures(rows: list[Row], out: Path) -> list[Path]:
     try:
         import matplotlib  # noqa: F401
@@ -654,10 +698,12 @@ def run_all(cfg: Preset, args: argparse.Namespace, start: float) -> int:
     rows = finished_runs(args.out)
     write_tables(rows, args.out, table_notes(cfg, args, source, clean,
                                              time.perf_counter() - start))
+    write_differences(rows, args.out)
     figures = write_figures(rows, args.out)
     log((args.out / "table.md").read_text())
+    log((args.out / "differences.md").read_text())
     log("wrote " + ", ".join(str(p) for p in [args.out / "table.md", args.out / "table.csv",
-                                               *figures]))
+                                               args.out / "differences.md", *figures]))
     return 0
 
 
