@@ -49,10 +49,15 @@ Presets:
                     every 20th test image (500 of 10,000), DnCNN 17 x 64 as in Salman et al.
                     The denoiser's frozen classifier is ViT-B/16 fine-tuned on *clean* CIFAR-10
                     (sigma=0; ``--clean-method full`` by default, or ``linear``), cached in
-                    ``OUT/clean_classifier/``.
+                    ``OUT/clean_classifier/``. On a machine without internet, pass timm's
+                    weights as a local ``state_dict`` file with ``--weights FILE``.
     --smoke         Tiny everything (a 2-block ViT, 64 training and 8 test images, 1 epoch,
                     n=20, sigma 0.5, all methods) to check the pipeline end to end in well
                     under a minute; without CIFAR-10 under ``--root`` it makes up random images.
+                    ``--smoke --preset paper`` checks the paper preset's code path the same way:
+                    a tiny "pretrained" ViT (random weights saved to a file and loaded as
+                    ``--weights``, unless you pass your own), images resized to 64 px inside
+                    the model, every 2nd test image.
 
 How long it takes (measured on 2 CPU cores, torch 2.14, CIFAR-10 subset of 5,085 images):
     --smoke          ~10 s.
@@ -74,6 +79,8 @@ How to run it (from the repository root):
         --out runs/paper_table_small
     python examples/cifar10_paper_table.py --preset small --sigmas 0.5 --methods lora,denoiser
     python examples/cifar10_paper_table.py --preset paper --root data --download --out runs/paper
+    python examples/cifar10_paper_table.py --preset paper --root data --weights vit_b16_in21k.pt
+    python examples/cifar10_paper_table.py --smoke --preset paper --out /tmp/paper_preset_smoke
 Rerun the same command to continue after an interruption.
 
 What differs from the paper (and why):
@@ -151,6 +158,7 @@ LEARNING_RATES: dict[str, dict[str, float]] = {
               "adapter": 1e-3, "denoiser": 1e-3},
 }
 LEARNING_RATES["smoke"] = LEARNING_RATES["small"]
+LEARNING_RATES["smoke-paper"] = LEARNING_RATES["paper"]
 
 
 # ---------------------------------------------------------------------------- configuration
@@ -211,6 +219,17 @@ PRESETS: dict[str, Preset] = {
         n0=10, n=20, alpha=0.001, cert_batch=32, lora_rank=2, prompt_tokens=2,
         adapter_bottleneck=4, dncnn_depth=3, dncnn_width=8, sigmas=(0.5,),
     ),
+    # The paper preset's code path (pretrained weights from a file, resize inside the model,
+    # a clean classifier for the denoiser, every skip-th test image) at smoke size.
+    "smoke-paper": Preset(
+        name="smoke-paper", model="vit_tiny_patch16_224",
+        model_kwargs={"img_size": 64, "patch_size": 16, "embed_dim": 32, "depth": 2,
+                      "num_heads": 2},
+        pretrained=True, input_size=64, pretrain_epochs=1, pretrain_lr=2e-3,
+        clean_method="full", epochs=1, batch_size=32, train_images=64, test_images=16, skip=2,
+        n0=10, n=20, alpha=0.001, cert_batch=32, lora_rank=2, prompt_tokens=2,
+        adapter_bottleneck=4, dncnn_depth=3, dncnn_width=8, sigmas=(0.5,),
+    ),
 }
 
 
@@ -225,6 +244,9 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Preset, argparse.Name
     p.add_argument("--root", type=Path, default=Path("../shared/data"),
                    help="folder holding cifar-10-batches-py/")
     p.add_argument("--download", action="store_true", help="download CIFAR-10 (torchvision)")
+    p.add_argument("--weights", type=Path, default=None, metavar="FILE",
+                   help="paper preset: the backbone's pretrained weights as a local state_dict "
+                   "file (default: timm downloads them)")
     p.add_argument("--out", type=Path, default=None, help="default: runs/paper_table_<preset>")
     p.add_argument("--methods", help=f"comma-separated subset of {','.join(METHODS)}")
     p.add_argument("--sigmas", help="comma-separated noise levels, e.g. 0.25,0.5,1.0")
@@ -250,7 +272,14 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Preset, argparse.Name
                    help="training and certification precision (default fp32)")
     args = p.parse_args(argv)
 
-    preset = PRESETS["smoke" if args.smoke else args.preset]
+    if args.smoke:
+        preset = PRESETS["smoke-paper" if args.preset == "paper" else "smoke"]
+    else:
+        preset = PRESETS[args.preset]
+    if args.weights is not None and not preset.pretrained:
+        p.error("--weights is for the paper preset (the small preset trains its own backbone)")
+    if args.weights is not None and not args.weights.is_file():
+        p.error(f"--weights: no such file: {args.weights}")
     changes: dict[str, Any] = {
         k: v for k, v in vars(args).items()
         if v is not None and k in {f.name for f in dataclasses.fields(Preset)}
@@ -304,6 +333,11 @@ def run_name(method: str, sigma: float) -> str:
     return f"{method}-s{sigma_tag(sigma)}"
 
 
+def weights_name(args: argparse.Namespace) -> str | None:
+    """The ``--weights`` file as recorded in a run's settings (``None``: timm's download)."""
+    return str(args.weights.resolve()) if args.weights is not None else None
+
+
 def check_settings(path: Path, settings: dict[str, Any]) -> None:
     """Record a run's settings, or refuse to continue a run that was started with others."""
     settings = json.loads(json.dumps(settings))  # normalise tuples etc.
@@ -333,7 +367,7 @@ def load_data(cfg: Preset, args: argparse.Namespace) -> tuple[ArrayDataset, Arra
         x_test, y_test = load_cifar(root, train=False)
         source = f"CIFAR-10 under {root}"
     except FileNotFoundError:
-        if cfg.name != "smoke":
+        if not cfg.name.startswith("smoke"):
             raise
         # Smoke mode only: random images, so the pipeline can be checked without the data.
         rng = np.random.default_rng(args.seed)
@@ -376,7 +410,8 @@ def clean_classifier_file(cfg: Preset, args: argparse.Namespace, train: ArrayDat
         log(f"skipping the clean classifier: {weights} exists")
         return weights
     settings = {"model": cfg.model, "model_kwargs": cfg.model_kwargs,
-                "pretrained": cfg.pretrained, "method": cfg.clean_method,
+                "pretrained": cfg.pretrained, "weights": weights_name(args),
+                "method": cfg.clean_method,
                 "epochs": cfg.pretrain_epochs, "lr": cfg.pretrain_lr,
                 "batch_size": cfg.batch_size, "train_images": len(train), "seed": args.seed}
     check_settings(folder / "run.json", settings)
@@ -384,7 +419,7 @@ def clean_classifier_file(cfg: Preset, args: argparse.Namespace, train: ArrayDat
         f"sigma 0) into {folder}")
     if cfg.pretrained:  # a new 10-class head, trained with the chosen method
         torch.manual_seed(args.seed)
-        base = ps.create_model(cfg.model, pretrained=True, **cfg.model_kwargs)
+        base = pretrained_base(cfg, args)
         model = ps.wrap(base, method=cfg.clean_method, num_classes=NUM_CLASSES,
                         input_size=cfg.input_size)
     else:  # from scratch: every weight, including the 10-class head made by create_model
@@ -427,7 +462,20 @@ def method_options(cfg: Preset, method: str) -> dict[str, Any]:
     return options[method]
 
 
-def build_model(cfg: Preset, method: str, seed: int, clean: Path) -> ps.PEFTModel:
+def pretrained_base(cfg: Preset, args: argparse.Namespace) -> nn.Module:
+    """The paper preset's backbone with its pretrained weights: timm's download, or the local
+    ``--weights`` file (smoke mode without one: random weights saved to ``OUT``, a stand-in)."""
+    weights: Path | None = args.weights
+    if weights is None and cfg.name == "smoke-paper":
+        weights = args.out / "smoke_pretrained.pt"
+        if not weights.exists():
+            stand_in = ps.create_model(cfg.model, seed=args.seed, **cfg.model_kwargs)
+            torch.save(stand_in.state_dict(), weights)
+    return ps.create_model(cfg.model, pretrained=True, file=weights, **cfg.model_kwargs)
+
+
+def build_model(cfg: Preset, args: argparse.Namespace, method: str,
+                clean: Path) -> ps.PEFTModel:
     """The backbone wrapped with one method (the denoiser: the clean classifier, head kept)."""
     registered = "prompt" if method == "prompt-deep" else method
     options = method_options(cfg, method)
@@ -436,27 +484,29 @@ def build_model(cfg: Preset, method: str, seed: int, clean: Path) -> ps.PEFTMode
                                      **cfg.model_kwargs)
         return ps.wrap(classifier, method="denoiser", input_size=cfg.input_size, **options)
     if cfg.pretrained:
-        base = ps.create_model(cfg.model, pretrained=True, **cfg.model_kwargs)
+        base = pretrained_base(cfg, args)
     else:
         base = ps.create_model(cfg.model, file=clean, num_classes=NUM_CLASSES,
                                **cfg.model_kwargs)
-    torch.manual_seed(seed)  # the new head and the method's parameters start the same way
+    torch.manual_seed(args.seed)  # the new head and the method's parameters start the same way
     return ps.wrap(base, method=registered, num_classes=NUM_CLASSES, input_size=cfg.input_size,
                    **options)
 
 
 # ---------------------------------------------------------------------------- one run
-def run_settings(cfg: Preset, method: str, sigma: float, seed: int, clean: Path,
+def run_settings(cfg: Preset, args: argparse.Namespace, method: str, sigma: float, clean: Path,
                  train: ArrayDataset, test: ArrayDataset) -> dict[str, Any]:
     return {
         "method": method, "sigma": sigma, "model": cfg.model, "model_kwargs": cfg.model_kwargs,
-        "pretrained": cfg.pretrained, "input_size": cfg.input_size,
+        "pretrained": cfg.pretrained, "weights": weights_name(args),
+        "input_size": cfg.input_size,
         "clean_classifier": f"{clean.parent.name}/{clean.name}",  # relative to OUT
         "options": method_options(cfg, method),
         "epochs": cfg.epochs, "lr": cfg.lr[method], "batch_size": cfg.batch_size,
         "loss": cfg.denoiser_loss if method == "denoiser" else "ce",
         "train_images": len(train), "test_images": len(test), "skip": cfg.skip,
-        "n0": cfg.n0, "n": cfg.n, "alpha": cfg.alpha, "precision": cfg.precision, "seed": seed,
+        "n0": cfg.n0, "n": cfg.n, "alpha": cfg.alpha, "precision": cfg.precision,
+        "seed": args.seed,
     }
 
 
@@ -464,14 +514,14 @@ def run_one(cfg: Preset, args: argparse.Namespace, method: str, sigma: float, cl
             train: ArrayDataset, test: ArrayDataset) -> None:
     """Train and certify one (method, sigma), resuming whatever an earlier invocation left."""
     folder: Path = args.out / run_name(method, sigma)
-    settings = run_settings(cfg, method, sigma, args.seed, clean, train, test)
+    settings = run_settings(cfg, args, method, sigma, clean, train, test)
     check_settings(folder / "run.json", settings)
     if (folder / "done.json").exists():
         log(f"skipping {folder.name}: finished earlier ({folder / 'done.json'})")
         return
     log(f"== {folder.name}: training ({cfg.epochs} epochs, lr {cfg.lr[method]:g}, "
         f"loss {settings['loss']})")
-    model = build_model(cfg, method, args.seed, clean)
+    model = build_model(cfg, args, method, clean)
     params = ps.parameter_report(model)
     trainer = ps.NoiseTrainer(
         model, sigma=sigma, epochs=cfg.epochs, lr=cfg.lr[method], loss=settings["loss"],
@@ -613,10 +663,19 @@ def table_notes(cfg: Preset, args: argparse.Namespace, source: str, clean: Path,
     dncnn = ps.parameter_report(ps.wrap(nn.Identity(), method="denoiser", normalize=None,
                                         depth=cfg.dncnn_depth, width=cfg.dncnn_width))
     clean_acc = info.get("clean_test_accuracy")
-    origin = "timm's pretrained weights" if cfg.pretrained else "pre-trained here, clean CIFAR-10"
+    if not cfg.pretrained:
+        origin = "pre-trained here, clean CIFAR-10"
+    elif args.weights is not None:
+        origin = f"pretrained weights from {args.weights}"
+    elif cfg.name == "smoke-paper":
+        origin = "random weights standing in for pretrained ones (smoke)"
+    else:
+        origin = "timm's pretrained weights"
     if cfg.input_size:
         origin += f"; input resized to {cfg.input_size} px inside the model"
-    every = "every image" if cfg.skip == 1 else f"every {cfg.skip}th"
+    suffix = {1: "st", 2: "nd", 3: "rd"}.get(cfg.skip % 10 if cfg.skip % 100 not in (11, 12, 13)
+                                             else 0, "th")
+    every = "every image" if cfg.skip == 1 else f"every {cfg.skip}{suffix}"
     lines = [
         "Notes:",
         f"- Preset `{cfg.name}`; data: {source}; backbone: timm `{cfg.model}` "

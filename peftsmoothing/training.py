@@ -30,7 +30,7 @@ import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -503,20 +503,18 @@ class NoiseTrainer:
                 p.requires_grad_(False)
             return ref
         m = self.module
-        pixel = getattr(m, "pixel", None)
-        inner, norm = getattr(m, "model", None), getattr(m, "normalize", None)
+        pixel, inner = getattr(m, "pixel", None), getattr(m, "model", None)
+        without_pixel = getattr(m, "forward_without_pixel", None)
         if (
             isinstance(pixel, nn.Module)
             and not isinstance(pixel, nn.Identity)
             and isinstance(inner, nn.Module)
-            and isinstance(norm, nn.Module)
+            and callable(without_pixel)
             and not any(p.requires_grad for p in inner.parameters())
         ):
-            # A denoiser in front of a frozen classifier: the classifier alone is the reference.
-            def classifier(x: torch.Tensor) -> torch.Tensor:
-                return inner(norm(x))
-
-            return classifier
+            # A denoiser in front of a frozen classifier: the classifier alone (with the
+            # wrapper's resize and normalization) is the reference.
+            return cast(Callable[[torch.Tensor], torch.Tensor], without_pixel)
         ref = copy.deepcopy(m).eval()
         for p in ref.parameters():
             p.requires_grad_(False)

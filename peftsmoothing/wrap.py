@@ -108,6 +108,29 @@ class PEFTModel(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(self.normalize(self.resize(self.pixel(x))))
 
+    def forward_without_pixel(self, x: torch.Tensor) -> torch.Tensor:
+        """The wrapped model without its pixel-space module: resize, normalize, model.
+
+        For the ``denoiser`` method this is the frozen classifier alone, e.g. the reference
+        of the ``stability`` loss; for methods without a pixel-space module it equals
+        :meth:`forward`.
+
+        Args:
+            x: Images in [0, 1], shape ``(N, C, H, W)``.
+
+        Returns:
+            The model's output (logits).
+
+        Examples:
+            >>> import torch
+            >>> from torch import nn
+            >>> m = wrap(nn.Flatten(), method="denoiser", depth=2, width=4, normalize=None,
+            ...          input_size=4)
+            >>> m.forward_without_pixel(torch.zeros(1, 3, 2, 2)).shape  # resized to 4 x 4
+            torch.Size([1, 48])
+        """
+        return self.model(self.normalize(self.resize(x)))
+
     # ----------------------------------------------------------------- trainable parameters
     def named_trainable_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
         """Yield ``(name, parameter)`` for every parameter with ``requires_grad``.

@@ -91,3 +91,16 @@ def test_mse_refuses_ddp_wrapped_models() -> None:
     x = torch.rand(1, 3, 4, 4)
     with pytest.raises(RuntimeError, match="does not support multi-process"):
         mse_loss(wrapper, x, [x], torch.zeros(1, dtype=torch.long), LossContext(0.1, module=m))
+
+
+def test_stability_reference_is_the_classifier_behind_the_denoiser_with_resize() -> None:
+    # input_size: the classifier takes 32 px, the data (and the denoiser) 16 px. The stability
+    # loss's reference must resize too (it once skipped the resize and failed on such models).
+    torch.manual_seed(0)
+    m = ps.wrap(tiny_vit(), method="denoiser", depth=2, width=4, input_size=32)
+    x = torch.rand(4, 3, 16, 16)
+    t = ps.NoiseTrainer(m, sigma=0.25, epochs=1, loss="stability", lr=1e-3, seed=0)
+    assert torch.equal(t.reference(x), m.forward_without_pixel(x))
+    data = torch.utils.data.TensorDataset(x, torch.zeros(4, dtype=torch.long))
+    history = t.fit(torch.utils.data.DataLoader(data, batch_size=2))
+    assert len(history) == 1 and history[0]["train_loss"] >= 0

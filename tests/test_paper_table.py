@@ -16,11 +16,11 @@ DATA = ROOT.parent / "shared" / "data"
 METHODS = ("linear", "full", "lora", "prompt", "prompt-deep", "adapter", "denoiser")
 
 
-def _run(out: Path) -> subprocess.CompletedProcess[str]:
+def _run(out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     # Real CIFAR-10 when the project's data folder is there; otherwise the script's smoke mode
     # makes up random images, so the test runs in a user's clone too.
     root = DATA if (DATA / "cifar-10-batches-py").is_dir() else out / "no-data"
-    cmd = [sys.executable, str(SCRIPT), "--smoke", "--root", str(root), "--out", str(out)]
+    cmd = [sys.executable, str(SCRIPT), "--smoke", "--root", str(root), "--out", str(out), *extra]
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
 
 
@@ -69,6 +69,33 @@ def test_smoke_run_writes_the_table_and_a_rerun_skips_finished_runs(tmp_path: Pa
         assert f"skipping {method}-s0.5" in second.stdout
     assert "training (" not in second.stdout and "certifying" not in second.stdout
     assert _table_rows(out / "table.md") == rows
+
+
+def test_smoke_of_the_paper_preset_runs_its_code_path_offline(tmp_path: Path) -> None:
+    # Pretrained weights from a local file, resize to 64 px inside the model, a clean
+    # classifier fine-tuned for the denoiser (stability loss through the resize), every 2nd
+    # test image.
+    if importlib.util.find_spec("timm") is None:
+        pytest.skip("timm is not installed (pip install timm)")
+    out = tmp_path / "paper"
+    done = _run(out, "--preset", "paper")
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = _table_rows(out / "table.md")
+    assert set(rows) == {(m, "0.5") for m in METHODS}
+    assert all(cells[-1] == "8" for cells in rows.values())  # 16 test images, every 2nd
+    assert (out / "clean_classifier" / "classifier.pt").is_file()
+    assert (out / "smoke_pretrained.pt").is_file()
+    assert "every 2nd" in (out / "table.md").read_text()
+
+
+def test_weights_option_is_checked() -> None:
+    script: Any = _load_script()
+    with pytest.raises(SystemExit):
+        script.parse_args(["--preset", "small", "--weights", str(SCRIPT)])  # small: no weights
+    with pytest.raises(SystemExit):
+        script.parse_args(["--preset", "paper", "--weights", "/nonexistent/vit.pth"])
+    cfg, args = script.parse_args(["--preset", "paper", "--weights", str(SCRIPT)])
+    assert cfg.pretrained and args.weights == SCRIPT
 
 
 def _load_script() -> object:
