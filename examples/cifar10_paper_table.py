@@ -406,15 +406,17 @@ def clean_classifier_file(cfg: Preset, args: argparse.Namespace, train: ArrayDat
     """
     folder = args.out / ("clean_classifier" if cfg.pretrained else "backbone")
     weights = folder / "classifier.pt"
-    if weights.exists():
-        log(f"skipping the clean classifier: {weights} exists")
-        return weights
     settings = {"model": cfg.model, "model_kwargs": cfg.model_kwargs,
                 "pretrained": cfg.pretrained, "weights": weights_name(args),
                 "method": cfg.clean_method,
                 "epochs": cfg.pretrain_epochs, "lr": cfg.pretrain_lr,
                 "batch_size": cfg.batch_size, "train_images": len(train), "seed": args.seed}
+    # Checked before reusing a finished classifier too: one made with other settings (e.g. by
+    # an older version of this script) must not be loaded into this preset's model.
     check_settings(folder / "run.json", settings)
+    if weights.exists():
+        log(f"skipping the clean classifier: {weights} exists")
+        return weights
     log(f"training the clean classifier ({cfg.clean_method}, {cfg.pretrain_epochs} epochs, "
         f"sigma 0) into {folder}")
     if cfg.pretrained:  # a new 10-class head, trained with the chosen method
@@ -627,14 +629,21 @@ def write_differences(rows: list[Row], out: Path) -> None:
             if ref is None or ref is row:
                 cells += ["" for _ in DIFFERENCE_RADII]
                 continue
-            diffs = row.report.compare_to(ref.report, DIFFERENCE_RADII)
-            cells += [str(diffs[r]) for r in DIFFERENCE_RADII]
+            try:
+                diffs = row.report.compare_to(ref.report, DIFFERENCE_RADII)
+            except ValueError as err:  # e.g. runs made on other data in the same OUT
+                cells += [f"n/a: {err}" for _ in DIFFERENCE_RADII]
+                continue
+            shared = next(iter(diffs.values())).images
+            note = "" if shared == len(row.report) == len(ref.report) else f" [{shared} images]"
+            cells += [f"{diffs[r]}{note}" for r in DIFFERENCE_RADII]
         md.append("| " + " | ".join(cells) + " |")
     notes = (
         "Certified accuracy of the method minus the baseline's at radius r, on the same test "
         "images: difference ± standard error (p = two-sided exact McNemar test of equal "
         "accuracy, from the images only one of the two certifies). Made by "
-        "`CertificationReport.compare_to`.\n"
+        "`CertificationReport.compare_to`; [N images] marks a comparison on the N images both "
+        "runs certified when the two runs' image sets differ.\n"
     )
     atomic_write_text(out / "differences.md", "\n".join(md) + "\n\n" + notes)
 

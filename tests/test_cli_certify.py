@@ -79,6 +79,15 @@ def test_certify_resume_shards_and_report(
     assert "Paired differences against full" in text
     shard_row = next(line for line in text.splitlines() if line.startswith("| part.shard0of2 | +"))
     assert "+0.000 ± 0.000 (p = 1)" in shard_row
+
+    # Logs that share a file name (one folder per run) keep one row each.
+    for run in ("a", "b"):
+        (tmp_path / run).mkdir()
+        (tmp_path / run / "certify.tsv").write_bytes(full.read_bytes())
+    logs = [str(tmp_path / run / "certify.tsv") for run in ("a", "b")]
+    assert main(["report", *logs, "--compare"]) == 0
+    text = capsys.readouterr().out
+    assert "| a/certify |" in text and "| b/certify | +0.000" in text
     assert png.stat().st_size > 0
 
 

@@ -70,6 +70,11 @@ def test_smoke_run_writes_the_table_and_a_rerun_skips_finished_runs(tmp_path: Pa
     assert "training (" not in second.stdout and "certifying" not in second.stdout
     assert _table_rows(out / "table.md") == rows
 
+    # A finished backbone made with other settings is refused, not loaded into this model.
+    other = _run(out, "--pretrain-epochs", "2")
+    assert other.returncode != 0
+    assert "started with other settings" in other.stderr and "epochs" in other.stderr
+
 
 def test_smoke_of_the_paper_preset_runs_its_code_path_offline(tmp_path: Path) -> None:
     # Pretrained weights from a local file, resize to 64 px inside the model, a clean

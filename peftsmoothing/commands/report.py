@@ -31,7 +31,10 @@ def run(args: argparse.Namespace) -> int:
     from ..report import CertificationReport, certified_accuracy_table, plot_certified_accuracy
 
     if args.compare:
-        reports = {Path(p).stem: CertificationReport.from_log(p) for p in args.logs}
+        reports = {
+            name: CertificationReport.from_log(path)
+            for name, path in zip(log_names(args.logs), args.logs, strict=True)
+        }
     else:
         merged = CertificationReport.from_logs(args.logs)
         name = merged.name if len(args.logs) == 1 else f"{merged.name} (+{len(args.logs) - 1})"
@@ -58,6 +61,34 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def log_names(paths: list[str]) -> list[str]:
+    """Short, distinct names for logs: the file name without extension, or, where two logs
+    share it (``lora/certify.tsv``, ``full/certify.tsv``), as many parent folders as needed.
+
+    Examples:
+        >>> log_names(["runs/lora/certify.tsv", "runs/full/certify.tsv", "prompt.tsv"])
+        ['lora/certify', 'full/certify', 'prompt']
+        >>> log_names(["a.tsv", "a.tsv"])
+        Traceback (most recent call last):
+        ...
+        ValueError: the same log is given twice: a.tsv
+    """
+    parts = [Path(p).with_suffix("").parts for p in paths]
+    depth = [1] * len(paths)
+    while True:
+        names = ["/".join(p[-d:]) for p, d in zip(parts, depth, strict=True)]
+        clashes = {n for n in names if names.count(n) > 1}
+        if not clashes:
+            return names
+        grown = False
+        for i, name in enumerate(names):
+            if name in clashes and depth[i] < len(parts[i]):
+                depth[i] += 1
+                grown = True
+        if not grown:
+            raise ValueError(f"the same log is given twice: {paths[names.index(min(clashes))]}")
+
+
 def paired_differences(reports: dict[str, Any], radii: list[float]) -> str:
     """Markdown table: every report minus the first, image by image, at each radius.
 
@@ -82,7 +113,7 @@ def paired_differences(reports: dict[str, Any], radii: list[float]) -> str:
         try:
             diffs = reports[name].compare_to(first, radii)
         except ValueError as err:  # other data: say so instead of failing the whole report
-            lines.append(f"| {name} | " + " | ".join("" for _ in radii) + f" | 0 ({err}) |")
+            lines.append(f"| {name} | " + " | ".join(f"n/a: {err}" for _ in radii) + " | |")
             continue
         cells = [str(diffs[r]) for r in radii]
         images = next(iter(diffs.values())).images
@@ -111,7 +142,7 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--compare",
         action="store_true",
-        help="one row/curve per log instead of merging them, plus paired differences against "
-        "the first log",
+        help="one row/curve per log instead of merging them, plus (markdown format) paired "
+        "differences against the first log",
     )
     p.set_defaults(func=run, user_errors=USER_ERRORS)
