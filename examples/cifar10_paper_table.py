@@ -38,8 +38,8 @@ Presets:
                     pre-trained on the clean training images by this script (60 epochs) and
                     cached in ``OUT/backbone/``; that clean classifier is also the denoiser's
                     frozen classifier. Then 10 noisy epochs per method (batch 128), a DnCNN of
-                    depth 5 and width 16 (7,891 parameters; it costs about 4 times the small ViT
-                    per image; the paper-size 17 x 64 DnCNN would cost over 100 times), and
+                    depth 5 and width 16 (7,891 parameters; DnCNN + ViT cost about 3.6 times the
+                    bare ViT per image, with the paper's 17 x 64 DnCNN about 140 times), and
                     certification with n=1,000, n0=100, alpha=0.001 on the first 500 test images.
     --preset paper  The paper's setting, for a GPU with internet: timm's
                     ``vit_base_patch16_224.augreg_in21k`` (ViT-B/16, ImageNet-21k;
@@ -65,7 +65,8 @@ How long it takes (measured on 2 CPU cores, torch 2.14, CIFAR-10 subset of 5,085
                      training 4 s (linear) to 27 s (denoiser) per run; certification of 500
                      images 35 s (lora, merged) to 1.4 min (prompt-deep) per run, 3.6 min for
                      the denoiser. A backbone with patch 4 and width 128 (the demo ViT) is a
-                     little more accurate but about 30 times slower per image: ~7 hours.
+                     little more accurate but about 26 times slower per image: ~7 hours
+                     (``benchmarks/paper_table_cost.py`` measures these ratios).
     --preset paper   not measured: 21 runs x 500 images x 100,100 ViT-B/16 passes at 224 px
                      = 1.05e9 passes, i.e. ~3 days at an assumed 4,000 images/s on one H100
                      (``--precision bf16`` roughly halves it), plus 10 epochs per run of
@@ -144,7 +145,7 @@ NUM_CLASSES = 10
 #: tokens), width 64, depth 4 (214k parameters). Chosen so that the whole comparison (21 runs,
 #: 11.5M certification forward passes) fits in 45 minutes on 2 CPU cores. On 5,085 training
 #: images it is nearly as accurate (49 % clean test accuracy) as the 1.2M-parameter demo ViT
-#: (patch 4, width 128, depth 6; 50-55 %), which is about 30 times slower per image.
+#: (patch 4, width 128, depth 6; 50-55 %), which is about 26 times slower per image.
 SMALL_VIT_KWARGS: dict[str, Any] = {
     "img_size": 32, "patch_size": 8, "embed_dim": 64, "depth": 4, "num_heads": 2,
 }
