@@ -105,9 +105,63 @@ class ArrayDataset(Dataset[tuple[torch.Tensor, int]]):
         return x, int(self.labels[index])
 
 
+def _array_globals() -> dict[tuple[str, str], Any]:
+    try:  # numpy >= 2 keeps the implementation in numpy._core
+        from numpy._core.multiarray import _reconstruct
+    except ImportError:  # pragma: no cover - numpy 1.x
+        from numpy.core.multiarray import _reconstruct  # type: ignore[no-redef]
+    import _codecs
+
+    return {
+        ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
+        ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
+        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "dtype"): np.dtype,
+        ("_codecs", "encode"): _codecs.encode,  # how Python 3 pickles bytes at protocol 2
+    }
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """An unpickler that builds only what CIFAR's python-format files hold: dicts, lists,
+    strings, bytes, numbers and numpy arrays. Any other global (a function to call, a class to
+    build) is refused, so a crafted batch file cannot run code."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        allowed = _array_globals().get((module, name))
+        if allowed is None:
+            raise pickle.UnpicklingError(
+                f"refusing to load {module}.{name}: CIFAR batch files hold only arrays, "
+                "lists, dicts and strings"
+            )
+        return allowed
+
+
 def _unpickle(path: Path) -> dict[str, Any]:
-    with open(path, "rb") as f:
-        raw = pickle.load(f, encoding="bytes")
+    """Read one CIFAR python-format batch file with :class:`_ArrayUnpickler`.
+
+    Raises:
+        ValueError: If the file holds anything but plain data and numpy arrays, or is not a
+            dict (a crafted or corrupted file); the message names the file.
+
+    Examples:
+        >>> import pickle, tempfile, pathlib
+        >>> p = pathlib.Path(tempfile.mkdtemp()) / "batch"
+        >>> _ = p.write_bytes(pickle.dumps({b"labels": [1, 2]}, protocol=2))
+        >>> _unpickle(p)
+        {'labels': [1, 2]}
+        >>> _ = p.write_bytes(pickle.dumps(print))
+        >>> _unpickle(p)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: ...batch is not a CIFAR batch file: refusing to load builtins.print: ...
+    """
+    try:
+        with open(path, "rb") as f:
+            raw = _ArrayUnpickler(f, encoding="bytes").load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as err:
+        raise ValueError(f"{path} is not a CIFAR batch file: {err}") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path} is not a CIFAR batch file: it holds a {type(raw).__name__}")
     return {k.decode() if isinstance(k, bytes) else k: v for k, v in raw.items()}
 
 

@@ -101,6 +101,26 @@ def parameter_report(model: nn.Module) -> ParameterReport:
     return ParameterReport(trainable, total, tuple(rows))
 
 
+def trained_keys(model: nn.Module) -> set[str]:
+    """The ``state_dict`` keys that training changes (see :func:`trained_state_dict`).
+
+    Examples:
+        >>> from torch import nn
+        >>> net = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2))
+        >>> _ = net[0].requires_grad_(False)
+        >>> sorted(trained_keys(net))
+        ['1.bias', '1.weight']
+    """
+    keys: set[str] = set()
+    for mod_name, module in model.named_modules():
+        prefix = f"{mod_name}." if mod_name else ""
+        own = [n for n, p in module.named_parameters(recurse=False) if p.requires_grad]
+        if own:
+            keys.update(prefix + n for n in own)
+            keys.update(prefix + n for n, _ in module.named_buffers(recurse=False))
+    return keys
+
+
 def trained_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The tensors that training changes, detached copies keyed as in ``model.state_dict()``.
 
@@ -115,11 +135,4 @@ def trained_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
         ['1.bias', '1.num_batches_tracked', '1.running_mean', '1.running_var', '1.weight']
     """
     state = model.state_dict()
-    keys: set[str] = set()
-    for mod_name, module in model.named_modules():
-        prefix = f"{mod_name}." if mod_name else ""
-        own = [n for n, p in module.named_parameters(recurse=False) if p.requires_grad]
-        if own:
-            keys.update(prefix + n for n in own)
-            keys.update(prefix + n for n, _ in module.named_buffers(recurse=False))
-    return {k: state[k].detach().clone() for k in sorted(keys) if k in state}
+    return {k: state[k].detach().clone() for k in sorted(trained_keys(model)) if k in state}

@@ -17,7 +17,6 @@ device, and each ``certify`` call synchronises with the host once, at the end.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import math
 import numbers
@@ -35,6 +34,7 @@ import torch
 from torch import nn
 
 from ._io import atomic_write, fsync_dir
+from .fingerprint import model_fingerprint
 from .stats import (
     binomial_pvalue,
     certified_radius,
@@ -403,9 +403,16 @@ class SmoothedClassifier:
     def _sample_counts(
         self, x: torch.Tensor, num: int, batch_size: int, gen: torch.Generator
     ) -> torch.Tensor:
-        """Class counts of the base model on ``num`` noisy copies of ``x`` (on the device)."""
+        """Class counts of the base model on ``num`` noisy copies of ``x`` (on the device).
+
+        The result has ``num_classes + 1`` entries: the last counts the samples on which the
+        model returned a non-finite logit. Those samples vote for no class (``argmax`` would
+        pick a NaN as the maximum); :meth:`_class_counts` refuses to use counts that hold any.
+        Counting them on the device costs no host synchronisation.
+        """
         device = self.device
-        counts = torch.zeros(self.num_classes, dtype=torch.long, device=device)
+        nonfinite_slot = self.num_classes
+        counts = torch.zeros(self.num_classes + 1, dtype=torch.long, device=device)
         channels_last = self._use_channels_last()
         memory_format = torch.channels_last if channels_last else torch.contiguous_format
         buffer = torch.empty(
@@ -430,9 +437,10 @@ class SmoothedClassifier:
                 logits = self.base(inputs)
             if remaining == num:
                 self._check_logits(logits, size)
-            predictions = logits.argmax(dim=1)
+            finite = torch.isfinite(logits).all(dim=1)
+            predictions = torch.where(finite, logits.argmax(dim=1), nonfinite_slot)
             if device.type == "cpu":
-                counts += torch.bincount(predictions, minlength=self.num_classes)
+                counts += torch.bincount(predictions, minlength=self.num_classes + 1)
             else:
                 # CUDA's bincount reads the input's min/max on the host (a sync per batch);
                 # index_add_ computes the same counts without leaving the device.
@@ -441,6 +449,23 @@ class SmoothedClassifier:
                 counts.index_add_(0, predictions, ones[:size])
             remaining -= size
         return counts
+
+    def _class_counts(self, counts: torch.Tensor, num: int) -> torch.Tensor:
+        """The per-class part of host-side counts from :meth:`_sample_counts`.
+
+        Raises:
+            FloatingPointError: If the model returned a non-finite logit on any sample: no
+                vote, certificate or prediction may come from such a model.
+        """
+        bad = int(counts[self.num_classes])
+        if bad:
+            raise FloatingPointError(
+                f"the base model ({type(self.base).__name__}) returned non-finite logits "
+                f"(nan or inf) on {bad} of {num} noise samples; no prediction or certificate "
+                "can be drawn from it (a diverged fine-tune? check the model's outputs on "
+                "noisy inputs, or its precision)"
+            )
+        return counts[: self.num_classes]
 
     def _check_logits(self, logits: object, size: int) -> None:
         if not isinstance(logits, torch.Tensor) or logits.ndim != 2 or logits.shape[0] != size:
@@ -489,6 +514,7 @@ class SmoothedClassifier:
 
         Raises:
             ValueError: For invalid arguments or inputs (see the class documentation).
+            FloatingPointError: If the model returns a non-finite logit on any sample.
 
         Examples:
             >>> import torch, peftsmoothing as ps
@@ -506,6 +532,7 @@ class SmoothedClassifier:
         x_dev = self._prepare_input(x)
         with self._inference():
             counts = self._sample_counts(x_dev, n_, b, self._generator(s, _PREDICTION)).cpu()
+        counts = self._class_counts(counts, n_)
         order = np.argsort(-counts.numpy(), kind="stable")
         n_a, n_b = int(counts[order[0]]), int(counts[order[1]])
         if binomial_pvalue(n_a, n_a + n_b) > a:
@@ -545,6 +572,7 @@ class SmoothedClassifier:
             ValueError: For ``alpha`` outside (0, 1), ``n0``, ``n`` or ``batch_size`` < 1, an
                 image that is not (C, H, W) or has non-finite values, or a model whose output
                 width is not ``num_classes``.
+            FloatingPointError: If the model returns a non-finite logit on any sample.
 
         Examples:
             >>> import torch, peftsmoothing as ps
@@ -570,8 +598,10 @@ class SmoothedClassifier:
             counts0 = self._sample_counts(x_dev, n0_, b, self._generator(s, _SELECTION))
             counts = self._sample_counts(x_dev, n_, b, self._generator(s, _ESTIMATION))
             both = torch.stack([counts0, counts]).cpu()  # the one host synchronisation
-        c_a = int(both[0].argmax())
-        count = int(both[1, c_a])
+        selection = self._class_counts(both[0], n0_)
+        estimation = self._class_counts(both[1], n_)
+        c_a = int(selection.argmax())
+        count = int(estimation[c_a])
         pa_lower = clopper_pearson_lower(count, n_, a)
         if pa_lower < 0.5:
             prediction, radius = ABSTAIN, 0.0
@@ -769,28 +799,6 @@ def _select_indices(
             raise ValueError(f"shard must be (i, k) with 0 <= i < k, got {shard!r}")
         chosen = chosen[int(part) :: int(parts)]
     return chosen
-
-
-def model_fingerprint(model: nn.Module) -> str:
-    """SHA-256 of a model's state (names, dtypes, shapes and values of every tensor).
-
-    Recorded in a certification log's settings so that resuming with another (or retrained)
-    model is refused instead of mixing certificates of two models in one report.
-
-    Examples:
-        >>> from torch import nn
-        >>> a = nn.Linear(2, 2)
-        >>> model_fingerprint(a) == model_fingerprint(a), len(model_fingerprint(a))
-        (True, 64)
-    """
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        t = tensor.detach()
-        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        if t.dtype == torch.bfloat16:
-            t = t.view(torch.int16)
-        digest.update(t.contiguous().cpu().numpy().tobytes())
-    return digest.hexdigest()
 
 
 def _lock_log(path: Path) -> Any:

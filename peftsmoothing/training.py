@@ -59,6 +59,7 @@ HISTORY_FILE = "history.jsonl"
 OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULES = ("cosine", "linear", "constant")
 PRECISIONS = ("fp32", "bf16", "fp16")
+NONFINITE = ("stop", "skip")
 _STATE_FORMAT = "peftsmoothing-trainer-state"
 _STATE_VERSION = 1
 _RANGE_TOLERANCE = 1e-3
@@ -87,6 +88,11 @@ class TrainerConfig:
         log_every: Update the progress bar every this many optimizer steps.
         monitor: History key that selects the ``best`` checkpoint (default ``val_noisy_acc``
             with a validation loader, else ``train_acc``); keys with ``loss`` are minimised.
+        nonfinite: What a non-finite (nan/inf) loss does: ``"stop"`` (default) raises
+            ``FloatingPointError`` before the optimizer step, so the weights and the
+            checkpoints stay those of the last finite step; ``"skip"`` drops that optimizer
+            step (its gradients and metrics), counts it in the epoch's ``nonfinite_steps`` and
+            trains on.
 
     Examples:
         >>> TrainerConfig(sigma=(0.25, 0.5), loss="consistency").sigmas
@@ -109,6 +115,7 @@ class TrainerConfig:
     seed: int = 0
     log_every: int = 50
     monitor: str | None = None
+    nonfinite: str = "stop"
 
     def __post_init__(self) -> None:
         sigmas = self.sigma if isinstance(self.sigma, tuple) else (self.sigma,)
@@ -135,6 +142,7 @@ class TrainerConfig:
             ("optimizer", self.optimizer, OPTIMIZERS),
             ("schedule", self.schedule, SCHEDULES),
             ("precision", self.precision, PRECISIONS),
+            ("nonfinite", self.nonfinite, NONFINITE),
         ):
             if value not in valid:
                 raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(valid)}")
@@ -218,6 +226,7 @@ class _EpochState:
         self.losses = 0  # batches
         self.terms: dict[str, torch.Tensor] = {}
         self.elapsed = 0.0
+        self.nonfinite_steps = 0  # optimizer steps dropped for a non-finite loss
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -228,6 +237,7 @@ class _EpochState:
             "losses": self.losses,
             "terms": {k: float(v) for k, v in self.terms.items()},
             "elapsed": self.elapsed,
+            "nonfinite_steps": self.nonfinite_steps,
         }
 
     @classmethod
@@ -241,6 +251,7 @@ class _EpochState:
             for k, v in d["terms"].items()
         }
         st.elapsed = float(d["elapsed"])
+        st.nonfinite_steps = int(d.get("nonfinite_steps", 0))
         return st
 
 
@@ -348,6 +359,9 @@ class NoiseTrainer:
             for a model with a pixel-space module (a denoiser), the model without it; otherwise
             a frozen copy of the model as it is now.
         monitor: History key that selects the ``best`` checkpoint.
+        nonfinite: On a non-finite loss, ``"stop"`` (default: raise ``FloatingPointError``
+            before the optimizer step; nothing is saved over the last good checkpoint) or
+            ``"skip"`` (drop that optimizer step and train on).
 
     Raises:
         ValueError: For a model with nothing trainable, sigma < 0, or an unknown loss,
@@ -393,6 +407,7 @@ class NoiseTrainer:
         metadata: Mapping[str, Any] | None = None,
         reference_model: nn.Module | None = None,
         monitor: str | None = None,
+        nonfinite: str = "stop",
     ) -> None:
         self._owns_process_group = False
         if not isinstance(model, nn.Module):
@@ -424,6 +439,7 @@ class NoiseTrainer:
             seed=seed,
             log_every=log_every,
             monitor=monitor,
+            nonfinite=nonfinite,
         )
         if not isinstance(optimizer, str):
             object.__setattr__(self.config, "optimizer", "custom")
@@ -865,6 +881,7 @@ class NoiseTrainer:
         t0 = time.perf_counter()
         elapsed0 = st.elapsed
         in_dtype = self._input_dtype()
+        step_bad = torch.zeros((), dtype=torch.bool, device=self.device)
         ctx = LossContext(sigma=0.0, options=self.loss_options, module=self.module,
                           reference=self.reference)
         try:
@@ -889,6 +906,7 @@ class NoiseTrainer:
                 with sync:
                     with self._autocast():
                         out: LossOutput = self.loss_spec.fn(self.model, x, noisy, y, ctx)
+                    step_bad |= ~torch.isfinite(out.loss.detach()).all()
                     loss = out.loss / size
                     if self.scaler is not None:
                         self.scaler.scale(loss).backward()
@@ -897,8 +915,14 @@ class NoiseTrainer:
                 window.add(*self._batch_metrics(out, y, x.shape[0]))
                 if not boundary:
                     continue
-                self._optimizer_step()
-                window.fold_into(st)
+                if self._nonfinite_step(step_bad, b):
+                    self.optimizer.zero_grad(set_to_none=True)
+                    window.items.clear()
+                    st.nonfinite_steps += 1
+                else:
+                    self._optimizer_step()
+                    window.fold_into(st)
+                step_bad.zero_()
                 self._batches_done = b + 1
                 self._boundary_rng = self._rng_state(loader)
                 if bar is not None:
@@ -920,6 +944,40 @@ class NoiseTrainer:
             torch.cuda.synchronize(self.device)
         st.elapsed = elapsed0 + time.perf_counter() - t0
         return self._epoch_record(st)
+
+    def _nonfinite_step(self, bad: torch.Tensor, batch: int) -> bool:
+        """Whether the optimizer step ending at ``batch`` had a non-finite loss (on any rank).
+
+        Raises:
+            FloatingPointError: With ``nonfinite="stop"``, before the step is taken.
+        """
+        if self.world_size > 1:
+            flag = bad.to(self._comm_device(), torch.int32)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            bad = flag
+        if not bool(bad):  # one host synchronisation per optimizer step
+            return False
+        if self.config.nonfinite == "skip":
+            return True
+        raise FloatingPointError(
+            f"non-finite loss (nan or inf) at epoch {self.epoch + 1}, batch {batch + 1}: "
+            "training stopped before this optimizer step; the weights and the last checkpoint "
+            "are those of the last finite step. Lower the learning rate, clip gradients "
+            "(max_grad_norm), use bf16 instead of fp16, or pass nonfinite='skip'."
+        )
+
+    def _check_finite_weights(self) -> None:
+        """Refuse to checkpoint weights that are not finite.
+
+        Raises:
+            FloatingPointError: Naming the first non-finite trained tensor.
+        """
+        for name, p in self.module.named_parameters():
+            if p.requires_grad and not bool(torch.isfinite(p).all()):
+                raise FloatingPointError(
+                    f"the trained parameter {name} holds nan or inf after epoch {self.epoch}: "
+                    "not saved, so the last checkpoint stays the last finite one"
+                )
 
     def _optimizer_step(self) -> None:
         c = self.config
@@ -969,6 +1027,14 @@ class NoiseTrainer:
         }
         for k, v in st_sync["terms"].items():
             record[f"train_{k}"] = v / max(1, st_sync["losses"])
+        if st.nonfinite_steps:
+            record["nonfinite_steps"] = st.nonfinite_steps
+            warnings.warn(
+                f"epoch {self.epoch + 1}: skipped {st.nonfinite_steps} optimizer step(s) with a "
+                "non-finite loss (nonfinite='skip')",
+                RuntimeWarning,
+                stacklevel=2,
+            )
         record["images"] = int(st_sync["seen"])
         record["images_per_s"] = st_sync["seen"] / st.elapsed if st.elapsed > 0 else None
         record["time_s"] = st.elapsed
@@ -1199,6 +1265,7 @@ class NoiseTrainer:
         return out
 
     def _save_epoch(self, loader: Any, record: Mapping[str, Any]) -> None:
+        self._check_finite_weights()
         rng = self._gather_rng(loader) if self.checkpoint_dir is not None else []
         improved = self._update_best(record)
         if self.checkpoint_dir is None or not self.is_main:
@@ -1221,6 +1288,11 @@ class NoiseTrainer:
         if self._updating:
             warnings.warn("interrupted during an optimizer step: no checkpoint written",
                           stacklevel=2)
+            return
+        try:
+            self._check_finite_weights()
+        except FloatingPointError as err:
+            warnings.warn(f"{err}; no checkpoint written", stacklevel=2)
             return
         partial = self._epoch_state.to_dict() if self._epoch_state is not None else None
         rng = [self._boundary_rng if self._boundary_rng is not None else self._rng_state(loader)]

@@ -23,11 +23,12 @@ from torch import nn
 
 from ._io import atomic_save, atomic_write
 from ._version import __version__
+from .fingerprint import tensors_fingerprint
 from .methods._targets import get_submodule, replace_module
 from .normalize import Normalize, Resize, timm_mean_std
-from .params import trained_state_dict
+from .params import trained_keys, trained_state_dict
 from .registry import Method, MethodContext, get_method
-from .zoo import BASE_ATTR, build_base_model, unreproducible_reason
+from .zoo import BASE_ATTR, rebuild_base_model, unreproducible_reason
 
 __all__ = ["CONFIG_FILE", "TENSORS_FILE", "PEFTModel", "WrapSpec", "load", "read_config", "wrap"]
 
@@ -92,6 +93,7 @@ class PEFTModel(nn.Module):
         resize: Resize | None = None,
         modules: Mapping[str, nn.Module] | None = None,
         base_parameters: int = 0,
+        base_fingerprint: str | None = None,
     ) -> None:
         super().__init__()
         self.pixel = pixel if pixel is not None else nn.Identity()
@@ -102,6 +104,8 @@ class PEFTModel(nn.Module):
         self.method = method
         self.spec = spec
         self.base_parameters = base_parameters
+        #: SHA-256 of the base model's weights as ``wrap`` found them (a reset head left out).
+        self.base_fingerprint = base_fingerprint
         self.base_recipe: dict[str, Any] | None = getattr(model, BASE_ATTR, None)
         self._merged = False
 
@@ -308,6 +312,7 @@ class PEFTModel(nn.Module):
                 "class": f"{type(self.model).__module__}.{type(self.model).__qualname__}",
                 "architecture": _architecture(self.model),
                 "num_parameters": self.base_parameters,
+                "fingerprint": self.base_fingerprint,
                 "recipe": self.base_recipe,
             },
             "tensors": {k: list(v.shape) for k, v in tensors.items()},
@@ -514,6 +519,7 @@ def wrap(
             for p in model.get_submodule(name).parameters():
                 p.requires_grad_(True)
     setattr(model, _WRAPPED_ATTR, True)
+    base_fingerprint = frozen_fingerprint(model)
     if norm is not None:
         ref = next(model.parameters(), None)
         if ref is not None:
@@ -537,18 +543,60 @@ def wrap(
         resize=resize,
         modules=context.modules,
         base_parameters=base_parameters,
+        base_fingerprint=base_fingerprint,
     )
 
 
+def frozen_fingerprint(model: nn.Module) -> str:
+    """Fingerprint of a model's frozen tensors: every ``state_dict`` entry training leaves
+    alone (see :func:`peftsmoothing.params.trained_keys`).
+
+    ``wrap`` records it and ``load`` checks it, so that trained adapters are never loaded onto
+    another backbone (other weights with the same shapes).
+
+    Examples:
+        >>> from torch import nn
+        >>> net = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2))
+        >>> _ = net[0].requires_grad_(False)
+        >>> before = frozen_fingerprint(net)
+        >>> with torch.no_grad():
+        ...     _ = net[1].weight.add_(1.0)  # trained: not part of the fingerprint
+        >>> frozen_fingerprint(net) == before
+        True
+    """
+    trained = trained_keys(model)
+    return tensors_fingerprint((k, v) for k, v in model.state_dict().items() if k not in trained)
+
+
+def _file_in(directory: Path, name: str) -> Path:
+    """``directory / name``, refusing a symlink that leads out of the directory."""
+    path = directory / name
+    if path.is_symlink() or path.exists():
+        inside = directory.resolve()
+        target = path.resolve()
+        if target != inside / name and inside not in target.parents:
+            raise ValueError(f"{path} is a link to {target}, outside {directory}: refused")
+    return path
+
+
 def read_config(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read and check the JSON config of a directory written by :meth:`PEFTModel.save`."""
-    cfg_path = Path(path) / CONFIG_FILE
+    """Read and check the JSON config of a directory written by :meth:`PEFTModel.save`.
+
+    Raises:
+        FileNotFoundError: If the directory holds no ``peftsmoothing.json``.
+        ValueError: If the file is a link out of the directory, is not valid JSON, or is not
+            a peftsmoothing model config.
+    """
+    cfg_path = _file_in(Path(path), CONFIG_FILE)
     if not cfg_path.is_file():
         raise FileNotFoundError(
             f"{path} is not a saved peftsmoothing model: {CONFIG_FILE} not found"
         )
-    config = json.loads(cfg_path.read_text())
-    if config.get("format") != _FORMAT:
+    try:
+        config = json.loads(cfg_path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{cfg_path} is corrupt (not valid JSON: {err})") from None
+    if not isinstance(config, dict) or config.get("format") != _FORMAT:
         raise ValueError(f"{cfg_path} is not a peftsmoothing model config")
     if int(config.get("format_version", 0)) > _FORMAT_VERSION:
         raise ValueError(
@@ -563,6 +611,7 @@ def load(
     path: str | os.PathLike[str] | None = None,
     *,
     map_location: Any = None,
+    base_weights: str | os.PathLike[str] | None = None,
     **method_overrides: Any,
 ) -> PEFTModel:
     """Rebuild a model saved with :meth:`PEFTModel.save` around a fresh copy of its base model.
@@ -573,11 +622,20 @@ def load(
     from the recipe recorded when it was made with :func:`peftsmoothing.create_model` (or given
     as ``metadata={"base_model": {...}}`` to ``save``).
 
+    Loading reads only the directory (docs/security.md): the recipe may name a model in timm's
+    registry and architecture options, nothing that fetches or opens other files; a weights
+    file is used only when you pass it as ``base_weights``. The frozen weights are checked
+    against the fingerprint recorded at save time: another backbone (other weights, same
+    shapes) is refused. Directories saved before fingerprints existed load with a warning.
+
     Args:
         base_model: The original (unwrapped) model, modified in place; or the directory, when
             the base model is to be rebuilt from its recorded recipe.
         path: Directory written by ``save`` (omit when passing it as the first argument).
         map_location: Passed to ``torch.load``; default: the base model's device.
+        base_weights: A ``state_dict`` file with the base model's weights, loaded into the
+            rebuilt (or given) base model before wrapping, e.g. a backbone you pre-trained
+            yourself or timm's weights downloaded on another machine.
         **method_overrides: Method options that replace the saved ones, e.g. a custom
             module that could not be stored in JSON (``denoiser=MyDenoiser()``).
 
@@ -585,8 +643,9 @@ def load(
         The wrapped model with the saved tensors loaded.
 
     Raises:
-        FileNotFoundError: If ``path`` holds no saved model.
-        ValueError: If the base model does not fit the saved tensors.
+        FileNotFoundError: If ``path`` holds no saved model, or ``base_weights`` is missing.
+        ValueError: If the base model does not fit the saved tensors, its frozen weights are
+            not those the model was trained on, the recipe is refused, or a file is corrupt.
 
     Examples:
         >>> import tempfile, timm, torch, peftsmoothing as ps
@@ -617,18 +676,31 @@ def load(
                 f"{path} does not record how to build its base model (it was not made with "
                 "ps.create_model); call ps.load(base_model, path) with the base model"
             )
-        reason = unreproducible_reason(recipe)
+        reason = unreproducible_reason(recipe) if base_weights is None else None
         if reason is not None:
             raise ValueError(
                 f"{path}: cannot rebuild its base model: {reason}, so a rebuilt one would have "
                 "other weights. Call ps.load(base_model, path) with the original base model "
                 "(next time: ps.create_model(..., seed=N) or file=...)"
             )
-        base_model = build_base_model(recipe)
+        source = f"{Path(path) / CONFIG_FILE}"
+        base_model = rebuild_base_model(recipe, base_weights=base_weights, source=source)
+        origin = (
+            f"the weights file you passed (base_weights={os.fspath(base_weights)!r})"
+            if base_weights is not None
+            else f"the base model rebuilt from its recipe ({recipe.get('name')})"
+        )
     elif not isinstance(base_model, nn.Module):
         raise TypeError(f"base_model must be an nn.Module, got {type(base_model).__name__}")
     else:
         config = read_config(path)
+        if base_weights is not None:
+            from .zoo import _load_weights
+
+            _load_weights(base_model, base_weights)
+            origin = f"the weights file you passed (base_weights={os.fspath(base_weights)!r})"
+        else:
+            origin = "the base model you passed (ps.load(base_model, path))"
     spec = config["spec"]
     normalize: NormalizeArg = None
     if spec.get("mean") is not None:
@@ -643,23 +715,30 @@ def load(
         input_size=tuple(spec["input_size"]) if spec.get("input_size") else None,
         **{**spec.get("method_config", {}), **method_overrides},
     )
-    expected = config.get("base", {}).get("num_parameters")
+    base = config.get("base", {})
+    expected = base.get("num_parameters")
     if expected and expected != wrapped.base_parameters:
         raise ValueError(
             f"base model mismatch: the saved model was built on a "
-            f"{config['base'].get('class')} with {expected:,} parameters, but the given base "
+            f"{base.get('class')} with {expected:,} parameters, but the given base "
             f"model has {wrapped.base_parameters:,}"
         )
+    _check_base_fingerprint(base.get("fingerprint"), wrapped, path, origin)
     if map_location is None:
         ref = next(wrapped.parameters(), None)
         map_location = ref.device if ref is not None else "cpu"
-    tensors = torch.load(Path(path) / TENSORS_FILE, map_location=map_location, weights_only=True)
-    state = wrapped.state_dict()
-    problems = [k for k in tensors if k not in state]
+    tensors = _read_tensors(Path(path), map_location)
+    listed = config.get("tensors")
+    trained = wrapped.trained_state_dict()
+    problems = [
+        f"{k} (not a trained tensor of this model: frozen weights are never saved)"
+        for k in tensors
+        if k not in trained or (isinstance(listed, dict) and k not in listed)
+    ]
     problems += [
-        f"{k} (saved {tuple(v.shape)}, model {tuple(state[k].shape)})"
+        f"{k} (saved {tuple(v.shape)}, model {tuple(trained[k].shape)})"
         for k, v in tensors.items()
-        if k in state and state[k].shape != v.shape
+        if k in trained and trained[k].shape != v.shape
     ]
     if problems:
         raise ValueError(
@@ -670,6 +749,42 @@ def load(
         raise ValueError(f"the saved model lacks trained tensors: {', '.join(missing[:10])}")
     wrapped.load_state_dict(tensors, strict=False)
     return wrapped
+
+
+def _check_base_fingerprint(
+    stored: object, wrapped: PEFTModel, path: str | os.PathLike[str], origin: str
+) -> None:
+    if stored is None:
+        warnings.warn(
+            f"{path} was saved without a fingerprint of its frozen weights (peftsmoothing "
+            "< 0.2), so whether this base model is the one it was trained on cannot be checked",
+            UserWarning,
+            stacklevel=3,
+        )
+        return
+    if stored != wrapped.base_fingerprint:
+        raise ValueError(
+            f"{path} was trained on other frozen weights than those of {origin}: the "
+            f"fingerprints differ (saved {str(stored)[:12]}..., given "
+            f"{str(wrapped.base_fingerprint)[:12]}...). Its adapters would run on the wrong "
+            "backbone; pass the base model (or base_weights=) it was trained on"
+        )
+
+
+def _read_tensors(directory: Path, map_location: Any) -> dict[str, torch.Tensor]:
+    """``trainable.pt`` as a dict of tensors, with one-line errors for a bad file."""
+    file = _file_in(directory, TENSORS_FILE)
+    if not file.is_file():
+        raise FileNotFoundError(f"{directory} holds no {TENSORS_FILE}")
+    try:
+        tensors = torch.load(file, map_location=map_location, weights_only=True)
+    except Exception as err:  # torch raises many types for truncated or foreign files
+        raise ValueError(f"{file} is corrupt or truncated ({type(err).__name__}: {err})") from None
+    if not isinstance(tensors, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in tensors.items()
+    ):
+        raise ValueError(f"{file} does not hold a dict of named tensors")
+    return tensors
 
 
 def _user_head(base_model: nn.Module, spec: Mapping[str, Any]) -> str | None:

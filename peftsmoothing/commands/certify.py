@@ -74,6 +74,7 @@ def _default_device(shard_spec: str | None) -> str:
 #: process, a missing optional package.
 USER_ERRORS: tuple[type[Exception], ...] = (
     ValueError, TypeError, FileNotFoundError, FileExistsError, ImportError, RuntimeError,
+    FloatingPointError,
 )
 
 
@@ -87,12 +88,12 @@ def run(args: argparse.Namespace) -> int:
     shard = parse_shard(args.shard) if args.shard else None
     log = shard_log_path(args.out, shard)
     device = args.device or _default_device(args.shard)
+    model = peftsmoothing.load(args.model)
     dataset = datasets.load_dataset(
         args.dataset, args.root, train=args.split == "train", image_size=args.image_size,
         augment=False,
     )  # fmt: skip
     classes = int(datasets.num_classes(args.dataset, args.root))
-    model = peftsmoothing.load(args.model)
     smoothed = SmoothedClassifier(
         model, classes, args.sigma, device=device, precision=args.precision
     )

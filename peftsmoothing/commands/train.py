@@ -69,7 +69,7 @@ def _create_model(name: str, pretrained: bool, seed: int, kwargs: dict[str, Any]
 #: Exceptions ``peftsmoothing train`` reports as a one-line error (exit status 1), not a
 #: traceback: bad options, missing data, a checkpoint that does not fit, a missing package.
 USER_ERRORS: tuple[type[Exception], ...] = (
-    ValueError, TypeError, FileNotFoundError, ImportError, RuntimeError,
+    ValueError, TypeError, FileNotFoundError, ImportError, RuntimeError, FloatingPointError,
 )
 
 
@@ -136,6 +136,7 @@ def run(args: argparse.Namespace) -> int:
         loss=args.loss,
         consistency_weight=args.consistency_weight,
         num_noise=args.num_noise,
+        nonfinite=args.nonfinite,
         device=args.device,
         seed=args.seed,
         checkpoint_dir=f"{out}/checkpoints",
@@ -196,6 +197,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--loss", default="ce", help="ce, consistency, stability, ...")
     p.add_argument("--consistency-weight", type=float, default=None)
     p.add_argument("--num-noise", type=int, default=None)
+    p.add_argument("--nonfinite", default="stop", choices=("stop", "skip"),
+                   help="on a nan/inf loss: stop (error, nothing saved over the last good "
+                   "checkpoint) or skip that optimizer step (default: %(default)s)")
     p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
     p.add_argument("--device", default=None, help="default: cuda (LOCAL_RANK) if available")
     p.add_argument("--seed", type=int, default=0)

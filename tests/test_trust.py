@@ -1,0 +1,285 @@
+"""Attacks and faults that a certificate library must survive (docs/security.md).
+
+Each test makes the attack or the fault happen: a crafted saved directory, a model that returns
+NaN, a training run that diverges, a pickle that would run code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import timm
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import peftsmoothing as ps
+from peftsmoothing.cli import main
+from peftsmoothing.datasets import load_cifar
+
+RECIPE = {"name": "vit_tiny_patch16_224", "pretrained": False, "seed": 0,
+          "kwargs": {"img_size": 16, "patch_size": 4, "depth": 1, "embed_dim": 32,
+                     "num_heads": 2}}  # fmt: skip
+
+
+def saved(tmp_path: Path, seed: int = 0) -> Path:
+    base = ps.create_model(RECIPE["name"], seed=seed, **RECIPE["kwargs"])  # type: ignore[arg-type]
+    return ps.wrap(base, method="lora", r=2, num_classes=10).save(tmp_path / f"model{seed}")
+
+
+def craft(directory: Path, **recipe: Any) -> None:
+    config = json.loads((directory / "peftsmoothing.json").read_text())
+    config["base"]["recipe"] = {**config["base"]["recipe"], **recipe}
+    (directory / "peftsmoothing.json").write_text(json.dumps(config))
+
+
+@pytest.fixture
+def no_timm_build(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """Record every call of timm.create_model: a refused recipe must never reach it."""
+    calls: list[Any] = []
+    real = timm.create_model
+
+    def spy(*args: Any, **kwargs: Any) -> nn.Module:
+        calls.append((args, kwargs))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(timm, "create_model", spy)
+    return calls
+
+
+# ------------------------------------------------------------------ loading reads only the dir
+@pytest.mark.parametrize(
+    ("recipe", "message"),
+    [
+        ({"name": "hf-hub:attacker/model"}, "refusing model name"),
+        ({"name": "local-dir:/tmp/evil"}, "refusing model name"),
+        ({"name": "no_such_model_anywhere"}, "not a model in timm's registry"),
+        ({"name": "vit_tiny_patch16_224.no_such_tag"}, "no pretrained tag"),
+        ({"kwargs": {"pretrained_cfg_overlay": {"url": "http://x/w.pth"}}}, "refusing timm"),
+        ({"kwargs": {"pretrained_cfg": {"file": "/etc/passwd"}}}, "refusing timm"),
+        ({"kwargs": {"checkpoint_path": "/tmp/evil.pth"}}, "refusing timm"),
+        ({"kwargs": {"cache_dir": "/tmp/outside"}}, "refusing timm"),
+        ({"kwargs": {"global_pool": "../../etc"}}, "refusing value"),
+        ({"kwargs": {"img_size": {"nested": 1}}}, "refusing value"),
+        ({"hub": "x"}, "unknown base-model recipe fields"),
+        ({"seed": "0; rm -rf"}, "'seed' must be"),
+    ],
+)
+def test_crafted_recipe_is_refused_before_timm_is_called(
+    tmp_path: Path, no_timm_build: list[Any], recipe: dict[str, Any], message: str
+) -> None:
+    directory = saved(tmp_path)
+    craft(directory, **recipe)
+    no_timm_build.clear()
+    with pytest.raises(ValueError, match=message):
+        ps.load(directory)
+    assert no_timm_build == []
+
+
+def test_crafted_recipe_is_a_one_line_cli_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    directory = saved(tmp_path)
+    craft(directory, kwargs={"checkpoint_path": str(tmp_path / "evil.pth")})
+    code = main(["certify", "--model", str(directory), "--root", str(tmp_path), "--sigma", "0.25",
+                 "--out", str(tmp_path / "log.tsv"), "--device", "cpu"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 1 and "refusing timm.create_model option 'checkpoint_path'" in err
+    assert "Traceback" not in err
+
+
+def test_recorded_weights_file_is_never_opened_without_base_weights(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    base = timm.create_model(RECIPE["name"], **RECIPE["kwargs"])  # type: ignore[arg-type]
+    weights = tmp_path / "backbone.pt"
+    torch.save(base.state_dict(), weights)
+    model = ps.wrap(ps.create_model(RECIPE["name"], file=weights, **RECIPE["kwargs"]),
+                    method="lora", r=2, num_classes=10)  # fmt: skip
+    directory = model.eval().save(tmp_path / "m")
+    with pytest.raises(ValueError, match="pass it yourself with base_weights"):
+        ps.load(directory)
+    loaded = ps.load(directory, base_weights=weights).eval()
+    x = torch.rand(2, 3, 16, 16)
+    assert torch.equal(loaded(x), model(x))
+
+
+def test_symlink_out_of_the_directory_is_refused(tmp_path: Path) -> None:
+    directory = saved(tmp_path)
+    outside = tmp_path / "elsewhere.pt"
+    (directory / "trainable.pt").rename(outside)
+    os.symlink(outside, directory / "trainable.pt")
+    with pytest.raises(ValueError, match="outside"):
+        ps.load(directory)
+
+
+def test_frozen_backbone_keys_in_trainable_pt_are_refused(tmp_path: Path) -> None:
+    directory = saved(tmp_path)
+    tensors = torch.load(directory / "trainable.pt", weights_only=True)
+    tensors["model.blocks.0.attn.qkv.weight"] = torch.zeros(96, 32)  # overwrite the backbone
+    torch.save(tensors, directory / "trainable.pt")
+    with pytest.raises(ValueError, match="not a trained tensor"):
+        ps.load(directory)
+
+
+def test_other_backbone_with_the_same_shapes_is_refused(tmp_path: Path) -> None:
+    directory = saved(tmp_path, seed=0)
+    other = ps.create_model(RECIPE["name"], seed=1, **RECIPE["kwargs"])  # type: ignore[arg-type]
+    weights = tmp_path / "other.pt"
+    torch.save(other.state_dict(), weights)
+    with pytest.raises(ValueError, match="other frozen weights than those of the base model you"):
+        ps.load(other, directory)
+    with pytest.raises(ValueError, match="base_weights="):
+        ps.load(directory, base_weights=weights)
+
+
+def test_directory_without_fingerprint_loads_with_a_warning(tmp_path: Path) -> None:
+    directory = saved(tmp_path)
+    config = json.loads((directory / "peftsmoothing.json").read_text())
+    del config["base"]["fingerprint"]
+    (directory / "peftsmoothing.json").write_text(json.dumps(config))
+    with pytest.warns(UserWarning, match="without a fingerprint"):
+        ps.load(directory)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage"])
+def test_corrupt_files_give_one_line_errors(tmp_path: Path, damage: str) -> None:
+    directory = saved(tmp_path)
+    tensors = directory / "trainable.pt"
+    config = directory / "peftsmoothing.json"
+    if damage == "truncate":
+        tensors.write_bytes(tensors.read_bytes()[:100])
+        with pytest.raises(ValueError, match="corrupt or truncated"):
+            ps.load(directory)
+    else:
+        config.write_text("{not json")
+        with pytest.raises(ValueError, match="not valid JSON"):
+            ps.load(directory)
+
+
+# ------------------------------------------------------------------ no vote from a NaN logit
+class PartlyNaN(nn.Module):
+    """Class 0 wins everywhere, but logits are NaN on a fraction of the inputs (by pixel)."""
+
+    def __init__(self, threshold: float) -> None:
+        super().__init__()
+        self.threshold = threshold
+        self.scale = nn.Parameter(torch.ones(()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = torch.tensor([1.0, 0.0]).repeat(len(x), 1) * self.scale
+        bad = x.flatten(1)[:, 0] > self.threshold
+        return torch.where(bad[:, None], torch.full_like(logits, float("nan")), logits)
+
+
+@pytest.mark.parametrize("threshold", [-1e9, 0.5])
+def test_nonfinite_logits_never_certify(threshold: float) -> None:
+    smoothed = ps.SmoothedClassifier(PartlyNaN(threshold), num_classes=2, sigma=0.5)
+    x = torch.full((1, 2, 2), 0.5)
+    with pytest.raises(FloatingPointError, match=r"PartlyNaN.*non-finite logits .* on \d+ of"):
+        smoothed.certify(x, n0=10, n=200, alpha=0.001, batch_size=64, seed=0)
+    with pytest.raises(FloatingPointError, match="non-finite"):
+        smoothed.predict(x, n=200, batch_size=64, seed=0)
+
+
+def test_nonfinite_count_is_exact() -> None:
+    smoothed = ps.SmoothedClassifier(PartlyNaN(-1e9), num_classes=2, sigma=0.5)
+    with pytest.raises(FloatingPointError, match="on 37 of 37 noise samples"):
+        smoothed.predict(torch.zeros(1, 2, 2), n=37, batch_size=10, seed=0)
+
+
+def test_finite_model_certifies_as_before() -> None:
+    smoothed = ps.SmoothedClassifier(PartlyNaN(1e9), num_classes=2, sigma=0.5)
+    cert = smoothed.certify(torch.zeros(1, 2, 2), n0=10, n=100, alpha=0.001, seed=0)
+    assert (cert.prediction, cert.count) == (0, 100)
+    assert cert.pa_lower == pytest.approx(0.001 ** (1 / 100))
+
+
+# ------------------------------------------------------------------ training that diverges
+class Diverges(nn.Module):
+    """A linear model whose output is NaN on the training-mode forward calls in ``bad``
+    (numbered from 1; evaluation calls are not counted)."""
+
+    def __init__(self, bad: set[int]) -> None:
+        super().__init__()
+        self.fc = nn.Linear(12, 2)
+        self.calls = 0
+        self.bad = bad
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.fc(x.flatten(1))
+        if not self.training:
+            return out
+        self.calls += 1
+        return out * float("nan") if self.calls in self.bad else out
+
+
+def data() -> DataLoader[Any]:
+    g = torch.Generator().manual_seed(0)
+    ds = TensorDataset(
+        torch.rand(16, 3, 2, 2, generator=g), torch.randint(0, 2, (16,), generator=g)
+    )
+    return DataLoader(ds, batch_size=4)
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path: Path) -> None:
+    model = Diverges(bad=set(range(7, 100)))  # epoch 1: 4 batches fine; epoch 2: batch 3 NaN
+    trainer = ps.NoiseTrainer(model, 0.25, epochs=3, progress=False, checkpoint_dir=tmp_path)
+    with pytest.raises(FloatingPointError, match="epoch 2, batch 3"):
+        trainer.fit(data())
+    saved = torch.load(tmp_path / "last" / "trainable.pt", weights_only=True)
+    assert all(torch.isfinite(t).all() for t in saved.values())
+    state = torch.load(tmp_path / "last" / "trainer_state.pt", weights_only=True)
+    assert state["epochs_done"] == 1
+    assert all(torch.isfinite(p).all() for p in model.parameters())  # no NaN step was taken
+
+
+def test_nan_loss_can_be_skipped() -> None:
+    model = Diverges(bad={3, 4})
+    trainer = ps.NoiseTrainer(model, 0.25, epochs=1, progress=False, nonfinite="skip")
+    with pytest.warns(RuntimeWarning, match="skipped 2 optimizer step"):
+        history = trainer.fit(data())
+    assert history[0]["nonfinite_steps"] == 2 and trainer.step == 2
+    assert np.isfinite(history[0]["train_loss"])
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_nonfinite_option_is_validated() -> None:
+    with pytest.raises(ValueError, match="unknown nonfinite 'ignore'"):
+        ps.TrainerConfig(nonfinite="ignore")
+
+
+# ------------------------------------------------------------------ pickles that run code
+class RunsCode:
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (os.system, ("touch pwned",))
+
+
+def test_crafted_cifar_batch_cannot_run_code(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    payload = {b"data": RunsCode(), b"labels": [0]}
+    (folder / "test_batch").write_bytes(pickle.dumps(payload, protocol=2))
+    with pytest.raises(ValueError, match=r"not a CIFAR batch file: refusing to load posix.system"):
+        load_cifar(tmp_path, train=False)
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_official_format_still_loads(tmp_path: Path) -> None:
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    data = np.arange(2 * 3072, dtype=np.uint8).reshape(2, 3072)
+    batch = {b"batch_label": b"testing batch 1 of 1", b"labels": [3, 8], b"data": data,
+             b"filenames": [b"a.png", b"b.png"]}  # fmt: skip
+    (folder / "test_batch").write_bytes(pickle.dumps(batch, protocol=2))
+    x, y = load_cifar(tmp_path, train=False)
+    assert x.shape == (2, 32, 32, 3) and y.tolist() == [3, 8]
+    assert np.array_equal(x[1].transpose(2, 0, 1).reshape(-1), data[1])
