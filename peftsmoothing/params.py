@@ -136,3 +136,25 @@ def trained_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """
     state = model.state_dict()
     return {k: state[k].detach().clone() for k in sorted(trained_keys(model)) if k in state}
+
+
+def freeze_frozen_batchnorm(model: nn.Module) -> None:
+    """Put every BatchNorm without trainable parameters in eval mode.
+
+    Such a BatchNorm belongs to the frozen backbone: updating its running statistics in
+    training would change the backbone, which checkpoints (holding only trained tensors) do
+    not save (docs/design.md, invariant 3).
+
+    Examples:
+        >>> from torch import nn
+        >>> net = nn.Sequential(nn.Conv2d(1, 2, 1), nn.BatchNorm2d(2)).train()
+        >>> _ = net[1].requires_grad_(False)
+        >>> freeze_frozen_batchnorm(net)
+        >>> net[0].training, net[1].training
+        (True, False)
+    """
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and not any(
+            p.requires_grad for p in module.parameters(recurse=False)
+        ):
+            module.eval()

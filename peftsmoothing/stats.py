@@ -8,10 +8,11 @@ Cohen, Rosenfeld & Kolter (2019).
 
 from __future__ import annotations
 
-import math
 import numbers
 
 from scipy.stats import beta, binomtest, norm
+
+from .validation import check_alpha, check_positive_int, check_sigma
 
 __all__ = [
     "binomial_pvalue",
@@ -21,88 +22,6 @@ __all__ = [
     "check_sigma",
     "clopper_pearson_lower",
 ]
-
-
-def check_positive_int(value: object, name: str) -> int:
-    """Return ``value`` as an ``int`` if it is an integer >= 1, else raise ``ValueError``.
-
-    Args:
-        value: The value to check (``bool`` is rejected).
-        name: The argument's name, used in the error message.
-
-    Returns:
-        ``int(value)``.
-
-    Raises:
-        ValueError: If ``value`` is not an integer >= 1.
-
-    Examples:
-        >>> check_positive_int(100, "n")
-        100
-        >>> check_positive_int(0, "n0")
-        Traceback (most recent call last):
-        ...
-        ValueError: n0 must be an integer >= 1, got 0
-    """
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or int(value) < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-    return int(value)
-
-
-def check_alpha(alpha: object) -> float:
-    """Return ``alpha`` as a ``float`` if it lies strictly between 0 and 1, else raise.
-
-    Args:
-        alpha: Failure probability of a certificate (e.g. ``0.001``).
-
-    Returns:
-        ``float(alpha)``.
-
-    Raises:
-        ValueError: If ``alpha`` is not a real number in the open interval (0, 1).
-
-    Examples:
-        >>> check_alpha(0.001)
-        0.001
-        >>> check_alpha(1.0)
-        Traceback (most recent call last):
-        ...
-        ValueError: alpha must be a number in the open interval (0, 1), got 1.0
-    """
-    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real):
-        raise ValueError(f"alpha must be a number in the open interval (0, 1), got {alpha!r}")
-    a = float(alpha)
-    if not 0.0 < a < 1.0:  # also rejects nan
-        raise ValueError(f"alpha must be a number in the open interval (0, 1), got {alpha!r}")
-    return a
-
-
-def check_sigma(sigma: object) -> float:
-    """Return ``sigma`` as a ``float`` if it is finite and positive, else raise ``ValueError``.
-
-    Args:
-        sigma: Standard deviation of the Gaussian noise, in pixel units of [0, 1] images.
-
-    Returns:
-        ``float(sigma)``.
-
-    Raises:
-        ValueError: If ``sigma`` is not a finite number > 0.
-
-    Examples:
-        >>> check_sigma(0.5)
-        0.5
-        >>> check_sigma(0)
-        Traceback (most recent call last):
-        ...
-        ValueError: sigma must be a finite number > 0, got 0
-    """
-    if isinstance(sigma, bool) or not isinstance(sigma, numbers.Real):
-        raise ValueError(f"sigma must be a finite number > 0, got {sigma!r}")
-    s = float(sigma)
-    if not (math.isfinite(s) and s > 0.0):
-        raise ValueError(f"sigma must be a finite number > 0, got {sigma!r}")
-    return s
 
 
 def _check_counts(k: object, n: object) -> tuple[int, int]:

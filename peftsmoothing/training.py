@@ -30,7 +30,7 @@ import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import torch
@@ -40,7 +40,8 @@ from torch.utils.data import DataLoader, DistributedSampler, IterableDataset, Ra
 
 from ._io import atomic_save, fsync_dir
 from .losses import LossContext, LossOutput, LossSpec, get_loss
-from .params import trained_state_dict
+from .params import freeze_frozen_batchnorm, trained_state_dict
+from .trainable import Trainable
 
 __all__ = [
     "HISTORY_FILE",
@@ -286,12 +287,6 @@ def _derive_seed(*parts: Any) -> int:
     return int.from_bytes(digest, "little") & ((1 << 63) - 1)
 
 
-def _is_peft_model(module: nn.Module) -> bool:
-    return callable(getattr(module, "save", None)) and callable(
-        getattr(module, "trained_state_dict", None)
-    )
-
-
 def _swap_dir(tmp: Path, final: Path) -> None:
     """Replace directory ``final`` by ``tmp``; a crash in between leaves ``.<name>.old``."""
     old = final.parent / f".{final.name}.old"
@@ -519,18 +514,12 @@ class NoiseTrainer:
                 p.requires_grad_(False)
             return ref
         m = self.module
-        pixel, inner = getattr(m, "pixel", None), getattr(m, "model", None)
-        without_pixel = getattr(m, "forward_without_pixel", None)
-        if (
-            isinstance(pixel, nn.Module)
-            and not isinstance(pixel, nn.Identity)
-            and isinstance(inner, nn.Module)
-            and callable(without_pixel)
-            and not any(p.requires_grad for p in inner.parameters())
-        ):
+        if isinstance(m, Trainable):
             # A denoiser in front of a frozen classifier: the classifier alone (with the
             # wrapper's resize and normalization) is the reference.
-            return cast(Callable[[torch.Tensor], torch.Tensor], without_pixel)
+            frozen = m.frozen_reference()
+            if frozen is not None:
+                return frozen
         ref = copy.deepcopy(m).eval()
         for p in ref.parameters():
             p.requires_grad_(False)
@@ -565,13 +554,7 @@ class NoiseTrainer:
 
     def _set_train_mode(self) -> None:
         self.model.train()
-        # A BatchNorm without trainable parameters belongs to the frozen backbone: updating its
-        # running statistics would change the backbone (DESIGN.md invariant 3).
-        for m in self.module.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm) and not any(
-                p.requires_grad for p in m.parameters(recurse=False)
-            ):
-                m.eval()
+        freeze_frozen_batchnorm(self.module)
 
     def _input_dtype(self) -> torch.dtype:
         return self.params[0].dtype if self.params[0].is_floating_point() else torch.float32
@@ -1244,8 +1227,8 @@ class NoiseTrainer:
                 "loss": self.config.loss,
                 "last": self.history[-1] if self.history else None,
             }
-            if _is_peft_model(self.module):
-                self.module.save(tmp, metadata=meta)  # type: ignore[operator]
+            if isinstance(self.module, Trainable):
+                self.module.save(tmp, metadata=meta)
             else:
                 atomic_save(trained_state_dict(self.module), tmp / TENSORS_FILE)
             atomic_save(dict(state), tmp / TRAINER_STATE_FILE)

@@ -13,7 +13,7 @@ import contextlib
 import json
 import os
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,7 @@ from ._version import __version__
 from .fingerprint import tensors_fingerprint
 from .methods._targets import get_submodule, replace_module
 from .normalize import Normalize, Resize, timm_mean_std
-from .params import trained_keys, trained_state_dict
+from .params import freeze_frozen_batchnorm, trained_keys, trained_state_dict
 from .registry import Method, MethodContext, get_method
 from .zoo import BASE_ATTR, rebuild_base_model, unreproducible_reason
 
@@ -135,6 +135,27 @@ class PEFTModel(nn.Module):
         """
         return self.model(self.normalize(self.resize(x)))
 
+    def frozen_reference(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """The frozen classifier behind a trained pixel-space module, else ``None``.
+
+        For the ``denoiser`` method (a trained module in front of a frozen classifier) this is
+        :meth:`forward_without_pixel`: the reference of the ``stability`` loss. Part of the
+        :class:`peftsmoothing.trainable.Trainable` contract.
+
+        Examples:
+            >>> from torch import nn
+            >>> m = wrap(nn.Flatten(), method="denoiser", depth=2, width=4, normalize=None)
+            >>> m.frozen_reference() == m.forward_without_pixel
+            True
+            >>> wrap(nn.Linear(3, 2), method="full", normalize=None).frozen_reference() is None
+            True
+        """
+        if isinstance(self.pixel, nn.Identity):
+            return None
+        if any(p.requires_grad for p in self.model.parameters()):
+            return None
+        return self.forward_without_pixel
+
     # ----------------------------------------------------------------- trainable parameters
     def named_trainable_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
         """Yield ``(name, parameter)`` for every parameter with ``requires_grad``.
@@ -170,11 +191,7 @@ class PEFTModel(nn.Module):
         """
         super().train(mode)
         if mode:
-            for module in self.modules():
-                if isinstance(module, nn.modules.batchnorm._BatchNorm) and not any(
-                    p.requires_grad for p in module.parameters(recurse=False)
-                ):
-                    module.eval()
+            freeze_frozen_batchnorm(self)
             if self._merged:
                 warnings.warn(
                     "training a merged model: call unmerge() first, or the merged LoRA update "

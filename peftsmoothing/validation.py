@@ -1,0 +1,247 @@
+"""Argument checks shared by every module: one wording for one kind of mistake.
+
+Each ``check_*`` returns the value converted to its plain Python type, or raises
+``ValueError`` naming the argument and what it got. ``bool`` is never accepted as a number
+(``True`` is an ``int`` in Python, but ``n=True`` is always a mistake).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Iterable
+
+__all__ = [
+    "check_alpha",
+    "check_choice",
+    "check_int",
+    "check_positive_int",
+    "check_real",
+    "check_seed",
+    "check_sigma",
+    "is_int",
+]
+
+
+def is_int(value: object) -> bool:
+    """Whether ``value`` is an integer (a Python or numpy integer, not a ``bool``).
+
+    Examples:
+        >>> is_int(3), is_int(True), is_int(3.0)
+        (True, False, False)
+    """
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def check_int(
+    value: object, name: str, minimum: int | None = None, maximum: int | None = None
+) -> int:
+    """Return ``value`` as an ``int`` if it is an integer within ``[minimum, maximum]``.
+
+    Args:
+        value: The value to check.
+        name: The argument's name, used in the error message.
+        minimum: Smallest allowed value (``None``: no bound).
+        maximum: Largest allowed value (``None``: no bound).
+
+    Returns:
+        ``int(value)``.
+
+    Raises:
+        ValueError: If ``value`` is not an integer in range.
+
+    Examples:
+        >>> check_int(0, "skip", minimum=0)
+        0
+        >>> check_int(-1, "max", minimum=0)
+        Traceback (most recent call last):
+        ...
+        ValueError: max must be an integer >= 0, got -1
+    """
+    ok = is_int(value)
+    if ok and minimum is not None and int(value) < minimum:  # type: ignore[call-overload]
+        ok = False
+    if ok and maximum is not None and int(value) > maximum:  # type: ignore[call-overload]
+        ok = False
+    if not ok:
+        if minimum is not None and maximum is not None:
+            need = f"an integer in [{minimum}, {maximum}]"
+        elif minimum is not None:
+            need = f"an integer >= {minimum}"
+        elif maximum is not None:
+            need = f"an integer <= {maximum}"
+        else:
+            need = "an integer"
+        raise ValueError(f"{name} must be {need}, got {value!r}")
+    return int(value)  # type: ignore[call-overload]
+
+
+def check_positive_int(value: object, name: str) -> int:
+    """Return ``value`` as an ``int`` if it is an integer >= 1, else raise ``ValueError``.
+
+    Args:
+        value: The value to check (``bool`` is rejected).
+        name: The argument's name, used in the error message.
+
+    Returns:
+        ``int(value)``.
+
+    Raises:
+        ValueError: If ``value`` is not an integer >= 1.
+
+    Examples:
+        >>> check_positive_int(100, "n")
+        100
+        >>> check_positive_int(0, "n0")
+        Traceback (most recent call last):
+        ...
+        ValueError: n0 must be an integer >= 1, got 0
+    """
+    return check_int(value, name, minimum=1)
+
+
+def check_real(
+    value: object,
+    name: str,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> float:
+    """Return ``value`` as a finite ``float`` within the given bounds.
+
+    Args:
+        value: The value to check.
+        name: The argument's name, used in the error message.
+        low: Lower bound (``None``: none).
+        high: Upper bound (``None``: none).
+        low_open: Exclude ``low`` itself.
+        high_open: Exclude ``high`` itself.
+
+    Returns:
+        ``float(value)``.
+
+    Raises:
+        ValueError: If ``value`` is not a finite real number within the bounds.
+
+    Examples:
+        >>> check_real(0.2, "val_fraction", low=0, high=1, high_open=True)
+        0.2
+        >>> check_real(1.5, "val_fraction", low=0, high=1, high_open=True)
+        Traceback (most recent call last):
+        ...
+        ValueError: val_fraction must be a finite number in [0, 1), got 1.5
+    """
+    lo = "" if low is None else f"{'(' if low_open else '['}{low:g}"
+    hi = "" if high is None else f"{high:g}{')' if high_open else ']'}"
+    if low is not None and high is not None:
+        need = f"a finite number in {lo}, {hi}"
+    elif low is not None:
+        need = f"a finite number {'>' if low_open else '>='} {low:g}"
+    elif high is not None:
+        need = f"a finite number {'<' if high_open else '<='} {high:g}"
+    else:
+        need = "a finite number"
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name} must be {need}, got {value!r}")
+    v = float(value)
+    bad = not math.isfinite(v)
+    if low is not None:
+        bad = bad or (v <= low if low_open else v < low)
+    if high is not None:
+        bad = bad or (v >= high if high_open else v > high)
+    if bad:
+        raise ValueError(f"{name} must be {need}, got {value!r}")
+    return v
+
+
+def check_alpha(alpha: object) -> float:
+    """Return ``alpha`` as a ``float`` if it lies strictly between 0 and 1, else raise.
+
+    Args:
+        alpha: Failure probability of a certificate (e.g. ``0.001``).
+
+    Returns:
+        ``float(alpha)``.
+
+    Raises:
+        ValueError: If ``alpha`` is not a real number in the open interval (0, 1).
+
+    Examples:
+        >>> check_alpha(0.001)
+        0.001
+        >>> check_alpha(1.0)
+        Traceback (most recent call last):
+        ...
+        ValueError: alpha must be a number in the open interval (0, 1), got 1.0
+    """
+    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real):
+        raise ValueError(f"alpha must be a number in the open interval (0, 1), got {alpha!r}")
+    a = float(alpha)
+    if not 0.0 < a < 1.0:  # also rejects nan
+        raise ValueError(f"alpha must be a number in the open interval (0, 1), got {alpha!r}")
+    return a
+
+
+def check_sigma(sigma: object) -> float:
+    """Return ``sigma`` as a ``float`` if it is finite and positive, else raise ``ValueError``.
+
+    Args:
+        sigma: Standard deviation of the Gaussian noise, in pixel units of [0, 1] images.
+
+    Returns:
+        ``float(sigma)``.
+
+    Raises:
+        ValueError: If ``sigma`` is not a finite number > 0.
+
+    Examples:
+        >>> check_sigma(0.5)
+        0.5
+        >>> check_sigma(0)
+        Traceback (most recent call last):
+        ...
+        ValueError: sigma must be a finite number > 0, got 0
+    """
+    if isinstance(sigma, bool) or not isinstance(sigma, numbers.Real):
+        raise ValueError(f"sigma must be a finite number > 0, got {sigma!r}")
+    s = float(sigma)
+    if not (math.isfinite(s) and s > 0.0):
+        raise ValueError(f"sigma must be a finite number > 0, got {sigma!r}")
+    return s
+
+
+def check_seed(seed: object, allow_none: bool = True) -> int | None:
+    """Return a seed as an ``int`` (non-negative), or ``None`` when allowed.
+
+    Examples:
+        >>> check_seed(7), check_seed(None)
+        (7, None)
+        >>> check_seed(-1)
+        Traceback (most recent call last):
+        ...
+        ValueError: seed must be a non-negative integer or None, got -1
+    """
+    if seed is None and allow_none:
+        return None
+    if not is_int(seed) or int(seed) < 0:  # type: ignore[call-overload]
+        raise ValueError(f"seed must be a non-negative integer or None, got {seed!r}")
+    return int(seed)  # type: ignore[call-overload]
+
+
+def check_choice(value: object, name: str, choices: Iterable[str]) -> str:
+    """Return ``value`` if it is one of ``choices``, else raise naming them.
+
+    Examples:
+        >>> check_choice("bf16", "precision", ("fp32", "bf16", "fp16"))
+        'bf16'
+        >>> check_choice("fp8", "precision", ("fp32", "bf16", "fp16"))
+        Traceback (most recent call last):
+        ...
+        ValueError: unknown precision 'fp8'; choose one of fp32, bf16, fp16
+    """
+    options = tuple(choices)
+    if value not in options:
+        raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(options)}")
+    return str(value)
