@@ -1,4 +1,9 @@
-"""Crash-safe file writing shared by checkpoints, saved models and certification logs."""
+"""Crash-safe file writing shared by checkpoints, saved models and certification logs.
+
+Temporary files and folders are named ``.<name>.<pid>.<random>.tmp`` in the destination's
+folder, so that :func:`clean_stale_temporaries` can remove those a killed run left behind
+without touching those of a run that is still alive.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +16,75 @@ from typing import IO
 
 import torch
 
-__all__ = ["atomic_save", "atomic_write", "fsync_dir"]
+__all__ = [
+    "atomic_save",
+    "atomic_write",
+    "clean_stale_temporaries",
+    "fsync_dir",
+    "temporary_prefix",
+]
+
+
+def temporary_prefix(name: str) -> str:
+    """The prefix of this process's temporary files for ``name`` (see the module docstring).
+
+    Examples:
+        >>> import os
+        >>> temporary_prefix("log.tsv") == f".log.tsv.{os.getpid()}."
+        True
+    """
+    return f".{name}.{os.getpid()}."
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    return True
+
+
+def clean_stale_temporaries(directory: str | os.PathLike[str]) -> list[Path]:
+    """Remove temporary files and folders that dead processes left in ``directory``.
+
+    Only names of the form ``.<name>.<pid>.<random>.tmp`` whose process no longer runs on this
+    machine are removed; those of live processes (another run writing beside this one) stay.
+
+    Args:
+        directory: The folder to clean (a missing folder is fine).
+
+    Returns:
+        The removed paths.
+
+    Examples:
+        >>> import pathlib, tempfile
+        >>> d = pathlib.Path(tempfile.mkdtemp())
+        >>> _ = (d / ".x.pt.999999999.abc.tmp").write_bytes(b"torn")  # no such process
+        >>> _ = (d / f"{temporary_prefix('y.pt')}abc.tmp").write_bytes(b"mine")
+        >>> [p.name for p in clean_stale_temporaries(d)]
+        ['.x.pt.999999999.abc.tmp']
+    """
+    import re
+    import shutil
+
+    folder = Path(directory)
+    if not folder.is_dir():
+        return []
+    pattern = re.compile(r"\..+\.(\d+)\.[^.]+\.tmp")
+    removed = []
+    for path in folder.iterdir():
+        m = pattern.fullmatch(path.name)
+        if m is None or _pid_alive(int(m.group(1))):
+            continue
+        with contextlib.suppress(OSError):
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+            removed.append(path)
+    return removed
 
 
 def fsync_dir(path: str | os.PathLike[str]) -> None:
@@ -44,7 +117,9 @@ def atomic_write(
         b'abc'
     """
     target = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(
+        dir=target.parent, prefix=temporary_prefix(target.name), suffix=".tmp"
+    )
     try:
         umask = os.umask(0)
         os.umask(umask)
