@@ -20,7 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from .smoothing import ABSTAIN, LogRow, parse_log
+from .certlog import LogRow, parse_log
+from .stats import ABSTAIN
 
 __all__ = [
     "DEFAULT_RADII",
@@ -100,7 +101,7 @@ class CertificationReport:
             numpy arrays, in row order.
 
     Examples:
-        >>> from peftsmoothing.smoothing import LogRow
+        >>> from peftsmoothing.certlog import LogRow
         >>> rows = [LogRow(0, 1, 1, 0.8, 1, 0.9, 95, 100, 1.0),
         ...         LogRow(1, 2, 2, 0.2, 1, 0.6, 65, 100, 1.0),
         ...         LogRow(2, 0, -1, 0.0, 0, 0.4, 45, 100, 1.0),
@@ -166,7 +167,7 @@ class CertificationReport:
 
         Examples:
             >>> import os, tempfile
-            >>> from peftsmoothing.smoothing import LOG_COLUMNS
+            >>> from peftsmoothing.certlog import LOG_COLUMNS
             >>> path = os.path.join(tempfile.mkdtemp(), "certify.tsv")
             >>> with open(path, "w") as f:
             ...     _ = f.write("\\t".join(LOG_COLUMNS) + "\\n")
@@ -205,7 +206,7 @@ class CertificationReport:
 
         Examples:
             >>> import os, tempfile
-            >>> from peftsmoothing.smoothing import LOG_COLUMNS
+            >>> from peftsmoothing.certlog import LOG_COLUMNS
             >>> folder = tempfile.mkdtemp()
             >>> for shard, line in enumerate(["0\\t1\\t1\\t0.5\\t1\\t0.8\\t9\\t10\\t1.0",
             ...                               "1\\t2\\t-1\\t0.0\\t0\\t0.3\\t5\\t10\\t1.0"]):
@@ -245,7 +246,7 @@ class CertificationReport:
             ValueError: For a negative or non-finite radius, or an empty report.
 
         Examples:
-            >>> from peftsmoothing.smoothing import LogRow
+            >>> from peftsmoothing.certlog import LogRow
             >>> rows = [LogRow(0, 1, 1, 0.3, 1, 0.7, 80, 100, 1.0),
             ...         LogRow(1, 1, 0, 0.9, 0, 0.9, 99, 100, 1.0)]
             >>> CertificationReport(rows).certified_accuracy([0, 0.3, 0.31])
@@ -295,7 +296,7 @@ class CertificationReport:
                 in the two (they were made on different data), or for invalid radii.
 
         Examples:
-            >>> from peftsmoothing.smoothing import LogRow
+            >>> from peftsmoothing.certlog import LogRow
             >>> def report(correct):
             ...     return CertificationReport(
             ...         [LogRow(i, 0, 0 if c else 1, 0.5, int(c), 0.9, 90, 100, 1.0)
@@ -337,7 +338,7 @@ class CertificationReport:
         """A few human-readable lines: images, clean accuracy, ACR, abstain rate, table.
 
         Examples:
-            >>> from peftsmoothing.smoothing import LogRow
+            >>> from peftsmoothing.certlog import LogRow
             >>> report = CertificationReport([LogRow(0, 1, 1, 0.3, 1, 0.7, 80, 100, 1.0)])
             >>> print(report.summary([0.0]).splitlines()[0])
             images: 1   clean accuracy: 1.000   ACR: 0.300   abstain rate: 0.000
@@ -360,7 +361,7 @@ class CertificationReport:
             The table text.
 
         Examples:
-            >>> from peftsmoothing.smoothing import LogRow
+            >>> from peftsmoothing.certlog import LogRow
             >>> report = CertificationReport([LogRow(0, 1, 1, 0.3, 1, 0.7, 80, 100, 1.0)],
             ...                              name="lora")
             >>> print(report.table([0.0, 0.5], format="csv"))
@@ -376,7 +377,7 @@ class CertificationReport:
             ``(radii, accuracies)`` as numpy arrays.
 
         Examples:
-            >>> from peftsmoothing.smoothing import LogRow
+            >>> from peftsmoothing.certlog import LogRow
             >>> report = CertificationReport([LogRow(0, 1, 1, 0.5, 1, 0.8, 9, 10, 1.0)])
             >>> r, acc = report.curve(max_radius=1.0, points=3)
             >>> r.tolist(), acc.tolist()
@@ -412,7 +413,7 @@ class CertificationReport:
 
         Examples:
             >>> import os, tempfile
-            >>> from peftsmoothing.smoothing import LogRow
+            >>> from peftsmoothing.certlog import LogRow
             >>> report = CertificationReport([LogRow(0, 1, 1, 0.5, 1, 0.8, 9, 10, 1.0)])
             >>> out = report.plot(os.path.join(tempfile.mkdtemp(), "curve.png"))
             >>> out.stat().st_size > 0
@@ -449,7 +450,7 @@ def certified_accuracy_table(
         ValueError: For an unknown format, invalid radii, or an empty report.
 
     Examples:
-        >>> from peftsmoothing.smoothing import LogRow
+        >>> from peftsmoothing.certlog import LogRow
         >>> a = CertificationReport([LogRow(0, 1, 1, 0.6, 1, 0.9, 9, 10, 1.0)])
         >>> b = CertificationReport([LogRow(0, 1, -1, 0.0, 0, 0.4, 4, 10, 1.0)])
         >>> print(certified_accuracy_table({"lora": a, "prompt": b}, [0.0, 0.5]))
@@ -511,7 +512,7 @@ def plot_certified_accuracy(
 
     Examples:
         >>> import os, tempfile
-        >>> from peftsmoothing.smoothing import LogRow
+        >>> from peftsmoothing.certlog import LogRow
         >>> a = CertificationReport([LogRow(0, 1, 1, 0.6, 1, 0.9, 9, 10, 1.0)])
         >>> b = CertificationReport([LogRow(0, 1, 1, 0.3, 1, 0.7, 7, 10, 1.0)])
         >>> out = plot_certified_accuracy({"sigma=0.5": a, "sigma=0.25": b},

@@ -17,7 +17,7 @@ def run(args: argparse.Namespace) -> int:
 
     Examples:
         >>> import argparse, os, tempfile
-        >>> from peftsmoothing.smoothing import LOG_COLUMNS
+        >>> from peftsmoothing.certlog import LOG_COLUMNS
         >>> path = os.path.join(tempfile.mkdtemp(), "certify.tsv")
         >>> with open(path, "w") as f:
         ...     _ = f.write("\\t".join(LOG_COLUMNS) + "\\n")
@@ -94,7 +94,7 @@ def paired_differences(reports: dict[str, Any], radii: list[float]) -> str:
 
     Examples:
         >>> from peftsmoothing import CertificationReport
-        >>> from peftsmoothing.smoothing import LogRow
+        >>> from peftsmoothing.certlog import LogRow
         >>> a = CertificationReport([LogRow(i, 0, 0, 0.5, 1, 0.9, 90, 100, 1) for i in range(4)])
         >>> b = CertificationReport([LogRow(i, 0, 1, 0.5, 0, 0.9, 90, 100, 1) for i in range(4)])
         >>> print(paired_differences({"a": a, "b": b}, [0.0]).splitlines()[-1])
