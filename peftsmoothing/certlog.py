@@ -2,7 +2,7 @@
 
 A log is written by :meth:`peftsmoothing.SmoothedClassifier.certify_dataset` and read by
 :class:`peftsmoothing.CertificationReport`. It is append-only and crash-safe
-(docs/design.md, "Certification logs"):
+(docs/design.md):
 
 - ``<log>`` holds one header line (:data:`LOG_COLUMNS`) and one :class:`LogRow` per image,
   each row flushed and fsynced as it is written. A process killed mid-write leaves at most a

@@ -3,7 +3,7 @@
 PREDICT and CERTIFY are exactly the algorithms of Cohen, Rosenfeld & Kolter (2019). The smoothed
 classifier ``g(x) = argmax_c P(f(x + d) = c)``, ``d ~ N(0, sigma^2 I)``, is evaluated with noise in
 pixel space: the base model ``f`` takes images in [0, 1] and normalizes them itself
-(docs/design.md, "Pixel space"), so ``sigma`` and the certified L2 radius are in the same units.
+(docs/design.md, invariant 1), so ``sigma`` and the certified L2 radius are in the same units.
 
 A :class:`Certificate` is a statistical statement: with probability at least ``1 - alpha`` over
 the noise, a non-abstaining prediction is the smoothed classifier's prediction on every point
