@@ -6,21 +6,26 @@ computes the *approximate certified accuracy* of Cohen et al. (2019) at a radius
 fraction of images whose certified prediction is correct with a certified radius of at least
 ``r``, plus the average certified radius (ACR), the abstain rate and the smoothed classifier's
 clean accuracy.
+
+The log format is :mod:`peftsmoothing.certlog`; paired comparisons of two reports are
+:mod:`peftsmoothing.paired` and plots :mod:`peftsmoothing.plots` (both re-exported here).
 """
 
 from __future__ import annotations
 
-import math
 import os
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .smoothing import ABSTAIN, LogRow, parse_log
+from .certlog import LogRow, parse_log
+from .paired import PairedDifference, paired_difference
+from .plots import _default_max_radius, plot_certified_accuracy
+from .stats import ABSTAIN
+from .validation import check_choice, check_real
 
 __all__ = [
     "DEFAULT_RADII",
@@ -37,51 +42,10 @@ _FORMATS = ("markdown", "csv")
 
 
 def _check_radii(radii: Iterable[float] | None) -> list[float]:
-    values = list(DEFAULT_RADII if radii is None else radii)
-    out = []
-    for r in values:
-        if isinstance(r, bool) or not isinstance(r, (int, float, np.floating, np.integer)):
-            raise ValueError(f"radii must be numbers >= 0, got {r!r}")
-        if not (math.isfinite(float(r)) and float(r) >= 0.0):
-            raise ValueError(f"radii must be finite numbers >= 0, got {r!r}")
-        out.append(float(r))
+    out = [check_real(r, "radii", low=0.0) for r in (DEFAULT_RADII if radii is None else radii)]
     if not out:
         raise ValueError("radii must not be empty")
     return out
-
-
-@dataclass(frozen=True)
-class PairedDifference:
-    """Difference in certified accuracy between two reports on the same images, at one radius.
-
-    Made by :meth:`CertificationReport.compare_to`. Each image is certified correct at ``radius``
-    by both reports, by one, or by neither; only the images where they disagree (the discordant
-    pairs) carry information about which is better.
-
-    Attributes:
-        radius: The radius of the comparison.
-        difference: Certified accuracy of the first report minus the second's, on the shared
-            images.
-        stderr: Standard error of ``difference`` (the per-image differences' sample standard
-            deviation over ``sqrt(images)``; 0 for fewer than two images).
-        p_value: Two-sided exact McNemar test of "both are equally accurate": the binomial
-            probability of a split of the discordant pairs at least as uneven as observed
-            (1.0 when there are none).
-        better: Images only the first report certifies at ``radius``.
-        worse: Images only the second report certifies at ``radius``.
-        images: Images both reports hold.
-    """
-
-    radius: float
-    difference: float
-    stderr: float
-    p_value: float
-    better: int
-    worse: int
-    images: int
-
-    def __str__(self) -> str:
-        return f"{self.difference:+.3f} ± {self.stderr:.3f} (p = {self.p_value:.2g})"
 
 
 class CertificationReport:
@@ -100,7 +64,7 @@ class CertificationReport:
             numpy arrays, in row order.
 
     Examples:
-        >>> from peftsmoothing.smoothing import LogRow
+        >>> from peftsmoothing.certlog import LogRow
         >>> rows = [LogRow(0, 1, 1, 0.8, 1, 0.9, 95, 100, 1.0),
         ...         LogRow(1, 2, 2, 0.2, 1, 0.6, 65, 100, 1.0),
         ...         LogRow(2, 0, -1, 0.0, 0, 0.4, 45, 100, 1.0),
@@ -166,7 +130,7 @@ class CertificationReport:
 
         Examples:
             >>> import os, tempfile
-            >>> from peftsmoothing.smoothing import LOG_COLUMNS
+            >>> from peftsmoothing.certlog import LOG_COLUMNS
             >>> path = os.path.join(tempfile.mkdtemp(), "certify.tsv")
             >>> with open(path, "w") as f:
             ...     _ = f.write("\\t".join(LOG_COLUMNS) + "\\n")
@@ -205,7 +169,7 @@ class CertificationReport:
 
         Examples:
             >>> import os, tempfile
-            >>> from peftsmoothing.smoothing import LOG_COLUMNS
+            >>> from peftsmoothing.certlog import LOG_COLUMNS
             >>> folder = tempfile.mkdtemp()
             >>> for shard, line in enumerate(["0\\t1\\t1\\t0.5\\t1\\t0.8\\t9\\t10\\t1.0",
             ...                               "1\\t2\\t-1\\t0.0\\t0\\t0.3\\t5\\t10\\t1.0"]):
@@ -245,7 +209,7 @@ class CertificationReport:
             ValueError: For a negative or non-finite radius, or an empty report.
 
         Examples:
-            >>> from peftsmoothing.smoothing import LogRow
+            >>> from peftsmoothing.certlog import LogRow
             >>> rows = [LogRow(0, 1, 1, 0.3, 1, 0.7, 80, 100, 1.0),
             ...         LogRow(1, 1, 0, 0.9, 0, 0.9, 99, 100, 1.0)]
             >>> CertificationReport(rows).certified_accuracy([0, 0.3, 0.31])
@@ -295,7 +259,7 @@ class CertificationReport:
                 in the two (they were made on different data), or for invalid radii.
 
         Examples:
-            >>> from peftsmoothing.smoothing import LogRow
+            >>> from peftsmoothing.certlog import LogRow
             >>> def report(correct):
             ...     return CertificationReport(
             ...         [LogRow(i, 0, 0 if c else 1, 0.5, int(c), 0.9, 90, 100, 1.0)
@@ -316,28 +280,20 @@ class CertificationReport:
                 "shared image indices have different labels: the reports were made on "
                 "different data"
             )
-        from scipy.stats import binomtest
-
-        out = {}
-        for r in values:
-            a = self.correct[mine] & (self.radius[mine] >= r)
-            b = other.correct[theirs] & (other.radius[theirs] >= r)
-            diff = a.astype(np.float64) - b.astype(np.float64)
-            better, worse = int(np.sum(a & ~b)), int(np.sum(b & ~a))
-            discordant = better + worse
-            p_value = float(binomtest(better, discordant, 0.5).pvalue) if discordant else 1.0
-            stderr = float(diff.std(ddof=1) / math.sqrt(len(diff))) if len(diff) > 1 else 0.0
-            out[r] = PairedDifference(
-                radius=r, difference=float(diff.mean()), stderr=stderr,
-                p_value=min(1.0, p_value), better=better, worse=worse, images=len(shared),
-            )  # fmt: skip
-        return out
+        return {
+            r: paired_difference(
+                self.correct[mine] & (self.radius[mine] >= r),
+                other.correct[theirs] & (other.radius[theirs] >= r),
+                r,
+            )
+            for r in values
+        }
 
     def summary(self, radii: Iterable[float] | None = None) -> str:
         """A few human-readable lines: images, clean accuracy, ACR, abstain rate, table.
 
         Examples:
-            >>> from peftsmoothing.smoothing import LogRow
+            >>> from peftsmoothing.certlog import LogRow
             >>> report = CertificationReport([LogRow(0, 1, 1, 0.3, 1, 0.7, 80, 100, 1.0)])
             >>> print(report.summary([0.0]).splitlines()[0])
             images: 1   clean accuracy: 1.000   ACR: 0.300   abstain rate: 0.000
@@ -360,7 +316,7 @@ class CertificationReport:
             The table text.
 
         Examples:
-            >>> from peftsmoothing.smoothing import LogRow
+            >>> from peftsmoothing.certlog import LogRow
             >>> report = CertificationReport([LogRow(0, 1, 1, 0.3, 1, 0.7, 80, 100, 1.0)],
             ...                              name="lora")
             >>> print(report.table([0.0, 0.5], format="csv"))
@@ -376,7 +332,7 @@ class CertificationReport:
             ``(radii, accuracies)`` as numpy arrays.
 
         Examples:
-            >>> from peftsmoothing.smoothing import LogRow
+            >>> from peftsmoothing.certlog import LogRow
             >>> report = CertificationReport([LogRow(0, 1, 1, 0.5, 1, 0.8, 9, 10, 1.0)])
             >>> r, acc = report.curve(max_radius=1.0, points=3)
             >>> r.tolist(), acc.tolist()
@@ -412,7 +368,7 @@ class CertificationReport:
 
         Examples:
             >>> import os, tempfile
-            >>> from peftsmoothing.smoothing import LogRow
+            >>> from peftsmoothing.certlog import LogRow
             >>> report = CertificationReport([LogRow(0, 1, 1, 0.5, 1, 0.8, 9, 10, 1.0)])
             >>> out = report.plot(os.path.join(tempfile.mkdtemp(), "curve.png"))
             >>> out.stat().st_size > 0
@@ -421,11 +377,6 @@ class CertificationReport:
         return plot_certified_accuracy(
             {self.name or "smoothed classifier": self}, path, max_radius=max_radius, title=title
         )
-
-
-def _default_max_radius(reports: Iterable[CertificationReport]) -> float:
-    largest = max((float(np.max(r.radius)) for r in reports if len(r)), default=0.0)
-    return largest * 1.05 if largest > 0 else 1.0
 
 
 def certified_accuracy_table(
@@ -449,7 +400,7 @@ def certified_accuracy_table(
         ValueError: For an unknown format, invalid radii, or an empty report.
 
     Examples:
-        >>> from peftsmoothing.smoothing import LogRow
+        >>> from peftsmoothing.certlog import LogRow
         >>> a = CertificationReport([LogRow(0, 1, 1, 0.6, 1, 0.9, 9, 10, 1.0)])
         >>> b = CertificationReport([LogRow(0, 1, -1, 0.0, 0, 0.4, 4, 10, 1.0)])
         >>> print(certified_accuracy_table({"lora": a, "prompt": b}, [0.0, 0.5]))
@@ -458,8 +409,7 @@ def certified_accuracy_table(
         | lora | 1.000 | 1.000 | 0.600 | 0.000 | 1 |
         | prompt | 0.000 | 0.000 | 0.000 | 1.000 | 1 |
     """
-    if format not in _FORMATS:
-        raise ValueError(f"format must be one of {', '.join(map(repr, _FORMATS))}, got {format!r}")
+    check_choice(format, "format", _FORMATS)
     values = _check_radii(radii)
     if format == "csv":
         lines = [",".join(["name", *(repr(r) for r in values), "acr", "abstain_rate", "images"])]
@@ -483,67 +433,3 @@ def _csv_cell(text: str) -> str:
     if any(c in text for c in ',"\n'):
         return '"' + text.replace('"', '""') + '"'
     return text
-
-
-def plot_certified_accuracy(
-    reports: Mapping[str, CertificationReport] | CertificationReport,
-    path: str | os.PathLike[str],
-    *,
-    max_radius: float | None = None,
-    title: str | None = None,
-) -> Path:
-    """Plot certified accuracy vs. radius of one or several reports on one figure.
-
-    Needs matplotlib (``pip install peftsmoothing[plot]``); no display is used.
-
-    Args:
-        reports: ``{legend label: report}``, or a single report.
-        path: Image file to write (format from the extension).
-        max_radius: Right end of the x axis (default: a little beyond the largest radius).
-        title: Figure title.
-
-    Returns:
-        The path written.
-
-    Raises:
-        ImportError: If matplotlib is not installed.
-        ValueError: If there is nothing to plot.
-
-    Examples:
-        >>> import os, tempfile
-        >>> from peftsmoothing.smoothing import LogRow
-        >>> a = CertificationReport([LogRow(0, 1, 1, 0.6, 1, 0.9, 9, 10, 1.0)])
-        >>> b = CertificationReport([LogRow(0, 1, 1, 0.3, 1, 0.7, 7, 10, 1.0)])
-        >>> out = plot_certified_accuracy({"sigma=0.5": a, "sigma=0.25": b},
-        ...                               os.path.join(tempfile.mkdtemp(), "curves.png"))
-        >>> out.suffix
-        '.png'
-    """
-    try:
-        from matplotlib.figure import Figure
-    except ImportError as err:
-        raise ImportError(
-            "plotting certified accuracy needs matplotlib: pip install 'peftsmoothing[plot]'"
-        ) from err
-    if isinstance(reports, CertificationReport):
-        reports = {reports.name or "smoothed classifier": reports}
-    if not reports or not any(len(r) for r in reports.values()):
-        raise ValueError("nothing to plot: no report holds certificates")
-    top = max_radius if max_radius is not None else _default_max_radius(reports.values())
-    fig = Figure(figsize=(6.0, 4.0), layout="constrained")
-    ax = fig.add_subplot()
-    for label, report in reports.items():
-        if len(report):
-            radii, accuracy = report.curve(max_radius=top)
-            ax.plot(radii, accuracy, label=f"{label} (ACR {report.acr:.3f})")
-    ax.set_xlabel("radius (L2, pixel units of [0, 1] images)")
-    ax.set_ylabel("certified accuracy")
-    ax.set_xlim(0.0, top)
-    ax.set_ylim(0.0, 1.0)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    if title:
-        ax.set_title(title)
-    out = Path(path)
-    fig.savefig(out, dpi=150)
-    return out

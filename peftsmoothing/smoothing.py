@@ -1,9 +1,9 @@
-"""Randomized smoothing: ``SmoothedClassifier.predict / certify / certify_dataset``.
+"""Randomized smoothing: ``SmoothedClassifier.predict / certify`` and the :class:`Certificate`.
 
 PREDICT and CERTIFY are exactly the algorithms of Cohen, Rosenfeld & Kolter (2019). The smoothed
 classifier ``g(x) = argmax_c P(f(x + d) = c)``, ``d ~ N(0, sigma^2 I)``, is evaluated with noise in
 pixel space: the base model ``f`` takes images in [0, 1] and normalizes them itself
-(DESIGN.md invariant 1), so ``sigma`` and the certified L2 radius are in the same units.
+(docs/design.md, invariant 1), so ``sigma`` and the certified L2 radius are in the same units.
 
 A :class:`Certificate` is a statistical statement: with probability at least ``1 - alpha`` over
 the noise, a non-abstaining prediction is the smoothed classifier's prediction on every point
@@ -12,36 +12,40 @@ independently; the bound is the exact one-sided Clopper-Pearson bound (:mod:`pef
 
 Speed: noise is drawn on the model's device into a reused buffer, class counts accumulate on the
 device, and each ``certify`` call synchronises with the host once, at the end.
+
+Certifying a dataset (:meth:`SmoothedClassifier.certify_dataset`) is :mod:`peftsmoothing.runner`;
+the log it writes is :mod:`peftsmoothing.certlog`. ``LOG_COLUMNS``, ``LogRow``, ``parse_log``,
+``ABSTAIN`` and ``model_fingerprint`` stay importable from here.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import math
-import numbers
 import os
-import sys
 import time
 import warnings
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, fields
-from pathlib import Path
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 import torch
 from torch import nn
 
-from ._io import atomic_write, fsync_dir
-from .fingerprint import model_fingerprint
-from .stats import (
-    binomial_pvalue,
-    certified_radius,
+from . import runner
+from .certlog import LOG_COLUMNS, LogRow, parse_log
+from .fingerprint import model_fingerprint as model_fingerprint
+from .precision import PRECISIONS, autocast
+from .seeds import derive_seed
+from .stats import ABSTAIN, binomial_pvalue, certified_radius, clopper_pearson_lower
+from .validation import (
     check_alpha,
+    check_choice,
+    check_int,
     check_positive_int,
+    check_seed,
     check_sigma,
-    clopper_pearson_lower,
 )
 
 if TYPE_CHECKING:
@@ -56,21 +60,6 @@ __all__ = [
     "parse_log",
 ]
 
-ABSTAIN: Final[int] = -1
-"""Prediction returned when the smoothed classifier abstains."""
-
-LOG_COLUMNS: Final[tuple[str, ...]] = (
-    "idx", "label", "predict", "radius", "correct", "pa_lower", "count", "n", "seconds",
-)  # fmt: skip
-"""Columns of a certification log (tab-separated, one header line)."""
-
-_LOG_HEADER: Final[str] = "\t".join(LOG_COLUMNS) + "\n"
-_META_FORMAT: Final[str] = "peftsmoothing-certify-log"
-_PRECISIONS: Final[dict[str, torch.dtype | None]] = {
-    "fp32": None,
-    "bf16": torch.bfloat16,
-    "fp16": torch.float16,
-}
 # Inputs further than this outside [0, 1] are "clearly" not pixel-space images.
 _RANGE_TOLERANCE: Final[float] = 1e-3
 # Stream keys of the per-call generators derived from one seed.
@@ -110,121 +99,6 @@ class Certificate:
     def abstained(self) -> bool:
         """Whether the smoothed classifier abstained (``prediction == ABSTAIN``)."""
         return self.prediction == ABSTAIN
-
-
-@dataclass(frozen=True)
-class LogRow:
-    """One row of a certification log (see :data:`LOG_COLUMNS`).
-
-    Examples:
-        >>> row = LogRow(7, 3, 3, 0.5, 1, 0.84, 99, 100, 1.25)
-        >>> LogRow.from_line(row.to_line()) == row
-        True
-    """
-
-    idx: int
-    label: int
-    predict: int
-    radius: float
-    correct: int
-    pa_lower: float
-    count: int
-    n: int
-    seconds: float
-
-    def to_line(self) -> str:
-        """The row as one tab-separated line, newline included (floats round-trip exactly)."""
-        values = [repr(float(v)) if isinstance(v, float) else str(int(v)) for v in self.values()]
-        return "\t".join(values) + "\n"
-
-    def values(self) -> tuple[int | float, ...]:
-        """The fields in :data:`LOG_COLUMNS` order."""
-        return tuple(getattr(self, f.name) for f in fields(self))
-
-    @classmethod
-    def from_line(cls, line: str) -> LogRow:
-        """Parse one line; raise ``ValueError`` if it is not a complete, valid row."""
-        parts = line.rstrip("\n").split("\t")
-        if len(parts) != len(LOG_COLUMNS):
-            raise ValueError(f"expected {len(LOG_COLUMNS)} tab-separated fields, got {len(parts)}")
-        kinds = [f.type for f in fields(cls)]
-        values: list[Any] = [
-            float(p) if kind in ("float", float) else int(p)
-            for p, kind in zip(parts, kinds, strict=True)
-        ]
-        row = cls(*values)
-        if row.n < 1 or not 0 <= row.count <= row.n or row.correct not in (0, 1):
-            raise ValueError("inconsistent values")
-        if not (math.isfinite(row.radius) and row.radius >= 0 and 0 <= row.pa_lower <= 1):
-            raise ValueError("radius or pa_lower out of range")
-        return row
-
-
-def parse_log(data: bytes, name: str = "log") -> tuple[list[LogRow], int]:
-    """Parse the bytes of a certification log.
-
-    A process killed while appending can leave a torn last line (no trailing newline, or, after
-    a power loss, a garbled final line). That line is not returned; the second element of the
-    result is the length of the valid prefix, so the caller can truncate the file there.
-
-    Args:
-        data: The file's bytes.
-        name: The file name, for error messages.
-
-    Returns:
-        ``(rows, valid_length)``; an empty or torn-header file gives ``([], 0)``.
-
-    Raises:
-        ValueError: If the header is not the certification-log header, or a line other than
-            the last one is malformed.
-
-    Examples:
-        >>> text = "\\t".join(LOG_COLUMNS) + "\\n" + "0\\t1\\t1\\t0.5\\t1\\t0.9\\t99\\t100\\t0.1\\n"
-        >>> rows, size = parse_log((text + "1\\t2\\t").encode())
-        >>> [r.idx for r in rows], size == len(text)
-        ([0], True)
-    """
-    header = _LOG_HEADER.encode()
-    if len(data) < len(header):
-        if header.startswith(data):
-            return [], 0  # empty, or killed while writing the header
-        raise ValueError(f"{name} is not a certification log: bad header")
-    if not data.startswith(header):
-        first = data.split(b"\n", 1)[0].decode(errors="replace")
-        raise ValueError(
-            f"{name} is not a certification log: header {first!r}, expected "
-            f"{_LOG_HEADER.strip()!r}"
-        )
-    rows: list[LogRow] = []
-    pos = len(header)
-    lines = data[pos:].split(b"\n")
-    complete, tail = lines[:-1], lines[-1]
-    for number, raw in enumerate(complete):
-        try:
-            rows.append(LogRow.from_line(raw.decode()))
-        except (ValueError, UnicodeDecodeError) as err:
-            if number == len(complete) - 1 and not tail:
-                return rows, pos  # a garbled final line: treated as torn
-            raise ValueError(
-                f"{name}: line {number + 2} is malformed ({err}); only the last line of a log "
-                "can be torn, so this log is corrupted"
-            ) from None
-        pos += len(raw) + 1
-    return rows, pos
-
-
-def _derive_seed(seed: int, *path: int) -> int:
-    """A 63-bit seed derived from ``seed`` and a path of integers (independent streams)."""
-    state = np.random.SeedSequence(entropy=seed, spawn_key=path).generate_state(1, np.uint64)
-    return int(state[0] >> np.uint64(1))
-
-
-def _check_seed(seed: object, allow_none: bool = True) -> int | None:
-    if seed is None and allow_none:
-        return None
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or int(seed) < 0:
-        raise ValueError(f"seed must be a non-negative integer or None, got {seed!r}")
-    return int(seed)
 
 
 class SmoothedClassifier:
@@ -274,18 +148,10 @@ class SmoothedClassifier:
     ) -> None:
         if not isinstance(base, nn.Module):
             raise TypeError(f"base must be an nn.Module, got {type(base).__name__}")
-        if (
-            isinstance(num_classes, bool)
-            or not isinstance(num_classes, numbers.Integral)
-            or num_classes < 2
-        ):
-            raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
-        if precision not in _PRECISIONS:
-            raise ValueError(
-                f"precision must be one of {', '.join(map(repr, _PRECISIONS))}, got {precision!r}"
-            )
+        classes = check_int(num_classes, "num_classes", minimum=2)
+        check_choice(precision, "precision", PRECISIONS)
         self.base: nn.Module = base
-        self.num_classes: int = int(num_classes)
+        self.num_classes: int = classes
         self.sigma: float = check_sigma(sigma)
         self.precision: str = precision
         self.merge: bool = bool(merge)
@@ -397,7 +263,7 @@ class SmoothedClassifier:
 
     def _generator(self, seed: int, key: int) -> torch.Generator:
         gen = torch.Generator(device=self.device)
-        gen.manual_seed(_derive_seed(seed, key))
+        gen.manual_seed(derive_seed(seed, key))
         return gen
 
     def _sample_counts(
@@ -420,12 +286,7 @@ class SmoothedClassifier:
             memory_format=memory_format,
         )  # fmt: skip
         model_dtype = self.dtype
-        amp_dtype = _PRECISIONS[self.precision]
-        autocast = (
-            torch.autocast(device_type=device.type, dtype=amp_dtype)
-            if amp_dtype is not None
-            else contextlib.nullcontext()
-        )
+        amp = autocast(device, self.precision)
         ones: torch.Tensor | None = None
         remaining = num
         while remaining > 0:
@@ -433,7 +294,7 @@ class SmoothedClassifier:
             batch = buffer[:size]
             batch.normal_(0.0, self.sigma, generator=gen).add_(x)
             inputs = batch if batch.dtype == model_dtype else batch.to(model_dtype)
-            with autocast:
+            with amp:
                 logits = self.base(inputs)
             if remaining == num:
                 self._check_logits(logits, size)
@@ -482,7 +343,7 @@ class SmoothedClassifier:
 
     @staticmethod
     def _resolve_seed(seed: object) -> int:
-        checked = _check_seed(seed)
+        checked = check_seed(seed)
         if checked is None:  # follows torch.manual_seed
             return int(torch.randint(0, 2**62, (), dtype=torch.long).item())
         return checked
@@ -679,196 +540,7 @@ class SmoothedClassifier:
             >>> len(report), report.idx.tolist()
             (2, [0, 2])
         """
-        from .report import CertificationReport  # the one upward reference: the return type
-
-        n0_ = check_positive_int(n0, "n0")
-        n_ = check_positive_int(n, "n")
-        a = check_alpha(alpha)
-        b = check_positive_int(batch_size, "batch_size")
-        skip_ = check_positive_int(skip, "skip")
-        master = _check_seed(seed, allow_none=False)
-        assert master is not None
-        selected = _select_indices(dataset, indices, skip_, shard)
-
-        done: dict[int, LogRow] = {}
-        handle = lock = None
-        if log is not None:
-            meta = {
-                "format": _META_FORMAT,
-                "sigma": self.sigma,
-                "n0": n0_,
-                "n": n_,
-                "alpha": a,
-                "seed": master,
-                "num_classes": self.num_classes,
-                "precision": self.precision,
-                "model_sha256": model_fingerprint(self.base),
-            }
-            lock = _lock_log(Path(log))
-            try:
-                handle, rows = _open_log(Path(log), meta, resume)
-            except BaseException:
-                if lock is not None:
-                    lock.close()
-                raise
-            for row in rows:
-                done.setdefault(row.idx, row)
-        results: dict[int, LogRow] = {i: done[i] for i in selected if i in done}
-        correct = sum(r.correct for r in results.values())
-        todo = [i for i in selected if i not in done]
-
-        show = sys.stderr.isatty() if progress is None else bool(progress)
-        from tqdm.auto import tqdm
-
-        bar = tqdm(
-            total=len(selected), initial=len(results), unit="img", disable=not show,
-            desc="certify", dynamic_ncols=True,
+        return runner.certify_dataset(
+            self, dataset, n0, n, alpha, batch_size, log=log, resume=resume, indices=indices,
+            skip=skip, shard=shard, seed=seed, progress=progress,
         )  # fmt: skip
-        try:
-            with self._inference():
-                for idx in todo:
-                    image, label = dataset[idx]
-                    label_ = _check_label(label, idx, self.num_classes)
-                    cert = self.certify(image, n0_, n_, a, b, seed=_derive_seed(master, idx))
-                    row = LogRow(
-                        idx=idx,
-                        label=label_,
-                        predict=cert.prediction,
-                        radius=cert.radius,
-                        correct=int(cert.prediction == label_),
-                        pa_lower=cert.pa_lower,
-                        count=cert.count,
-                        n=cert.n,
-                        seconds=cert.seconds,
-                    )
-                    if handle is not None:
-                        handle.write(row.to_line())
-                        handle.flush()
-                        os.fsync(handle.fileno())
-                    results[idx] = row
-                    correct += row.correct
-                    bar.set_postfix(cert_acc=f"{correct / len(results):.3f}", refresh=False)
-                    bar.update(1)
-        finally:
-            bar.close()
-            if handle is not None:
-                handle.close()
-            if lock is not None:
-                lock.close()
-        return CertificationReport([results[i] for i in selected])
-
-
-def _check_label(label: object, idx: int, num_classes: int) -> int:
-    if isinstance(label, torch.Tensor):
-        if label.numel() != 1 or label.is_floating_point():
-            raise ValueError(f"the label of image {idx} must be one integer, got {label!r}")
-        label = label.item()
-    if isinstance(label, bool) or not isinstance(label, numbers.Integral):
-        raise ValueError(f"the label of image {idx} must be an integer, got {label!r}")
-    if not 0 <= int(label) < num_classes:
-        raise ValueError(f"the label {label} of image {idx} is outside [0, {num_classes})")
-    return int(label)
-
-
-def _select_indices(
-    dataset: Any, indices: Sequence[int] | None, skip: int, shard: tuple[int, int] | None
-) -> list[int]:
-    size: int | None = len(dataset) if hasattr(dataset, "__len__") else None
-    if indices is None:
-        if size is None:
-            raise ValueError("the dataset has no len(); pass indices=")
-        chosen = list(range(size))
-    else:
-        chosen = []
-        for i in indices:
-            if isinstance(i, bool) or not isinstance(i, numbers.Integral) or i < 0:
-                raise ValueError(f"indices must be non-negative integers, got {i!r}")
-            if size is not None and i >= size:
-                raise ValueError(f"index {i} is out of range for a dataset of {size} images")
-            chosen.append(int(i))
-        if len(set(chosen)) != len(chosen):
-            raise ValueError("indices contains duplicates")
-    chosen = chosen[::skip]
-    if shard is not None:
-        try:
-            part, parts = shard
-        except (TypeError, ValueError):
-            raise ValueError(f"shard must be a pair (i, k), got {shard!r}") from None
-        ok = all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in shard)
-        if not ok or parts < 1 or not 0 <= part < parts:
-            raise ValueError(f"shard must be (i, k) with 0 <= i < k, got {shard!r}")
-        chosen = chosen[int(part) :: int(parts)]
-    return chosen
-
-
-def _lock_log(path: Path) -> Any:
-    """An exclusive advisory lock on ``<log>.lock`` held until the returned file is closed, so
-    that two processes never append to one log (POSIX; a no-op where ``fcntl`` is missing)."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows
-        return None
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lock = open(path.with_name(path.name + ".lock"), "a")  # noqa: SIM115
-    try:
-        fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        lock.close()
-        raise RuntimeError(
-            f"another process is certifying into {path}; give each process its own log "
-            "(e.g. shard=(i, k) with one log per shard)"
-        ) from None
-    return lock
-
-
-def _open_log(path: Path, meta: dict[str, Any], resume: bool) -> tuple[Any, list[LogRow]]:
-    """Open ``path`` for appending rows; return the handle and the rows already there.
-
-    The caller holds the log's lock (:func:`_lock_log`) while it reads and appends."""
-    meta_path = path.with_name(path.name + ".json")
-    exists = path.exists() and path.stat().st_size > 0
-    if exists and not resume:
-        raise FileExistsError(
-            f"{path} exists; pass resume=True to continue it, or choose another log"
-        )
-    rows: list[LogRow] = []
-    if exists:
-        if meta_path.exists():
-            old = json.loads(meta_path.read_text())
-            diff = [
-                f"{k}={old.get(k)!r} (now {meta[k]!r})"
-                for k in meta
-                if k != "format" and old.get(k) != meta[k]
-            ]
-            if diff:
-                raise ValueError(
-                    f"{path} was written with other settings or another model: "
-                    f"{', '.join(diff)}; resuming would mix certificates of different settings "
-                    "or models. Use another log."
-                )
-        data = path.read_bytes()
-        rows, valid = parse_log(data, str(path))
-        if valid < len(data):
-            warnings.warn(
-                f"{path}: dropping a torn last line ({len(data) - valid} bytes, from a run that "
-                "was interrupted); that image is certified again",
-                UserWarning,
-                stacklevel=3,
-            )
-            with open(path, "r+b") as f:
-                f.truncate(valid)
-                f.flush()
-                os.fsync(f.fileno())
-        ns = {r.n for r in rows}
-        if ns and ns != {meta["n"]}:
-            raise ValueError(f"{path} holds rows with n={sorted(ns)}, but n={meta['n']} now")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not exists or not meta_path.exists():
-        atomic_write(meta_path, (json.dumps(meta, indent=2) + "\n").encode())
-    handle = open(path, "a", encoding="utf-8", newline="\n")  # noqa: SIM115
-    if handle.tell() == 0:
-        handle.write(_LOG_HEADER)
-        handle.flush()
-        os.fsync(handle.fileno())
-        fsync_dir(path.parent)
-    return handle, rows

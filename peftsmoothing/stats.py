@@ -3,18 +3,21 @@
 Everything a certificate's soundness rests on lives here, small enough to check by hand:
 the exact one-sided Clopper-Pearson lower bound of a binomial proportion, the two-sided
 binomial test used by PREDICT, and the certified L2 radius ``sigma * Phi^-1(pA_lower)`` of
-Cohen, Rosenfeld & Kolter (2019).
+Cohen, Rosenfeld & Kolter (2019). It also holds :data:`ABSTAIN`, the prediction of a smoothed
+classifier that abstains, so that every module reading or writing predictions shares one leaf.
 """
 
 from __future__ import annotations
 
 import numbers
+from typing import Final
 
 from scipy.stats import beta, binomtest, norm
 
 from .validation import check_alpha, check_positive_int, check_sigma
 
 __all__ = [
+    "ABSTAIN",
     "binomial_pvalue",
     "certified_radius",
     "check_alpha",
@@ -22,6 +25,9 @@ __all__ = [
     "check_sigma",
     "clopper_pearson_lower",
 ]
+
+ABSTAIN: Final[int] = -1
+"""Prediction returned when the smoothed classifier abstains."""
 
 
 def _check_counts(k: object, n: object) -> tuple[int, int]:

@@ -110,6 +110,7 @@ def run(args: argparse.Namespace) -> int:
 
 def register(subparsers: Any) -> None:
     """Add the ``certify`` sub-command."""
+    from ..precision import PRECISIONS
     from ..report import DEFAULT_RADII
 
     p = subparsers.add_parser(
@@ -137,7 +138,7 @@ def register(subparsers: Any) -> None:
     )  # fmt: skip
     p.add_argument("--seed", type=int, default=0, help="master seed of the per-image noise")
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
-    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32")
     p.add_argument(
         "--resume", action=argparse.BooleanOptionalAction, default=True,
         help="continue an existing log (default); --no-resume refuses to touch one",

@@ -17,7 +17,7 @@ def run(args: argparse.Namespace) -> int:
 
     Examples:
         >>> import argparse, os, tempfile
-        >>> from peftsmoothing.smoothing import LOG_COLUMNS
+        >>> from peftsmoothing.certlog import LOG_COLUMNS
         >>> path = os.path.join(tempfile.mkdtemp(), "certify.tsv")
         >>> with open(path, "w") as f:
         ...     _ = f.write("\\t".join(LOG_COLUMNS) + "\\n")
@@ -28,7 +28,8 @@ def run(args: argparse.Namespace) -> int:
         certify,1.0,1.0,0.5,0.0,1
         0
     """
-    from ..report import CertificationReport, certified_accuracy_table, plot_certified_accuracy
+    from ..plots import plot_certified_accuracy
+    from ..report import CertificationReport, certified_accuracy_table
 
     if args.compare:
         reports = {
@@ -93,8 +94,8 @@ def paired_differences(reports: dict[str, Any], radii: list[float]) -> str:
     """Markdown table: every report minus the first, image by image, at each radius.
 
     Examples:
-        >>> from peftsmoothing import CertificationReport
-        >>> from peftsmoothing.smoothing import LogRow
+        >>> from peftsmoothing.certlog import LogRow
+        >>> from peftsmoothing.report import CertificationReport
         >>> a = CertificationReport([LogRow(i, 0, 0, 0.5, 1, 0.9, 90, 100, 1) for i in range(4)])
         >>> b = CertificationReport([LogRow(i, 0, 1, 0.5, 0, 0.9, 90, 100, 1) for i in range(4)])
         >>> print(paired_differences({"a": a, "b": b}, [0.0]).splitlines()[-1])

@@ -1,0 +1,102 @@
+"""Curves of certified accuracy against the radius (matplotlib, optional: ``[plot]`` extra).
+
+Nothing here imports :mod:`peftsmoothing.report`: a curve is drawn from anything that has a
+name, an ACR, certified radii and a :meth:`~peftsmoothing.CertificationReport.curve` method
+(:class:`Curve`), which a :class:`peftsmoothing.CertificationReport` is.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+__all__ = ["Curve", "plot_certified_accuracy"]
+
+
+class Curve(Protocol):
+    """What a plot uses of a :class:`peftsmoothing.CertificationReport`."""
+
+    name: str | None
+    radius: np.ndarray
+
+    @property
+    def acr(self) -> float: ...
+
+    def __len__(self) -> int: ...
+
+    def curve(self, max_radius: float | None = None, points: int = 401) -> tuple[Any, Any]: ...
+
+
+def _default_max_radius(reports: Iterable[Curve]) -> float:
+    """A little beyond the largest certified radius of ``reports`` (1.0 if there is none)."""
+    largest = max((float(np.max(r.radius)) for r in reports if len(r)), default=0.0)
+    return largest * 1.05 if largest > 0 else 1.0
+
+
+def plot_certified_accuracy(
+    reports: Mapping[str, Curve] | Curve,
+    path: str | os.PathLike[str],
+    *,
+    max_radius: float | None = None,
+    title: str | None = None,
+) -> Path:
+    """Plot certified accuracy vs. radius of one or several reports on one figure.
+
+    Needs matplotlib (``pip install peftsmoothing[plot]``); no display is used.
+
+    Args:
+        reports: ``{legend label: report}``, or a single report.
+        path: Image file to write (format from the extension).
+        max_radius: Right end of the x axis (default: a little beyond the largest radius).
+        title: Figure title.
+
+    Returns:
+        The path written.
+
+    Raises:
+        ImportError: If matplotlib is not installed.
+        ValueError: If there is nothing to plot.
+
+    Examples:
+        >>> import os, tempfile
+        >>> from peftsmoothing import CertificationReport
+        >>> from peftsmoothing.certlog import LogRow
+        >>> a = CertificationReport([LogRow(0, 1, 1, 0.6, 1, 0.9, 9, 10, 1.0)])
+        >>> b = CertificationReport([LogRow(0, 1, 1, 0.3, 1, 0.7, 7, 10, 1.0)])
+        >>> out = plot_certified_accuracy({"sigma=0.5": a, "sigma=0.25": b},
+        ...                               os.path.join(tempfile.mkdtemp(), "curves.png"))
+        >>> out.suffix
+        '.png'
+    """
+    try:
+        from matplotlib.figure import Figure
+    except ImportError as err:
+        raise ImportError(
+            "plotting certified accuracy needs matplotlib: pip install 'peftsmoothing[plot]'"
+        ) from err
+    if not isinstance(reports, Mapping):  # a single report
+        reports = {reports.name or "smoothed classifier": reports}
+    if not reports or not any(len(r) for r in reports.values()):
+        raise ValueError("nothing to plot: no report holds certificates")
+    top = max_radius if max_radius is not None else _default_max_radius(reports.values())
+    fig = Figure(figsize=(6.0, 4.0), layout="constrained")
+    ax = fig.add_subplot()
+    for label, report in reports.items():
+        if len(report):
+            radii, accuracy = report.curve(max_radius=top)
+            ax.plot(radii, accuracy, label=f"{label} (ACR {report.acr:.3f})")
+    ax.set_xlabel("radius (L2, pixel units of [0, 1] images)")
+    ax.set_ylabel("certified accuracy")
+    ax.set_xlim(0.0, top)
+    ax.set_ylim(0.0, 1.0)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    if title:
+        ax.set_title(title)
+    out = Path(path)
+    fig.savefig(out, dpi=150)
+    return out
