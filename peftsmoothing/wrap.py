@@ -24,7 +24,7 @@ from torch import nn
 from ._io import atomic_save, atomic_write
 from ._version import __version__
 from .fingerprint import tensors_fingerprint
-from .methods._targets import get_submodule, replace_module
+from .methods.targets import get_submodule, replace_module
 from .normalize import Normalize, Resize, timm_mean_std
 from .params import freeze_frozen_batchnorm, trained_keys, trained_state_dict
 from .registry import Method, MethodContext, get_method

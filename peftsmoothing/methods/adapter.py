@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ..registry import Method, MethodConfig, MethodContext, register_method
-from ._targets import match_modules
+from .targets import match_modules
 
 __all__ = ["Adapter", "AdapterConfig", "BottleneckAdapter"]
 

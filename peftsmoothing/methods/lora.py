@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..registry import Method, MethodConfig, MethodContext, register_method
-from ._targets import match_modules, replace_module
+from .targets import match_modules, replace_module
 
 __all__ = ["LoRA", "LoRAConfig", "LoRAConv2d", "LoRALinear"]
 
