@@ -24,10 +24,10 @@ from torch import nn
 from ._io import atomic_save, atomic_write
 from ._version import __version__
 from .fingerprint import tensors_fingerprint
+from .methods.base import Method, MethodContext, get_method
 from .methods.targets import get_submodule, replace_module
 from .normalize import Normalize, Resize, timm_mean_std
 from .params import freeze_frozen_batchnorm, trained_keys, trained_state_dict
-from .registry import Method, MethodContext, get_method
 from .zoo import BASE_ATTR, rebuild_base_model, unreproducible_reason
 
 __all__ = ["CONFIG_FILE", "TENSORS_FILE", "PEFTModel", "WrapSpec", "load", "read_config", "wrap"]

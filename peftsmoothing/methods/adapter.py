@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..registry import Method, MethodConfig, MethodContext, register_method
+from .base import Method, MethodConfig, MethodContext, register_method
 from .targets import match_modules
 
 __all__ = ["Adapter", "AdapterConfig", "BottleneckAdapter"]

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..registry import Method, MethodConfig, MethodContext, register_method
+from .base import Method, MethodConfig, MethodContext, register_method
 from .targets import match_modules, replace_module
 
 __all__ = ["LoRA", "LoRAConfig", "LoRAConv2d", "LoRALinear"]

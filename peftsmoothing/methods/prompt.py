@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..registry import Method, MethodConfig, MethodContext, register_method
+from .base import Method, MethodConfig, MethodContext, register_method
 
 __all__ = ["Prompt", "PromptConfig", "VisualPrompts"]
 
