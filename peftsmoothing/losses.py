@@ -212,7 +212,7 @@ def register_loss(
         spec = LossSpec(
             name=name,
             fn=fn,
-            num_noise=num_noise,
+            num_noise=int(num_noise),
             options=dict(options or {}),
             needs_reference=needs_reference,
             description=description or (doc[0] if doc else ""),

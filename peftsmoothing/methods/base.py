@@ -82,6 +82,16 @@ class MethodConfig:
             )
         return cls(**kwargs)
 
+    def _normalize(self, **values: Any) -> None:
+        """Store options in their normal form, from ``__post_init__`` only (e.g. a list of
+        names as a tuple, so the config stays hashable and compares equal).
+
+        The one place a frozen config is written, while it is being constructed; a config is
+        never changed after ``__init__`` returns.
+        """
+        for name, value in values.items():
+            object.__setattr__(self, name, value)
+
     def to_dict(self) -> dict[str, Any]:
         """Return the options as a JSON-serialisable dict (tuples become lists).
 

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..validation import check_int
 from .base import Method, MethodConfig, MethodContext, register_method
 
 __all__ = ["DnCNN", "Denoiser", "DenoiserConfig"]
@@ -80,9 +81,8 @@ class DenoiserConfig(MethodConfig):
         if self.arch != "dncnn":
             raise ValueError(f"denoiser: arch must be 'dncnn', got {self.arch!r}")
         for name, low in (("depth", 2), ("width", 1), ("channels", 1)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"denoiser: {name} must be an integer >= {low}, got {value!r}")
+            # check_int returns a plain int (a numpy integer would not be JSON-safe)
+            self._normalize(**{name: check_int(getattr(self, name), f"denoiser: {name}", low)})
         if isinstance(self.denoiser, str) and self.denoiser == "custom":
             raise ValueError(
                 "denoiser: this model was saved with a custom denoiser module; pass it again, "

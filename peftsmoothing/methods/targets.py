@@ -10,7 +10,21 @@ from collections.abc import Sequence
 
 from torch import nn
 
-__all__ = ["get_submodule", "match_modules", "replace_module"]
+__all__ = ["as_patterns", "get_submodule", "match_modules", "replace_module"]
+
+
+def as_patterns(patterns: str | Sequence[str] | None) -> tuple[str, ...] | None:
+    """A ``target_modules`` option in its normal form: a tuple of patterns, or ``None``.
+
+    Examples:
+        >>> as_patterns("qkv"), as_patterns(["fc1", "fc2"]), as_patterns(None)
+        (('qkv',), ('fc1', 'fc2'), None)
+    """
+    if patterns is None:
+        return None
+    if isinstance(patterns, str):
+        return (patterns,)
+    return tuple(patterns)
 
 
 def _matches(pattern: str, name: str) -> bool:
