@@ -20,9 +20,7 @@ from .losses import (
     available_losses,
     register_loss,
 )
-from .normalize import Normalize
-from .params import ModuleCount, ParameterReport, parameter_report
-from .registry import (
+from .methods.base import (
     ENTRY_POINT_GROUP,
     Method,
     MethodConfig,
@@ -33,6 +31,8 @@ from .registry import (
     method_descriptions,
     register_method,
 )
+from .normalize import Normalize
+from .params import ModuleCount, ParameterReport, parameter_report
 from .report import CertificationReport, PairedDifference, plot_certified_accuracy
 from .smoothing import ABSTAIN, Certificate, SmoothedClassifier
 from .stats import binomial_pvalue, certified_radius, clopper_pearson_lower

@@ -1,15 +1,17 @@
 """Image datasets that yield ``(float CHW tensor in [0, 1], int label)``, no normalization.
 
-Normalization lives inside the model (DESIGN.md invariant 1), so every dataset here returns
-raw pixels scaled to [0, 1]. CIFAR-10/100 are read from their standard python format directly,
-which also accepts subsets of the official files (torchvision refuses those because it checks
-md5 sums); ``download=True`` fetches the official archive through torchvision first.
+Normalization lives inside the model (docs/design.md, "Normalization lives in the model"), so
+every dataset here returns raw pixels scaled to [0, 1]. CIFAR-10/100 are read from their
+standard python format directly, which also accepts subsets of the official files (torchvision
+refuses those because it checks md5 sums); ``download=True`` fetches the official archive
+through torchvision first.
 """
 
 from __future__ import annotations
 
 import os
 import pickle
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,7 +22,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 __all__ = [
-    "CIFAR10_CLASSES",
+    "CIFAR10_CLASSES",  # noqa: F822  (deprecated: served by __getattr__ with a warning)
     "DATASETS",
     "ArrayDataset",
     "cifar10_sample",
@@ -29,8 +31,9 @@ __all__ = [
     "num_classes",
 ]
 
-#: CIFAR-10 class names, in label order.
-CIFAR10_CLASSES = (
+# CIFAR-10 class names, in label order: ``datasets.CIFAR10_CLASSES``, deprecated (nothing uses it;
+# removed in 0.3), still served by the module ``__getattr__`` below with a DeprecationWarning.
+_CIFAR10_CLASSES = (
     "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
 )
 
@@ -350,3 +353,25 @@ def cifar10_sample(
     return ArrayDataset(
         x, y, augment=train if augment is None else augment, image_size=image_size
     )
+
+
+def __getattr__(name: str) -> Any:
+    """Deprecated module attributes (``CIFAR10_CLASSES``), served with a warning.
+
+    Examples:
+        >>> import warnings
+        >>> from peftsmoothing import datasets
+        >>> with warnings.catch_warnings(record=True) as caught:
+        ...     warnings.simplefilter("always")
+        ...     datasets.CIFAR10_CLASSES[0], caught[0].category.__name__
+        ('airplane', 'DeprecationWarning')
+    """
+    if name == "CIFAR10_CLASSES":
+        warnings.warn(
+            "peftsmoothing.datasets.CIFAR10_CLASSES is deprecated and will be removed in 0.3 "
+            "(nothing uses it)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return _CIFAR10_CLASSES
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -11,14 +11,14 @@ A loss is a function ``fn(model, clean, noisy, labels, ctx) -> LossOutput``:
   classifier for losses that need one).
 
 It returns the scalar loss and, if it has them, the logits on the noisy copies (used for the
-running accuracy). Losses register with :func:`register_loss`, so a new objective (e.g. an MSE
-loss for a denoiser) is added without touching the trainer.
+running accuracy). Losses register with :func:`register_loss`, so a new objective (e.g. the
+MSE loss for a denoiser) is added without touching the trainer; third-party packages declare
+theirs in the entry-point group ``peftsmoothing.losses`` (:data:`LOSS_ENTRY_POINT_GROUP`),
+imported lazily like plug-in methods.
 """
 
 from __future__ import annotations
 
-import difflib
-import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -27,7 +27,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .registry import Registry, did_you_mean
+from .validation import is_int
+
 __all__ = [
+    "LOSSES",
+    "LOSS_ENTRY_POINT_GROUP",
     "LossContext",
     "LossFn",
     "LossOutput",
@@ -37,6 +42,7 @@ __all__ = [
     "consistency_loss",
     "cross_entropy_loss",
     "get_loss",
+    "mse_loss",
     "register_loss",
     "stability_loss",
 ]
@@ -120,10 +126,7 @@ class LossSpec:
         """
         unknown = [k for k in given if k not in self.options]
         if unknown:
-            hints = []
-            for key in unknown:
-                close = difflib.get_close_matches(key, list(self.options), n=1)
-                hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+            hints = [f"{key!r}{did_you_mean(key, self.options)}" for key in unknown]
             valid = ", ".join(self.options) if self.options else "(none)"
             raise TypeError(
                 f"unknown option(s) for loss {self.name!r}: {', '.join(hints)}; "
@@ -136,8 +139,28 @@ class UnknownLossError(ValueError):
     """Raised when a loss name is not registered (lists the available ones)."""
 
 
-_LOSSES: dict[str, LossSpec] = {}
-_LOCK = threading.RLock()
+#: The entry-point group in which third-party packages declare losses (``name = "pkg:fn"``).
+LOSS_ENTRY_POINT_GROUP = "peftsmoothing.losses"
+
+
+def _adopt(name: str, obj: object) -> None:
+    if not callable(obj):
+        raise TypeError(
+            f"entry point {name!r} in group {LOSS_ENTRY_POINT_GROUP!r} must point to a loss "
+            "function"
+        )
+    register_loss(name)(obj)
+
+
+#: Every registered loss by name (built-in and third-party).
+LOSSES: Registry[LossSpec] = Registry(
+    "loss",
+    LOSS_ENTRY_POINT_GROUP,
+    UnknownLossError,
+    describe=lambda spec: spec.description,
+    identity=lambda spec: spec.fn,
+    adopt=_adopt,
+)
 
 
 def register_loss(
@@ -179,7 +202,7 @@ def register_loss(
     """
     if not isinstance(name, str) or not name.strip():
         raise ValueError("loss name must be a non-empty string")
-    if isinstance(num_noise, bool) or not isinstance(num_noise, int) or num_noise < 1:
+    if not is_int(num_noise) or num_noise < 1:
         raise ValueError(f"num_noise must be a positive integer, got {num_noise!r}")
 
     def decorator(fn: LossFn) -> LossFn:
@@ -189,18 +212,12 @@ def register_loss(
         spec = LossSpec(
             name=name,
             fn=fn,
-            num_noise=num_noise,
+            num_noise=int(num_noise),
             options=dict(options or {}),
             needs_reference=needs_reference,
             description=description or (doc[0] if doc else ""),
         )
-        with _LOCK:
-            existing = _LOSSES.get(name)
-            if existing is not None and existing.fn is not fn and not override:
-                raise ValueError(
-                    f"a loss named {name!r} is already registered; pass override=True to replace it"
-                )
-            _LOSSES[name] = spec
+        LOSSES.register(name, spec, override=override)
         return fn
 
     return decorator
@@ -216,15 +233,7 @@ def get_loss(name: str) -> LossSpec:
         >>> get_loss("consistency").num_noise
         2
     """
-    with _LOCK:
-        spec = _LOSSES.get(name)
-        if spec is None:
-            close = difflib.get_close_matches(str(name), list(_LOSSES), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise UnknownLossError(
-                f"unknown loss {name!r}{hint}; available losses: {', '.join(sorted(_LOSSES))}"
-            )
-        return spec
+    return LOSSES.get(name)
 
 
 def available_losses() -> list[str]:
@@ -235,8 +244,7 @@ def available_losses() -> list[str]:
         >>> {"ce", "consistency", "stability"} <= set(ps.available_losses())
         True
     """
-    with _LOCK:
-        return sorted(_LOSSES)
+    return LOSSES.names()
 
 
 def _all_noisy(noisy: list[torch.Tensor]) -> torch.Tensor:
@@ -385,3 +393,45 @@ def stability_loss(
         ref_p = F.softmax(ref_logits, dim=1).repeat(copies, 1)
         loss = F.kl_div(F.log_softmax(logits.float(), dim=1), ref_p, reduction="batchmean")
     return LossOutput(loss, logits)
+
+
+@register_loss(
+    "mse",
+    description="Denoiser reconstruction: mean squared error between pixel(noisy) and clean",
+)
+def mse_loss(
+    model: nn.Module,
+    clean: torch.Tensor,
+    noisy: list[torch.Tensor],
+    labels: torch.Tensor,
+    ctx: LossContext,
+) -> LossOutput:
+    """MSE between the wrapped model's pixel-space module (the denoiser) output and the clean
+    image, as in Salman et al.'s "MSE objective". Needs a model wrapped with a pixel module.
+
+    Examples:
+        >>> import torch, peftsmoothing as ps
+        >>> from torch import nn
+        >>> from peftsmoothing.losses import LossContext
+        >>> m = ps.wrap(nn.Flatten(), method="denoiser", depth=2, width=4, normalize=None)
+        >>> x = torch.rand(2, 3, 4, 4)
+        >>> out = mse_loss(m, x, [x + 0.1], torch.zeros(2, dtype=torch.long),
+        ...                LossContext(sigma=0.1, module=m))
+        >>> round(out.loss.item(), 4)  # the fresh denoiser is the identity
+        0.01
+    """
+    module = ctx.module if ctx.module is not None else model
+    if module is not model:
+        # Under DistributedDataParallel, calling the denoiser directly would bypass DDP's
+        # gradient synchronisation and let the ranks drift apart silently.
+        raise RuntimeError(
+            "loss='mse' does not support multi-process (DDP) training; use loss='stability' "
+            "under torchrun, or train the denoiser in one process"
+        )
+    pixel = getattr(module, "pixel", None)
+    if not isinstance(pixel, nn.Module) or isinstance(pixel, nn.Identity):
+        raise ValueError("loss='mse' trains a pixel-space module (wrap(..., method='denoiser'))")
+    batch = torch.cat(noisy)
+    target = clean.repeat(len(noisy), *([1] * (clean.ndim - 1)))
+    loss = F.mse_loss(pixel(batch), target)
+    return LossOutput(loss, None)

@@ -1,7 +1,11 @@
-"""Input normalization as a layer, so that models take [0, 1] images (DESIGN.md invariant 1)."""
+"""Input normalization as a layer, so that models take [0, 1] images.
+
+See docs/design.md, "Normalization lives in the model".
+"""
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -63,12 +67,24 @@ class Normalize(nn.Module):
         return f"mean={self.mean.flatten().tolist()}, std={self.std.flatten().tolist()}"
 
     def as_lists(self) -> tuple[list[float], list[float]]:
-        """Return ``(mean, std)`` as plain lists (for saving in a JSON config).
+        """Return ``(mean, std)`` as plain lists.
+
+        Deprecated, will be removed in 0.3: nothing uses it; read ``given_mean`` and
+        ``given_std`` (the values as given, as tuples) instead.
 
         Examples:
-            >>> Normalize((0.5,), (0.25,)).as_lists()
+            >>> import warnings
+            >>> with warnings.catch_warnings():
+            ...     warnings.simplefilter("ignore", DeprecationWarning)
+            ...     Normalize((0.5,), (0.25,)).as_lists()
             ([0.5], [0.25])
         """
+        warnings.warn(
+            "Normalize.as_lists() is deprecated and will be removed in 0.3; use "
+            "list(norm.given_mean), list(norm.given_std)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
         return self.mean.flatten().tolist(), self.std.flatten().tolist()
 
 

@@ -1,317 +1,294 @@
-"""Method registry: built-in and third-party PEFT methods register the same way.
+"""One generic registry: named entries of one kind, plus plug-ins from an entry-point group.
 
-A *method* is a subclass of :class:`Method` with a frozen dataclass ``Config``. Methods are added
-with the :func:`register_method` decorator, or by third-party packages through the entry-point
-group ``peftsmoothing.methods`` (discovered lazily, the first time a name is looked up or the
-list of methods is requested). The core of the library never names a method.
+Methods (:mod:`peftsmoothing.methods.base`) and training losses (:mod:`peftsmoothing.losses`)
+are both held by a :class:`Registry`. Built-in entries register when their module is imported;
+third-party packages declare theirs in an entry-point group (``peftsmoothing.methods``,
+``peftsmoothing.losses``), imported lazily the first time a name is looked up or listed. A
+plug-in that fails to import is skipped with a warning naming it, so one broken package does
+not break every command.
+
+This module is a leaf: it imports no method and no loss. The method protocol that used to live
+here (``Method``, ``MethodConfig``, ``MethodContext``, ``register_method``, ...) is in
+:mod:`peftsmoothing.methods.base`; the old names still resolve from here.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import threading
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+import warnings
+from collections.abc import Callable, Iterable, Iterator
 from importlib import metadata
-from typing import Any, ClassVar, TypeVar
+from typing import Any, Generic, TypeVar
 
-from torch import nn
+__all__ = ["Registry", "closest_name", "did_you_mean"]
 
-__all__ = [
-    "ENTRY_POINT_GROUP",
-    "Method",
-    "MethodConfig",
-    "MethodContext",
-    "UnknownMethodError",
-    "available_methods",
-    "get_method",
-    "method_descriptions",
-    "register_method",
-]
-
-ENTRY_POINT_GROUP = "peftsmoothing.methods"
+T = TypeVar("T")
 
 
-@dataclass(frozen=True)
-class MethodConfig:
-    """Base class for method configurations (frozen dataclasses).
-
-    Subclasses declare their options as dataclass fields with defaults and validate them in
-    ``__post_init__`` (raise :class:`ValueError` with a message that names the option).
-
-    Examples:
-        >>> from dataclasses import dataclass
-        >>> @dataclass(frozen=True)
-        ... class MyConfig(MethodConfig):
-        ...     scale: float = 1.0
-        >>> MyConfig.from_kwargs("my", {"scale": 2.0}).scale
-        2.0
-    """
-
-    @classmethod
-    def from_kwargs(cls, method_name: str, kwargs: Mapping[str, Any]) -> MethodConfig:
-        """Build a config from keyword arguments, rejecting unknown keys with a helpful message.
-
-        Args:
-            method_name: Name of the method (used in error messages).
-            kwargs: Option values.
-
-        Returns:
-            The validated config.
-
-        Raises:
-            TypeError: If a key is not an option of this method.
-
-        Examples:
-            >>> MethodConfig.from_kwargs("full", {})
-            MethodConfig()
-        """
-        valid = [f.name for f in dataclasses.fields(cls)]
-        unknown = [k for k in kwargs if k not in valid]
-        if unknown:
-            hints = []
-            for key in unknown:
-                close = difflib.get_close_matches(key, valid, n=1) or [
-                    v for v in valid if key.startswith(v) or v.startswith(key)
-                ][:1]
-                hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-            raise TypeError(
-                f"unknown option(s) for method {method_name!r}: {', '.join(hints)}; "
-                f"valid options are: {', '.join(valid) if valid else '(none)'}"
-            )
-        return cls(**kwargs)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Return the options as a JSON-serialisable dict (tuples become lists).
-
-        Examples:
-            >>> MethodConfig().to_dict()
-            {}
-        """
-        return {f.name: _jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, (tuple, list)):
-        return [_jsonable(v) for v in value]
-    return value
-
-
-@dataclass
-class MethodContext:
-    """What :func:`peftsmoothing.wrap` tells a method about the model it is applied to.
-
-    Attributes:
-        head_name: Qualified name of the classification head inside the model (``None`` if
-            unknown). Methods that train the head (e.g. ``linear``) use it.
-        pixel_module: A method may set this to a module that runs on the [0, 1] input *before*
-            normalization (e.g. a denoiser). ``wrap`` places it in front of the model.
-        modules: New modules that a method attaches through hooks; :meth:`add_module` puts them
-            here and the wrapped model owns them (as ``peft.<name>``), so they are saved,
-            moved between devices and counted without being inserted into the base model.
-        extra: Free-form information for plug-ins.
-    """
-
-    head_name: str | None = None
-    pixel_module: nn.Module | None = None
-    modules: dict[str, nn.Module] = field(default_factory=dict)
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def add_module(self, name: str, module: nn.Module) -> nn.Module:
-        """Register a module the method created; dots in ``name`` become underscores.
-
-        Examples:
-            >>> from torch import nn
-            >>> ctx = MethodContext()
-            >>> _ = ctx.add_module("blocks.0.mlp", nn.Linear(2, 2))
-            >>> list(ctx.modules)
-            ['blocks_0_mlp']
-        """
-        key = name.replace(".", "_")
-        if not key or key in self.modules:
-            raise ValueError(f"a module named {key!r} was already added (or the name is empty)")
-        self.modules[key] = module
-        return module
-
-
-class Method:
-    """Base class of every PEFT method (the plug-in protocol).
-
-    A method declares ``name`` (set by :func:`register_method`), a one-line ``description``, a
-    ``Config`` frozen dataclass (subclass of :class:`MethodConfig`) and implements
-    :meth:`apply`, which modifies a *frozen* model in place by adding trainable modules (or by
-    unfreezing some of its parameters). Methods that can fold their parameters into the base
-    weights set ``supports_merge = True`` and implement :meth:`merge` / :meth:`unmerge`.
-
-    Examples:
-        >>> import peftsmoothing as ps
-        >>> from torch import nn
-        >>> @ps.register_method("bias_only_doc", override=True)
-        ... class BiasOnly(ps.Method):
-        ...     description = "train every bias (BitFit)"
-        ...     def apply(self, model, context):
-        ...         for name, p in model.named_parameters():
-        ...             if name.endswith("bias"):
-        ...                 p.requires_grad_(True)
-        >>> m = ps.wrap(nn.Linear(3, 2), method="bias_only_doc", normalize=None)
-        >>> [n for n, _ in m.named_trainable_parameters()]
-        ['model.bias']
-    """
-
-    name: ClassVar[str] = ""
-    description: ClassVar[str] = ""
-    Config: ClassVar[type[MethodConfig]] = MethodConfig
-    supports_merge: ClassVar[bool] = False
-
-    def __init__(self, config: MethodConfig | None = None) -> None:
-        self.config = config if config is not None else self.Config()
-
-    def apply(self, model: nn.Module, context: MethodContext) -> None:
-        """Add the method's trainable parameters to ``model`` (in place).
-
-        Args:
-            model: The model, with every original parameter already frozen.
-            context: Information about the model (head name) and a slot for a pixel-space module.
-        """
-        raise NotImplementedError
-
-    def merge(self, model: nn.Module) -> None:
-        """Fold trained parameters into the base weights (only if ``supports_merge``)."""
-        raise NotImplementedError(f"method {self.name!r} does not support merge()")
-
-    def unmerge(self, model: nn.Module) -> None:
-        """Undo :meth:`merge` (only if ``supports_merge``)."""
-        raise NotImplementedError(f"method {self.name!r} does not support unmerge()")
-
-
-class UnknownMethodError(ValueError):
-    """Raised when a method name is not registered (lists the available ones)."""
-
-
-M = TypeVar("M", bound=type[Method])
-
-_REGISTRY: dict[str, type[Method]] = {}
-_LOCK = threading.RLock()
-_ENTRY_POINTS_LOADED = False
-
-
-def register_method(name: str, *, override: bool = False) -> Callable[[M], M]:
-    """Class decorator that registers a :class:`Method` subclass under ``name``.
+def closest_name(word: object, choices: Iterable[str], *, prefix: bool = False) -> str | None:
+    """The choice closest to ``word`` (``difflib``), or ``None`` when none is close.
 
     Args:
-        name: The name users pass to ``wrap(model, method=name)``.
-        override: Replace an existing method of the same name instead of raising.
+        word: What the user typed.
+        choices: The valid names.
+        prefix: Also accept a choice that is a prefix of ``word`` or starts with it (for short
+            option names such as ``r``, which ``difflib`` never finds close).
 
     Returns:
-        The decorator, which returns the class unchanged (with ``name`` set).
-
-    Raises:
-        ValueError: If ``name`` is empty or already registered (and ``override`` is false).
-        TypeError: If the decorated object is not a ``Method`` subclass.
+        The closest valid name, or ``None``.
 
     Examples:
-        >>> import peftsmoothing as ps
-        >>> @ps.register_method("nothing_doc", override=True)
-        ... class Nothing(ps.Method):
-        ...     description = "adds nothing"
-        ...     def apply(self, model, context):
-        ...         pass
-        >>> "nothing_doc" in ps.available_methods()
-        True
+        >>> closest_name("lroa", ["lora", "prompt"])
+        'lora'
+        >>> closest_name("rank", ["r", "alpha"]) is None, closest_name("rank", ["r"], prefix=True)
+        (True, 'r')
     """
-    if not isinstance(name, str) or not name.strip():
-        raise ValueError("method name must be a non-empty string")
+    options = list(choices)
+    close = difflib.get_close_matches(str(word), options, n=1)
+    if close:
+        return close[0]
+    if prefix and isinstance(word, str):
+        starts = [c for c in options if word.startswith(c) or c.startswith(word)]
+        if starts:
+            return starts[0]
+    return None
 
-    def decorator(cls: M) -> M:
-        if not (isinstance(cls, type) and issubclass(cls, Method)):
-            raise TypeError(f"register_method({name!r}) expects a subclass of peftsmoothing.Method")
-        if not (isinstance(cls.Config, type) and issubclass(cls.Config, MethodConfig)):
-            raise TypeError(f"{cls.__name__}.Config must subclass peftsmoothing.MethodConfig")
-        with _LOCK:
-            existing = _REGISTRY.get(name)
-            if existing is not None and existing is not cls and not override:
+
+def did_you_mean(word: object, choices: Iterable[str], *, prefix: bool = False) -> str:
+    """The one "did you mean" hint: ``" (did you mean 'x'?)"``, or ``""`` when nothing is close.
+
+    Args:
+        word: What the user typed.
+        choices: The valid names.
+        prefix: See :func:`closest_name`.
+
+    Returns:
+        The hint, to append to an error message.
+
+    Examples:
+        >>> "unknown loss 'consistncy'" + did_you_mean("consistncy", ["ce", "consistency"])
+        "unknown loss 'consistncy' (did you mean 'consistency'?)"
+        >>> did_you_mean("zzz", ["ce"])
+        ''
+    """
+    close = closest_name(word, choices, prefix=prefix)
+    return f" (did you mean {close!r}?)" if close is not None else ""
+
+
+class Registry(Generic[T]):
+    """Entries of one kind by name, with lazy discovery of an entry-point group.
+
+    Args:
+        kind: What an entry is, for messages (``"method"``, ``"loss"``).
+        group: The entry-point group third-party packages declare entries in.
+        error: The exception :meth:`get` raises for an unknown name (a ``ValueError``).
+        describe: One line describing an entry (for :meth:`descriptions`).
+        identity: The object that makes two registrations "the same" (re-registering it is
+            harmless); default: the entry itself.
+        adopt: Called as ``adopt(name, obj)`` for an entry point whose import did not register
+            ``name`` itself; it registers ``obj`` or raises ``TypeError``.
+        unknown_message: Builds the message of :meth:`get`'s error from ``(name, names)``.
+
+    Examples:
+        >>> colours: Registry[str] = Registry("colour", "example.colours", ValueError,
+        ...                                   describe=str.upper)
+        >>> colours.register("red", "warm")
+        >>> colours.get("red"), colours.names(), colours.descriptions()
+        ('warm', ['red'], {'red': 'WARM'})
+        >>> colours.get("rde")
+        Traceback (most recent call last):
+        ...
+        ValueError: unknown colour 'rde' (did you mean 'red'?); available colours: red
+    """
+
+    def __init__(
+        self,
+        kind: str,
+        group: str,
+        error: type[ValueError],
+        *,
+        describe: Callable[[T], str],
+        identity: Callable[[T], object] | None = None,
+        adopt: Callable[[str, object], None] | None = None,
+        unknown_message: Callable[[str, list[str]], str] | None = None,
+    ) -> None:
+        self.kind = kind
+        self.group = group
+        self.error = error
+        self._describe = describe
+        self._identity = identity or (lambda entry: entry)
+        self._adopt = adopt
+        self._unknown_message = unknown_message
+        self._entries: dict[str, T] = {}
+        self._lock = threading.RLock()
+        self._discovered = False
+
+    def register(self, name: str, entry: T, *, override: bool = False) -> None:
+        """Store ``entry`` under ``name``.
+
+        Args:
+            name: The entry's name.
+            entry: The entry.
+            override: Replace another entry of the same name instead of raising.
+
+        Raises:
+            ValueError: If ``name`` is taken by another entry and ``override`` is false.
+
+        Examples:
+            >>> r: Registry[int] = Registry("number", "example.numbers", ValueError, describe=str)
+            >>> r.register("one", 1); r.register("one", 1)  # the same entry again: harmless
+            >>> r.register("one", 2)
+            Traceback (most recent call last):
+            ...
+            ValueError: a number named 'one' is already registered (int); pass override=True to replace it
+        """  # noqa: E501
+        with self._lock:
+            existing = self._entries.get(name)
+            if (
+                existing is not None
+                and self._identity(existing) is not self._identity(entry)
+                and not override
+            ):
                 raise ValueError(
-                    f"a method named {name!r} is already registered "
-                    f"({existing.__module__}.{existing.__qualname__}); "
-                    "pass override=True to replace it"
+                    f"a {self.kind} named {name!r} is already registered "
+                    f"({_origin(self._identity(existing))}); pass override=True to replace it"
                 )
-            cls.name = name
-            _REGISTRY[name] = cls
-        return cls
+            self._entries[name] = entry
 
-    return decorator
+    def unregister(self, name: str) -> None:
+        """Forget ``name`` (no error if it is not registered).
 
+        Examples:
+            >>> r: Registry[int] = Registry("number", "example.numbers", ValueError, describe=str)
+            >>> r.register("one", 1); r.unregister("one"); "one" in r
+            False
+        """
+        with self._lock:
+            self._entries.pop(name, None)
 
-def _entry_points() -> Iterator[metadata.EntryPoint]:
-    yield from metadata.entry_points(group=ENTRY_POINT_GROUP)
+    def __contains__(self, name: object) -> bool:
+        with self._lock:
+            return name in self._entries
 
+    def get(self, name: str) -> T:
+        """The entry called ``name``, discovering plug-ins first if it is not registered.
 
-def _load_entry_points(force: bool = False) -> None:
-    """Import third-party methods declared in the ``peftsmoothing.methods`` entry-point group."""
-    global _ENTRY_POINTS_LOADED
-    with _LOCK:
-        if _ENTRY_POINTS_LOADED and not force:
-            return
-        _ENTRY_POINTS_LOADED = True
-        for ep in _entry_points():
-            if ep.name in _REGISTRY and _REGISTRY[ep.name].__module__ == ep.module:
-                continue
-            obj = ep.load()  # importing the module may register it through the decorator
-            if ep.name not in _REGISTRY:
-                if isinstance(obj, type) and issubclass(obj, Method):
-                    register_method(ep.name)(obj)
-                else:
-                    raise TypeError(
-                        f"entry point {ep.name!r} ({ep.value}) in group {ENTRY_POINT_GROUP!r} "
-                        "must point to a peftsmoothing.Method subclass"
+        Raises:
+            ValueError: ``self.error``, naming the closest registered name and all of them.
+
+        Examples:
+            >>> r: Registry[int] = Registry("number", "example.numbers", ValueError, describe=str)
+            >>> r.register("one", 1); r.get("one")
+            1
+        """
+        with self._lock:
+            if name not in self._entries:
+                self.discover()
+            if name in self._entries:
+                return self._entries[name]
+            names = sorted(self._entries)
+        if self._unknown_message is not None:
+            message = self._unknown_message(name, names)
+        else:
+            message = (
+                f"unknown {self.kind} {name!r}{did_you_mean(name, names)}; "
+                f"available {self.kind}{'es' if self.kind.endswith('s') else 's'}: "
+                f"{', '.join(names)}"
+            )
+        raise self.error(message)
+
+    def names(self) -> list[str]:
+        """Every registered name (plug-ins included), sorted.
+
+        Examples:
+            >>> r: Registry[int] = Registry("number", "example.numbers", ValueError, describe=str)
+            >>> r.register("two", 2); r.register("one", 1); r.names()
+            ['one', 'two']
+        """
+        self.discover()
+        with self._lock:
+            return sorted(self._entries)
+
+    def descriptions(self) -> dict[str, str]:
+        """Every registered name (sorted) mapped to its one-line description.
+
+        Examples:
+            >>> r: Registry[int] = Registry("number", "example.numbers", ValueError, describe=str)
+            >>> r.register("one", 1); r.descriptions()
+            {'one': '1'}
+        """
+        self.discover()
+        with self._lock:
+            return {name: self._describe(self._entries[name]) for name in sorted(self._entries)}
+
+    def discover(self, force: bool = False) -> None:
+        """Import the plug-ins declared in the entry-point group (once, unless ``force``).
+
+        A plug-in that fails to import, or points to something that is not a valid entry, is
+        skipped with a ``RuntimeWarning`` naming it and its package.
+
+        Examples:
+            >>> r: Registry[int] = Registry("number", "example.numbers", ValueError, describe=str)
+            >>> r.discover()  # nothing declared in this group
+            >>> r.names()
+            []
+        """
+        with self._lock:
+            if self._discovered and not force:
+                return
+            self._discovered = True
+            for ep in self._entry_points():
+                existing = self._entries.get(ep.name)
+                if existing is not None and _module_of(self._identity(existing)) == ep.module:
+                    continue
+                try:
+                    obj = ep.load()  # importing the module may register the entry itself
+                    if ep.name not in self._entries:
+                        if self._adopt is None:
+                            raise TypeError(f"it did not register a {self.kind} named {ep.name!r}")
+                        self._adopt(ep.name, obj)
+                except Exception as err:  # a broken plug-in must not break every command
+                    warnings.warn(
+                        f"skipping the peftsmoothing {self.kind} plug-in {ep.name!r} "
+                        f"({ep.value}, entry-point group {self.group!r}"
+                        f"{_distribution(ep)}): {type(err).__name__}: {err}",
+                        RuntimeWarning,
+                        stacklevel=2,
                     )
 
-
-def available_methods() -> list[str]:
-    """Names of every registered method, built-in and third-party, sorted.
-
-    Examples:
-        >>> import peftsmoothing as ps
-        >>> {"lora", "prompt", "adapter", "full", "linear"} <= set(ps.available_methods())
-        True
-    """
-    _load_entry_points()
-    return sorted(_REGISTRY)
+    def _entry_points(self) -> Iterator[metadata.EntryPoint]:
+        yield from metadata.entry_points(group=self.group)
 
 
-def method_descriptions() -> dict[str, str]:
-    """Map every registered method name to its one-line description.
-
-    Examples:
-        >>> import peftsmoothing as ps
-        >>> "LoRA" in ps.method_descriptions()["lora"]
-        True
-    """
-    _load_entry_points()
-    return {name: _REGISTRY[name].description for name in sorted(_REGISTRY)}
+def _origin(obj: object) -> str:
+    module = getattr(obj, "__module__", None)
+    qualname = getattr(obj, "__qualname__", None)
+    if module and qualname:
+        return f"{module}.{qualname}"
+    return type(obj).__name__
 
 
-def get_method(name: str) -> type[Method]:
-    """Return the method class registered under ``name``.
+def _module_of(obj: object) -> Any:
+    return getattr(obj, "__module__", None)
 
-    Raises:
-        UnknownMethodError: If no such method exists (a ``ValueError``); the message lists the
-            available methods and the closest match.
 
-    Examples:
-        >>> import peftsmoothing as ps
-        >>> ps.get_method("lora").supports_merge
-        True
-    """
-    with _LOCK:
-        if name not in _REGISTRY:
-            _load_entry_points()
-        if name in _REGISTRY:
-            return _REGISTRY[name]
-        names = sorted(_REGISTRY)
-    close = difflib.get_close_matches(str(name), names, n=1)
-    hint = f" Did you mean {close[0]!r}?" if close else ""
-    raise UnknownMethodError(
-        f"unknown method {name!r}.{hint} Available methods: {', '.join(names)}"
-    )
+def _distribution(ep: metadata.EntryPoint) -> str:
+    dist = getattr(ep, "dist", None)
+    name = getattr(dist, "name", None) if dist is not None else None
+    return f", package {name!r}" if name else ""
+
+
+# The method protocol lived here before 0.2; its names still resolve from this module.
+_MOVED_TO_METHODS_BASE = frozenset({
+    "ENTRY_POINT_GROUP", "Method", "MethodConfig", "MethodContext", "UnknownMethodError",
+    "available_methods", "get_method", "method_descriptions", "register_method",
+})  # fmt: skip
+
+
+def __getattr__(name: str) -> Any:
+    if name in _MOVED_TO_METHODS_BASE:
+        from .methods import base
+
+        return getattr(base, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

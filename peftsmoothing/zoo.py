@@ -16,6 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .validation import is_int
+
 __all__ = [
     "ARCHITECTURE_KWARGS",
     "BASE_ATTR",
@@ -74,9 +76,7 @@ def _plain_value(value: Any) -> bool:
     if isinstance(value, str):
         return _PLAIN_TEXT.fullmatch(value) is not None
     if isinstance(value, (list, tuple)):
-        return len(value) <= 16 and all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) for v in value
-        )
+        return len(value) <= 16 and all(is_int(v) or isinstance(v, float) for v in value)
     return False
 
 
@@ -143,7 +143,7 @@ def check_recipe(recipe: object, source: str = "recipe") -> dict[str, Any]:
         raise ValueError(f"{source}: 'pretrained' must be true or false, got {pretrained!r}")
     clean["pretrained"] = pretrained
     seed = recipe.get("seed")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+    if seed is not None and (not is_int(seed) or seed < 0):
         raise ValueError(f"{source}: 'seed' must be a non-negative integer, got {seed!r}")
     clean["seed"] = seed
     kwargs = recipe.get("kwargs") or {}

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,10 +14,11 @@ import torch
 from torch import nn
 
 import peftsmoothing as ps
-from peftsmoothing import registry
+from peftsmoothing.losses import LOSSES, get_loss
+from peftsmoothing.methods.base import METHODS
 from tests.conftest import tiny_vit
 
-PLUGIN = Path(__file__).parent / "plugins" / "bitfit_plugin"
+PLUGIN = Path(__file__).resolve().parents[1] / "examples" / "custom_method_plugin"
 
 
 def test_builtins_are_registered_with_descriptions() -> None:
@@ -88,10 +91,14 @@ def test_a_custom_method_with_config_through_wrap(images: torch.Tensor) -> None:
 
 @pytest.fixture(scope="module")
 def installed_plugin(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """pip-install the test plug-in into a private directory (no network, no build isolation)."""
+    """pip-install the example plug-in into a private directory (no network, no build isolation).
+
+    It is built from a copy, so that the build leaves nothing inside ``examples/``."""
     target = tmp_path_factory.mktemp("site")
+    source = tmp_path_factory.mktemp("plugin") / PLUGIN.name
+    shutil.copytree(PLUGIN, source, ignore=shutil.ignore_patterns("build", "*.egg-info"))
     cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
-           "--no-build-isolation", "--no-index", "--target", str(target), str(PLUGIN)]
+           "--no-build-isolation", "--no-index", "--target", str(target), str(source)]
     subprocess.run(cmd, check=True, capture_output=True, text=True)
     return target
 
@@ -99,15 +106,15 @@ def installed_plugin(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_entry_point_plugin(installed_plugin: Path, monkeypatch: pytest.MonkeyPatch,
                             images: torch.Tensor) -> None:
     monkeypatch.syspath_prepend(str(installed_plugin))
-    monkeypatch.setattr(registry, "_ENTRY_POINTS_LOADED", False)
-    monkeypatch.delitem(registry._REGISTRY, "bitfit", raising=False)
+    monkeypatch.setattr(METHODS, "_discovered", False)
+    monkeypatch.delitem(METHODS._entries, "bitfit", raising=False)
     assert "bitfit" in ps.available_methods()  # discovered lazily through the entry point
     assert ps.method_descriptions()["bitfit"] == "BitFit: train only the bias terms"
     m = ps.wrap(tiny_vit(), method="bitfit")
     names = [n for n, _ in m.named_trainable_parameters()]
     assert names and all(n.endswith("bias") for n in names)
     assert m(images).shape == (4, 10)
-    registry._REGISTRY.pop("bitfit", None)
+    METHODS.unregister("bitfit")
 
 
 def test_cli_lists_plugin_methods(installed_plugin: Path) -> None:
@@ -120,3 +127,54 @@ def test_cli_lists_plugin_methods(installed_plugin: Path) -> None:
     lines = dict(line.split(None, 1) for line in out.strip().splitlines())
     assert lines["bitfit"] == "BitFit: train only the bias terms"
     assert lines["lora"].startswith("LoRA")
+
+
+def fake_distribution(root: Path, name: str, entry_points: str) -> None:
+    """A minimal installed distribution under ``root`` that declares ``entry_points``."""
+    info = root / f"{name.replace('-', '_')}-0.0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.0.1\n")
+    (info / "entry_points.txt").write_text(entry_points)
+
+
+def test_a_broken_plugin_is_skipped_with_a_warning(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    fake_distribution(tmp_path, "ps-broken-plugin", textwrap.dedent("""\
+        [peftsmoothing.methods]
+        broken = ps_no_such_module_xyz:Broken
+        not_a_method = json:dumps
+        """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(METHODS, "_discovered", False)
+    with pytest.warns(RuntimeWarning) as record:
+        names = ps.available_methods()
+    messages = [str(w.message) for w in record]
+    assert any("plug-in 'broken'" in m and "ps-broken-plugin" in m
+               and "ModuleNotFoundError" in m for m in messages), messages
+    assert any("plug-in 'not_a_method'" in m and "Method subclass" in m for m in messages)
+    assert "broken" not in names and "not_a_method" not in names
+    assert {"lora", "prompt"} <= set(names)  # the other methods still work
+    assert ps.wrap(tiny_vit(), method="lora").spec.method == "lora"
+
+
+def test_loss_plugin_through_entry_point(tmp_path: Path,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "ps_loss_plugin.py").write_text(textwrap.dedent("""\
+        import torch.nn.functional as F
+        import peftsmoothing as ps
+
+        def half_ce(model, clean, noisy, labels, ctx):
+            \"\"\"Half the cross-entropy.\"\"\"
+            logits = model(noisy[0])
+            return ps.LossOutput(0.5 * F.cross_entropy(logits, labels), logits)
+        """))
+    fake_distribution(tmp_path, "ps-loss-plugin",
+                      "[peftsmoothing.losses]\nhalf_ce = ps_loss_plugin:half_ce\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(LOSSES, "_discovered", False)
+    try:
+        assert "half_ce" in ps.available_losses()
+        assert get_loss("half_ce").description == "Half the cross-entropy."
+    finally:
+        LOSSES.unregister("half_ce")
+        sys.modules.pop("ps_loss_plugin", None)

@@ -15,7 +15,7 @@ def run(args: argparse.Namespace) -> int:
         adapter ...
         0
     """
-    from ..registry import method_descriptions
+    from ..methods.base import method_descriptions
 
     descriptions = method_descriptions()
     width = max((len(n) for n in descriptions), default=0)

@@ -17,8 +17,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..registry import Method, MethodConfig, MethodContext, register_method
-from ._targets import match_modules
+from ..validation import is_int
+from .base import Method, MethodConfig, MethodContext, register_method
+from .targets import as_patterns, match_modules
 
 __all__ = ["Adapter", "AdapterConfig", "BottleneckAdapter"]
 
@@ -109,10 +110,11 @@ class AdapterConfig(MethodConfig):
             raise ValueError(
                 f"adapter: style must be 'parallel' or 'sequential', got {self.style!r}"
             )
-        if isinstance(self.bottleneck, bool) or not isinstance(self.bottleneck, int):
+        if not is_int(self.bottleneck):
             raise ValueError(f"adapter: bottleneck must be an integer, got {self.bottleneck!r}")
         if self.bottleneck < 1:
             raise ValueError(f"adapter: bottleneck must be >= 1, got {self.bottleneck}")
+        self._normalize(bottleneck=int(self.bottleneck))  # a numpy integer: JSON-safe int
         if self.scale is not None and not self.scale > 0:
             raise ValueError(f"adapter: scale must be > 0, got {self.scale!r}")
         if not 0.0 <= self.dropout < 1.0:
@@ -121,10 +123,7 @@ class AdapterConfig(MethodConfig):
             raise ValueError(
                 f"adapter: activation must be 'relu' or 'gelu', got {self.activation!r}"
             )
-        if isinstance(self.target_modules, str):
-            object.__setattr__(self, "target_modules", (self.target_modules,))
-        elif self.target_modules is not None:
-            object.__setattr__(self, "target_modules", tuple(self.target_modules))
+        self._normalize(target_modules=as_patterns(self.target_modules))
 
     @property
     def effective_scale(self) -> float:

@@ -5,7 +5,8 @@ The denoiser runs in pixel space, on the noisy [0, 1] image, *before* the model'
 DnCNN (Zhang et al. 2017) as used by Salman et al.: it predicts the noise and subtracts it. Its
 last convolution starts at zero, so a freshly wrapped model computes exactly what the frozen
 classifier did. Train it with ``NoiseTrainer(loss="mse")`` (reconstruct the clean image) or
-``loss="stability"`` (match the frozen classifier's prediction on the clean image).
+``loss="stability"`` (match the frozen classifier's prediction on the clean image); both losses
+live in :mod:`peftsmoothing.losses` (a method never imports a loss).
 """
 
 from __future__ import annotations
@@ -14,13 +15,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ..losses import LossContext, LossOutput, register_loss
-from ..registry import Method, MethodConfig, MethodContext, register_method
+from ..validation import check_int
+from .base import Method, MethodConfig, MethodContext, register_method
 
-__all__ = ["DnCNN", "Denoiser", "DenoiserConfig", "mse_loss"]
+__all__ = ["DnCNN", "Denoiser", "DenoiserConfig"]
 
 
 class DnCNN(nn.Module):
@@ -81,9 +81,8 @@ class DenoiserConfig(MethodConfig):
         if self.arch != "dncnn":
             raise ValueError(f"denoiser: arch must be 'dncnn', got {self.arch!r}")
         for name, low in (("depth", 2), ("width", 1), ("channels", 1)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"denoiser: {name} must be an integer >= {low}, got {value!r}")
+            # check_int returns a plain int (a numpy integer would not be JSON-safe)
+            self._normalize(**{name: check_int(getattr(self, name), f"denoiser: {name}", low)})
         if isinstance(self.denoiser, str) and self.denoiser == "custom":
             raise ValueError(
                 "denoiser: this model was saved with a custom denoiser module; pass it again, "
@@ -127,45 +126,3 @@ class Denoiser(Method):
         for p in denoiser.parameters():
             p.requires_grad_(True)
         context.pixel_module = denoiser
-
-
-@register_loss(
-    "mse",
-    description="Denoiser reconstruction: mean squared error between pixel(noisy) and clean",
-)
-def mse_loss(
-    model: nn.Module,
-    clean: torch.Tensor,
-    noisy: list[torch.Tensor],
-    labels: torch.Tensor,
-    ctx: LossContext,
-) -> LossOutput:
-    """MSE between the wrapped model's pixel-space module (the denoiser) output and the clean
-    image, as in Salman et al.'s "MSE objective". Needs a model wrapped with a pixel module.
-
-    Examples:
-        >>> import torch, peftsmoothing as ps
-        >>> from torch import nn
-        >>> from peftsmoothing.losses import LossContext
-        >>> m = ps.wrap(nn.Flatten(), method="denoiser", depth=2, width=4, normalize=None)
-        >>> x = torch.rand(2, 3, 4, 4)
-        >>> out = mse_loss(m, x, [x + 0.1], torch.zeros(2, dtype=torch.long),
-        ...                LossContext(sigma=0.1, module=m))
-        >>> round(out.loss.item(), 4)  # the fresh denoiser is the identity
-        0.01
-    """
-    module = ctx.module if ctx.module is not None else model
-    if module is not model:
-        # Under DistributedDataParallel, calling the denoiser directly would bypass DDP's
-        # gradient synchronisation and let the ranks drift apart silently.
-        raise RuntimeError(
-            "loss='mse' does not support multi-process (DDP) training; use loss='stability' "
-            "under torchrun, or train the denoiser in one process"
-        )
-    pixel = getattr(module, "pixel", None)
-    if not isinstance(pixel, nn.Module) or isinstance(pixel, nn.Identity):
-        raise ValueError("loss='mse' trains a pixel-space module (wrap(..., method='denoiser'))")
-    batch = torch.cat(noisy)
-    target = clean.repeat(len(noisy), *([1] * (clean.ndim - 1)))
-    loss = F.mse_loss(pixel(batch), target)
-    return LossOutput(loss, None)

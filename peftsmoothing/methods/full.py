@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..registry import Method, MethodContext, register_method
+from .base import Method, MethodContext, register_method
 
 __all__ = ["Full"]
 

@@ -18,8 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..registry import Method, MethodConfig, MethodContext, register_method
-from ._targets import match_modules, replace_module
+from ..validation import is_int
+from .base import Method, MethodConfig, MethodContext, register_method
+from .targets import as_patterns, match_modules, replace_module
 
 __all__ = ["LoRA", "LoRAConfig", "LoRAConv2d", "LoRALinear"]
 
@@ -237,23 +238,21 @@ class LoRAConfig(MethodConfig):
     qkv_enable: tuple[bool, bool, bool] = (True, False, True)
 
     def __post_init__(self) -> None:
-        if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r < 1:
+        if not is_int(self.r) or self.r < 1:
             raise ValueError(f"lora: r must be a positive integer, got {self.r!r}")
+        self._normalize(r=int(self.r))  # a numpy integer becomes a JSON-safe int
         if not self.alpha > 0:
             raise ValueError(f"lora: alpha must be > 0, got {self.alpha!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"lora: dropout must be in [0, 1), got {self.dropout!r}")
-        if isinstance(self.target_modules, str):
-            object.__setattr__(self, "target_modules", (self.target_modules,))
-        elif self.target_modules is not None:
-            object.__setattr__(self, "target_modules", tuple(self.target_modules))
+        self._normalize(target_modules=as_patterns(self.target_modules))
         enable = tuple(bool(e) for e in self.qkv_enable)
         if len(enable) != 3 or not any(enable):
             raise ValueError(
                 f"lora: qkv_enable must be three booleans with at least one True, got "
                 f"{self.qkv_enable!r}"
             )
-        object.__setattr__(self, "qkv_enable", enable)
+        self._normalize(qkv_enable=enable)
 
 
 @register_method("lora")

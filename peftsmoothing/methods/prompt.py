@@ -19,7 +19,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..registry import Method, MethodConfig, MethodContext, register_method
+from ..validation import is_int
+from .base import Method, MethodConfig, MethodContext, register_method
 
 __all__ = ["Prompt", "PromptConfig", "VisualPrompts"]
 
@@ -117,10 +118,11 @@ class PromptConfig(MethodConfig):
     init: str = "xavier"
 
     def __post_init__(self) -> None:
-        if isinstance(self.num_tokens, bool) or not isinstance(self.num_tokens, int):
+        if not is_int(self.num_tokens):
             raise ValueError(f"prompt: num_tokens must be an integer, got {self.num_tokens!r}")
         if self.num_tokens < 1:
             raise ValueError(f"prompt: num_tokens must be >= 1, got {self.num_tokens}")
+        self._normalize(num_tokens=int(self.num_tokens))  # a numpy integer: JSON-safe int
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"prompt: dropout must be in [0, 1), got {self.dropout!r}")
         if self.init not in ("xavier", "normal"):

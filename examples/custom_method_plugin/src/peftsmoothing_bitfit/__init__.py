@@ -58,7 +58,7 @@ class BitFit(ps.Method):
     """
 
     # Shown by `peftsmoothing methods`.
-    description = "BitFit: train only the bias terms (plug-in example)"
+    description = "BitFit: train only the bias terms"
     Config = BitFitConfig
 
     def apply(self, model: nn.Module, context: ps.MethodContext) -> None:

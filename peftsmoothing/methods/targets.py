@@ -1,4 +1,7 @@
-"""Finding and replacing the sub-modules a method targets (shared by several methods)."""
+"""Finding and replacing the sub-modules a method targets (shared by methods and ``wrap``).
+
+A public leaf module: plug-in methods may use it too. It imports nothing from peftsmoothing.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +10,21 @@ from collections.abc import Sequence
 
 from torch import nn
 
-__all__ = ["get_submodule", "match_modules", "replace_module"]
+__all__ = ["as_patterns", "get_submodule", "match_modules", "replace_module"]
+
+
+def as_patterns(patterns: str | Sequence[str] | None) -> tuple[str, ...] | None:
+    """A ``target_modules`` option in its normal form: a tuple of patterns, or ``None``.
+
+    Examples:
+        >>> as_patterns("qkv"), as_patterns(["fc1", "fc2"]), as_patterns(None)
+        (('qkv',), ('fc1', 'fc2'), None)
+    """
+    if patterns is None:
+        return None
+    if isinstance(patterns, str):
+        return (patterns,)
+    return tuple(patterns)
 
 
 def _matches(pattern: str, name: str) -> bool:
@@ -34,6 +51,12 @@ def match_modules(
     Raises:
         ValueError: If a pattern matches no module of a supported type; the message lists the
             candidate module names.
+
+    Examples:
+        >>> from torch import nn
+        >>> net = nn.Sequential(nn.Linear(2, 2), nn.ReLU(), nn.Linear(2, 2))
+        >>> [name for name, _ in match_modules(net, ["0", "2"], (nn.Linear,), "demo")]
+        ['0', '2']
     """
     if isinstance(patterns, str):
         patterns = [patterns]
@@ -64,7 +87,16 @@ def match_modules(
 
 
 def get_submodule(model: nn.Module, name: str) -> nn.Module:
-    """``model.get_submodule(name)`` with an error that lists top-level children."""
+    """``model.get_submodule(name)`` with an error that lists top-level children.
+
+    Raises:
+        ValueError: If ``model`` has no sub-module ``name``.
+
+    Examples:
+        >>> from torch import nn
+        >>> get_submodule(nn.Sequential(nn.Linear(2, 2)), "0")
+        Linear(in_features=2, out_features=2, bias=True)
+    """
     try:
         return model.get_submodule(name)
     except AttributeError:
@@ -75,7 +107,17 @@ def get_submodule(model: nn.Module, name: str) -> nn.Module:
 
 
 def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
-    """Replace the sub-module at dotted path ``name`` with ``new``."""
+    """Replace the sub-module at dotted path ``name`` with ``new``.
+
+    Examples:
+        >>> from torch import nn
+        >>> net = nn.Sequential(nn.Linear(2, 2))
+        >>> replace_module(net, "0", nn.Identity())
+        >>> net
+        Sequential(
+          (0): Identity()
+        )
+    """
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
     setattr(parent, child, new)

@@ -1,0 +1,315 @@
+"""The save format of a wrapped model: a directory with a JSON config and the trained tensors.
+
+A saved directory holds :data:`CONFIG_FILE` (``peftsmoothing.json``: format name and version,
+the :class:`~peftsmoothing.model.WrapSpec`, a record of the base model, the name and shape of
+every saved tensor, and the user's metadata) and :data:`TENSORS_FILE` (``trainable.pt``: only
+the tensors training changes). Reading trusts nothing but the directory (docs/security.md):
+files that link out of it are refused, tensors are loaded with ``weights_only=True``, and the
+tensors must fit the rebuilt model exactly.
+
+This module imports no method and no model class: :meth:`PEFTModel.save` and
+:func:`peftsmoothing.load` call it with plain values.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ._io import atomic_save, atomic_write
+from ._version import __version__
+from .fingerprint import tensors_fingerprint
+from .params import trained_keys
+
+__all__ = [
+    "CONFIG_FILE",
+    "FORMAT",
+    "FORMAT_VERSION",
+    "TENSORS_FILE",
+    "base_record",
+    "check_base_fingerprint",
+    "check_tensors_fit",
+    "frozen_fingerprint",
+    "read_config",
+    "read_tensors",
+    "write_model",
+]
+
+#: The JSON config of a saved model.
+CONFIG_FILE = "peftsmoothing.json"
+#: The trained tensors of a saved model (a ``torch.save``-d dict of named tensors).
+TENSORS_FILE = "trainable.pt"
+#: The ``format`` field of :data:`CONFIG_FILE`.
+FORMAT = "peftsmoothing-wrapped-model"
+#: The newest ``format_version`` this release reads and the one it writes.
+FORMAT_VERSION = 1
+
+
+def base_record(
+    model: nn.Module,
+    *,
+    num_parameters: int,
+    fingerprint: str | None,
+    recipe: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    """The ``base`` section of the config: what the wrapped base model was.
+
+    Args:
+        model: The base model (inside the wrapper).
+        num_parameters: Its parameter count before the method added any.
+        fingerprint: :func:`frozen_fingerprint` as ``wrap`` found it.
+        recipe: How to rebuild it (:func:`peftsmoothing.create_model`), or ``None``.
+
+    Returns:
+        ``{"class", "architecture", "num_parameters", "fingerprint", "recipe"}``.
+
+    Examples:
+        >>> from torch import nn
+        >>> base_record(nn.Linear(2, 2), num_parameters=6, fingerprint=None, recipe=None)["class"]
+        'torch.nn.modules.linear.Linear'
+    """
+    cfg = getattr(model, "pretrained_cfg", None)
+    arch = cfg.get("architecture") if isinstance(cfg, dict) else None
+    return {
+        "class": f"{type(model).__module__}.{type(model).__qualname__}",
+        "architecture": str(arch) if arch else None,
+        "num_parameters": num_parameters,
+        "fingerprint": fingerprint,
+        "recipe": dict(recipe) if recipe is not None else None,
+    }
+
+
+def write_model(
+    path: str | os.PathLike[str],
+    *,
+    spec: Mapping[str, Any],
+    base: Mapping[str, Any],
+    tensors: Mapping[str, torch.Tensor],
+    metadata: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write :data:`TENSORS_FILE` and :data:`CONFIG_FILE` (atomically) into the directory.
+
+    Args:
+        path: Output directory (created if needed).
+        spec: The wrap spec as a dict (``dataclasses.asdict(WrapSpec)``).
+        base: The base model's record (:func:`base_record`).
+        tensors: The trained tensors.
+        metadata: Extra JSON-serialisable information.
+
+    Returns:
+        The directory path.
+
+    Examples:
+        >>> import tempfile, torch
+        >>> out = write_model(tempfile.mkdtemp(), spec={}, base={}, tensors={"w": torch.ones(2)})
+        >>> read_config(out)["tensors"]
+        {'w': [2]}
+    """
+    out = Path(path)
+    out.mkdir(parents=True, exist_ok=True)
+    config = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "peftsmoothing_version": __version__,
+        "spec": dict(spec),
+        "base": dict(base),
+        "tensors": {k: list(v.shape) for k, v in tensors.items()},
+        "metadata": dict(metadata) if metadata else {},
+    }
+    atomic_save(dict(tensors), out / TENSORS_FILE)
+    atomic_write(out / CONFIG_FILE, (json.dumps(config, indent=2) + "\n").encode())
+    return out
+
+
+def _file_in(directory: Path, name: str) -> Path:
+    """``directory / name``, refusing a symlink that leads out of the directory."""
+    path = directory / name
+    if path.is_symlink() or path.exists():
+        inside = directory.resolve()
+        target = path.resolve()
+        if target != inside / name and inside not in target.parents:
+            raise ValueError(f"{path} is a link to {target}, outside {directory}: refused")
+    return path
+
+
+def read_config(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read and check the JSON config of a directory written by :meth:`PEFTModel.save`.
+
+    Raises:
+        FileNotFoundError: If the directory holds no ``peftsmoothing.json``.
+        ValueError: If the file is a link out of the directory, is not valid JSON, or is not
+            a peftsmoothing model config.
+
+    Examples:
+        >>> import tempfile
+        >>> read_config(tempfile.mkdtemp())  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        FileNotFoundError: ... is not a saved peftsmoothing model: peftsmoothing.json not found
+    """
+    cfg_path = _file_in(Path(path), CONFIG_FILE)
+    if not cfg_path.is_file():
+        raise FileNotFoundError(
+            f"{path} is not a saved peftsmoothing model: {CONFIG_FILE} not found"
+        )
+    try:
+        config = json.loads(cfg_path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{cfg_path} is corrupt (not valid JSON: {err})") from None
+    if not isinstance(config, dict) or config.get("format") != FORMAT:
+        raise ValueError(f"{cfg_path} is not a peftsmoothing model config")
+    if int(config.get("format_version", 0)) > FORMAT_VERSION:
+        raise ValueError(
+            f"{cfg_path} was written by a newer peftsmoothing "
+            f"({config.get('peftsmoothing_version')}); upgrade to load it"
+        )
+    return config
+
+
+def read_tensors(directory: str | os.PathLike[str], map_location: Any) -> dict[str, torch.Tensor]:
+    """:data:`TENSORS_FILE` as a dict of tensors, with one-line errors for a bad file.
+
+    Raises:
+        FileNotFoundError: If the directory holds no ``trainable.pt``.
+        ValueError: If the file links out of the directory, is corrupt, or is not a dict of
+            named tensors.
+
+    Examples:
+        >>> import tempfile, torch
+        >>> d = write_model(tempfile.mkdtemp(), spec={}, base={}, tensors={"w": torch.ones(2)})
+        >>> read_tensors(d, "cpu")
+        {'w': tensor([1., 1.])}
+    """
+    file = _file_in(Path(directory), TENSORS_FILE)
+    if not file.is_file():
+        raise FileNotFoundError(f"{directory} holds no {TENSORS_FILE}")
+    try:
+        tensors = torch.load(file, map_location=map_location, weights_only=True)
+    except Exception as err:  # torch raises many types for truncated or foreign files
+        raise ValueError(f"{file} is corrupt or truncated ({type(err).__name__}: {err})") from None
+    if not isinstance(tensors, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in tensors.items()
+    ):
+        raise ValueError(f"{file} does not hold a dict of named tensors")
+    return tensors
+
+
+def check_tensors_fit(
+    tensors: Mapping[str, torch.Tensor],
+    listed: object,
+    trained: Mapping[str, torch.Tensor],
+    trainable: Iterable[str],
+) -> None:
+    """Refuse saved tensors that do not fit the rebuilt model exactly.
+
+    Every saved tensor must be a trained tensor of the model and listed in the config (frozen
+    weights are never saved, so a frozen key is refused), with the model's shape; every
+    trainable parameter must be saved.
+
+    Args:
+        tensors: The saved tensors (:func:`read_tensors`).
+        listed: The config's ``tensors`` section (a dict of name -> shape; ignored otherwise).
+        trained: The rebuilt model's trained tensors (``PEFTModel.trained_state_dict()``).
+        trainable: Names of the rebuilt model's trainable parameters.
+
+    Raises:
+        ValueError: Naming up to ten keys that do not fit, or that are missing.
+
+    Examples:
+        >>> import torch
+        >>> check_tensors_fit({"w": torch.ones(2)}, {"w": [2]}, {"w": torch.zeros(3)}, ["w"])
+        Traceback (most recent call last):
+        ...
+        ValueError: the saved tensors do not fit this base model: w (saved (2,), model (3,))
+    """
+    problems = [
+        f"{k} (not a trained tensor of this model: frozen weights are never saved)"
+        for k in tensors
+        if k not in trained or (isinstance(listed, dict) and k not in listed)
+    ]
+    problems += [
+        f"{k} (saved {tuple(v.shape)}, model {tuple(trained[k].shape)})"
+        for k, v in tensors.items()
+        if k in trained and trained[k].shape != v.shape
+    ]
+    if problems:
+        raise ValueError(
+            "the saved tensors do not fit this base model: " + ", ".join(problems[:10])
+        )
+    missing = [n for n in trainable if n not in tensors]
+    if missing:
+        raise ValueError(f"the saved model lacks trained tensors: {', '.join(missing[:10])}")
+
+
+def frozen_fingerprint(model: nn.Module) -> str:
+    """Fingerprint of a model's frozen tensors: every ``state_dict`` entry training leaves
+    alone (see :func:`peftsmoothing.params.trained_keys`).
+
+    ``wrap`` records it and ``load`` checks it, so that trained adapters are never loaded onto
+    another backbone (other weights with the same shapes).
+
+    Examples:
+        >>> import torch
+        >>> from torch import nn
+        >>> net = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2))
+        >>> _ = net[0].requires_grad_(False)
+        >>> before = frozen_fingerprint(net)
+        >>> with torch.no_grad():
+        ...     _ = net[1].weight.add_(1.0)  # trained: not part of the fingerprint
+        >>> frozen_fingerprint(net) == before
+        True
+    """
+    trained = trained_keys(model)
+    return tensors_fingerprint((k, v) for k, v in model.state_dict().items() if k not in trained)
+
+
+def check_base_fingerprint(
+    stored: object,
+    actual: str | None,
+    path: str | os.PathLike[str],
+    origin: str,
+    *,
+    stacklevel: int = 3,
+) -> None:
+    """Refuse a base model whose frozen weights are not those the saved model was trained on.
+
+    Args:
+        stored: The fingerprint in the config (``None`` for directories saved before 0.2,
+            which load with a ``UserWarning``).
+        actual: :func:`frozen_fingerprint` of the rebuilt model.
+        path: The saved directory, for messages.
+        origin: Where the base model came from, for messages.
+        stacklevel: Of the warning (default: the caller's caller).
+
+    Raises:
+        ValueError: If the fingerprints differ.
+
+    Examples:
+        >>> check_base_fingerprint("abc", "abc", "model", "the base model you passed")
+        >>> check_base_fingerprint("abc", "abd", "model", "x")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: model was trained on other frozen weights than those of x: ...
+    """
+    if stored is None:
+        warnings.warn(
+            f"{path} was saved without a fingerprint of its frozen weights (peftsmoothing "
+            "< 0.2), so whether this base model is the one it was trained on cannot be checked",
+            UserWarning,
+            stacklevel=stacklevel,
+        )
+        return
+    if stored != actual:
+        raise ValueError(
+            f"{path} was trained on other frozen weights than those of {origin}: the "
+            f"fingerprints differ (saved {str(stored)[:12]}..., given "
+            f"{str(actual)[:12]}...). Its adapters would run on the wrong "
+            "backbone; pass the base model (or base_weights=) it was trained on"
+        )
