@@ -277,18 +277,3 @@ def _distribution(ep: metadata.EntryPoint) -> str:
     dist = getattr(ep, "dist", None)
     name = getattr(dist, "name", None) if dist is not None else None
     return f", package {name!r}" if name else ""
-
-
-# The method protocol lived here before 0.2; its names still resolve from this module.
-_MOVED_TO_METHODS_BASE = frozenset({
-    "ENTRY_POINT_GROUP", "Method", "MethodConfig", "MethodContext", "UnknownMethodError",
-    "available_methods", "get_method", "method_descriptions", "register_method",
-})  # fmt: skip
-
-
-def __getattr__(name: str) -> Any:
-    if name in _MOVED_TO_METHODS_BASE:
-        from .methods import base
-
-        return getattr(base, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
