@@ -4,8 +4,8 @@ A checkpoint directory holds the trained tensors (written by the model's own ``s
 is :class:`peftsmoothing.trainable.Trainable`, else ``trainable.pt``) and
 ``trainer_state.pt``: optimizer, scheduler, scaler, RNG states, history and config, tensors and
 plain types only (``torch.load(weights_only=True)``). A directory is written next to its final
-place and swapped in, so a crash leaves the previous checkpoint intact (docs/design.md,
-"Checkpoints"). Only rank 0 writes. The format is that of release 0.1 (version 1).
+place and swapped in, so a crash leaves the previous checkpoint intact. Only rank 0 writes.
+The format is that of release 0.1 (version 1): those checkpoints still resume.
 """
 
 from __future__ import annotations

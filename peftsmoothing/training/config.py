@@ -140,7 +140,7 @@ class TrainerConfig:
         0, type=int, help="seed of the noise, the shuffling and torch/numpy/random")
     log_every: int = _option(50, type=int, help="progress-bar refresh interval, optimizer steps")
     monitor: str | None = _option(
-        None, help="history key that selects best/ (default: val_noisy_acc with validation "
+        None, help="history key that selects best/ (None: val_noisy_acc with validation "
         "data, else train_acc; keys with 'loss' are minimised)")
     nonfinite: str = _option(
         "stop", choices=NONFINITE,

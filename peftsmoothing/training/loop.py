@@ -201,7 +201,7 @@ class NoiseTrainer:
         self._boundary_rng: dict[str, Any] | None = None
         self._epoch_start_rng: dict[str, Any] | None = None
         self._epoch_state: EpochState | None = None
-        self.noise = NoiseSource(self.sigmas, self.config.seed, self.device)
+        self._noise = NoiseSource(self.sigmas, self.config.seed, self.device)
 
     # ------------------------------------------------------------------ small helpers
     @property
@@ -351,8 +351,8 @@ class NoiseTrainer:
         try:
             for b, batch in enumerate(it, start=skip):
                 x, y = self._prepare_batch(batch, first=b == skip)
-                sigma = self.noise.sigma(self.rank, self.epoch, b)
-                noisy = self.noise.noisy(x, sigma, self.num_noise, self.rank, self.epoch, b)
+                sigma = self._noise.sigma(self.rank, self.epoch, b)
+                noisy = self._noise.noisy(x, sigma, self.num_noise, self.rank, self.epoch, b)
                 start = (b // c.grad_accum) * c.grad_accum
                 size = min(c.grad_accum, n_batches - start)
                 boundary = b + 1 - start >= size
