@@ -15,7 +15,7 @@ from torch import nn
 
 from ..precision import autocast
 
-__all__ = ["check_images", "check_labels", "output_width", "split_batch"]
+__all__ = ["BatchGuard", "check_images", "check_labels", "output_width", "split_batch"]
 
 _RANGE_TOLERANCE = 1e-3
 
@@ -118,3 +118,37 @@ def output_width(
     if isinstance(out, torch.Tensor) and out.ndim == 2:
         return int(out.shape[1])
     return None
+
+
+class BatchGuard:
+    """Checks every batch of a model's loaders and moves it to the device.
+
+    The first batch of a pass is checked fully (image dtype and range, the model's output
+    width from one image); later ones only for labels (on CUDA only the first, to avoid a host
+    synchronisation). The range warning is given once per guard.
+
+    Examples:
+        >>> guard = BatchGuard(nn.Sequential(nn.Flatten(), nn.Linear(12, 2)),
+        ...                    torch.device("cpu"), torch.float32, "fp32")
+        >>> x, y = guard((torch.rand(2, 3, 2, 2), torch.tensor([0, 1])), first=True)
+        >>> guard.num_outputs, y.dtype
+        (2, torch.int64)
+    """
+
+    def __init__(self, module: nn.Module, device: torch.device, dtype: torch.dtype,
+                 precision: str) -> None:
+        self.module, self.device, self.dtype, self.precision = module, device, dtype, precision
+        self.num_outputs: int | None = None
+        self.warned_range = False
+
+    def __call__(self, batch: Any, *, first: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(images, labels)`` of ``batch``, checked, on the device (labels as ``long``)."""
+        x, y = split_batch(batch)
+        if first:
+            self.warned_range |= check_images(x, warn_range=not self.warned_range)
+            if self.num_outputs is None:
+                self.num_outputs = output_width(self.module, x, self.device, self.dtype,
+                                                self.precision)
+        check_labels(y, self.num_outputs, always=first)
+        x = x.to(self.device, self.dtype, non_blocking=True)
+        return x, y.to(self.device, torch.long, non_blocking=True)

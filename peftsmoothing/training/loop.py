@@ -33,7 +33,7 @@ from ..losses import LossContext, LossOutput, LossSpec, get_loss
 from ..params import freeze_frozen_batchnorm
 from ..precision import autocast
 from . import checkpoint as ckpt
-from .batches import check_images, check_labels, output_width, split_batch
+from .batches import BatchGuard
 from .build import OptimizerFactory, make_optimizer, make_reference, make_scheduler
 from .callbacks import call_hook
 from .config import TrainerConfig, config_from_keywords, option_defaults
@@ -193,8 +193,6 @@ class NoiseTrainer:
         self.history: list[dict[str, Any]] = []
         self.should_stop = False
         self.best: dict[str, Any] | None = None
-        self._num_outputs: int | None = None
-        self._warned_range = False
         self._sigint = False
         self._updating = False
         self._batches_done = 0
@@ -202,6 +200,8 @@ class NoiseTrainer:
         self._epoch_start_rng: dict[str, Any] | None = None
         self._epoch_state: EpochState | None = None
         self._noise = NoiseSource(self.sigmas, self.config.seed, self.device)
+        dtype = self.params[0].dtype if self.params[0].is_floating_point() else torch.float32
+        self._prepare_batch = BatchGuard(self.module, self.device, dtype, self.config.precision)
 
     # ------------------------------------------------------------------ small helpers
     @property
@@ -209,24 +209,9 @@ class NoiseTrainer:
         """Whether this process logs and writes files (rank 0)."""
         return self.rank == 0
 
-    def _input_dtype(self) -> torch.dtype:
-        return self.params[0].dtype if self.params[0].is_floating_point() else torch.float32
-
     def _prepare_loader(self, loader: Iterable[Any], *, train: bool) -> Iterable[Any]:
         """Under torch.distributed, give each rank its shard of a plain DataLoader."""
         return shard_loader(loader, self.topology, train=train, seed=self.config.seed)
-
-    def _prepare_batch(self, batch: Any, *, first: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """Check a batch (fully on the first one) and move it to the device."""
-        x, y = split_batch(batch)
-        if first:
-            self._warned_range |= check_images(x, warn_range=not self._warned_range)
-            if self._num_outputs is None:
-                self._num_outputs = output_width(
-                    self.module, x, self.device, self._input_dtype(), self.config.precision)
-        check_labels(y, self._num_outputs, always=first)
-        x = x.to(self.device, self._input_dtype(), non_blocking=True)
-        return x, y.to(self.device, torch.long, non_blocking=True)
 
     # ------------------------------------------------------------------ fit
     def fit(
