@@ -83,7 +83,6 @@ class NoiseTrainer:
             a frozen copy of the model as it is now.
         config: All the options as a :class:`TrainerConfig`; the option keywords must then
             keep their defaults.
-        **options: See :class:`TrainerConfig` (the remaining keywords of the signature).
 
     Raises:
         ValueError: For a model with nothing trainable, sigma < 0, or an unknown loss,
