@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import argparse
 import ast
+import dataclasses
 import sys
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["parse_options", "register", "run"]
+from ..training.config import LOSS_OPTION_ALIASES, TrainerConfig, config_from_keywords
+
+__all__ = ["add_trainer_options", "parse_options", "register", "run", "trainer_config"]
 
 
 def _value(text: str) -> Any:
@@ -80,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
 
     import peftsmoothing as ps
 
+    config = trainer_config(args)  # bad options fail before any data is loaded
     model_kwargs = parse_options(args.model_kwargs)
     method_options = parse_options(args.opt)
     if args.r is not None:
@@ -119,26 +123,11 @@ def run(args: argparse.Namespace) -> int:
         },
         "data": {"dataset": args.dataset, "image_size": args.img_size},
     }
-    sigma: float | list[float] = args.sigma[0] if len(args.sigma) == 1 else args.sigma
     out = args.out
     trainer = ps.NoiseTrainer(
         model,
-        sigma,
-        epochs=args.epochs,
-        lr=args.lr,
-        weight_decay=args.weight_decay,
-        optimizer=args.optimizer,
-        schedule=args.schedule,
-        warmup_steps=args.warmup_steps,
-        grad_accum=args.grad_accum,
-        max_grad_norm=args.max_grad_norm,
-        precision=args.precision,
-        loss=args.loss,
-        consistency_weight=args.consistency_weight,
-        num_noise=args.num_noise,
-        nonfinite=args.nonfinite,
+        config=config,
         device=args.device,
-        seed=args.seed,
         checkpoint_dir=f"{out}/checkpoints",
         metadata=metadata,
     )
@@ -167,11 +156,13 @@ def register(subparsers: Any) -> None:
     p.add_argument("--pretrained", action="store_true", help="load timm's pretrained weights")
     p.add_argument("--model-kwargs", nargs="*", default=[], metavar="KEY=VALUE",
                    help="extra timm.create_model options, e.g. img_size=32 patch_size=4")
-    p.add_argument("--method", default="lora", help="PEFT method (see `peftsmoothing methods`)")
+    p.add_argument("--method", default="lora",
+                   help=_with_default("PEFT method (see `peftsmoothing methods`)"))
     p.add_argument("--r", type=int, default=None, help="LoRA rank (shortcut for --opt r=R)")
     p.add_argument("--opt", nargs="*", default=[], metavar="KEY=VALUE",
                    help="method options, e.g. alpha=16 targets=\"['qkv']\"")
-    p.add_argument("--dataset", default="cifar10", help="cifar10, cifar100, imagenet, imagefolder")
+    p.add_argument("--dataset", default="cifar10",
+                   help=_with_default("cifar10, cifar100, imagenet, imagefolder"))
     p.add_argument("--root", required=True, help="data directory")
     p.add_argument("--img-size", "--image-size", dest="img_size", type=int, default=None,
                    help="resize the data before the noise (radii then refer to the resized "
@@ -181,28 +172,78 @@ def register(subparsers: Any) -> None:
                    "certified radii stay at the data's native resolution")
     p.add_argument("--limit", type=int, default=None, help="use only the first N training images")
     p.add_argument("--val-fraction", type=float, default=0.0,
-                   help="hold out this fraction of the training set for validation / best/")
-    p.add_argument("--sigma", type=float, nargs="+", default=[0.5],
-                   help="noise level(s) in pixel units; several: one drawn per batch")
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--batch", type=int, default=128, help="batch size per process")
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--weight-decay", type=float, default=0.0)
-    p.add_argument("--optimizer", default="adamw", help="adamw, adam or sgd")
-    p.add_argument("--schedule", default="cosine", help="cosine, linear or constant")
-    p.add_argument("--warmup-steps", type=int, default=0)
-    p.add_argument("--grad-accum", type=int, default=1)
-    p.add_argument("--max-grad-norm", type=float, default=None)
-    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
-    p.add_argument("--loss", default="ce", help="ce, consistency, stability, ...")
-    p.add_argument("--consistency-weight", type=float, default=None)
-    p.add_argument("--num-noise", type=int, default=None)
-    p.add_argument("--nonfinite", default="stop", choices=("stop", "skip"),
-                   help="on a nan/inf loss: stop (error, nothing saved over the last good "
-                   "checkpoint) or skip that optimizer step (default: %(default)s)")
-    p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
-    p.add_argument("--device", default=None, help="default: cuda (LOCAL_RANK) if available")
-    p.add_argument("--seed", type=int, default=0)
+                   help=_with_default("hold out this fraction of the training set for "
+                                       "validation / best/"))
+    p.add_argument("--batch", type=int, default=128, help=_with_default("batch size per process"))
+    p.add_argument("--workers", type=int, default=2,
+                   help=_with_default("DataLoader worker processes"))
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last")
     p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--device", default=None,
+                   help="torch device (default: cuda:LOCAL_RANK if available, else cpu)")
+    add_trainer_options(p)
     p.set_defaults(func=run, user_errors=USER_ERRORS)
+
+
+def _with_default(text: str) -> str:
+    return text.replace("%", "%%") + " (default: %(default)s)"
+
+
+def add_trainer_options(parser: argparse.ArgumentParser) -> None:
+    """Add one flag per :class:`peftsmoothing.TrainerConfig` field (``--grad-accum`` for
+    ``grad_accum``), with the help, type and choices its metadata declares, and one per loss
+    option alias (``--consistency-weight``).
+
+    Examples:
+        >>> p = argparse.ArgumentParser()
+        >>> add_trainer_options(p)
+        >>> a = p.parse_args(["--grad-accum", "2", "--sigma", "0.25", "0.5"])
+        >>> a.grad_accum, a.sigma, a.precision
+        (2, [0.25, 0.5], 'fp32')
+    """
+    group = parser.add_argument_group(
+        "training options", "the fields of peftsmoothing.TrainerConfig")
+    for f in dataclasses.fields(TrainerConfig):
+        meta = f.metadata
+        default = f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
+        kwargs: dict[str, Any] = {"dest": f.name, "default": default,
+                                  "help": _with_default(meta["help"])}
+        for key in ("type", "choices", "nargs", "metavar"):
+            if meta.get(key) is not None:
+                kwargs[key] = meta[key]
+        group.add_argument("--" + f.name.replace("_", "-"), **kwargs)
+    for alias, (option, convert) in LOSS_OPTION_ALIASES.items():
+        group.add_argument("--" + alias.replace("_", "-"), dest=alias, type=convert,
+                           default=None, metavar="VALUE",
+                           help=f"shortcut for --loss-options {option}=VALUE")
+
+
+def trainer_config(args: argparse.Namespace) -> TrainerConfig:
+    """The :class:`peftsmoothing.TrainerConfig` the flags of :func:`add_trainer_options` give.
+
+    A flag with several values gives a tuple (one value: that value); ``KEY=VALUE`` lists a
+    dict (see :func:`parse_options`).
+
+    Raises:
+        ValueError: For an invalid option (the config's own checks).
+
+    Examples:
+        >>> p = argparse.ArgumentParser()
+        >>> add_trainer_options(p)
+        >>> args = p.parse_args(["--sigma", "0.25", "0.5", "--loss", "consistency",
+        ...                      "--consistency-weight", "20",
+        ...                      "--loss-options", "entropy_weight=1"])
+        >>> c = trainer_config(args)
+        >>> c.sigma, c.loss_options
+        ((0.25, 0.5), {'entropy_weight': 1, 'consistency_weight': 20.0})
+    """
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(TrainerConfig):
+        value = getattr(args, f.name)
+        if f.metadata.get("mapping") and not isinstance(value, dict):
+            value = parse_options(value)
+        elif isinstance(value, list):
+            value = value[0] if len(value) == 1 else tuple(value)
+        values[f.name] = value
+    aliases = {alias: getattr(args, alias, None) for alias in LOSS_OPTION_ALIASES}
+    return config_from_keywords({**values, **aliases}, {})

@@ -1,0 +1,323 @@
+"""The trainer's checkpoints: ``last/``, ``best/`` and ``history.jsonl`` in ``checkpoint_dir``.
+
+A checkpoint directory holds the trained tensors (written by the model's own ``save`` when it
+is :class:`peftsmoothing.trainable.Trainable`, else ``trainable.pt``) and
+``trainer_state.pt``: optimizer, scheduler, scaler, RNG states, history and config, tensors and
+plain types only (``torch.load(weights_only=True)``). A directory is written next to its final
+place and swapped in, so a crash leaves the previous checkpoint intact. Only rank 0 writes.
+The format is that of release 0.1 (version 1): those checkpoints still resume.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+import warnings
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from .._io import atomic_save, fsync_dir
+from ..params import trained_state_dict
+from ..trainable import Trainable
+from .distributed import all_gather_objects, barrier
+from .metrics import EpochState
+from .rng import rng_state, seed_everything, set_rng_state
+
+if TYPE_CHECKING:
+    from .loop import NoiseTrainer
+
+__all__ = [
+    "HISTORY_FILE",
+    "TENSORS_FILE",
+    "TRAINER_STATE_FILE",
+    "check_finite_weights",
+    "find_checkpoint",
+    "load_checkpoint",
+    "restore_rng",
+    "save_epoch",
+    "save_interrupt",
+    "sigint_guard",
+    "write_history",
+]
+
+TRAINER_STATE_FILE = "trainer_state.pt"
+TENSORS_FILE = "trainable.pt"  # same name as serialization.TENSORS_FILE (PEFTModel.save's)
+HISTORY_FILE = "history.jsonl"
+_STATE_FORMAT = "peftsmoothing-trainer-state"
+_STATE_VERSION = 1
+
+
+def _swap_dir(tmp: Path, final: Path) -> None:
+    """Replace directory ``final`` by ``tmp``; a crash in between leaves ``.<name>.old``."""
+    old = final.parent / f".{final.name}.old"
+    if old.exists():
+        shutil.rmtree(old)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    fsync_dir(final.parent)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def find_checkpoint(
+    resume: bool | str | os.PathLike[str], checkpoint_dir: Path | None, *, quiet: bool
+) -> Path | None:
+    """The checkpoint ``fit(resume=...)`` continues from, or ``None`` to start fresh.
+
+    Args:
+        resume: ``True``: ``checkpoint_dir/last`` (or the ``.last.old`` a crash left) if it
+            exists; a path: that checkpoint directory, which must exist.
+        checkpoint_dir: The trainer's checkpoint directory.
+        quiet: Do not print the "starting from scratch" note.
+
+    Raises:
+        ValueError: ``resume=True`` without a checkpoint directory.
+        FileNotFoundError: A path that is not a trainer checkpoint.
+
+    Examples:
+        >>> import tempfile
+        >>> find_checkpoint(True, Path(tempfile.mkdtemp()), quiet=True) is None
+        True
+    """
+    if resume is True:
+        if checkpoint_dir is None:
+            raise ValueError("resume=True needs checkpoint_dir")
+        for name in ("last", ".last.old"):
+            p = checkpoint_dir / name
+            if (p / TRAINER_STATE_FILE).is_file():
+                return p
+        if not quiet:
+            # the normal first run of a resumable script: a note, not a warning
+            print(f"no checkpoint in {checkpoint_dir / 'last'} yet: starting from "
+                  "scratch", file=sys.stderr)
+        return None
+    p = Path(resume)  # type: ignore[arg-type]
+    if not (p / TRAINER_STATE_FILE).is_file():
+        raise FileNotFoundError(f"{p} is not a NoiseTrainer checkpoint ({TRAINER_STATE_FILE})")
+    return p
+
+
+def _trainer_state(
+    t: NoiseTrainer, *, rng: list[Any], epoch_start_rng: Any, partial: Any
+) -> dict[str, Any]:
+    assert t.scheduler is not None
+    return {
+        "format": _STATE_FORMAT,
+        "format_version": _STATE_VERSION,
+        "epochs_done": t.epoch,
+        "batches_done": t._batches_done,
+        "step": t.step,
+        "optimizer": t.optimizer.state_dict(),
+        "scheduler": t.scheduler.state_dict(),
+        "scaler": t.scaler.state_dict() if t.scaler is not None else None,
+        "rng": rng,
+        "epoch_start_rng": epoch_start_rng,
+        "partial_epoch": partial,
+        "history": t.history,
+        "best": t.best,
+        "config": t.config.to_dict(),
+        "world_size": t.world_size,
+    }
+
+
+def _write(t: NoiseTrainer, name: str, state: Mapping[str, Any]) -> Path:
+    assert t.checkpoint_dir is not None
+    root = t.checkpoint_dir
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{name}.", suffix=".tmp"))
+    try:
+        meta = dict(t.metadata)
+        meta["training"] = {
+            "epochs_done": t.epoch,
+            "step": t.step,
+            "sigma": t.config.to_dict()["sigma"],
+            "loss": t.config.loss,
+            "last": t.history[-1] if t.history else None,
+        }
+        if isinstance(t.module, Trainable):
+            t.module.save(tmp, metadata=meta)
+        else:
+            atomic_save(trained_state_dict(t.module), tmp / TENSORS_FILE)
+        atomic_save(dict(state), tmp / TRAINER_STATE_FILE)
+        fsync_dir(tmp)
+        _swap_dir(tmp, root / name)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return root / name
+
+
+def write_history(checkpoint_dir: Path, history: list[dict[str, Any]]) -> None:
+    """Write ``history.jsonl`` (one JSON record per epoch) atomically.
+
+    Examples:
+        >>> import tempfile
+        >>> d = Path(tempfile.mkdtemp()); write_history(d, [{"epoch": 1}])
+        >>> (d / HISTORY_FILE).read_text()
+        '{"epoch": 1}\\n'
+    """
+    text = "".join(json.dumps(r) + "\n" for r in history)
+    atomic_save(text.encode(), checkpoint_dir / HISTORY_FILE)
+
+
+def _update_best(t: NoiseTrainer, record: Mapping[str, Any]) -> bool:
+    key = t.config.monitor or ("val_noisy_acc" if "val_noisy_acc" in record else "train_acc")
+    value = record.get(key)
+    if value is None:
+        return False
+    minimise = "loss" in key
+    if t.best is None or (value < t.best["value"] if minimise else value > t.best["value"]):
+        t.best = {"metric": key, "value": float(value), "epoch": record["epoch"]}
+        return True
+    return False
+
+
+def check_finite_weights(module: nn.Module, epoch: int) -> None:
+    """Refuse to checkpoint weights that are not finite.
+
+    Raises:
+        FloatingPointError: Naming the first non-finite trained tensor.
+
+    Examples:
+        >>> check_finite_weights(nn.Linear(2, 2), epoch=1)
+    """
+    for name, p in module.named_parameters():
+        if p.requires_grad and not bool(torch.isfinite(p).all()):
+            raise FloatingPointError(
+                f"the trained parameter {name} holds nan or inf after epoch {epoch}: "
+                "not saved, so the last checkpoint stays the last finite one"
+            )
+
+
+def save_epoch(t: NoiseTrainer, loader: Any, record: Mapping[str, Any]) -> None:
+    """End-of-epoch checkpoint: ``last/``, ``best/`` when the monitored value improved, and
+    the history; a collective call (every rank gathers its RNG state to rank 0)."""
+    check_finite_weights(t.module, t.epoch)
+    gather = t.checkpoint_dir is not None  # the same on every rank: a collective or none
+    rng = all_gather_objects(rng_state(loader), t.topology) if gather else []
+    improved = _update_best(t, record)
+    if t.checkpoint_dir is None or not t.is_main:
+        barrier(t.topology)
+        return
+    state = _trainer_state(t, rng=rng, epoch_start_rng=None, partial=None)
+    last = _write(t, "last", state)
+    if improved:
+        tmp = Path(tempfile.mkdtemp(dir=t.checkpoint_dir, prefix=".best.", suffix=".tmp"))
+        shutil.rmtree(tmp)
+        shutil.copytree(last, tmp)
+        _swap_dir(tmp, t.checkpoint_dir / "best")
+    write_history(t.checkpoint_dir, t.history)
+    barrier(t.topology)
+
+
+def save_interrupt(t: NoiseTrainer, loader: Any) -> None:
+    """Checkpoint at the last completed optimizer step (rank 0 only, no collectives)."""
+    if t.checkpoint_dir is None or not t.is_main or t.scheduler is None:
+        return
+    if t._updating:
+        warnings.warn("interrupted during an optimizer step: no checkpoint written",
+                      stacklevel=3)
+        return
+    try:
+        check_finite_weights(t.module, t.epoch)
+    except FloatingPointError as err:
+        warnings.warn(f"{err}; no checkpoint written", stacklevel=3)
+        return
+    partial = t._epoch_state.to_dict() if t._epoch_state is not None else None
+    rng = [t._boundary_rng if t._boundary_rng is not None else rng_state(loader)]
+    state = _trainer_state(t, rng=rng, epoch_start_rng=t._epoch_start_rng, partial=partial)
+    path = _write(t, "last", state)
+    write_history(t.checkpoint_dir, t.history)
+    print(f"checkpoint written to {path} (epoch {t.epoch + 1}, "
+          f"{t._batches_done} batches done); resume with fit(..., resume=True)",
+          file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def sigint_guard(t: NoiseTrainer) -> Iterator[None]:
+    """First Ctrl-C: set ``t._sigint`` (the loop finishes the optimizer step, checkpoints and
+    raises KeyboardInterrupt). Second Ctrl-C: raise at once. Only in the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGINT)
+
+    def handler(signum: int, frame: Any) -> None:
+        if t._sigint:
+            signal.signal(signal.SIGINT, previous)
+            raise KeyboardInterrupt
+        t._sigint = True
+
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def load_checkpoint(t: NoiseTrainer, path: Path) -> dict[str, Any]:
+    """Load the checkpoint at ``path`` into the trainer (weights, optimizer, counters).
+
+    Warns when the options differ from the checkpoint's (other than ``epochs``).
+
+    Returns:
+        The trainer state (for the RNG streams).
+
+    Raises:
+        ValueError: Not a trainer state, or tensors that do not fit the model.
+    """
+    state = torch.load(path / TRAINER_STATE_FILE, map_location="cpu", weights_only=True)
+    if state.get("format") != _STATE_FORMAT:
+        raise ValueError(f"{path / TRAINER_STATE_FILE} is not a NoiseTrainer state")
+    tensors = torch.load(path / TENSORS_FILE, map_location=t.device, weights_only=True)
+    current = t.module.state_dict()
+    bad = [k for k in tensors if k not in current or current[k].shape != tensors[k].shape]
+    missing = [n for n, p in t.module.named_parameters() if p.requires_grad and n not in tensors]
+    if bad or missing:
+        raise ValueError(
+            f"the checkpoint {path} does not fit this model: " + ", ".join((bad + missing)[:10])
+        )
+    t.module.load_state_dict(tensors, strict=False)
+    t.optimizer.load_state_dict(state["optimizer"])
+    assert t.scheduler is not None
+    t.scheduler.load_state_dict(state["scheduler"])
+    if t.scaler is not None and state.get("scaler") is not None:
+        t.scaler.load_state_dict(state["scaler"])
+    saved = dict(state.get("config", {}))
+    now = t.config.to_dict()
+    changed = [k for k in now if k not in ("epochs",) and saved.get(k, now[k]) != now[k]]
+    if changed and t.is_main:
+        warnings.warn(
+            f"resuming with changed options: {', '.join(changed)} (checkpoint: "
+            + ", ".join(f"{k}={saved.get(k)!r}" for k in changed) + ")",
+            stacklevel=4,
+        )
+    t.epoch = int(state["epochs_done"])
+    t.step = int(state["step"])
+    t._batches_done = int(state["batches_done"])
+    t.history = list(state.get("history", []))
+    t.best = state.get("best")
+    partial = state.get("partial_epoch")
+    t._epoch_state = EpochState.from_dict(partial, t.device) if partial is not None else None
+    return state
+
+
+def restore_rng(t: NoiseTrainer, state: Mapping[str, Any], loader: Any) -> None:
+    """Continue this rank's random streams from a checkpoint (reseeded reproducibly from
+    ``(seed, rank, "resume", step)`` when an interrupt under torchrun saved only rank 0's)."""
+    rngs = state.get("rng") or []
+    mine = rngs[t.rank] if t.rank < len(rngs) and rngs[t.rank] is not None else None
+    if mine is None:
+        seed_everything(t.config.seed, t.rank, "resume", t.step)
+        return
+    set_rng_state(mine, loader)

@@ -1,0 +1,472 @@
+"""``NoiseTrainer``: fine-tune the trainable parameters of a model on Gaussian-noised images.
+
+The model takes images in [0, 1] (docs/design.md, invariant 1); the trainer adds
+``sigma * randn`` to them on the model's device and optimises only the parameters with
+``requires_grad`` (docs/design.md, invariant 3: the frozen backbone gets no gradient and no
+optimizer state). Losses come from :mod:`peftsmoothing.losses`; the options from
+:class:`~peftsmoothing.training.config.TrainerConfig`. Checkpoints
+(:mod:`~peftsmoothing.training.checkpoint`) are atomic and resumable; ``torchrun`` support is
+in :mod:`~peftsmoothing.training.distributed`.
+
+This module depends neither on the methods nor on smoothing: a :class:`peftsmoothing.PEFTModel`
+is recognised by the :class:`peftsmoothing.trainable.Trainable` protocol.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import functools
+import math
+import os
+import sys
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from ..losses import LossContext, LossOutput, LossSpec, get_loss
+from ..params import freeze_frozen_batchnorm
+from ..precision import autocast
+from . import checkpoint as ckpt
+from .batches import BatchGuard
+from .build import OptimizerFactory, make_optimizer, make_reference, make_scheduler
+from .callbacks import call_hook
+from .config import TrainerConfig, config_from_keywords, option_defaults
+from .distributed import Topology, any_rank, init_process_group, shard_loader, wrap_ddp
+from .evaluate import evaluate as _evaluate
+from .metrics import EpochState, Window, batch_metrics, epoch_record
+from .noise import NoiseSource
+from .progress import epoch_line, make_bar, set_postfix
+from .rng import rng_state, seed_everything, set_rng_state
+
+__all__ = ["NoiseTrainer"]
+
+
+class NoiseTrainer:
+    """Fine-tune a model's trainable parameters on Gaussian-noised images.
+
+    Every batch ``x`` (float images in [0, 1]) is moved to the device and
+    ``x + sigma * randn`` is fed to the model; only parameters with ``requires_grad`` are
+    optimised. Works with any ``nn.Module`` that takes [0, 1] images and returns logits, and
+    with :class:`peftsmoothing.PEFTModel` (whose checkpoints are then loadable with
+    :func:`peftsmoothing.load`). Under ``torchrun`` (``RANK`` / ``WORLD_SIZE`` set) it initialises
+    ``torch.distributed`` (gloo on CPU, nccl on CUDA), wraps the model in
+    ``DistributedDataParallel`` and shards the loaders; only rank 0 logs and writes files.
+
+    The options (``sigma``, ``epochs``, ``lr``, ``weight_decay``, ``optimizer``, ``schedule``,
+    ``warmup_steps``, ``grad_accum``, ``max_grad_norm``, ``precision``, ``loss``,
+    ``loss_options``, ``num_noise``, ``seed``, ``log_every``, ``monitor``, ``nonfinite``) are
+    the fields of :class:`TrainerConfig`, documented there; pass them as keywords or all at once
+    as ``config=``.
+
+    Args:
+        model: The model; images in [0, 1] in, logits out. Moved to ``device``.
+        sigma: Noise level(s) in pixel space; with a list, one is drawn per batch.
+        optimizer: ``"adamw"`` (default), ``"adam"``, ``"sgd"``, or a callable
+            ``params -> torch.optim.Optimizer`` (then ``config.optimizer`` is ``"custom"``).
+        consistency_weight: The consistency loss's lambda (an alias of
+            ``loss_options={"consistency_weight": ...}``; default 10, as in the paper).
+        loss_options: Options of the loss (e.g. ``{"entropy_weight": 0.5}``; ``None``: none).
+        device: Default: ``cuda:<LOCAL_RANK>`` if CUDA is available, else the CPU.
+        checkpoint_dir: Where ``last/``, ``best/`` and ``history.jsonl`` go (``None``: nowhere).
+        callbacks: :class:`Callback` objects (any object with some of its methods).
+        progress: ``True``: tqdm bar; ``False``: silent; ``None`` (default): a bar when stderr is
+            a terminal, else one log line per epoch.
+        metadata: JSON-serialisable information stored in the checkpoints' model config.
+        reference_model: Frozen classifier for losses that need one (``stability``). Default:
+            for a model with a pixel-space module (a denoiser), the model without it; otherwise
+            a frozen copy of the model as it is now.
+        config: All the options as a :class:`TrainerConfig`; the option keywords must then
+            keep their defaults.
+
+    Raises:
+        ValueError: For a model with nothing trainable, sigma < 0, or an unknown loss,
+            optimizer, schedule or precision.
+        TypeError: For an option keyword given together with ``config`` (naming it), or an
+            option the loss does not have.
+
+    Examples:
+        >>> import torch, peftsmoothing as ps
+        >>> from torch import nn
+        >>> from torch.utils.data import DataLoader, TensorDataset
+        >>> _ = torch.manual_seed(0)
+        >>> data = TensorDataset(torch.rand(32, 3, 4, 4), torch.randint(0, 2, (32,)))
+        >>> model = nn.Sequential(nn.Flatten(), nn.Linear(48, 2))
+        >>> trainer = ps.NoiseTrainer(model, sigma=0.25, epochs=2, lr=1e-2, progress=False)
+        >>> history = trainer.fit(DataLoader(data, batch_size=8))
+        >>> len(history), sorted(trainer.evaluate(DataLoader(data, batch_size=8)))[:2]
+        (2, ['clean_acc', 'clean_loss'])
+        >>> config = ps.TrainerConfig(sigma=0.25, epochs=1)
+        >>> ps.NoiseTrainer(model, config=config, progress=False).config.epochs
+        1
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        sigma: float | Sequence[float] = 0.5,
+        *,
+        epochs: int = 10,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        optimizer: str | OptimizerFactory = "adamw",
+        schedule: str = "cosine",
+        warmup_steps: int = 0,
+        grad_accum: int = 1,
+        max_grad_norm: float | None = None,
+        precision: str = "fp32",
+        loss: str = "ce",
+        consistency_weight: float | None = None,
+        loss_options: Mapping[str, Any] | None = None,
+        num_noise: int | None = None,
+        device: str | torch.device | None = None,
+        seed: int = 0,
+        checkpoint_dir: str | os.PathLike[str] | None = None,
+        log_every: int = 50,
+        callbacks: Sequence[Any] = (),
+        progress: bool | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        reference_model: nn.Module | None = None,
+        monitor: str | None = None,
+        nonfinite: str = "stop",
+        config: TrainerConfig | None = None,
+    ) -> None:
+        defaults = _option_defaults()
+        keywords = {k: v for k, v in locals().items() if k in defaults}
+        self._owns_process_group = False
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"NoiseTrainer expects an nn.Module, got {type(model).__name__}")
+        factory = optimizer if callable(optimizer) and not isinstance(optimizer, str) else None
+        if factory is not None:
+            keywords["optimizer"] = defaults["optimizer"]
+        self.config = config_from_keywords(keywords, defaults, config)
+        if factory is not None:
+            self.config = copy.copy(self.config)
+            object.__setattr__(self.config, "optimizer", "custom")
+        self.loss_spec: LossSpec = get_loss(self.config.loss)
+        self.loss_options = self.loss_spec.resolve_options(self.config.loss_options)
+        self.num_noise = self.config.num_noise or self.loss_spec.num_noise
+        self.sigmas = self.config.sigmas
+
+        # ----------------------------------------------------------- distributed + device
+        self.topology = Topology.from_env()
+        self.world_size = self.topology.world_size
+        self.rank, self.local_rank = self.topology.rank, self.topology.local_rank
+        self.device = torch.device(device) if device is not None else (
+            self.topology.default_device())
+        if self.device.type == "cuda" and self.device.index is not None:
+            torch.cuda.set_device(self.device)
+        self._owns_process_group = init_process_group(self.topology, self.device)
+        bf16_cuda = self.config.precision == "bf16" and self.device.type == "cuda"
+        if bf16_cuda and not torch.cuda.is_bf16_supported():
+            raise ValueError("precision='bf16' is not supported on this GPU; use 'fp16'")
+
+        self.module = model.to(self.device)
+        self.params = [p for p in self.module.parameters() if p.requires_grad]
+        if not self.params:
+            raise ValueError(
+                "the model has nothing trainable (every parameter has requires_grad=False); "
+                "wrap it with peftsmoothing.wrap(model, method=...) or unfreeze some parameters"
+            )
+        self.reference = make_reference(self.module, reference_model, self.device) if (
+            self.loss_spec.needs_reference
+        ) else None
+        self.model: nn.Module = wrap_ddp(self.module, self.topology, self.device)
+        self.optimizer = make_optimizer(self.config, self.params, factory)
+        self.scaler: torch.amp.GradScaler | None = (
+            torch.amp.GradScaler(self.device.type) if self.config.precision == "fp16" else None
+        )
+        self.scheduler: torch.optim.lr_scheduler.LambdaLR | None = None
+        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+        self.callbacks = list(callbacks)
+        self.progress = progress
+        self.metadata = dict(metadata or {})
+
+        self.epoch = 0  # completed epochs
+        self.step = 0  # optimizer steps
+        self.history: list[dict[str, Any]] = []
+        self.should_stop = False
+        self.best: dict[str, Any] | None = None
+        self._sigint = False
+        self._updating = False
+        self._batches_done = 0
+        self._boundary_rng: dict[str, Any] | None = None
+        self._epoch_start_rng: dict[str, Any] | None = None
+        self._epoch_state: EpochState | None = None
+        self._noise = NoiseSource(self.sigmas, self.config.seed, self.device)
+        dtype = self.params[0].dtype if self.params[0].is_floating_point() else torch.float32
+        self._prepare_batch = BatchGuard(self.module, self.device, dtype, self.config.precision)
+
+    # ------------------------------------------------------------------ small helpers
+    @property
+    def is_main(self) -> bool:
+        """Whether this process logs and writes files (rank 0)."""
+        return self.rank == 0
+
+    def _prepare_loader(self, loader: Iterable[Any], *, train: bool) -> Iterable[Any]:
+        """Under torch.distributed, give each rank its shard of a plain DataLoader."""
+        return shard_loader(loader, self.topology, train=train, seed=self.config.seed)
+
+    # ------------------------------------------------------------------ fit
+    def fit(
+        self,
+        train_loader: Iterable[Any],
+        val_loader: Iterable[Any] | None = None,
+        *,
+        resume: bool | str | os.PathLike[str] = False,
+    ) -> list[dict[str, Any]]:
+        """Train for the configured number of epochs.
+
+        Args:
+            train_loader: Yields ``(images, labels)``: float images in [0, 1], integer labels.
+                Must have a length (for the schedule). Under torchrun a plain DataLoader is
+                re-built with a ``DistributedSampler`` (its ``batch_size`` is per process).
+            val_loader: Optional; evaluated after every epoch (clean and noisy accuracy).
+            resume: ``True``: continue from ``checkpoint_dir/last`` if it exists (else start
+                fresh); a path: continue from that checkpoint directory.
+
+        Returns:
+            The history: one dict per epoch (``epoch``, ``step``, ``lr``, ``train_loss``,
+            ``train_acc`` (on noisy images), ``images_per_s``, ``time_s``, and with a
+            validation loader ``val_clean_acc``, ``val_noisy_acc``, ``val_clean_loss``,
+            ``val_noisy_loss``). Also written to ``checkpoint_dir/history.jsonl``.
+
+        Raises:
+            ValueError: For labels outside the model's outputs, non-float images, or
+                ``resume`` without a checkpoint directory.
+            KeyboardInterrupt: On Ctrl-C, after writing a checkpoint at the last completed
+                optimizer step.
+
+        Examples:
+            >>> import torch, peftsmoothing as ps
+            >>> from torch import nn
+            >>> data = [(torch.rand(4, 3, 2, 2), torch.tensor([0, 1, 0, 1]))] * 2
+            >>> t = ps.NoiseTrainer(nn.Sequential(nn.Flatten(), nn.Linear(12, 2)), epochs=1,
+            ...                     progress=False)
+            >>> [record["step"] for record in t.fit(data)]
+            [2]
+        """
+        loader = self._prepare_loader(train_loader, train=True)
+        val = self._prepare_loader(val_loader, train=False) if val_loader is not None else None
+        try:
+            n_batches = len(loader)  # type: ignore[arg-type]
+        except TypeError:
+            raise ValueError("train_loader must have a length (len(loader))") from None
+        c = self.config
+        total_steps = max(1, math.ceil(n_batches / c.grad_accum)) * c.epochs
+        self.scheduler = make_scheduler(self.optimizer, c, total_steps)
+        resume_state: dict[str, Any] | None = None
+        if resume:
+            quiet = not self.is_main or self.progress is False
+            path = ckpt.find_checkpoint(resume, self.checkpoint_dir, quiet=quiet)
+            if path is not None:
+                resume_state = ckpt.load_checkpoint(self, path)
+                if not self._batches_done:  # at an epoch boundary: continue the RNG streams
+                    ckpt.restore_rng(self, resume_state, loader)
+        if resume_state is None:
+            seed_everything(c.seed, self.rank)
+            self.epoch, self.step, self.history, self.best = 0, 0, [], None
+            self._batches_done = 0
+            self._epoch_state = None
+        self.should_stop = False
+        self._sigint = False
+        call_hook(self.callbacks, "on_fit_start", self)
+
+        with ckpt.sigint_guard(self):
+            try:
+                while self.epoch < c.epochs and not self.should_stop:
+                    record = self._run_epoch(loader, n_batches, resume_state)
+                    resume_state = None
+                    if record is None:  # stopped mid-epoch
+                        ckpt.save_interrupt(self, loader)
+                        break
+                    if val is not None:
+                        metrics = self.evaluate(val)
+                        record.update({f"val_{k}": v for k, v in metrics.items() if k != "n"})
+                    self.history.append(record)
+                    self.epoch += 1
+                    self._batches_done = 0
+                    self._epoch_state = None
+                    if self.is_main and self.progress is not False:
+                        print(epoch_line(record, c.epochs), file=sys.stderr, flush=True)
+                    call_hook(self.callbacks, "on_epoch_end", self, record)
+                    ckpt.save_epoch(self, loader, record)
+            except KeyboardInterrupt:
+                ckpt.save_interrupt(self, loader)
+                raise
+        call_hook(self.callbacks, "on_fit_end", self, self.history)
+        return self.history
+
+    def _run_epoch(
+        self, loader: Iterable[Any], n_batches: int, resume_state: Mapping[str, Any] | None
+    ) -> dict[str, Any] | None:
+        """One epoch; returns its history record, or ``None`` when stopped mid-epoch."""
+        c = self.config
+        sampler = getattr(loader, "sampler", None)
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(self.epoch)  # type: ignore[union-attr]
+        skip = self._batches_done
+        if skip and resume_state is not None and resume_state.get("epoch_start_rng") is not None:
+            set_rng_state(resume_state["epoch_start_rng"], loader)
+        self._epoch_start_rng = rng_state(loader)
+        it = iter(loader)
+        for _ in range(skip):  # resume mid-epoch: replay the loader order up to the stop
+            next(it)
+        if skip and resume_state is not None:
+            ckpt.restore_rng(self, resume_state, loader)
+        st = self._epoch_state if self._epoch_state is not None else EpochState(self.device)
+        self._epoch_state = st
+        window = Window()
+        self._boundary_rng = rng_state(loader)
+        self.model.train()
+        freeze_frozen_batchnorm(self.module)
+        bar = make_bar(self.progress, self.is_main, n_batches, skip,
+                       f"epoch {self.epoch + 1}/{c.epochs}")
+        t0 = time.perf_counter()
+        elapsed0 = st.elapsed
+        step_bad = torch.zeros((), dtype=torch.bool, device=self.device)
+        ctx = LossContext(sigma=0.0, options=self.loss_options, module=self.module,
+                          reference=self.reference)
+        try:
+            for b, batch in enumerate(it, start=skip):
+                x, y = self._prepare_batch(batch, first=b == skip)
+                sigma = self._noise.sigma(self.rank, self.epoch, b)
+                noisy = self._noise.noisy(x, sigma, self.num_noise, self.rank, self.epoch, b)
+                start = (b // c.grad_accum) * c.grad_accum
+                size = min(c.grad_accum, n_batches - start)
+                boundary = b + 1 - start >= size
+                ctx.sigma = sigma
+                sync = contextlib.nullcontext()
+                if not boundary and self.model is not self.module:
+                    sync = self.model.no_sync()  # type: ignore[operator]
+                with sync:
+                    with autocast(self.device, c.precision):
+                        out: LossOutput = self.loss_spec.fn(self.model, x, noisy, y, ctx)
+                    step_bad |= ~torch.isfinite(out.loss.detach()).all()
+                    loss = out.loss / size
+                    (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+                window.add(*batch_metrics(out, y, x.shape[0]))
+                if not boundary:
+                    continue
+                if self._nonfinite_step(step_bad, b):
+                    self.optimizer.zero_grad(set_to_none=True)
+                    window.items.clear()
+                    st.nonfinite_steps += 1
+                else:
+                    self._optimizer_step()
+                    window.fold_into(st)
+                step_bad.zero_()
+                self._batches_done = b + 1
+                self._boundary_rng = rng_state(loader)
+                if bar is not None:
+                    bar.update(size)
+                    if self.step % c.log_every == 0:
+                        set_postfix(bar, st, elapsed0 + time.perf_counter() - t0)
+                call_hook(self.callbacks, "on_step_end", self)
+                if self._sigint:
+                    raise KeyboardInterrupt
+                if self.should_stop and self._batches_done < n_batches:
+                    st.elapsed = elapsed0 + time.perf_counter() - t0
+                    return None
+        finally:
+            st.elapsed = elapsed0 + time.perf_counter() - t0
+            if bar is not None:
+                bar.close()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        st.elapsed = elapsed0 + time.perf_counter() - t0
+        lr = float(self.optimizer.param_groups[0]["lr"])
+        return epoch_record(st, epoch=self.epoch + 1, step=self.step, lr=lr,
+                            topology=self.topology)
+
+    def _nonfinite_step(self, bad: torch.Tensor, batch: int) -> bool:
+        """Whether the optimizer step ending at ``batch`` had a non-finite loss (on any rank).
+
+        Raises:
+            FloatingPointError: With ``nonfinite="stop"``, before the step is taken.
+        """
+        if not any_rank(bad, self.topology):  # one host synchronisation per optimizer step
+            return False
+        if self.config.nonfinite == "skip":
+            return True
+        raise FloatingPointError(
+            f"non-finite loss (nan or inf) at epoch {self.epoch + 1}, batch {batch + 1}: "
+            "training stopped before this optimizer step; the weights and the last checkpoint "
+            "are those of the last finite step. Lower the learning rate, clip gradients "
+            "(max_grad_norm), use bf16 instead of fp16, or pass nonfinite='skip'."
+        )
+
+    def _optimizer_step(self) -> None:
+        c = self.config
+        assert self.scheduler is not None
+        self._updating = True
+        if self.scaler is not None and c.max_grad_norm is not None:
+            self.scaler.unscale_(self.optimizer)
+        if c.max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(self.params, c.max_grad_norm)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        self.step += 1
+        self._updating = False
+
+    # ------------------------------------------------------------------ evaluation, close
+    def evaluate(self, loader: Iterable[Any], *, sigma: float | None = None) -> dict[str, float]:
+        """Clean and noisy accuracy and loss of the model on ``loader``.
+
+        The noise is seeded (``seed``), so repeated evaluations see the same noise and the
+        training random state is untouched. Under torch.distributed the loader is sharded and
+        the results are summed over the ranks (see :func:`.evaluate.evaluate`).
+
+        Args:
+            loader: Yields ``(images, labels)`` with images in [0, 1].
+            sigma: Noise level; default: the largest training sigma.
+
+        Returns:
+            ``clean_acc``, ``noisy_acc``, ``clean_loss``, ``noisy_loss``, ``sigma``, ``n``.
+
+        Examples:
+            >>> import torch, peftsmoothing as ps
+            >>> from torch import nn
+            >>> data = [(torch.rand(4, 3, 2, 2), torch.tensor([0, 1, 0, 1]))]
+            >>> model = nn.Sequential(nn.Flatten(), nn.Linear(12, 2))
+            >>> ps.NoiseTrainer(model, sigma=0.5, progress=False).evaluate(data)["n"]
+            4.0
+        """
+        return _evaluate(self, loader, sigma)
+
+    def close(self) -> None:
+        """Release ``DistributedDataParallel`` and, if the trainer created it, the process group.
+
+        Call it at the end of a ``torchrun`` script: a DDP wrapper that outlives its process
+        group can abort the process at exit. On a single process it does nothing.
+
+        Examples:
+            >>> import peftsmoothing as ps
+            >>> from torch import nn
+            >>> ps.NoiseTrainer(nn.Linear(2, 2), sigma=0.5).close()
+        """
+        if self.model is not self.module:
+            self.model = self.module
+            import gc
+
+            gc.collect()
+        if self._owns_process_group and dist.is_initialized():
+            dist.barrier()
+            dist.destroy_process_group()
+            self._owns_process_group = False
+
+
+
+@functools.cache
+def _option_defaults() -> dict[str, Any]:
+    return option_defaults(NoiseTrainer.__init__)

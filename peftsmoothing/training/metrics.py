@@ -1,0 +1,172 @@
+"""Running sums of a training epoch and the history record made from them.
+
+Sums stay on the device (no host synchronisation per batch); the batches of an optimizer step
+are folded in only when the step is taken, so a skipped non-finite step leaves no trace.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from ..losses import LossOutput
+from .distributed import Topology, sum_over_ranks
+
+__all__ = ["EpochState", "Window", "batch_metrics", "epoch_record"]
+
+BatchSums = tuple[torch.Tensor, "torch.Tensor | None", int, int, dict[str, torch.Tensor]]
+
+
+class EpochState:
+    """Running sums of one epoch, folded in at optimizer-step boundaries.
+
+    Examples:
+        >>> st = EpochState(torch.device("cpu"))
+        >>> EpochState.from_dict(st.to_dict(), torch.device("cpu")).seen
+        0
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.loss = torch.zeros((), device=device, dtype=torch.float64)
+        self.correct = torch.zeros((), device=device, dtype=torch.float64)
+        self.predicted = 0  # predictions counted for accuracy
+        self.seen = 0  # images
+        self.losses = 0  # batches
+        self.terms: dict[str, torch.Tensor] = {}
+        self.elapsed = 0.0
+        self.nonfinite_steps = 0  # optimizer steps dropped for a non-finite loss
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain numbers (stored in an interrupt checkpoint as ``partial_epoch``)."""
+        return {
+            "loss": float(self.loss),
+            "correct": float(self.correct),
+            "predicted": self.predicted,
+            "seen": self.seen,
+            "losses": self.losses,
+            "terms": {k: float(v) for k, v in self.terms.items()},
+            "elapsed": self.elapsed,
+            "nonfinite_steps": self.nonfinite_steps,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], device: torch.device) -> EpochState:
+        """The state :meth:`to_dict` wrote (``nonfinite_steps`` 0 in 0.1 checkpoints)."""
+        st = cls(device)
+        st.loss += float(d["loss"])
+        st.correct += float(d["correct"])
+        st.predicted, st.seen, st.losses = int(d["predicted"]), int(d["seen"]), int(d["losses"])
+        st.terms = {
+            k: torch.tensor(float(v), device=device, dtype=torch.float64)
+            for k, v in d["terms"].items()
+        }
+        st.elapsed = float(d["elapsed"])
+        st.nonfinite_steps = int(d.get("nonfinite_steps", 0))
+        return st
+
+
+class Window:
+    """Sums of the batches since the last optimizer step.
+
+    Examples:
+        >>> w = Window(); w.add(torch.tensor(1.0), None, 0, 4, {})
+        >>> st = EpochState(torch.device("cpu")); w.fold_into(st); st.seen, w.items
+        (4, [])
+    """
+
+    def __init__(self) -> None:
+        self.items: list[BatchSums] = []
+
+    def add(self, loss: torch.Tensor, correct: torch.Tensor | None, predicted: int, seen: int,
+            terms: dict[str, torch.Tensor]) -> None:
+        """Record one batch."""
+        self.items.append((loss, correct, predicted, seen, terms))
+
+    def fold_into(self, st: EpochState) -> None:
+        """Add the recorded batches to ``st`` and forget them."""
+        for loss, correct, predicted, seen, terms in self.items:
+            st.loss += loss
+            if correct is not None:
+                st.correct += correct
+            st.predicted += predicted
+            st.seen += seen
+            st.losses += 1
+            for k, v in terms.items():
+                if k in st.terms:
+                    st.terms[k] += v
+                else:
+                    st.terms[k] = v.to(torch.float64).clone()
+        self.items.clear()
+
+
+def batch_metrics(out: LossOutput, y: torch.Tensor, batch: int) -> BatchSums:
+    """A batch's loss, correct predictions (when the loss returns logits), counts and terms.
+
+    Examples:
+        >>> from peftsmoothing.losses import LossOutput
+        >>> out = LossOutput(torch.tensor(0.5), logits=torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
+        >>> batch_metrics(out, torch.tensor([0, 0]), 2)[1:4]
+        (tensor(1., dtype=torch.float64), 2, 2)
+    """
+    loss = out.loss.detach().to(torch.float64)
+    correct: torch.Tensor | None = None
+    predicted = 0
+    logits = out.logits
+    if logits is not None and logits.ndim == 2 and logits.shape[0] % batch == 0:
+        copies = logits.shape[0] // batch
+        labels = y if copies == 1 else y.repeat(copies)
+        correct = (logits.detach().argmax(dim=1) == labels).sum().to(torch.float64)
+        predicted = logits.shape[0]
+    terms = {k: v.detach().to(torch.float64) for k, v in out.terms.items()}
+    return loss, correct, predicted, batch, terms
+
+
+def _reduce(st: EpochState, topology: Topology) -> dict[str, Any]:
+    d = st.to_dict()
+    if topology.world_size > 1:
+        keys = ["loss", "correct", "predicted", "seen", "losses", *sorted(d["terms"])]
+        vals = [d[k] if k in d and k != "terms" else d["terms"][k] for k in keys]
+        summed = sum_over_ranks(torch.tensor(vals, dtype=torch.float64, device=st.device),
+                                topology)
+        out = dict(zip(keys, summed.tolist(), strict=True))
+        d.update({k: out[k] for k in ("loss", "correct", "predicted", "seen", "losses")})
+        d["terms"] = {k: out[k] for k in d["terms"]}
+    return d
+
+
+def epoch_record(
+    st: EpochState, *, epoch: int, step: int, lr: float, topology: Topology
+) -> dict[str, Any]:
+    """The history record of a finished epoch (``epoch`` counted from 1), summed over ranks.
+
+    Examples:
+        >>> st = EpochState(torch.device("cpu"))
+        >>> epoch_record(st, epoch=1, step=0, lr=0.1, topology=Topology())["train_acc"] is None
+        True
+    """
+    s = _reduce(st, topology)
+    record: dict[str, Any] = {
+        "epoch": epoch,
+        "step": step,
+        "lr": lr,
+        "train_loss": s["loss"] / max(1, s["losses"]),
+        "train_acc": s["correct"] / s["predicted"] if s["predicted"] else None,
+    }
+    for k, v in s["terms"].items():
+        record[f"train_{k}"] = v / max(1, s["losses"])
+    if st.nonfinite_steps:
+        record["nonfinite_steps"] = st.nonfinite_steps
+        warnings.warn(
+            f"epoch {epoch}: skipped {st.nonfinite_steps} optimizer step(s) with a "
+            "non-finite loss (nonfinite='skip')",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    record["images"] = int(s["seen"])
+    record["images_per_s"] = s["seen"] / st.elapsed if st.elapsed > 0 else None
+    record["time_s"] = st.elapsed
+    return record
