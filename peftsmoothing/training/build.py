@@ -16,7 +16,14 @@ from torch import nn
 from ..trainable import Trainable
 from .config import TrainerConfig
 
-__all__ = ["OptimizerFactory", "lr_factor", "make_optimizer", "make_reference", "make_scheduler"]
+__all__ = [
+    "OptimizerFactory",
+    "lr_factor",
+    "make_optimizer",
+    "make_reference",
+    "make_scheduler",
+    "optimizer_step",
+]
 
 OptimizerFactory = Callable[[list[nn.Parameter]], torch.optim.Optimizer]
 
@@ -112,3 +119,34 @@ def make_reference(
     for p in ref.parameters():
         p.requires_grad_(False)
     return ref
+
+
+def optimizer_step(
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    scaler: torch.amp.GradScaler | None,
+    params: list[nn.Parameter],
+    max_grad_norm: float | None,
+) -> None:
+    """One optimizer step: unscale (fp16), clip, step, zero the gradients, advance the schedule.
+
+    Examples:
+        >>> import torch
+        >>> p = torch.nn.Parameter(torch.ones(1)); p.grad = torch.ones(1)
+        >>> opt = torch.optim.SGD([p], lr=0.5)
+        >>> sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+        >>> optimizer_step(opt, sched, None, [p], max_grad_norm=None)
+        >>> p.item(), p.grad is None
+        (0.5, True)
+    """
+    if scaler is not None and max_grad_norm is not None:
+        scaler.unscale_(optimizer)
+    if max_grad_norm is not None:
+        torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    scheduler.step()

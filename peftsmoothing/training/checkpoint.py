@@ -28,6 +28,7 @@ from torch import nn
 
 from .._io import atomic_save, fsync_dir
 from ..params import trained_state_dict
+from ..serialization import TENSORS_FILE
 from ..trainable import Trainable
 from .distributed import all_gather_objects, barrier
 from .metrics import EpochState
@@ -51,7 +52,6 @@ __all__ = [
 ]
 
 TRAINER_STATE_FILE = "trainer_state.pt"
-TENSORS_FILE = "trainable.pt"  # same name as serialization.TENSORS_FILE (PEFTModel.save's)
 HISTORY_FILE = "history.jsonl"
 _STATE_FORMAT = "peftsmoothing-trainer-state"
 _STATE_VERSION = 1

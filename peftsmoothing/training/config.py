@@ -31,6 +31,7 @@ __all__ = [
 ]
 
 OPTIMIZERS: Final[tuple[str, ...]] = ("adamw", "adam", "sgd")
+CUSTOM_OPTIMIZER: Final[str] = "custom"  # the config of a trainer given an optimizer factory
 SCHEDULES: Final[tuple[str, ...]] = ("cosine", "linear", "constant")
 NONFINITE: Final[tuple[str, ...]] = ("stop", "skip")
 
@@ -170,7 +171,9 @@ class TrainerConfig:
             check_real(self.max_grad_norm, "max_grad_norm", low=0, low_open=True)
         for f in dataclasses.fields(self):
             if f.metadata.get("choices"):
-                check_choice(getattr(self, f.name), f.name, f.metadata["choices"])
+                # "custom": what NoiseTrainer records when given an optimizer factory
+                extra = (CUSTOM_OPTIMIZER,) if f.name == "optimizer" else ()
+                check_choice(getattr(self, f.name), f.name, (*f.metadata["choices"], *extra))
         # an unknown name raises UnknownLossError (a ValueError); unknown options a TypeError
         get_loss(self.loss).resolve_options(self.loss_options)
 

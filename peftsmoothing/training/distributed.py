@@ -20,6 +20,7 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, IterableDataset, RandomSampler, Sampler
 
 __all__ = [
+    "release_process_group",
     "Topology",
     "all_gather_objects",
     "any_rank",
@@ -222,3 +223,22 @@ def barrier(topology: Topology) -> None:
     """
     if topology.world_size > 1:
         dist.barrier()
+
+
+def release_process_group(owned: bool) -> bool:
+    """Drop DDP wrappers (garbage-collect them) and destroy the process group if ``owned``.
+
+    A DDP wrapper that outlives its process group can abort the process at exit. Returns
+    whether a process group is still owned (always ``False``).
+
+    Examples:
+        >>> release_process_group(False)
+        False
+    """
+    import gc
+
+    gc.collect()
+    if owned and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+    return False

@@ -15,7 +15,7 @@ is recognised by the :class:`peftsmoothing.trainable.Trainable` protocol.
 from __future__ import annotations
 
 import contextlib
-import copy
+import dataclasses
 import functools
 import math
 import os
@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from ..losses import LossContext, LossOutput, LossSpec, get_loss
@@ -34,10 +33,23 @@ from ..params import freeze_frozen_batchnorm
 from ..precision import autocast
 from . import checkpoint as ckpt
 from .batches import BatchGuard
-from .build import OptimizerFactory, make_optimizer, make_reference, make_scheduler
+from .build import (
+    OptimizerFactory,
+    make_optimizer,
+    make_reference,
+    make_scheduler,
+    optimizer_step,
+)
 from .callbacks import call_hook
-from .config import TrainerConfig, config_from_keywords, option_defaults
-from .distributed import Topology, any_rank, init_process_group, shard_loader, wrap_ddp
+from .config import CUSTOM_OPTIMIZER, TrainerConfig, config_from_keywords, option_defaults
+from .distributed import (
+    Topology,
+    any_rank,
+    init_process_group,
+    release_process_group,
+    shard_loader,
+    wrap_ddp,
+)
 from .evaluate import evaluate as _evaluate
 from .metrics import EpochState, Window, batch_metrics, epoch_record
 from .noise import NoiseSource
@@ -146,8 +158,7 @@ class NoiseTrainer:
             keywords["optimizer"] = defaults["optimizer"]
         self.config = config_from_keywords(keywords, defaults, config)
         if factory is not None:
-            self.config = copy.copy(self.config)
-            object.__setattr__(self.config, "optimizer", "custom")
+            self.config = dataclasses.replace(self.config, optimizer=CUSTOM_OPTIMIZER)
         self.loss_spec: LossSpec = get_loss(self.config.loss)
         self.loss_options = self.loss_spec.resolve_options(self.config.loss_options)
         self.num_noise = self.config.num_noise or self.loss_spec.num_noise
@@ -402,20 +413,10 @@ class NoiseTrainer:
         )
 
     def _optimizer_step(self) -> None:
-        c = self.config
         assert self.scheduler is not None
         self._updating = True
-        if self.scaler is not None and c.max_grad_norm is not None:
-            self.scaler.unscale_(self.optimizer)
-        if c.max_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_(self.params, c.max_grad_norm)
-        if self.scaler is not None:
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scheduler.step()
+        optimizer_step(self.optimizer, self.scheduler, self.scaler, self.params,
+                       self.config.max_grad_norm)  # fmt: skip
         self.step += 1
         self._updating = False
 
@@ -455,15 +456,8 @@ class NoiseTrainer:
             >>> from torch import nn
             >>> ps.NoiseTrainer(nn.Linear(2, 2), sigma=0.5).close()
         """
-        if self.model is not self.module:
-            self.model = self.module
-            import gc
-
-            gc.collect()
-        if self._owns_process_group and dist.is_initialized():
-            dist.barrier()
-            dist.destroy_process_group()
-            self._owns_process_group = False
+        self.model = self.module
+        self._owns_process_group = release_process_group(self._owns_process_group)
 
 
 
