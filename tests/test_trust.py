@@ -283,3 +283,88 @@ def test_official_format_still_loads(tmp_path: Path) -> None:
     x, y = load_cifar(tmp_path, train=False)
     assert x.shape == (2, 32, 32, 3) and y.tolist() == [3, 8]
     assert np.array_equal(x[1].transpose(2, 0, 1).reshape(-1), data[1])
+
+
+# ---------------------------------------------------------- checkpoints: fail early, recover
+def trained_checkpoint(tmp_path: Path, epochs: int = 2) -> Path:
+    torch.manual_seed(0)
+    trainer = ps.NoiseTrainer(Diverges(bad=set()), 0.25, epochs=epochs, progress=False,
+                              checkpoint_dir=tmp_path / "ckpt", monitor="train_loss")  # fmt: skip
+    trainer.fit(data())
+    return tmp_path / "ckpt"
+
+
+def test_unwritable_checkpoint_dir_fails_before_training(tmp_path: Path) -> None:
+    a_file = tmp_path / "out"
+    a_file.write_text("not a folder")
+    with pytest.raises(ValueError, match="is a file"):
+        ps.NoiseTrainer(Diverges(bad=set()), 0.25, checkpoint_dir=a_file)
+    with pytest.raises(ValueError, match="cannot write checkpoints"):
+        ps.NoiseTrainer(Diverges(bad=set()), 0.25, checkpoint_dir=a_file / "sub")
+    with pytest.raises(ValueError, match="cannot write checkpoints"):  # read-only even for root
+        ps.NoiseTrainer(Diverges(bad=set()), 0.25, checkpoint_dir="/proc/self/peftsmoothing")
+
+
+def test_corrupt_last_checkpoint_falls_back_to_best(tmp_path: Path) -> None:
+    ckpt = trained_checkpoint(tmp_path)
+    state = ckpt / "last" / "trainer_state.pt"
+    state.write_bytes(state.read_bytes()[:200])  # truncated, as by a full disk
+    trainer = ps.NoiseTrainer(Diverges(bad=set()), 0.25, epochs=3, progress=False,
+                              checkpoint_dir=ckpt, monitor="train_loss")  # fmt: skip
+    with pytest.warns(UserWarning, match=r"corrupt or truncated.*resuming from .*best"):
+        history = trainer.fit(data(), resume=True)
+    assert len(history) == 3
+
+
+def test_both_checkpoints_corrupt_is_one_error_naming_both(tmp_path: Path) -> None:
+    ckpt = trained_checkpoint(tmp_path)
+    for name in ("last", "best"):
+        (ckpt / name / "trainable.pt").write_bytes(b"garbage")
+    trainer = ps.NoiseTrainer(Diverges(bad=set()), 0.25, epochs=3, progress=False,
+                              checkpoint_dir=ckpt, monitor="train_loss")  # fmt: skip
+    with pytest.raises(ValueError, match=r"no readable checkpoint: .*last.*best"):
+        trainer.fit(data(), resume=True)
+
+
+def test_stale_temporaries_of_dead_runs_are_cleaned_live_ones_kept(tmp_path: Path) -> None:
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    dead = ckpt / ".last.999999999.abcd.tmp"  # no such process
+    dead.mkdir()
+    (dead / "trainable.pt").write_bytes(b"half")
+    live = ckpt / f".last.{os.getpid()}.efgh.tmp"  # this process: alive
+    live.mkdir()
+    ps.NoiseTrainer(Diverges(bad=set()), 0.25, checkpoint_dir=ckpt)
+    assert not dead.exists() and live.exists()
+
+
+DISK_FULL = r"""
+import resource, signal, sys, torch
+from torch.utils.data import DataLoader, TensorDataset
+import peftsmoothing as ps
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+torch.manual_seed(0)
+model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12 * 64, 2))
+data = DataLoader(TensorDataset(torch.rand(8, 3, 2, 2).repeat(1, 1, 8, 8),
+                                torch.randint(0, 2, (8,))), batch_size=4)
+trainer = ps.NoiseTrainer(model, 0.25, epochs=2, progress=False, checkpoint_dir=sys.argv[1])
+resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))  # the disk is full from now on
+try:
+    trainer.fit(data)
+except OSError as err:
+    print("OSError", err.errno)
+"""
+
+
+def test_full_disk_leaves_no_torn_checkpoint(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    script = tmp_path / "full.py"
+    script.write_text(DISK_FULL)
+    ckpt = tmp_path / "ckpt"
+    out = subprocess.run([sys.executable, str(script), str(ckpt)], capture_output=True,
+                         text=True, timeout=120)  # fmt: skip
+    assert "OSError 27" in out.stdout, out.stderr  # EFBIG: the write hit the limit
+    assert not (ckpt / "last").exists()  # nothing half-written was swapped in
+    assert not [p for p in ckpt.iterdir() if p.name.endswith(".tmp")]  # temporaries removed

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from .._io import atomic_save, fsync_dir
+from .._io import atomic_save, clean_stale_temporaries, fsync_dir, temporary_prefix
 from ..params import trained_state_dict
 from ..serialization import TENSORS_FILE
 from ..trainable import Trainable
@@ -107,6 +107,84 @@ def find_checkpoint(
     return p
 
 
+def prepare_dir(checkpoint_dir: Path) -> None:
+    """Check before any training that checkpoints can be written to ``checkpoint_dir``, and
+    remove the temporary files that killed runs left there (a live run's stay).
+
+    Raises:
+        ValueError: If it is a file, or cannot be created or written (one line, naming it).
+
+    Examples:
+        >>> import tempfile
+        >>> prepare_dir(Path(tempfile.mkdtemp()) / "checkpoints")
+    """
+    try:
+        if checkpoint_dir.exists() and not checkpoint_dir.is_dir():
+            raise ValueError(f"checkpoint directory {checkpoint_dir} is a file")
+        checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=checkpoint_dir, prefix=temporary_prefix("probe"),
+                                     suffix=".tmp")  # fmt: skip
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise ValueError(
+            f"cannot write checkpoints to {checkpoint_dir}: {err.strerror or err}"
+        ) from None
+    clean_stale_temporaries(checkpoint_dir)
+
+
+def _read(path: Path, device: torch.device) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """The trainer state and trained tensors of checkpoint ``path``, or a one-line error."""
+    out: list[Any] = []
+    for name, location in ((TRAINER_STATE_FILE, "cpu"), (TENSORS_FILE, device)):
+        file = path / name
+        try:
+            obj = torch.load(file, map_location=location, weights_only=True)
+        except FileNotFoundError:
+            raise ValueError(f"{file} is missing") from None
+        except Exception as err:  # torch raises many types for truncated or foreign files
+            raise ValueError(f"{file} is corrupt or truncated ({type(err).__name__})") from None
+        if not isinstance(obj, dict):
+            raise ValueError(f"{file} is corrupt: it holds a {type(obj).__name__}")
+        out.append(obj)
+    state, tensors = out
+    if state.get("format") != _STATE_FORMAT:
+        raise ValueError(f"{path / TRAINER_STATE_FILE} is not a NoiseTrainer state")
+    return state, tensors
+
+
+def resume(
+    t: NoiseTrainer, resume: bool | str | os.PathLike[str], *, quiet: bool
+) -> dict[str, Any] | None:
+    """Load the checkpoint ``fit(resume=...)`` continues from; ``None`` to start fresh.
+
+    With ``resume=True`` a corrupt ``last`` checkpoint (a file truncated by a full disk, say)
+    falls back to ``best`` with a warning; if both are unreadable the error names both.
+
+    Raises:
+        ValueError: No readable checkpoint where one must be, or one that does not fit.
+    """
+    path = find_checkpoint(resume, t.checkpoint_dir, quiet=quiet)
+    if path is None:
+        return None
+    try:
+        return load_checkpoint(t, path)
+    except _Unreadable as err:
+        best = path.parent / "best"
+        if resume is not True or not (best / TRAINER_STATE_FILE).is_file():
+            raise ValueError(str(err)) from None
+        try:
+            state = load_checkpoint(t, best)
+        except _Unreadable as err2:
+            raise ValueError(f"no readable checkpoint: {err}; and {err2}") from None
+        warnings.warn(f"{err}; resuming from {best} instead", UserWarning, stacklevel=3)
+        return state
+
+
+class _Unreadable(ValueError):
+    """A checkpoint file that cannot be read (as opposed to one that does not fit)."""
+
+
 def _trainer_state(
     t: NoiseTrainer, *, rng: list[Any], epoch_start_rng: Any, partial: Any
 ) -> dict[str, Any]:
@@ -134,7 +212,7 @@ def _write(t: NoiseTrainer, name: str, state: Mapping[str, Any]) -> Path:
     assert t.checkpoint_dir is not None
     root = t.checkpoint_dir
     root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{name}.", suffix=".tmp"))
+    tmp = Path(tempfile.mkdtemp(dir=root, prefix=temporary_prefix(name), suffix=".tmp"))
     try:
         meta = dict(t.metadata)
         meta["training"] = {
@@ -212,7 +290,8 @@ def save_epoch(t: NoiseTrainer, loader: Any, record: Mapping[str, Any]) -> None:
     state = _trainer_state(t, rng=rng, epoch_start_rng=None, partial=None)
     last = _write(t, "last", state)
     if improved:
-        tmp = Path(tempfile.mkdtemp(dir=t.checkpoint_dir, prefix=".best.", suffix=".tmp"))
+        tmp = Path(tempfile.mkdtemp(dir=t.checkpoint_dir, prefix=temporary_prefix("best"),
+                                    suffix=".tmp"))  # fmt: skip
         shutil.rmtree(tmp)
         shutil.copytree(last, tmp)
         _swap_dir(tmp, t.checkpoint_dir / "best")
@@ -274,12 +353,12 @@ def load_checkpoint(t: NoiseTrainer, path: Path) -> dict[str, Any]:
         The trainer state (for the RNG streams).
 
     Raises:
-        ValueError: Not a trainer state, or tensors that do not fit the model.
+        ValueError: Not a (readable) trainer state, or tensors that do not fit the model.
     """
-    state = torch.load(path / TRAINER_STATE_FILE, map_location="cpu", weights_only=True)
-    if state.get("format") != _STATE_FORMAT:
-        raise ValueError(f"{path / TRAINER_STATE_FILE} is not a NoiseTrainer state")
-    tensors = torch.load(path / TENSORS_FILE, map_location=t.device, weights_only=True)
+    try:
+        state, tensors = _read(path, t.device)
+    except ValueError as err:
+        raise _Unreadable(str(err)) from None
     current = t.module.state_dict()
     bad = [k for k in tensors if k not in current or current[k].shape != tensors[k].shape]
     missing = [n for n, p in t.module.named_parameters() if p.requires_grad and n not in tensors]

@@ -194,6 +194,8 @@ class NoiseTrainer:
         )
         self.scheduler: torch.optim.lr_scheduler.LambdaLR | None = None
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+        if self.checkpoint_dir is not None and self.is_main:
+            ckpt.prepare_dir(self.checkpoint_dir)  # fail before training, not after an epoch
         self.callbacks = list(callbacks)
         self.progress = progress
         self.metadata = dict(metadata or {})
@@ -274,11 +276,9 @@ class NoiseTrainer:
         resume_state: dict[str, Any] | None = None
         if resume:
             quiet = not self.is_main or self.progress is False
-            path = ckpt.find_checkpoint(resume, self.checkpoint_dir, quiet=quiet)
-            if path is not None:
-                resume_state = ckpt.load_checkpoint(self, path)
-                if not self._batches_done:  # at an epoch boundary: continue the RNG streams
-                    ckpt.restore_rng(self, resume_state, loader)
+            resume_state = ckpt.resume(self, resume, quiet=quiet)
+            if resume_state is not None and not self._batches_done:
+                ckpt.restore_rng(self, resume_state, loader)  # at an epoch boundary
         if resume_state is None:
             seed_everything(c.seed, self.rank)
             self.epoch, self.step, self.history, self.best = 0, 0, [], None
