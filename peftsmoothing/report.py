@@ -7,12 +7,14 @@ fraction of images whose certified prediction is correct with a certified radius
 ``r``, plus the average certified radius (ACR), the abstain rate and the smoothed classifier's
 clean accuracy.
 
-The log format is :mod:`peftsmoothing.certlog`; paired comparisons of two reports are
+Logs of format 2 and 1 and Cohen et al.'s logs are read (:mod:`peftsmoothing.certlog`), and
+every row is checked (:func:`validate_rows`) before it counts; paired comparisons of two reports are
 :mod:`peftsmoothing.paired` and plots :mod:`peftsmoothing.plots` (both re-exported here).
 """
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
@@ -21,10 +23,10 @@ from typing import Any
 
 import numpy as np
 
-from .certlog import LogRow, parse_log
+from .certlog import LogRow, parse_log, read_settings, settings_diff
 from .paired import PairedDifference, paired_difference
 from .plots import _default_max_radius, plot_certified_accuracy
-from .stats import ABSTAIN
+from .stats import ABSTAIN, clopper_pearson_lower
 from .validation import check_choice, check_real
 
 __all__ = [
@@ -33,6 +35,7 @@ __all__ = [
     "PairedDifference",
     "certified_accuracy_table",
     "plot_certified_accuracy",
+    "validate_rows",
 ]
 
 DEFAULT_RADII: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -81,7 +84,7 @@ class CertificationReport:
         conflicts = 0
         for row in rows:
             first = unique.setdefault(row.idx, row)
-            if first is not row and first.values()[:-1] != row.values()[:-1]:
+            if first is not row and first.certificate() != row.certificate():
                 conflicts += 1
         if conflicts:
             warnings.warn(
@@ -92,6 +95,9 @@ class CertificationReport:
             )
         kept = list(unique.values())
         self.name = name
+        self.settings: dict[str, Any] | None = None
+        """The settings file of the log this report was read from (``None``: none, or
+        several logs)."""
         self.rows: tuple[LogRow, ...] = tuple(kept)
         self.idx = np.array([r.idx for r in kept], dtype=np.int64)
         self.label = np.array([r.label for r in kept], dtype=np.int64)
@@ -113,27 +119,31 @@ class CertificationReport:
     # ------------------------------------------------------------------------ reading
     @classmethod
     def from_log(
-        cls, path: str | os.PathLike[str], name: str | None = None
+        cls, path: str | os.PathLike[str], name: str | None = None, *, validate: bool = True
     ) -> CertificationReport:
-        """Read a log written by ``certify_dataset`` (a torn last line is ignored, with a warning).
+        """Read a log written by ``certify_dataset``, or by Cohen et al.'s ``certify.py`` (a
+        torn last line is ignored, with a warning).
 
         Args:
             path: The tab-separated log.
             name: Label for tables and plots (default: the file name without extension).
+            validate: Refuse impossible rows (:func:`validate_rows`, with sigma from the
+                log's settings file when it has one).
 
         Returns:
             The report.
 
         Raises:
             FileNotFoundError: If ``path`` does not exist.
-            ValueError: If the file is not a certification log or is corrupted.
+            ValueError: If the file is not a certification log, is corrupted, or holds an
+                impossible row.
 
         Examples:
             >>> import os, tempfile
-            >>> from peftsmoothing.certlog import LOG_COLUMNS
+            >>> from peftsmoothing.certlog import LOG_COLUMNS_V1
             >>> path = os.path.join(tempfile.mkdtemp(), "certify.tsv")
             >>> with open(path, "w") as f:
-            ...     _ = f.write("\\t".join(LOG_COLUMNS) + "\\n")
+            ...     _ = f.write("\\t".join(LOG_COLUMNS_V1) + "\\n")
             ...     _ = f.write("0\\t3\\t3\\t0.5\\t1\\t0.84\\t99\\t100\\t2.0\\n")
             >>> report = CertificationReport.from_log(path)
             >>> report.name, len(report), report.acr
@@ -149,27 +159,43 @@ class CertificationReport:
                 UserWarning,
                 stacklevel=2,
             )
-        return cls(rows, name=p.stem if name is None else name)
+        settings = read_settings(p)
+        if validate:
+            sigma = settings.get("sigma") if settings else None
+            validate_rows(rows, str(p), sigma if isinstance(sigma, (int, float)) else None)
+        report = cls(rows, name=p.stem if name is None else name)
+        report.settings = settings
+        return report
 
     @classmethod
     def from_logs(
-        cls, paths: Sequence[str | os.PathLike[str]], name: str | None = None
+        cls,
+        paths: Sequence[str | os.PathLike[str]],
+        name: str | None = None,
+        *,
+        allow_mixed: bool = False,
+        validate: bool = True,
     ) -> CertificationReport:
         """Merge several logs (e.g. the shards of one run) into one report, one row per image.
 
         Args:
             paths: Log files.
             name: Label for tables and plots (default: the first file's name).
+            allow_mixed: Merge logs whose settings files differ (or of which only some have
+                one). By default that is refused: one number from certificates of different
+                settings, models or data is not a result of any of them.
+            validate: Check every row (see :meth:`from_log`).
 
         Returns:
             The merged report.
 
         Raises:
-            ValueError: If ``paths`` is empty, or a file is not a certification log.
+            ValueError: If ``paths`` is empty, a file is not a certification log, or the logs'
+                settings differ and ``allow_mixed`` is false.
 
         Examples:
             >>> import os, tempfile
-            >>> from peftsmoothing.certlog import LOG_COLUMNS
+            >>> from peftsmoothing.certlog import LOG_COLUMNS_V1 as LOG_COLUMNS
             >>> folder = tempfile.mkdtemp()
             >>> for shard, line in enumerate(["0\\t1\\t1\\t0.5\\t1\\t0.8\\t9\\t10\\t1.0",
             ...                               "1\\t2\\t-1\\t0.0\\t0\\t0.3\\t5\\t10\\t1.0"]):
@@ -182,10 +208,26 @@ class CertificationReport:
         """
         if isinstance(paths, (str, os.PathLike)) or not list(paths):
             raise ValueError("from_logs expects a non-empty list of log paths")
-        rows: list[LogRow] = []
-        for path in paths:
-            rows.extend(cls.from_log(path).rows)
-        return cls(rows, name=Path(paths[0]).stem if name is None else name)
+        reports = [cls.from_log(path, validate=validate) for path in paths]
+        if not allow_mixed:
+            first = reports[0].settings
+            for path, report in zip(paths[1:], reports[1:], strict=True):
+                other = report.settings
+                if (first is None) != (other is None):
+                    diff = ["one of them has no settings file"]
+                else:
+                    diff = settings_diff(first, other) if first and other else []
+                if diff:
+                    raise ValueError(
+                        f"{path} was certified with other settings than {paths[0]}: "
+                        f"{', '.join(diff)}; merging them would mix certificates of different "
+                        "runs (compare them instead, or pass allow_mixed=True / --allow-mixed)"
+                    )
+        rows = [row for report in reports for row in report.rows]
+        merged = cls(rows, name=Path(paths[0]).stem if name is None else name)
+        if len(reports) == 1:
+            merged.settings = reports[0].settings
+        return merged
 
     # ------------------------------------------------------------------------ numbers
     def _require_rows(self) -> None:
@@ -427,6 +469,53 @@ def certified_accuracy_table(
         cells += [f"{report.acr:.3f}", f"{report.abstain_rate:.3f}", str(len(report))]
         lines.append(f"| {name.replace('|', '/')} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def validate_rows(rows: Sequence[LogRow], name: str = "log", sigma: float | None = None) -> None:
+    """Refuse rows no certification can have written; row ``i`` is on line ``i + 2`` of the log.
+
+    The rules: ``correct == int(predict == label)``; an abstention (``predict == -1``) has
+    radius 0; with ``sigma`` known, ``radius <= sigma * Phi^-1(pa_lower)`` (relative tolerance
+    1e-9); for rows that record ``alpha`` (format 2), ``pa_lower`` is the Clopper-Pearson bound
+    of ``count`` in ``n`` at ``alpha`` (relative tolerance 1e-9). Rows of Cohen et al.'s logs
+    (no counts) are checked by the first two rules.
+
+    Raises:
+        ValueError: Naming the file, the line and the rule of the first impossible row.
+
+    Examples:
+        >>> validate_rows([LogRow(0, 1, -1, 0.5, 0, 0.4, 4, 10, 1.0)], "x.tsv")
+        Traceback (most recent call last):
+        ...
+        ValueError: x.tsv, line 2: an abstention (predict -1) has radius 0, got 0.5
+    """
+    from scipy.stats import norm
+
+    for number, row in enumerate(rows, start=2):
+        where = f"{name}, line {number}"
+        if row.correct != int(row.predict == row.label):
+            raise ValueError(
+                f"{where}: correct must be int(predict == label), got correct={row.correct} "
+                f"for predict={row.predict}, label={row.label}"
+            )
+        if row.predict == ABSTAIN and row.radius != 0:
+            raise ValueError(f"{where}: an abstention (predict -1) has radius 0, got {row.radius}")
+        if row.n == 0:  # Cohen et al.'s row: no counts to check
+            continue
+        if sigma is not None and row.predict != ABSTAIN:
+            bound = sigma * float(norm.ppf(row.pa_lower)) if row.pa_lower < 1 else math.inf
+            if row.radius > max(bound, 0.0) * (1 + 1e-9):
+                raise ValueError(
+                    f"{where}: radius {row.radius} exceeds sigma * Phi^-1(pa_lower) = {bound} "
+                    f"(sigma {sigma}, pa_lower {row.pa_lower})"
+                )
+        if row.alpha is not None:
+            expected = clopper_pearson_lower(row.count, row.n, row.alpha)
+            if not math.isclose(row.pa_lower, expected, rel_tol=1e-9, abs_tol=1e-300):
+                raise ValueError(
+                    f"{where}: pa_lower {row.pa_lower} is not the Clopper-Pearson bound of "
+                    f"count {row.count} in n {row.n} at alpha {row.alpha} ({expected})"
+                )
 
 
 def _csv_cell(text: str) -> str:

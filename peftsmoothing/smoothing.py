@@ -25,7 +25,7 @@ import math
 import os
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
@@ -493,42 +493,14 @@ class SmoothedClassifier:
         shard: tuple[int, int] | None = None,
         seed: int = 0,
         progress: bool | None = None,
+        log_format: str = "peftsmoothing",
+        dataset_info: Mapping[str, Any] | None = None,
     ) -> CertificationReport:
         """Certify every ``skip``-th image of a dataset, logging one row per image as it goes.
 
-        Image ``i`` is certified with a seed derived from ``(seed, i)``, so its certificate
-        does not depend on which images were certified before it, on ``skip``, on sharding or
-        on resuming. Each log row is flushed and fsynced; with ``resume=True`` images already in
-        the log are skipped, and a torn last line (process killed mid-write) is truncated and
-        that image certified again, so no row is ever lost or duplicated.
-
-        Args:
-            dataset: Map-style dataset of ``(image (C, H, W) in [0, 1], int label)`` pairs.
-            n0: Number of selection samples per image.
-            n: Number of estimation samples per image.
-            alpha: Failure probability of each certificate.
-            batch_size: Noisy images per forward pass.
-            log: Tab-separated log to write (columns :data:`LOG_COLUMNS`, one header line),
-                plus a ``<log>.json`` file with the settings; ``None``: no log.
-            resume: Continue an existing log (which must have been written with the same
-                sigma, n0, n, alpha, seed and precision). If ``False`` an existing log is an error.
-            indices: Dataset indices to consider (default: all).
-            skip: Certify every ``skip``-th of those indices (Cohen et al. use 20 on CIFAR-10).
-            shard: ``(i, k)``: certify only the ``i``-th of ``k`` disjoint, interleaved slices
-                of the selected indices (one per process or GPU; merge logs with
-                :meth:`CertificationReport.from_logs`).
-            seed: Master seed of the per-image seeds.
-            progress: Show a progress bar (images/s, running certified accuracy); default:
-                when stderr is a terminal.
-
-        Returns:
-            A :class:`peftsmoothing.CertificationReport` over the selected images (this
-            shard's), including those already in the log.
-
-        Raises:
-            ValueError: For invalid arguments, a log written with other settings, a corrupted
-                log, or a label outside ``[0, num_classes)``.
-            FileExistsError: If ``log`` exists and ``resume=False``.
+        Per-image seeds, a crash-safe log that resumes (refusing other settings, models or
+        data), shards and the Cohen et al. log format: see
+        :func:`peftsmoothing.runner.certify_dataset` for every argument and error.
 
         Examples:
             >>> import torch, peftsmoothing as ps
@@ -542,5 +514,6 @@ class SmoothedClassifier:
         """
         return runner.certify_dataset(
             self, dataset, n0, n, alpha, batch_size, log=log, resume=resume, indices=indices,
-            skip=skip, shard=shard, seed=seed, progress=progress,
+            skip=skip, shard=shard, seed=seed, progress=progress, log_format=log_format,
+            dataset_info=dataset_info,
         )  # fmt: skip
