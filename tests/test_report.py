@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 import peftsmoothing as ps
-from peftsmoothing.report import certified_accuracy_table
 from peftsmoothing.certlog import LOG_COLUMNS_V1
+from peftsmoothing.report import certified_accuracy_table
 from peftsmoothing.smoothing import LogRow
 
 HEADER = "\t".join(LOG_COLUMNS_V1) + "\n"  # format 1: still read
