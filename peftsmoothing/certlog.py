@@ -178,15 +178,15 @@ class LogRow:
             row = cls(*values)
         else:
             raise ValueError(f"expected {len(LOG_COLUMNS)} tab-separated fields, got {len(parts)}")
-        row._check()
+        row._check(cohen=len(parts) == len(COHEN_COLUMNS))
         return row
 
-    def _check(self) -> None:
+    def _check(self, cohen: bool) -> None:
         if self.correct not in (0, 1) or self.idx < 0 or self.label < 0 or self.predict < -1:
             raise ValueError("inconsistent values")
         if not (math.isfinite(self.radius) and self.radius >= 0 and self.seconds >= 0):
             raise ValueError("radius or seconds out of range")
-        if self.n == 0:  # a Cohen row: no counts, no bound
+        if cohen:  # a row of Cohen et al.'s layout: no counts, no bound
             if self.count != 0 or not math.isnan(self.pa_lower) or self.alpha is not None:
                 raise ValueError("inconsistent values")
             return

@@ -169,6 +169,14 @@ def test_cohen_logs_are_read(
     assert capsys.readouterr().out.splitlines()[1] == "cohen,0.5,0.25,0.2655,0.25,4"
 
 
+def test_only_cohen_rows_may_lack_counts() -> None:
+    from peftsmoothing.certlog import LogRow
+
+    assert LogRow.from_line("0\t1\t1\t0.5\t1\t0.25").n == 0
+    with pytest.raises(ValueError, match="inconsistent"):
+        LogRow.from_line("0\t1\t1\t0.5\t1\tnan\t0\t0\t0.25")
+
+
 def test_cohen_logs_are_written_and_resumed(tmp_path: Path) -> None:
     log = tmp_path / "cohen.tsv"
     first = run(log, indices=[0, 1, 2], log_format="cohen")
