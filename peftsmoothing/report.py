@@ -7,14 +7,13 @@ fraction of images whose certified prediction is correct with a certified radius
 ``r``, plus the average certified radius (ACR), the abstain rate and the smoothed classifier's
 clean accuracy.
 
-Logs of format 2 and 1 and Cohen et al.'s logs are read (:mod:`peftsmoothing.certlog`), and
-every row is checked (:func:`validate_rows`) before it counts; paired comparisons of two reports are
-:mod:`peftsmoothing.paired` and plots :mod:`peftsmoothing.plots` (both re-exported here).
+Logs of format 2 and 1 and Cohen et al.'s are read, each row checked before it counts
+(:mod:`peftsmoothing.certlog`); paired comparisons of two reports are :mod:`peftsmoothing.paired`
+and plots :mod:`peftsmoothing.plots` (both re-exported here).
 """
 
 from __future__ import annotations
 
-import math
 import os
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
@@ -23,10 +22,10 @@ from typing import Any
 
 import numpy as np
 
-from .certlog import LogRow, parse_log, read_settings, settings_diff
+from .certlog import LogRow, check_same_settings, parse_log, read_settings, validate_rows
 from .paired import PairedDifference, paired_difference
 from .plots import _default_max_radius, plot_certified_accuracy
-from .stats import ABSTAIN, clopper_pearson_lower
+from .stats import ABSTAIN
 from .validation import check_choice, check_real
 
 __all__ = [
@@ -95,9 +94,7 @@ class CertificationReport:
             )
         kept = list(unique.values())
         self.name = name
-        self.settings: dict[str, Any] | None = None
-        """The settings file of the log this report was read from (``None``: none, or
-        several logs)."""
+        self.settings: dict[str, Any] | None = None  # of the one log it was read from
         self.rows: tuple[LogRow, ...] = tuple(kept)
         self.idx = np.array([r.idx for r in kept], dtype=np.int64)
         self.label = np.array([r.label for r in kept], dtype=np.int64)
@@ -121,8 +118,7 @@ class CertificationReport:
     def from_log(
         cls, path: str | os.PathLike[str], name: str | None = None, *, validate: bool = True
     ) -> CertificationReport:
-        """Read a log written by ``certify_dataset``, or by Cohen et al.'s ``certify.py`` (a
-        torn last line is ignored, with a warning).
+        """Read a log of ``certify_dataset`` or Cohen et al.'s ``certify.py`` (torn line: warned).
 
         Args:
             path: The tab-separated log.
@@ -182,8 +178,7 @@ class CertificationReport:
             paths: Log files.
             name: Label for tables and plots (default: the first file's name).
             allow_mixed: Merge logs whose settings files differ (or of which only some have
-                one). By default that is refused: one number from certificates of different
-                settings, models or data is not a result of any of them.
+                one); refused by default (:func:`peftsmoothing.certlog.check_same_settings`).
             validate: Check every row (see :meth:`from_log`).
 
         Returns:
@@ -210,19 +205,7 @@ class CertificationReport:
             raise ValueError("from_logs expects a non-empty list of log paths")
         reports = [cls.from_log(path, validate=validate) for path in paths]
         if not allow_mixed:
-            first = reports[0].settings
-            for path, report in zip(paths[1:], reports[1:], strict=True):
-                other = report.settings
-                if (first is None) != (other is None):
-                    diff = ["one of them has no settings file"]
-                else:
-                    diff = settings_diff(first, other) if first and other else []
-                if diff:
-                    raise ValueError(
-                        f"{path} was certified with other settings than {paths[0]}: "
-                        f"{', '.join(diff)}; merging them would mix certificates of different "
-                        "runs (compare them instead, or pass allow_mixed=True / --allow-mixed)"
-                    )
+            check_same_settings([(str(p), r.settings) for p, r in zip(paths, reports, strict=True)])
         rows = [row for report in reports for row in report.rows]
         merged = cls(rows, name=Path(paths[0]).stem if name is None else name)
         if len(reports) == 1:
@@ -469,53 +452,6 @@ def certified_accuracy_table(
         cells += [f"{report.acr:.3f}", f"{report.abstain_rate:.3f}", str(len(report))]
         lines.append(f"| {name.replace('|', '/')} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
-
-
-def validate_rows(rows: Sequence[LogRow], name: str = "log", sigma: float | None = None) -> None:
-    """Refuse rows no certification can have written; row ``i`` is on line ``i + 2`` of the log.
-
-    The rules: ``correct == int(predict == label)``; an abstention (``predict == -1``) has
-    radius 0; with ``sigma`` known, ``radius <= sigma * Phi^-1(pa_lower)`` (relative tolerance
-    1e-9); for rows that record ``alpha`` (format 2), ``pa_lower`` is the Clopper-Pearson bound
-    of ``count`` in ``n`` at ``alpha`` (relative tolerance 1e-9). Rows of Cohen et al.'s logs
-    (no counts) are checked by the first two rules.
-
-    Raises:
-        ValueError: Naming the file, the line and the rule of the first impossible row.
-
-    Examples:
-        >>> validate_rows([LogRow(0, 1, -1, 0.5, 0, 0.4, 4, 10, 1.0)], "x.tsv")
-        Traceback (most recent call last):
-        ...
-        ValueError: x.tsv, line 2: an abstention (predict -1) has radius 0, got 0.5
-    """
-    from scipy.stats import norm
-
-    for number, row in enumerate(rows, start=2):
-        where = f"{name}, line {number}"
-        if row.correct != int(row.predict == row.label):
-            raise ValueError(
-                f"{where}: correct must be int(predict == label), got correct={row.correct} "
-                f"for predict={row.predict}, label={row.label}"
-            )
-        if row.predict == ABSTAIN and row.radius != 0:
-            raise ValueError(f"{where}: an abstention (predict -1) has radius 0, got {row.radius}")
-        if row.n == 0:  # Cohen et al.'s row: no counts to check
-            continue
-        if sigma is not None and row.predict != ABSTAIN:
-            bound = sigma * float(norm.ppf(row.pa_lower)) if row.pa_lower < 1 else math.inf
-            if row.radius > max(bound, 0.0) * (1 + 1e-9):
-                raise ValueError(
-                    f"{where}: radius {row.radius} exceeds sigma * Phi^-1(pa_lower) = {bound} "
-                    f"(sigma {sigma}, pa_lower {row.pa_lower})"
-                )
-        if row.alpha is not None:
-            expected = clopper_pearson_lower(row.count, row.n, row.alpha)
-            if not math.isclose(row.pa_lower, expected, rel_tol=1e-9, abs_tol=1e-300):
-                raise ValueError(
-                    f"{where}: pa_lower {row.pa_lower} is not the Clopper-Pearson bound of "
-                    f"count {row.count} in n {row.n} at alpha {row.alpha} ({expected})"
-                )
 
 
 def _csv_cell(text: str) -> str:
