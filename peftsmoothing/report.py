@@ -7,8 +7,9 @@ fraction of images whose certified prediction is correct with a certified radius
 ``r``, plus the average certified radius (ACR), the abstain rate and the smoothed classifier's
 clean accuracy.
 
-The log format is :mod:`peftsmoothing.certlog`; paired comparisons of two reports are
-:mod:`peftsmoothing.paired` and plots :mod:`peftsmoothing.plots` (both re-exported here).
+Logs of format 2 and 1 and Cohen et al.'s are read, each row checked before it counts
+(:mod:`peftsmoothing.certlog`); paired comparisons of two reports are :mod:`peftsmoothing.paired`
+and plots :mod:`peftsmoothing.plots` (both re-exported here).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from .certlog import LogRow, parse_log
+from .certlog import LogRow, check_same_settings, parse_log, read_settings, validate_rows
 from .paired import PairedDifference, paired_difference
 from .plots import _default_max_radius, plot_certified_accuracy
 from .stats import ABSTAIN
@@ -33,6 +34,7 @@ __all__ = [
     "PairedDifference",
     "certified_accuracy_table",
     "plot_certified_accuracy",
+    "validate_rows",
 ]
 
 DEFAULT_RADII: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -81,7 +83,7 @@ class CertificationReport:
         conflicts = 0
         for row in rows:
             first = unique.setdefault(row.idx, row)
-            if first is not row and first.values()[:-1] != row.values()[:-1]:
+            if first is not row and first.certificate() != row.certificate():
                 conflicts += 1
         if conflicts:
             warnings.warn(
@@ -92,6 +94,7 @@ class CertificationReport:
             )
         kept = list(unique.values())
         self.name = name
+        self.settings: dict[str, Any] | None = None  # of the one log it was read from
         self.rows: tuple[LogRow, ...] = tuple(kept)
         self.idx = np.array([r.idx for r in kept], dtype=np.int64)
         self.label = np.array([r.label for r in kept], dtype=np.int64)
@@ -113,27 +116,30 @@ class CertificationReport:
     # ------------------------------------------------------------------------ reading
     @classmethod
     def from_log(
-        cls, path: str | os.PathLike[str], name: str | None = None
+        cls, path: str | os.PathLike[str], name: str | None = None, *, validate: bool = True
     ) -> CertificationReport:
-        """Read a log written by ``certify_dataset`` (a torn last line is ignored, with a warning).
+        """Read a log of ``certify_dataset`` or Cohen et al.'s ``certify.py`` (torn line: warned).
 
         Args:
             path: The tab-separated log.
             name: Label for tables and plots (default: the file name without extension).
+            validate: Refuse impossible rows (:func:`validate_rows`, with sigma from the
+                log's settings file when it has one).
 
         Returns:
             The report.
 
         Raises:
             FileNotFoundError: If ``path`` does not exist.
-            ValueError: If the file is not a certification log or is corrupted.
+            ValueError: If the file is not a certification log, is corrupted, or holds an
+                impossible row.
 
         Examples:
             >>> import os, tempfile
-            >>> from peftsmoothing.certlog import LOG_COLUMNS
+            >>> from peftsmoothing.certlog import LOG_COLUMNS_V1
             >>> path = os.path.join(tempfile.mkdtemp(), "certify.tsv")
             >>> with open(path, "w") as f:
-            ...     _ = f.write("\\t".join(LOG_COLUMNS) + "\\n")
+            ...     _ = f.write("\\t".join(LOG_COLUMNS_V1) + "\\n")
             ...     _ = f.write("0\\t3\\t3\\t0.5\\t1\\t0.84\\t99\\t100\\t2.0\\n")
             >>> report = CertificationReport.from_log(path)
             >>> report.name, len(report), report.acr
@@ -149,27 +155,42 @@ class CertificationReport:
                 UserWarning,
                 stacklevel=2,
             )
-        return cls(rows, name=p.stem if name is None else name)
+        settings = read_settings(p)
+        if validate:
+            sigma = settings.get("sigma") if settings else None
+            validate_rows(rows, str(p), sigma if isinstance(sigma, (int, float)) else None)
+        report = cls(rows, name=p.stem if name is None else name)
+        report.settings = settings
+        return report
 
     @classmethod
     def from_logs(
-        cls, paths: Sequence[str | os.PathLike[str]], name: str | None = None
+        cls,
+        paths: Sequence[str | os.PathLike[str]],
+        name: str | None = None,
+        *,
+        allow_mixed: bool = False,
+        validate: bool = True,
     ) -> CertificationReport:
         """Merge several logs (e.g. the shards of one run) into one report, one row per image.
 
         Args:
             paths: Log files.
             name: Label for tables and plots (default: the first file's name).
+            allow_mixed: Merge logs whose settings files differ (or of which only some have
+                one); refused by default (:func:`peftsmoothing.certlog.check_same_settings`).
+            validate: Check every row (see :meth:`from_log`).
 
         Returns:
             The merged report.
 
         Raises:
-            ValueError: If ``paths`` is empty, or a file is not a certification log.
+            ValueError: If ``paths`` is empty, a file is not a certification log, or the logs'
+                settings differ and ``allow_mixed`` is false.
 
         Examples:
             >>> import os, tempfile
-            >>> from peftsmoothing.certlog import LOG_COLUMNS
+            >>> from peftsmoothing.certlog import LOG_COLUMNS_V1 as LOG_COLUMNS
             >>> folder = tempfile.mkdtemp()
             >>> for shard, line in enumerate(["0\\t1\\t1\\t0.5\\t1\\t0.8\\t9\\t10\\t1.0",
             ...                               "1\\t2\\t-1\\t0.0\\t0\\t0.3\\t5\\t10\\t1.0"]):
@@ -182,10 +203,14 @@ class CertificationReport:
         """
         if isinstance(paths, (str, os.PathLike)) or not list(paths):
             raise ValueError("from_logs expects a non-empty list of log paths")
-        rows: list[LogRow] = []
-        for path in paths:
-            rows.extend(cls.from_log(path).rows)
-        return cls(rows, name=Path(paths[0]).stem if name is None else name)
+        reports = [cls.from_log(path, validate=validate) for path in paths]
+        if not allow_mixed:
+            check_same_settings([(str(p), r.settings) for p, r in zip(paths, reports, strict=True)])
+        rows = [row for report in reports for row in report.rows]
+        merged = cls(rows, name=Path(paths[0]).stem if name is None else name)
+        if len(reports) == 1:
+            merged.settings = reports[0].settings
+        return merged
 
     # ------------------------------------------------------------------------ numbers
     def _require_rows(self) -> None:

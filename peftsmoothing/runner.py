@@ -7,8 +7,8 @@
 - per-image seeds ``derive_seed(seed, idx)`` (:mod:`peftsmoothing.seeds`), so a certificate
   does not depend on the other images, on sharding or on resuming (docs/design.md,
   "Reproducibility");
-- the log (:mod:`peftsmoothing.certlog`): settings check, lock, torn-line recovery, one fsynced
-  row per image.
+- the log (:mod:`peftsmoothing.certlog`): lock, settings check, data-identity check of the
+  rows already logged, torn-line recovery, one fsynced row per image.
 
 It drives any :class:`Certifier`; it never imports :mod:`peftsmoothing.smoothing`.
 """
@@ -18,18 +18,17 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from collections.abc import Sequence
-from pathlib import Path
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 import torch
 from torch import nn
 
-from .certlog import LogRow, _lock_log, _open_log, log_settings
-from .fingerprint import model_fingerprint
+from .certlog import LOG_FORMATS, LogRow, OpenLog, check_identity, log_settings, open_log
+from .fingerprint import image_fingerprint, model_fingerprint
 from .report import CertificationReport
 from .seeds import derive_seed
-from .validation import check_alpha, check_positive_int, check_seed, is_int
+from .validation import check_alpha, check_choice, check_positive_int, check_seed, is_int
 
 __all__ = ["Certifier", "certify_dataset"]
 
@@ -92,12 +91,61 @@ def certify_dataset(
     shard: tuple[int, int] | None = None,
     seed: int = 0,
     progress: bool | None = None,
+    log_format: str = "peftsmoothing",
+    dataset_info: Mapping[str, Any] | None = None,
 ) -> CertificationReport:
     """Certify every ``skip``-th image of ``dataset`` with ``certifier``, logging as it goes.
 
-    The arguments, results and errors are those of
-    :meth:`peftsmoothing.SmoothedClassifier.certify_dataset`, which calls this with itself as
-    ``certifier``.
+    :meth:`peftsmoothing.SmoothedClassifier.certify_dataset` calls this with itself as
+    ``certifier``. Image ``i`` is certified with a seed derived from ``(seed, i)``, so its
+    certificate does not depend on which images were certified before it, on ``skip``, on
+    sharding or on resuming. Each log row is flushed and fsynced; with ``resume=True`` images
+    already in the log are skipped, and a torn last line (process killed mid-write) is
+    truncated and that image certified again, so no row is ever lost or duplicated.
+
+    Args:
+        certifier: The smoothed classifier (:class:`Certifier`).
+        dataset: Map-style dataset of ``(image (C, H, W) in [0, 1], int label)`` pairs.
+        n0: Number of selection samples per image.
+        n: Number of estimation samples per image.
+        alpha: Failure probability of each certificate.
+        batch_size: Noisy images per forward pass.
+        log: Tab-separated log to write, one header line and one row per image, plus the
+            settings file ``<log>.json`` next to the log's resolved path; ``None``: no log.
+            While certifying, the process holds a lock on the log file itself.
+        resume: Continue an existing log. Resuming is refused for a log written with other
+            settings (sigma, n0, n, alpha, seed, precision, model, columns, dataset info), for a
+            log with rows but no settings file, and (format 2) when an image already logged is
+            not the same image and label any more (each row's ``image_sha256``). A format-1
+            log (release 0.1) resumes in format 1, with a warning that its data identity
+            cannot be checked. If ``False`` an existing log is an error.
+        indices: Dataset indices to consider (default: all).
+        skip: Certify every ``skip``-th of those indices (Cohen et al. use 20 on CIFAR-10).
+        shard: ``(i, k)``: certify only the ``i``-th of ``k`` disjoint, interleaved slices
+            of the selected indices (one per process or GPU; merge logs with
+            :meth:`CertificationReport.from_logs`).
+        seed: Master seed of the per-image seeds.
+        progress: Show a progress bar (images/s, running certified accuracy); default:
+            when stderr is a terminal.
+        log_format: ``"peftsmoothing"`` (format 2, :data:`peftsmoothing.certlog.LOG_COLUMNS`)
+            or ``"cohen"``: Cohen et al.'s six columns (``idx label predict radius correct
+            time``, ``time`` as ``str(datetime.timedelta)``), readable by their analysis code.
+            A Cohen-format log has our settings file beside it, so resuming is still checked
+            against the settings, but its rows carry no data identity, so resuming it on other
+            data cannot be detected.
+        dataset_info: What identifies the data beyond its size (e.g. ``{"name": "cifar10",
+            "split": "test", "image_size": 32}``), recorded in the settings' ``"dataset"``;
+            values must be JSON numbers, strings, booleans or ``None``.
+
+    Returns:
+        A :class:`peftsmoothing.CertificationReport` over the selected images (this shard's),
+        including those already in the log.
+
+    Raises:
+        ValueError: For invalid arguments, a log written with other settings or on other data,
+            a corrupted log, or a label outside ``[0, num_classes)``.
+        FileExistsError: If ``log`` exists and ``resume=False``.
+        RuntimeError: If another process is certifying into ``log``.
 
     Examples:
         >>> import torch, peftsmoothing as ps
@@ -117,23 +165,25 @@ def certify_dataset(
     assert master is not None
     selected = _select_indices(dataset, indices, skip_, shard)
 
+    columns = check_choice(log_format, "log_format", LOG_FORMATS)
+    info = _dataset_info(dataset, dataset_info)
+
     done: dict[int, LogRow] = {}
-    handle = lock = None
+    opened: OpenLog | None = None
     if log is not None:
         meta = log_settings(
             sigma=certifier.sigma, n0=n0_, n=n_, alpha=a, seed=master,
             num_classes=certifier.num_classes, precision=certifier.precision,
-            model_sha256=model_fingerprint(certifier.base),
+            model_sha256=model_fingerprint(certifier.base), columns=columns, dataset=info,
         )  # fmt: skip
-        lock = _lock_log(Path(log))
+        # stacklevel 4: open_log <- here <- SmoothedClassifier.certify_dataset <- the user
+        opened = open_log(log, meta, resume, stacklevel=4)
         try:
-            # stacklevel 4: _open_log <- here <- SmoothedClassifier.certify_dataset <- the user
-            handle, rows = _open_log(Path(log), meta, resume, stacklevel=4)
+            check_identity(opened, selected, lambda i: _identity(dataset, i, certifier))
         except BaseException:
-            if lock is not None:
-                lock.close()
+            opened.close()
             raise
-        for row in rows:
+        for row in opened.rows:
             done.setdefault(row.idx, row)
     results: dict[int, LogRow] = {i: done[i] for i in selected if i in done}
     correct = sum(r.correct for r in results.values())
@@ -151,6 +201,7 @@ def certify_dataset(
             for idx in todo:
                 image, label = dataset[idx]
                 label_ = _check_label(label, idx, certifier.num_classes)
+                digest = image_fingerprint(image, label_)
                 cert = certifier.certify(image, n0_, n_, a, b, seed=derive_seed(master, idx))
                 row = LogRow(
                     idx=idx,
@@ -162,22 +213,36 @@ def certify_dataset(
                     count=cert.count,
                     n=cert.n,
                     seconds=cert.seconds,
+                    alpha=a,
+                    image_sha256=digest,
                 )
-                if handle is not None:
-                    handle.write(row.to_line())
-                    handle.flush()
-                    os.fsync(handle.fileno())
+                if opened is not None:
+                    opened.append(row)
                 results[idx] = row
                 correct += row.correct
                 bar.set_postfix(cert_acc=f"{correct / len(results):.3f}", refresh=False)
                 bar.update(1)
     finally:
         bar.close()
-        if handle is not None:
-            handle.close()
-        if lock is not None:
-            lock.close()
+        if opened is not None:
+            opened.close()
     return CertificationReport([results[i] for i in selected])
+
+
+def _identity(dataset: Any, idx: int, certifier: Certifier) -> str:
+    image, label = dataset[idx]
+    return image_fingerprint(image, _check_label(label, idx, certifier.num_classes))
+
+
+def _dataset_info(dataset: Any, info: Mapping[str, Any] | None) -> dict[str, Any]:
+    out: dict[str, Any] = {"size": len(dataset) if hasattr(dataset, "__len__") else None}
+    for key, value in (info or {}).items():
+        if not isinstance(key, str) or key == "size":
+            raise ValueError(f"dataset_info keys must be strings other than 'size', got {key!r}")
+        if value is not None and not isinstance(value, (str, int, float, bool)):
+            raise ValueError(f"dataset_info[{key!r}] must be a number, string, bool or None")
+        out[key] = value
+    return out
 
 
 def _check_label(label: object, idx: int, num_classes: int) -> int:

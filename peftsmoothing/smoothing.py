@@ -10,8 +10,8 @@ the noise, a non-abstaining prediction is the smoothed classifier's prediction o
 within ``radius`` (L2) of ``x``. Selection (``n0``) and estimation (``n``) samples are drawn
 independently; the bound is the exact one-sided Clopper-Pearson bound (:mod:`peftsmoothing.stats`).
 
-Speed: noise is drawn on the model's device into a reused buffer, class counts accumulate on the
-device, and each ``certify`` call synchronises with the host once, at the end.
+Speed: sampling is :class:`peftsmoothing.sampling.NoiseSampler` (noise and class counts on the
+model's device); each ``certify`` call synchronises with the host once, at the end.
 
 Certifying a dataset (:meth:`SmoothedClassifier.certify_dataset`) is :mod:`peftsmoothing.runner`;
 the log it writes is :mod:`peftsmoothing.certlog`. ``LOG_COLUMNS``, ``LogRow``, ``parse_log``,
@@ -20,14 +20,11 @@ the log it writes is :mod:`peftsmoothing.certlog`. ``LOG_COLUMNS``, ``LogRow``, 
 
 from __future__ import annotations
 
-import contextlib
-import math
 import os
 import time
-import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -36,8 +33,8 @@ from torch import nn
 from . import runner
 from .certlog import LOG_COLUMNS, LogRow, parse_log
 from .fingerprint import model_fingerprint as model_fingerprint
-from .precision import PRECISIONS, autocast
-from .seeds import derive_seed
+from .precision import PRECISIONS
+from .sampling import NoiseSampler
 from .stats import ABSTAIN, binomial_pvalue, certified_radius, clopper_pearson_lower
 from .validation import (
     check_alpha,
@@ -60,8 +57,6 @@ __all__ = [
     "parse_log",
 ]
 
-# Inputs further than this outside [0, 1] are "clearly" not pixel-space images.
-_RANGE_TOLERANCE: Final[float] = 1e-3
 # Stream keys of the per-call generators derived from one seed.
 _SELECTION, _ESTIMATION, _PREDICTION = 0, 1, 2
 
@@ -101,7 +96,7 @@ class Certificate:
         return self.prediction == ABSTAIN
 
 
-class SmoothedClassifier:
+class SmoothedClassifier(NoiseSampler):
     """The Gaussian-smoothed version of a classifier, with Cohen et al.'s PREDICT and CERTIFY.
 
     Args:
@@ -168,178 +163,6 @@ class SmoothedClassifier:
             f"SmoothedClassifier({type(self.base).__name__}, num_classes={self.num_classes}, "
             f"sigma={self.sigma}, precision={self.precision!r})"
         )
-
-    # ----------------------------------------------------------------------- device, dtype
-    @property
-    def device(self) -> torch.device:
-        """The device the model runs on (where noise is drawn and counts accumulate)."""
-        for t in self._tensors():
-            return t.device
-        return self._device_override or torch.device("cpu")
-
-    @property
-    def dtype(self) -> torch.dtype:
-        """The dtype of the model's floating-point parameters (``float32`` if it has none)."""
-        for t in self._tensors():
-            return t.dtype
-        return torch.float32
-
-    def _tensors(self) -> Iterator[torch.Tensor]:
-        for t in (*self.base.parameters(), *self.base.buffers()):
-            if t.is_floating_point():
-                yield t
-
-    def _noise_dtype(self) -> torch.dtype:
-        # Noise is added in at least fp32: a reduced-precision model then sees round(x + d),
-        # a deterministic function of x + d, so smoothing theory still applies to it.
-        dtype = self.dtype
-        return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
-
-    def _use_channels_last(self) -> bool:
-        if self.channels_last is not None:
-            return self.channels_last
-        convs = sum(isinstance(m, nn.Conv2d) for m in self.base.modules())
-        return self.device.type == "cuda" and convs > 1
-
-    # ------------------------------------------------------------------------ inference
-    @contextlib.contextmanager
-    def _inference(self) -> Iterator[None]:
-        """Eval mode, merged weights, channels-last and inference mode; restored on exit."""
-        if self._depth:
-            yield
-            return
-        modes = [(m, m.training) for m in self.base.modules()]
-        restore_format: list[nn.Parameter] = []
-        with contextlib.ExitStack() as stack:
-            try:
-                self.base.eval()
-                merged = getattr(self.base, "merged_for_inference", None)
-                if self.merge and callable(merged):
-                    stack.enter_context(merged())
-                if self._use_channels_last():
-                    for p in self.base.parameters():
-                        if p.ndim == 4 and not p.is_contiguous(memory_format=torch.channels_last):
-                            p.data = p.data.contiguous(memory_format=torch.channels_last)
-                            restore_format.append(p)
-                stack.enter_context(torch.inference_mode())
-                self._depth += 1
-                yield
-            finally:
-                self._depth = 0
-                stack.close()
-                for p in restore_format:
-                    p.data = p.data.contiguous()
-                for module, mode in modes:
-                    module.training = mode
-
-    def _prepare_input(self, x: object) -> torch.Tensor:
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"x must be a torch.Tensor image (C, H, W), got {type(x).__name__}")
-        if x.ndim != 3:
-            hint = "; for a batch of one image pass x[0]" if x.ndim == 4 and len(x) == 1 else ""
-            raise ValueError(
-                f"x must be one image of shape (C, H, W), got shape {tuple(x.shape)}{hint}"
-            )
-        if not x.is_floating_point():
-            raise ValueError(
-                f"x must be a floating-point image in [0, 1], got dtype {x.dtype} "
-                "(convert with x.float() / 255)"
-            )
-        if x.numel() == 0:
-            raise ValueError(f"x is empty (shape {tuple(x.shape)})")
-        lo, hi = (float(v) for v in torch.stack(torch.aminmax(x.detach())).tolist())
-        if not (math.isfinite(lo) and math.isfinite(hi)):
-            raise ValueError("x contains non-finite values (nan or inf)")
-        if lo < -_RANGE_TOLERANCE or hi > 1.0 + _RANGE_TOLERANCE:
-            warnings.warn(
-                f"image values span [{lo:.3g}, {hi:.3g}], outside [0, 1]: the input is probably "
-                "already normalized. SmoothedClassifier adds noise in pixel space and expects "
-                "[0, 1] images with normalization inside the model; otherwise sigma and the "
-                "certified radius are in the wrong units.",
-                UserWarning,
-                stacklevel=3,
-            )
-        return x.detach().to(device=self.device, dtype=self._noise_dtype())
-
-    def _generator(self, seed: int, key: int) -> torch.Generator:
-        gen = torch.Generator(device=self.device)
-        gen.manual_seed(derive_seed(seed, key))
-        return gen
-
-    def _sample_counts(
-        self, x: torch.Tensor, num: int, batch_size: int, gen: torch.Generator
-    ) -> torch.Tensor:
-        """Class counts of the base model on ``num`` noisy copies of ``x`` (on the device).
-
-        The result has ``num_classes + 1`` entries: the last counts the samples on which the
-        model returned a non-finite logit. Those samples vote for no class (``argmax`` would
-        pick a NaN as the maximum); :meth:`_class_counts` refuses to use counts that hold any.
-        Counting them on the device costs no host synchronisation.
-        """
-        device = self.device
-        nonfinite_slot = self.num_classes
-        counts = torch.zeros(self.num_classes + 1, dtype=torch.long, device=device)
-        channels_last = self._use_channels_last()
-        memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        buffer = torch.empty(
-            (min(batch_size, num), *x.shape), dtype=x.dtype, device=device,
-            memory_format=memory_format,
-        )  # fmt: skip
-        model_dtype = self.dtype
-        amp = autocast(device, self.precision)
-        ones: torch.Tensor | None = None
-        remaining = num
-        while remaining > 0:
-            size = min(batch_size, remaining)
-            batch = buffer[:size]
-            batch.normal_(0.0, self.sigma, generator=gen).add_(x)
-            inputs = batch if batch.dtype == model_dtype else batch.to(model_dtype)
-            with amp:
-                logits = self.base(inputs)
-            if remaining == num:
-                self._check_logits(logits, size)
-            finite = torch.isfinite(logits).all(dim=1)
-            predictions = torch.where(finite, logits.argmax(dim=1), nonfinite_slot)
-            if device.type == "cpu":
-                counts += torch.bincount(predictions, minlength=self.num_classes + 1)
-            else:
-                # CUDA's bincount reads the input's min/max on the host (a sync per batch);
-                # index_add_ computes the same counts without leaving the device.
-                if ones is None or ones.numel() < size:
-                    ones = torch.ones(size, dtype=torch.long, device=device)
-                counts.index_add_(0, predictions, ones[:size])
-            remaining -= size
-        return counts
-
-    def _class_counts(self, counts: torch.Tensor, num: int) -> torch.Tensor:
-        """The per-class part of host-side counts from :meth:`_sample_counts`.
-
-        Raises:
-            FloatingPointError: If the model returned a non-finite logit on any sample: no
-                vote, certificate or prediction may come from such a model.
-        """
-        bad = int(counts[self.num_classes])
-        if bad:
-            raise FloatingPointError(
-                f"the base model ({type(self.base).__name__}) returned non-finite logits "
-                f"(nan or inf) on {bad} of {num} noise samples; no prediction or certificate "
-                "can be drawn from it (a diverged fine-tune? check the model's outputs on "
-                "noisy inputs, or its precision)"
-            )
-        return counts[: self.num_classes]
-
-    def _check_logits(self, logits: object, size: int) -> None:
-        if not isinstance(logits, torch.Tensor) or logits.ndim != 2 or logits.shape[0] != size:
-            shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits)
-            raise ValueError(
-                f"the base model must return logits of shape (batch, num_classes); for a batch "
-                f"of {size} it returned {shape}"
-            )
-        if logits.shape[1] != self.num_classes:
-            raise ValueError(
-                f"num_classes={self.num_classes} disagrees with the model, which returns "
-                f"{logits.shape[1]} outputs per image"
-            )
 
     @staticmethod
     def _resolve_seed(seed: object) -> int:
@@ -493,42 +316,14 @@ class SmoothedClassifier:
         shard: tuple[int, int] | None = None,
         seed: int = 0,
         progress: bool | None = None,
+        log_format: str = "peftsmoothing",
+        dataset_info: Mapping[str, Any] | None = None,
     ) -> CertificationReport:
         """Certify every ``skip``-th image of a dataset, logging one row per image as it goes.
 
-        Image ``i`` is certified with a seed derived from ``(seed, i)``, so its certificate
-        does not depend on which images were certified before it, on ``skip``, on sharding or
-        on resuming. Each log row is flushed and fsynced; with ``resume=True`` images already in
-        the log are skipped, and a torn last line (process killed mid-write) is truncated and
-        that image certified again, so no row is ever lost or duplicated.
-
-        Args:
-            dataset: Map-style dataset of ``(image (C, H, W) in [0, 1], int label)`` pairs.
-            n0: Number of selection samples per image.
-            n: Number of estimation samples per image.
-            alpha: Failure probability of each certificate.
-            batch_size: Noisy images per forward pass.
-            log: Tab-separated log to write (columns :data:`LOG_COLUMNS`, one header line),
-                plus a ``<log>.json`` file with the settings; ``None``: no log.
-            resume: Continue an existing log (which must have been written with the same
-                sigma, n0, n, alpha, seed and precision). If ``False`` an existing log is an error.
-            indices: Dataset indices to consider (default: all).
-            skip: Certify every ``skip``-th of those indices (Cohen et al. use 20 on CIFAR-10).
-            shard: ``(i, k)``: certify only the ``i``-th of ``k`` disjoint, interleaved slices
-                of the selected indices (one per process or GPU; merge logs with
-                :meth:`CertificationReport.from_logs`).
-            seed: Master seed of the per-image seeds.
-            progress: Show a progress bar (images/s, running certified accuracy); default:
-                when stderr is a terminal.
-
-        Returns:
-            A :class:`peftsmoothing.CertificationReport` over the selected images (this
-            shard's), including those already in the log.
-
-        Raises:
-            ValueError: For invalid arguments, a log written with other settings, a corrupted
-                log, or a label outside ``[0, num_classes)``.
-            FileExistsError: If ``log`` exists and ``resume=False``.
+        Per-image seeds, a crash-safe log that resumes (refusing other settings, models or
+        data), shards and the Cohen et al. log format: see
+        :func:`peftsmoothing.runner.certify_dataset` for every argument and error.
 
         Examples:
             >>> import torch, peftsmoothing as ps
@@ -542,5 +337,6 @@ class SmoothedClassifier:
         """
         return runner.certify_dataset(
             self, dataset, n0, n, alpha, batch_size, log=log, resume=resume, indices=indices,
-            skip=skip, shard=shard, seed=seed, progress=progress,
+            skip=skip, shard=shard, seed=seed, progress=progress, log_format=log_format,
+            dataset_info=dataset_info,
         )  # fmt: skip

@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 
 import peftsmoothing as ps
+from peftsmoothing.certlog import LOG_COLUMNS_V1
 from peftsmoothing.report import certified_accuracy_table
-from peftsmoothing.smoothing import LOG_COLUMNS, LogRow
+from peftsmoothing.smoothing import LogRow
 
-HEADER = "\t".join(LOG_COLUMNS) + "\n"
+HEADER = "\t".join(LOG_COLUMNS_V1) + "\n"  # format 1: still read
 # idx label predict radius correct pa_lower count n seconds
 ROWS = [
     "0\t3\t3\t0.9\t1\t0.9\t990\t1000\t1.5",  # correct, radius 0.9
@@ -90,7 +91,7 @@ def test_torn_and_corrupted_logs(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="line 3 is malformed"):
         ps.CertificationReport.from_log(bad)
     other = tmp_path / "other.tsv"
-    other.write_text("idx\tlabel\tpredict\tradius\tcorrect\ttime\n0\t1\t1\t0.5\t1\t0:00:01\n")
+    other.write_text("idx\tlabel\tpredict\tradius\tcorrect\tsecs\n0\t1\t1\t0.5\t1\t0:00:01\n")
     with pytest.raises(ValueError, match="not a certification log"):
         ps.CertificationReport.from_log(other)
     empty = ps.CertificationReport.from_log(write_log(tmp_path / "empty.tsv", []))

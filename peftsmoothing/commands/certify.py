@@ -59,6 +59,31 @@ def shard_log_path(out: str, shard: tuple[int, int] | None) -> Path:
     return path.with_name(f"{path.stem}.shard{part}of{parts}{path.suffix}")
 
 
+def _checked(kind: Any, name: str, check: Any) -> Any:
+    """An argparse ``type=`` that converts with ``kind`` and checks with ``check`` (built on
+    :mod:`peftsmoothing.validation`), so a bad number is a one-line error at parse time.
+
+    Examples:
+        >>> from peftsmoothing.validation import check_alpha
+        >>> _checked(float, "alpha", check_alpha)("1.5")
+        Traceback (most recent call last):
+        ...
+        argparse.ArgumentTypeError: alpha must be a number in the open interval (0, 1), got 1.5
+    """
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a number, got {text!r}") from None
+        try:
+            return check(value)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+
+    return parse
+
+
 def _default_device(shard_spec: str | None) -> str:
     import torch
 
@@ -99,9 +124,12 @@ def run(args: argparse.Namespace) -> int:
     )
     indices = range(min(len(dataset), args.max)) if args.max is not None else None
     print(f"certifying {args.dataset} ({args.split}) with sigma={args.sigma} -> {log}")
+    # What identifies the data (not --root: a path is not an identity).
+    info = {"name": args.dataset, "split": args.split, "image_size": args.image_size}
     report = smoothed.certify_dataset(
         dataset, args.n0, args.n, args.alpha, args.batch, log=log, resume=args.resume,
         indices=indices, skip=args.skip, shard=shard, seed=args.seed,
+        log_format=args.log_format, dataset_info=info,
     )  # fmt: skip
     if len(report):
         print(report.summary(args.radii))
@@ -110,8 +138,13 @@ def run(args: argparse.Namespace) -> int:
 
 def register(subparsers: Any) -> None:
     """Add the ``certify`` sub-command."""
+    from ..certlog import LOG_FORMATS
     from ..precision import PRECISIONS
     from ..report import DEFAULT_RADII
+    from ..validation import check_alpha, check_int, check_sigma
+
+    def count(name: str, minimum: int = 1) -> Any:
+        return _checked(int, name, lambda v: check_int(v, name, minimum=minimum))
 
     p = subparsers.add_parser(
         "certify",
@@ -124,13 +157,23 @@ def register(subparsers: Any) -> None:
     p.add_argument("--root", required=True, help="data directory")
     p.add_argument("--split", choices=("test", "train"), default="test")
     p.add_argument("--image-size", type=int, default=None, help="resize images (e.g. 224)")
-    p.add_argument("--sigma", type=float, required=True, help="noise level (pixel units)")
-    p.add_argument("--n0", type=int, default=100, help="selection samples (default 100)")
-    p.add_argument("--n", type=int, default=100_000, help="estimation samples (default 100000)")
-    p.add_argument("--alpha", type=float, default=0.001, help="failure probability")
-    p.add_argument("--batch", type=int, default=1000, help="noisy images per forward pass")
-    p.add_argument("--skip", type=int, default=1, help="certify every SKIP-th image")
-    p.add_argument("--max", type=int, default=None, help="only the first MAX images")
+    p.add_argument(
+        "--sigma", type=_checked(float, "sigma", check_sigma), required=True,
+        help="noise level (pixel units)",
+    )  # fmt: skip
+    p.add_argument("--n0", type=count("n0"), default=100, help="selection samples (default 100)")
+    p.add_argument(
+        "--n", type=count("n"), default=100_000, help="estimation samples (default 100000)"
+    )
+    p.add_argument(
+        "--alpha", type=_checked(float, "alpha", check_alpha), default=0.001,
+        help="failure probability, in (0, 1)",
+    )  # fmt: skip
+    p.add_argument(
+        "--batch", type=count("batch"), default=1000, help="noisy images per forward pass"
+    )
+    p.add_argument("--skip", type=count("skip"), default=1, help="certify every SKIP-th image")
+    p.add_argument("--max", type=count("max", 0), default=None, help="only the first MAX images")
     p.add_argument("--out", required=True, help="log file (TSV); {shard} is replaced by i")
     p.add_argument(
         "--shard", default=None, metavar="i/k", type=_shard_text,
@@ -139,6 +182,11 @@ def register(subparsers: Any) -> None:
     p.add_argument("--seed", type=int, default=0, help="master seed of the per-image noise")
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32")
+    p.add_argument(
+        "--log-format", choices=LOG_FORMATS, default="peftsmoothing",
+        help="log columns: ours (default) or Cohen et al.'s six (idx label predict radius "
+        "correct time), with our settings file beside it either way",
+    )  # fmt: skip
     p.add_argument(
         "--resume", action=argparse.BooleanOptionalAction, default=True,
         help="continue an existing log (default); --no-resume refuses to touch one",

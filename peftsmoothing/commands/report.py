@@ -17,13 +17,13 @@ def run(args: argparse.Namespace) -> int:
 
     Examples:
         >>> import argparse, os, tempfile
-        >>> from peftsmoothing.certlog import LOG_COLUMNS
+        >>> from peftsmoothing.certlog import LOG_COLUMNS_V1 as LOG_COLUMNS
         >>> path = os.path.join(tempfile.mkdtemp(), "certify.tsv")
         >>> with open(path, "w") as f:
         ...     _ = f.write("\\t".join(LOG_COLUMNS) + "\\n")
         ...     _ = f.write("0\\t3\\t3\\t0.5\\t1\\t0.84\\t99\\t100\\t2\\n")
         >>> run(argparse.Namespace(logs=[path], radii=[0.0, 0.5], format="csv", plot=None,
-        ...                        compare=False, max_radius=None))
+        ...                        compare=False, max_radius=None, allow_mixed=False))
         name,0.0,0.5,acr,abstain_rate,images
         certify,1.0,1.0,0.5,0.0,1
         0
@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
             for name, path in zip(log_names(args.logs), args.logs, strict=True)
         }
     else:
-        merged = CertificationReport.from_logs(args.logs)
+        merged = CertificationReport.from_logs(args.logs, allow_mixed=args.allow_mixed)
         name = merged.name if len(args.logs) == 1 else f"{merged.name} (+{len(args.logs) - 1})"
         merged.name = name
         reports = {name or "": merged}
@@ -133,7 +133,10 @@ def register(subparsers: Any) -> None:
         "approximate certified-accuracy table of Cohen et al. (2019); --compare keeps one row "
         "and one curve per log, and compares every log with the first on their shared images.",
     )
-    p.add_argument("logs", nargs="+", metavar="LOG", help="logs written by `certify`")
+    p.add_argument(
+        "logs", nargs="+", metavar="LOG",
+        help="logs written by `certify` (or by Cohen et al.'s certify.py)",
+    )  # fmt: skip
     p.add_argument(
         "--radii", type=float, nargs="+", default=list(DEFAULT_RADII), help="table columns"
     )
@@ -146,4 +149,8 @@ def register(subparsers: Any) -> None:
         help="one row/curve per log instead of merging them, plus (markdown format) paired "
         "differences against the first log",
     )
+    p.add_argument(
+        "--allow-mixed", action="store_true",
+        help="merge logs even if their settings files differ (refused by default)",
+    )  # fmt: skip
     p.set_defaults(func=run, user_errors=USER_ERRORS)

@@ -1,0 +1,258 @@
+"""Rows of a certification log: the three layouts, :class:`LogRow`, parsing and row checks.
+
+See :mod:`peftsmoothing.certlog` for the format as a whole.
+"""
+
+from __future__ import annotations
+
+import datetime
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from typing import Any, Final
+
+from scipy.stats import norm
+
+from ..stats import ABSTAIN, clopper_pearson_lower
+
+LOG_COLUMNS: Final[tuple[str, ...]] = (
+    "idx", "label", "predict", "radius", "correct", "pa_lower", "count", "n", "seconds",
+    "alpha", "image_sha256",
+)  # fmt: skip
+"""Columns of a certification log of format 2 (tab-separated, one header line)."""
+
+LOG_COLUMNS_V1: Final[tuple[str, ...]] = LOG_COLUMNS[:9]
+"""Columns of a format-1 log (release 0.1): read, and resumed in that format."""
+
+COHEN_COLUMNS: Final[tuple[str, ...]] = ("idx", "label", "predict", "radius", "correct", "time")
+"""Columns of Cohen et al.'s ``certify.py`` log; ``time`` is seconds or a ``timedelta`` text."""
+
+_LAYOUTS: Final[dict[str, tuple[str, ...]]] = {
+    "v2": LOG_COLUMNS, "v1": LOG_COLUMNS_V1, "cohen": COHEN_COLUMNS,
+}  # fmt: skip
+_HEADERS: Final[dict[str, bytes]] = {k: ("\t".join(v) + "\n").encode() for k, v in _LAYOUTS.items()}
+_SHA_RE: Final = re.compile(r"[0-9a-f]{16}")
+_TIMEDELTA_RE: Final = re.compile(r"(?:(-?\d+) days?, )?(\d+):(\d\d):(\d\d(?:\.\d+)?)")
+
+
+def _parse_time(text: str) -> float:
+    """Seconds from Cohen's ``time`` column: a float, or ``str(datetime.timedelta)``."""
+    match = _TIMEDELTA_RE.fullmatch(text)
+    if match is None:
+        return float(text)
+    days, hours, minutes, seconds = match.groups()
+    return int(days or 0) * 86400 + int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+
+
+@dataclass(frozen=True)
+class LogRow:
+    """One row of a certification log (see :data:`LOG_COLUMNS`).
+
+    ``alpha`` (the failure probability at which ``pa_lower`` holds) and ``image_sha256`` (the
+    row's data identity, :func:`peftsmoothing.fingerprint.image_fingerprint`) are ``None`` in
+    rows read from format-1 and Cohen logs. A row of a Cohen log has ``pa_lower = nan`` and
+    ``count = n = 0``: it records no counts.
+
+    Examples:
+        >>> row = LogRow(7, 3, 3, 0.5, 1, 0.84, 99, 100, 1.25)
+        >>> LogRow.from_line(row.to_line()) == row
+        True
+        >>> LogRow.from_line("7\\t3\\t3\\t0.5\\t1\\t0:00:01.250000").seconds
+        1.25
+    """
+
+    idx: int
+    label: int
+    predict: int
+    radius: float
+    correct: int
+    pa_lower: float
+    count: int
+    n: int
+    seconds: float
+    alpha: float | None = None
+    image_sha256: str | None = None
+
+    @property
+    def layout(self) -> str:
+        """``"cohen"`` (no counts), ``"v2"`` (alpha and data identity) or ``"v1"``."""
+        if self.n == 0:
+            return "cohen"
+        return "v1" if self.alpha is None and self.image_sha256 is None else "v2"
+
+    def to_line(self, layout: str | None = None) -> str:
+        """The row as one tab-separated line, newline included (floats round-trip exactly).
+
+        Args:
+            layout: ``"v2"``, ``"v1"`` or ``"cohen"``; default: :attr:`layout`.
+        """
+        layout = self.layout if layout is None else layout
+        if layout == "cohen":
+            time = str(datetime.timedelta(seconds=self.seconds))
+            values: list[Any] = [*self.values()[:5], time]
+        elif layout in ("v1", "v2"):
+            values = list(self.values()[: len(_LAYOUTS[layout])])
+            if layout == "v2" and (self.alpha is None or self.image_sha256 is None):
+                raise ValueError("a format-2 row needs alpha and image_sha256")
+        else:
+            raise ValueError(f"unknown log layout {layout!r}")
+        text = [repr(float(v)) if isinstance(v, float) else str(v) for v in values]
+        return "\t".join(text) + "\n"
+
+    def values(self) -> tuple[Any, ...]:
+        """The fields in :data:`LOG_COLUMNS` order."""
+        return tuple(getattr(self, f.name) for f in fields(self))
+
+    def certificate(self) -> tuple[Any, ...]:
+        """The fields but ``seconds``: what two certifications of one image must agree on."""
+        return tuple(v for f, v in zip(fields(self), self.values(), strict=True)
+                     if f.name != "seconds")  # fmt: skip
+
+    @classmethod
+    def from_line(cls, line: str) -> LogRow:
+        """Parse one line of any layout (told by its number of fields); raise ``ValueError`` if
+        it is not a complete, valid row."""
+        parts = line.rstrip("\n").split("\t")
+        if len(parts) == len(COHEN_COLUMNS):
+            idx, label, predict, correct = (int(parts[i]) for i in (0, 1, 2, 4))
+            row = cls(idx, label, predict, float(parts[3]), correct, math.nan, 0, 0,
+                      _parse_time(parts[5]))  # fmt: skip
+        elif len(parts) in (len(LOG_COLUMNS_V1), len(LOG_COLUMNS)):
+            kinds = [f.type for f in fields(cls)]
+            values: list[Any] = [
+                float(p) if kind in ("float", float) else int(p)
+                for p, kind in zip(parts[:9], kinds, strict=False)
+            ]
+            if len(parts) == len(LOG_COLUMNS):
+                if not _SHA_RE.fullmatch(parts[10]):
+                    raise ValueError(f"image_sha256 must be 16 hex digits, got {parts[10]!r}")
+                values += [float(parts[9]), parts[10]]
+            row = cls(*values)
+        else:
+            raise ValueError(f"expected {len(LOG_COLUMNS)} tab-separated fields, got {len(parts)}")
+        row._check(cohen=len(parts) == len(COHEN_COLUMNS))
+        return row
+
+    def _check(self, cohen: bool) -> None:
+        if self.correct not in (0, 1) or self.idx < 0 or self.label < 0 or self.predict < -1:
+            raise ValueError("inconsistent values")
+        if not (math.isfinite(self.radius) and self.radius >= 0 and self.seconds >= 0):
+            raise ValueError("radius or seconds out of range")
+        if cohen:  # a row of Cohen et al.'s layout: no counts, no bound
+            if self.count != 0 or not math.isnan(self.pa_lower) or self.alpha is not None:
+                raise ValueError("inconsistent values")
+            return
+        if self.n < 1 or not 0 <= self.count <= self.n or not 0 <= self.pa_lower <= 1:
+            raise ValueError("inconsistent values, or pa_lower out of range")
+        if self.alpha is not None and not 0 < self.alpha < 1:
+            raise ValueError("alpha out of range")
+
+
+def _parse(data: bytes, name: str) -> tuple[str | None, list[LogRow], int]:
+    """``(layout, rows, valid_length)`` of a log's bytes (layout ``None``: empty or torn
+    header); see :func:`parse_log`."""
+    layout = next((k for k, h in _HEADERS.items() if data.startswith(h)), None)
+    if layout is None:
+        if any(h.startswith(data) for h in _HEADERS.values()):
+            return None, [], 0  # empty, or killed while writing the header
+        first = data.split(b"\n", 1)[0].decode(errors="replace")
+        raise ValueError(
+            f"{name} is not a certification log: header {first!r}, expected "
+            f"{_HEADERS['v2'].decode().strip()!r} (or format 1's, or Cohen et al.'s "
+            f"{_HEADERS['cohen'].decode().strip()!r})"
+        )
+    rows: list[LogRow] = []
+    pos = len(_HEADERS[layout])
+    lines = data[pos:].split(b"\n")
+    complete, tail = lines[:-1], lines[-1]
+    for number, raw in enumerate(complete):
+        try:
+            parts = raw.count(b"\t") + 1
+            if parts != len(_LAYOUTS[layout]):
+                raise ValueError(f"expected {len(_LAYOUTS[layout])} tab-separated fields, got "
+                                 f"{parts}")  # fmt: skip
+            rows.append(LogRow.from_line(raw.decode()))
+        except (ValueError, UnicodeDecodeError) as err:
+            if number == len(complete) - 1 and not tail:
+                return layout, rows, pos  # a garbled final line: treated as torn
+            raise ValueError(
+                f"{name}: line {number + 2} is malformed ({err}); only the last line of a log "
+                "can be torn, so this log is corrupted"
+            ) from None
+        pos += len(raw) + 1
+    return layout, rows, pos
+
+
+def parse_log(data: bytes, name: str = "log") -> tuple[list[LogRow], int]:
+    """Parse the bytes of a certification log (format 2, format 1 or Cohen et al.'s).
+
+    A process killed while appending can leave a torn last line (no trailing newline, or, after
+    a power loss, a garbled final line). That line is not returned; the second element of the
+    result is the length of the valid prefix, so the caller can truncate the file there.
+
+    Args:
+        data: The file's bytes.
+        name: The file name, for error messages.
+
+    Returns:
+        ``(rows, valid_length)``; an empty or torn-header file gives ``([], 0)``.
+
+    Raises:
+        ValueError: If the header is not a certification-log header, or a line other than
+            the last one is malformed.
+
+    Examples:
+        >>> text = "\\t".join(LOG_COLUMNS_V1) + "\\n0\\t1\\t1\\t0.5\\t1\\t0.9\\t99\\t100\\t0.1\\n"
+        >>> rows, size = parse_log((text + "1\\t2\\t").encode())
+        >>> [r.idx for r in rows], size == len(text)
+        ([0], True)
+        >>> cohen = "\\t".join(COHEN_COLUMNS) + "\\n0\\t1\\t-1\\t0.0\\t0\\t2.5\\n"
+        >>> [(r.predict, r.seconds, r.n) for r in parse_log(cohen.encode())[0]]
+        [(-1, 2.5, 0)]
+    """
+    return _parse(data, name)[1:]
+
+def validate_rows(rows: Sequence[LogRow], name: str = "log", sigma: float | None = None) -> None:
+    """Refuse rows no certification can have written; row ``i`` is on line ``i + 2`` of the log.
+
+    The rules: ``correct == int(predict == label)``; an abstention (``predict == -1``) has
+    radius 0; with ``sigma`` known, ``radius <= sigma * Phi^-1(pa_lower)`` (relative tolerance
+    1e-9); for rows that record ``alpha`` (format 2), ``pa_lower`` is the Clopper-Pearson bound
+    of ``count`` in ``n`` at ``alpha`` (relative tolerance 1e-9). Rows of Cohen et al.'s logs
+    (no counts) are checked by the first two rules.
+
+    Raises:
+        ValueError: Naming the file, the line and the rule of the first impossible row.
+
+    Examples:
+        >>> validate_rows([LogRow(0, 1, -1, 0.5, 0, 0.4, 4, 10, 1.0)], "x.tsv")
+        Traceback (most recent call last):
+        ...
+        ValueError: x.tsv, line 2: an abstention (predict -1) has radius 0, got 0.5
+    """
+    for number, row in enumerate(rows, start=2):
+        where = f"{name}, line {number}"
+        if row.correct != int(row.predict == row.label):
+            raise ValueError(
+                f"{where}: correct must be int(predict == label), got correct={row.correct} "
+                f"for predict={row.predict}, label={row.label}"
+            )
+        if row.predict == ABSTAIN and row.radius != 0:
+            raise ValueError(f"{where}: an abstention (predict -1) has radius 0, got {row.radius}")
+        if row.n == 0:  # Cohen et al.'s row: no counts to check
+            continue
+        if sigma is not None and row.predict != ABSTAIN:
+            bound = sigma * float(norm.ppf(row.pa_lower)) if row.pa_lower < 1 else math.inf
+            if row.radius > max(bound, 0.0) * (1 + 1e-9):
+                raise ValueError(
+                    f"{where}: radius {row.radius} exceeds sigma * Phi^-1(pa_lower) = {bound} "
+                    f"(sigma {sigma}, pa_lower {row.pa_lower})"
+                )
+        if row.alpha is not None:
+            expected = clopper_pearson_lower(row.count, row.n, row.alpha)
+            if not math.isclose(row.pa_lower, expected, rel_tol=1e-9, abs_tol=1e-300):
+                raise ValueError(
+                    f"{where}: pa_lower {row.pa_lower} is not the Clopper-Pearson bound of "
+                    f"count {row.count} in n {row.n} at alpha {row.alpha} ({expected})"
+                )

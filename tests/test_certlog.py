@@ -1,0 +1,287 @@
+"""Certification log format 2 and its faults: links, other data, missing settings, format-1
+logs, Cohen et al.'s logs (read and written), impossible rows and mixed merges.
+
+Each test makes the fault or attack happen (docs/security.md, docs/certification.md).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+import peftsmoothing as ps
+from peftsmoothing.certlog import COHEN_COLUMNS, LOG_COLUMNS, LOG_COLUMNS_V1, _lock_log, parse_log
+from peftsmoothing.cli import main
+from peftsmoothing.fingerprint import image_fingerprint
+from tests.test_release_fixtures import CERTIFY, FIXTURES, SIGMA, certify_data, load_quietly
+from tests.test_smoothing import images, random_linear
+
+ARGS: dict[str, Any] = {"n0": 5, "n": 40, "alpha": 0.01, "batch_size": 40, "seed": 1}
+
+
+def run(log: Path | None, data: Any = None, **kwargs: Any) -> ps.CertificationReport:
+    smoothed = ps.SmoothedClassifier(random_linear(4), 2, sigma=0.5)
+    args = {**ARGS, "progress": False, **kwargs}
+    return smoothed.certify_dataset(images(6) if data is None else data, log=log, **args)
+
+
+# ------------------------------------------------------------------------------ format 2
+def test_format_2_rows_and_settings(tmp_path: Path) -> None:
+    log = tmp_path / "certify.tsv"
+    report = run(log, dataset_info={"name": "toy", "split": "test"})
+    lines = log.read_text().splitlines()
+    assert lines[0].split("\t") == list(LOG_COLUMNS) and len(lines) == 7
+    settings = json.loads((tmp_path / "certify.tsv.json").read_text())
+    assert settings["format_version"] == 2 and settings["mode"] == "fixed"
+    assert settings["columns"] == "peftsmoothing"
+    assert settings["dataset"] == {"size": 6, "name": "toy", "split": "test"}
+    for row, (image, label) in zip(report.rows, images(6), strict=True):
+        assert row.alpha == 0.01 and row.image_sha256 == image_fingerprint(image, label)
+    assert not (tmp_path / "certify.tsv.lock").exists()
+    assert ps.CertificationReport.from_log(log).rows == report.rows
+
+
+def test_resume_on_other_data_is_refused(tmp_path: Path) -> None:
+    log = tmp_path / "certify.tsv"
+    run(log, indices=[0, 1, 2])
+    other = images(6, seed=9)  # another dataset or split
+    with pytest.raises(ValueError, match="image 0 is not the image"):
+        run(log, other)
+    resized = [(x * 0.5, y) for x, y in images(6)]  # other preprocessing
+    with pytest.raises(ValueError, match="image 0 is not the image"):
+        run(log, resized)
+    relabelled = [(x, 1 - y) for x, y in images(6)]
+    with pytest.raises(ValueError, match="image 0 is not the image"):
+        run(log, relabelled)
+    assert len(run(log)) == 6  # the same data resumes
+
+
+def test_resume_with_other_dataset_info_is_refused(tmp_path: Path) -> None:
+    log = tmp_path / "certify.tsv"
+    run(log, indices=[0], dataset_info={"split": "test"})
+    with pytest.raises(ValueError, match=r"dataset\.split='test' \(now 'train'\)"):
+        run(log, dataset_info={"split": "train"})
+
+
+def test_rows_without_settings_are_refused(tmp_path: Path) -> None:
+    log = tmp_path / "certify.tsv"
+    run(log, indices=[0])
+    (tmp_path / "certify.tsv.json").unlink()
+    with pytest.raises(ValueError, match=r"settings file .*certify\.tsv\.json is missing"):
+        run(log)
+
+
+def test_a_header_only_log_takes_new_settings(tmp_path: Path) -> None:
+    log = tmp_path / "certify.tsv"
+    run(log, indices=[])
+    assert len(log.read_text().splitlines()) == 1
+    assert len(run(log, n=41)) == 6
+    assert json.loads((tmp_path / "certify.tsv.json").read_text())["n"] == 41
+
+
+# ------------------------------------------------------------------------------ links
+def test_a_link_to_a_log_reaches_its_lock_and_its_settings(tmp_path: Path) -> None:
+    log = tmp_path / "certify.tsv"
+    run(log, indices=[0, 1])
+    link = tmp_path / "link.tsv"
+    link.symlink_to(log)
+    held = _lock_log(log)  # another process certifying into the log
+    try:
+        with pytest.raises(RuntimeError, match="another process is certifying into"):
+            run(link)
+    finally:
+        held.close()
+    held = _lock_log(link)  # ... or into the link
+    try:
+        with pytest.raises(RuntimeError, match="another process is certifying into"):
+            run(log)
+    finally:
+        held.close()
+    with pytest.raises(ValueError, match="other settings or another model: n=40"):
+        run(link, n=41)  # the link's settings are the log's
+    assert not (tmp_path / "link.tsv.json").exists()
+    assert len(run(link)) == 6
+    assert [r.idx for r in parse_log(log.read_bytes())[0]] == list(range(6))
+    assert not list(tmp_path.glob("*.lock"))
+
+
+# ------------------------------------------------------------------------------ format 1
+def test_a_format_1_log_resumes_in_format_1_with_a_warning(tmp_path: Path) -> None:
+    for name in ("certify.tsv", "certify.tsv.json"):
+        shutil.copy(FIXTURES / name, tmp_path / name)
+    log = tmp_path / "certify.tsv"
+    data = [*certify_data(), (torch.rand(3, 32, 32, generator=torch.Generator()), 2)]
+    smoothed = ps.SmoothedClassifier(load_quietly(FIXTURES / "model"), 10, sigma=SIGMA)
+    with pytest.warns(UserWarning, match="format-1 log: the data identity"):
+        report = smoothed.certify_dataset(data, log=log, progress=False, **CERTIFY)
+    lines = log.read_text().splitlines()
+    assert lines[0].split("\t") == list(LOG_COLUMNS_V1) and len(lines) == 6
+    assert all(len(line.split("\t")) == 9 for line in lines)
+    assert len(report) == 5
+    assert "format_version" not in json.loads((tmp_path / "certify.tsv.json").read_text())
+    with pytest.raises(ValueError, match="n0=10 \\(now 11\\)"):
+        smoothed.certify_dataset(data, log=log, progress=False, **{**CERTIFY, "n0": 11})
+    with pytest.raises(ValueError, match="format-1 log"):
+        smoothed.certify_dataset(data, log=log, progress=False, log_format="cohen", **CERTIFY)
+
+
+# ------------------------------------------------------------------------------ Cohen et al.
+COHEN_FLOAT = "idx\tlabel\tpredict\tradius\tcorrect\ttime\n" + "".join(
+    f"{i}\t{label}\t{pred}\t{radius}\t{int(pred == label)}\t{t}\n"
+    for i, label, pred, radius, t in [
+        (0, 3, 3, 0.812, 1.234),
+        (20, 8, 8, 0.25, 1.301),
+        (40, 1, -1, 0.0, 1.2),
+        (60, 4, 2, 0.6, 1.25),
+    ]
+)
+COHEN_TIMEDELTA = (
+    COHEN_FLOAT.replace("1.234\n", "0:00:01.234000\n")
+    .replace("1.301\n", "1 day, 2:03:04.500000\n")
+    .replace("1.2\n", "0:00:01.200000\n")
+    .replace("1.25\n", "0:00:01\n")
+)
+
+
+@pytest.mark.parametrize("text", [COHEN_FLOAT, COHEN_TIMEDELTA], ids=["float", "timedelta"])
+def test_cohen_logs_are_read(
+    text: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "cohen.tsv"
+    path.write_bytes(text.encode())
+    report = ps.CertificationReport.from_log(path)
+    assert report.idx.tolist() == [0, 20, 40, 60]
+    assert report.n.tolist() == [0] * 4 and report.count.tolist() == [0] * 4
+    assert all(r.alpha is None and r.image_sha256 is None for r in report.rows)
+    if text is COHEN_TIMEDELTA:
+        assert report.seconds.tolist() == [1.234, 93784.5, 1.2, 1.0]
+    # their analyze.py: mean of correct & (radius >= r) over all rows
+    expected = {r: sum(c and rad >= r for c, rad in [(1, 0.812), (1, 0.25), (0, 0), (0, 0.6)]) / 4
+                for r in (0.0, 0.25, 0.5, 1.0)}  # fmt: skip
+    assert report.certified_accuracy(list(expected)) == expected
+    assert report.abstain_rate == 0.25
+    assert main(["report", str(path), "--radii", "0", "0.5", "--format", "csv"]) == 0
+    assert capsys.readouterr().out.splitlines()[1] == "cohen,0.5,0.25,0.2655,0.25,4"
+
+
+def test_only_cohen_rows_may_lack_counts() -> None:
+    from peftsmoothing.certlog import LogRow
+
+    assert LogRow.from_line("0\t1\t1\t0.5\t1\t0.25").n == 0
+    with pytest.raises(ValueError, match="inconsistent"):
+        LogRow.from_line("0\t1\t1\t0.5\t1\tnan\t0\t0\t0.25")
+
+
+def test_cohen_logs_are_written_and_resumed(tmp_path: Path) -> None:
+    log = tmp_path / "cohen.tsv"
+    first = run(log, indices=[0, 1, 2], log_format="cohen")
+    lines = log.read_text().splitlines()
+    assert lines[0].split("\t") == list(COHEN_COLUMNS) and len(lines) == 4
+    for line, row in zip(lines[1:], first.rows, strict=True):
+        cells = line.split("\t")
+        assert cells[:5] == [str(row.idx), str(row.label), str(row.predict), repr(row.radius),
+                             str(row.correct)]  # fmt: skip
+        assert cells[5].startswith("0:00:0")  # str(datetime.timedelta)
+    assert json.loads((tmp_path / "cohen.tsv.json").read_text())["columns"] == "cohen"
+    with pytest.raises(ValueError, match="columns='cohen' \\(now 'peftsmoothing'\\)"):
+        run(log)
+    with pytest.raises(ValueError, match="seed=1 \\(now 2\\)"):
+        run(log, log_format="cohen", seed=2)
+    resumed = run(log, log_format="cohen")
+    assert len(resumed) == 6 and len(log.read_text().splitlines()) == 7
+    full = run(None)
+    read = ps.CertificationReport.from_log(log)
+    assert [(r.idx, r.predict, r.radius, r.correct) for r in read.rows] == [
+        (r.idx, r.predict, r.radius, r.correct) for r in full.rows
+    ]
+
+
+# ------------------------------------------------------------------------------ report checks
+def tamper(log: Path, line: int, column: str, value: str) -> None:
+    lines = log.read_text().splitlines(keepends=True)
+    cells = lines[line - 1].rstrip("\n").split("\t")
+    cells[LOG_COLUMNS.index(column)] = value
+    lines[line - 1] = "\t".join(cells) + "\n"
+    log.write_text("".join(lines))
+
+
+def certified_line(log: Path) -> int:
+    """The line number of a non-abstaining row."""
+    rows = parse_log(log.read_bytes())[0]
+    return next(i for i, r in enumerate(rows, start=2) if r.predict != ps.ABSTAIN)
+
+
+@pytest.mark.parametrize(
+    ("column", "value", "rule"),
+    [
+        ("correct", "flip", r"correct must be int\(predict == label\)"),
+        ("radius", "9.0", r"exceeds sigma \* Phi\^-1\(pa_lower\)"),
+        ("pa_lower", "0.999", "not the Clopper-Pearson bound"),
+        ("alpha", "0.5", "not the Clopper-Pearson bound"),
+    ],
+)
+def test_impossible_rows_are_refused(tmp_path: Path, column: str, value: str, rule: str) -> None:
+    log = tmp_path / "certify.tsv"
+    run(log)
+    line = certified_line(log)
+    if value == "flip":
+        row = parse_log(log.read_bytes())[0][line - 2]
+        value = str(1 - row.correct)
+    tamper(log, line, column, value)
+    with pytest.raises(ValueError, match=rf"certify\.tsv, line {line}: .*{rule}"):
+        ps.CertificationReport.from_log(log)
+    assert len(ps.CertificationReport.from_log(log, validate=False)) == 6
+
+
+def test_an_abstention_with_a_radius_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "cohen.tsv"
+    path.write_bytes(COHEN_FLOAT.replace("40\t1\t-1\t0.0", "40\t1\t-1\t0.5").encode())
+    with pytest.raises(ValueError, match="line 4: an abstention"):
+        ps.CertificationReport.from_log(path)
+
+
+def test_merging_logs_of_other_settings_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    a, b, c = (tmp_path / f"{name}.tsv" for name in "abc")
+    run(a, shard=(0, 2))
+    run(b, shard=(1, 2))
+    run(c, shard=(1, 2), seed=2)
+    assert len(ps.CertificationReport.from_logs([a, b])) == 6  # shards of one run
+    with pytest.raises(ValueError, match="other settings than .*seed=1 \\(now 2\\)"):
+        ps.CertificationReport.from_logs([a, c])
+    assert len(ps.CertificationReport.from_logs([a, c], allow_mixed=True)) == 6
+    assert main(["report", str(a), str(c)]) == 1
+    assert "allow-mixed" in capsys.readouterr().err
+    assert main(["report", str(a), str(c), "--allow-mixed"]) == 0
+    assert main(["report", str(a), str(c), "--compare"]) == 0
+
+
+# ------------------------------------------------------------------------------ CLI flags
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--max", "-1", "max must be an integer >= 0, got -1"),
+        ("--n0", "0", "n0 must be an integer >= 1, got 0"),
+        ("--n", "x", "n must be a number, got 'x'"),
+        ("--skip", "0", "skip must be an integer >= 1, got 0"),
+        ("--batch", "0", "batch must be an integer >= 1, got 0"),
+        ("--alpha", "1.5", "alpha must be a number in the open interval (0, 1), got 1.5"),
+        ("--sigma", "0", "sigma must be"),
+    ],
+)
+def test_numeric_flags_are_checked_up_front(
+    flag: str, value: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["certify", "--model", "m", "--root", "r", "--out", "o.tsv", "--sigma", "0.5"]
+    with pytest.raises(SystemExit) as exc:
+        main([*args, flag, value])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {flag}: {message}" in err
+    assert len([line for line in err.splitlines() if "error" in line]) == 1
