@@ -3,6 +3,11 @@
 Parameter-efficient fine-tuning (LoRA, visual prompts, adapters) on Gaussian-noised images,
 certified with randomized smoothing. The public API is exactly what this module exports.
 
+The names are imported lazily (PEP 562): ``import peftsmoothing`` is cheap, and torch, scipy
+and timm are imported the first time a name that needs them is used (``ps.wrap``,
+``from peftsmoothing import NoiseTrainer``). So ``peftsmoothing --help`` starts in a fraction
+of a second.
+
 Examples:
     >>> import timm, peftsmoothing as ps
     >>> vit = timm.create_model("vit_tiny_patch16_224", pretrained=False,
@@ -10,35 +15,73 @@ Examples:
     >>> model = ps.wrap(vit, method="lora", r=8, num_classes=10)
 """
 
-from . import datasets, zoo
-from . import methods as _methods  # noqa: F401  (registers the built-in methods)
+from __future__ import annotations
+
+import importlib
+import sys
+import types
+from typing import TYPE_CHECKING, Any
+
 from ._version import __version__
-from .losses import (
-    LossContext,
-    LossOutput,
-    UnknownLossError,
-    available_losses,
-    register_loss,
-)
-from .methods.base import (
-    ENTRY_POINT_GROUP,
-    Method,
-    MethodConfig,
-    MethodContext,
-    UnknownMethodError,
-    available_methods,
-    get_method,
-    method_descriptions,
-    register_method,
-)
-from .normalize import Normalize
-from .params import ModuleCount, ParameterReport, parameter_report
-from .report import CertificationReport, PairedDifference, plot_certified_accuracy
-from .smoothing import ABSTAIN, Certificate, SmoothedClassifier
-from .stats import binomial_pvalue, certified_radius, clopper_pearson_lower
-from .training import Callback, NoiseTrainer, TrainerConfig
-from .wrap import PEFTModel, WrapSpec, load, wrap
-from .zoo import create_model
+
+if TYPE_CHECKING:
+    from . import datasets, zoo
+    from .losses import (
+        LossContext,
+        LossOutput,
+        UnknownLossError,
+        available_losses,
+        register_loss,
+    )
+    from .methods.base import (
+        ENTRY_POINT_GROUP,
+        Method,
+        MethodConfig,
+        MethodContext,
+        UnknownMethodError,
+        available_methods,
+        get_method,
+        method_descriptions,
+        register_method,
+    )
+    from .normalize import Normalize
+    from .params import ModuleCount, ParameterReport, parameter_report
+    from .report import CertificationReport, PairedDifference, plot_certified_accuracy
+    from .smoothing import ABSTAIN, Certificate, SmoothedClassifier
+    from .stats import binomial_pvalue, certified_radius, clopper_pearson_lower
+    from .training import Callback, NoiseTrainer, TrainerConfig
+    from .wrap import PEFTModel, WrapSpec, load, wrap
+    from .zoo import create_model
+
+#: The public names that are submodules themselves (``ps.datasets``).
+_MODULES = frozenset({"datasets", "zoo"})
+
+#: Where each public name lives: name -> module (relative to this package).
+_LAZY: dict[str, str] = {
+    "datasets": ".datasets",
+    "zoo": ".zoo",
+    **dict.fromkeys(
+        ["LossContext", "LossOutput", "UnknownLossError", "available_losses", "register_loss"],
+        ".losses",
+    ),
+    **dict.fromkeys(
+        ["ENTRY_POINT_GROUP", "Method", "MethodConfig", "MethodContext", "UnknownMethodError",
+         "available_methods", "get_method", "method_descriptions", "register_method"],
+        ".methods.base",
+    ),
+    "Normalize": ".normalize",
+    **dict.fromkeys(["ModuleCount", "ParameterReport", "parameter_report"], ".params"),
+    **dict.fromkeys(
+        ["CertificationReport", "PairedDifference", "plot_certified_accuracy"], ".report"
+    ),
+    **dict.fromkeys(["ABSTAIN", "Certificate", "SmoothedClassifier"], ".smoothing"),
+    **dict.fromkeys(
+        ["binomial_pvalue", "certified_radius", "clopper_pearson_lower"], ".stats"
+    ),
+    **dict.fromkeys(["Callback", "NoiseTrainer", "TrainerConfig"], ".training"),
+    **dict.fromkeys(["PEFTModel", "WrapSpec", "load", "wrap"], ".wrap"),
+    "create_model": ".zoo",
+}
 
 __all__ = [
     "ABSTAIN",
@@ -80,3 +123,43 @@ __all__ = [
     "available_losses",
     "register_loss",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """Import the module of a public name on first access (PEP 562) and cache the value.
+
+    Raises:
+        AttributeError: For a name that is not public.
+
+    Examples:
+        >>> import peftsmoothing as ps
+        >>> ps.ABSTAIN
+        -1
+    """
+    target = _LAZY.get(name)
+    if target is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    module = importlib.import_module(target, __name__)
+    value = module if name in _MODULES else getattr(module, name)
+    object.__setattr__(sys.modules[__name__], name, value)  # later accesses skip this hook
+    return value
+
+
+def __dir__() -> list[str]:
+    """The module's attributes, the not-yet-imported public names included."""
+    return sorted(set(globals()) | set(__all__))
+
+
+class _Package(types.ModuleType):
+    """This package's module type: importing the submodule ``peftsmoothing.wrap`` must not
+    replace the public function ``ps.wrap`` (the import system sets the submodule as an
+    attribute of its package; eager imports used to overwrite it right after)."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if isinstance(value, types.ModuleType) and name in _LAZY and name not in _MODULES:
+            self.__dict__.pop(name, None)  # leave the public name to __getattr__
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

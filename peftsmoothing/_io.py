@@ -1,7 +1,7 @@
 """Crash-safe file writing shared by checkpoints, saved models and certification logs.
 
 Temporary files and folders are named ``.<name>.<pid>.<random>.tmp`` in the destination's
-folder, so that :func:`clean_stale_temporaries` can remove those a killed run left behind
+folder, so that ``clean_stale_temporaries`` can remove those a killed run left behind
 without touching those of a run that is still alive.
 """
 
@@ -13,8 +13,6 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO
-
-import torch
 
 __all__ = [
     "atomic_save",
@@ -139,7 +137,7 @@ def atomic_write(
 
 
 def atomic_save(obj: object, path: str | os.PathLike[str]) -> None:
-    """``torch.save(obj)`` atomically (see :func:`atomic_write`); ``bytes`` are written as is.
+    """``torch.save(obj)`` atomically (see ``atomic_write``); ``bytes`` are written as is.
 
     Examples:
         >>> import pathlib, tempfile, torch
@@ -151,4 +149,6 @@ def atomic_save(obj: object, path: str | os.PathLike[str]) -> None:
     if isinstance(obj, bytes):
         atomic_write(path, obj)
     else:
+        import torch  # here: the command line imports this module without torch
+
         atomic_write(path, lambda f: torch.save(obj, f))

@@ -1,4 +1,10 @@
-"""The ``peftsmoothing`` command line: a thin dispatcher over ``peftsmoothing.commands``."""
+"""The ``peftsmoothing`` command line: a thin dispatcher over ``peftsmoothing.commands``.
+
+Building the parser imports neither torch nor scipy (nor timm): every command module imports
+what it runs inside its ``run()``, and the closed sets its flags offer (methods, losses,
+datasets, precisions) come from the torch-free [`peftsmoothing.names`][peftsmoothing.names].
+So ``peftsmoothing --help`` and ``peftsmoothing COMMAND --help`` answer at once.
+"""
 
 from __future__ import annotations
 
@@ -6,15 +12,32 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from ._version import __version__
 from .commands import COMMANDS
 
-__all__ = ["build_parser", "main"]
+__all__ = ["HelpFormatter", "build_parser", "main"]
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """The help format of every ``peftsmoothing`` parser: each flag shows its default.
+
+    A help text that already says ``%(default)s`` is left as it is.
+    """
+
+
+class _Parser(argparse.ArgumentParser):
+    """A sub-command's parser: [`HelpFormatter`][peftsmoothing.cli.HelpFormatter] unless the
+    command asks for another."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """Build the argument parser of the ``peftsmoothing`` command.
+    """Build the argument parser of the ``peftsmoothing`` command (imports no torch).
 
     Examples:
         >>> build_parser().parse_args(["methods"]).command
@@ -23,9 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="peftsmoothing",
         description="Certified robustness: parameter-efficient fine-tuning + randomized smoothing.",
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name in COMMANDS:
         importlib.import_module(f".commands.{name}", __package__).register(sub)
     return parser

@@ -37,8 +37,8 @@ _CIFAR10_CLASSES = (
     "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
 )
 
-#: Dataset names understood by :func:`load_dataset`, with their number of classes
-#: (``None``: read from the folder).
+#: Dataset names understood by [`load_dataset`][peftsmoothing.datasets.load_dataset], with their
+#: number of classes (``None``: read from the folder).
 DATASETS: dict[str, int | None] = {
     "cifar10": 10,
     "cifar100": 100,
@@ -140,7 +140,7 @@ class _ArrayUnpickler(pickle.Unpickler):
 
 
 def _unpickle(path: Path) -> dict[str, Any]:
-    """Read one CIFAR python-format batch file with :class:`_ArrayUnpickler`.
+    """Read one CIFAR python-format batch file with ``_ArrayUnpickler``.
 
     Raises:
         ValueError: If the file holds anything but plain data and numpy arrays, or is not a
@@ -337,7 +337,8 @@ def cifar10_sample(
             certified radii at the native 32x32 resolution).
 
     Returns:
-        An :class:`ArrayDataset` of ``(float CHW tensor in [0, 1], int label)``.
+        An [`ArrayDataset`][peftsmoothing.datasets.ArrayDataset] of ``(float CHW tensor in [0, 1],
+        int label)``.
 
     Examples:
         >>> test = cifar10_sample(train=False)

@@ -1,8 +1,8 @@
 """The end-to-end demo: pretrained ViT -> LoRA -> noise training -> certificates, offline.
 
 Uses only what ships inside the package: a small ViT pre-trained on clean CIFAR-10
-(:func:`peftsmoothing.zoo.demo_vit`) and a real CIFAR-10 sample
-(:func:`peftsmoothing.datasets.cifar10_sample`). Run it with ``make demo`` or
+([`peftsmoothing.zoo.demo_vit`][peftsmoothing.zoo.demo_vit]) and a real CIFAR-10 sample
+(``peftsmoothing.datasets.cifar10_sample``). Run it with ``make demo`` or
 ``peftsmoothing demo``.
 """
 
@@ -12,24 +12,18 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from torch.utils.data import DataLoader, Subset
-
-from .datasets import cifar10_sample
-from .params import parameter_report
-from .report import CertificationReport, certified_accuracy_table, plot_certified_accuracy
-from .smoothing import SmoothedClassifier
-from .training import NoiseTrainer
-from .wrap import wrap
-from .zoo import demo_vit
+if TYPE_CHECKING:
+    from .report import CertificationReport
 
 __all__ = ["DemoConfig", "run_demo"]
 
 
 @dataclass(frozen=True)
 class DemoConfig:
-    """Settings of :func:`run_demo` (defaults: 3-4 minutes on 2 idle CPU cores).
+    """Settings of [`run_demo`][peftsmoothing.demo.run_demo] (defaults: 3-4 minutes on 2 idle CPU
+    cores).
 
     Attributes:
         out: Output directory (checkpoint, certification logs, curve).
@@ -80,7 +74,7 @@ def run_demo(config: DemoConfig | None = None, *, train_limit: int | None = None
     """Run the whole pipeline and print what happens; returns the certification reports.
 
     Args:
-        config: Settings; default :class:`DemoConfig`.
+        config: Settings; default [`DemoConfig`][peftsmoothing.demo.DemoConfig].
         train_limit: Use only the first ``train_limit`` training images (smoke runs).
 
     Returns:
@@ -94,6 +88,18 @@ def run_demo(config: DemoConfig | None = None, *, train_limit: int | None = None
         >>> sorted(reports), len(reports["after"])
         (['after', 'before'], 8)
     """
+    # imported here, not at load time: ``peftsmoothing demo --help`` reads DemoConfig only
+    import torch
+    from torch.utils.data import DataLoader, Subset
+
+    from .datasets import cifar10_sample
+    from .params import parameter_report
+    from .report import certified_accuracy_table, plot_certified_accuracy
+    from .smoothing import SmoothedClassifier
+    from .training import NoiseTrainer
+    from .wrap import wrap
+    from .zoo import demo_vit
+
     cfg = config or DemoConfig()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,5 @@
-"""Training losses for :class:`peftsmoothing.NoiseTrainer`, and the registry that holds them.
+"""Training losses for [`peftsmoothing.NoiseTrainer`][peftsmoothing.NoiseTrainer], and the registry
+that holds them.
 
 A loss is a function ``fn(model, clean, noisy, labels, ctx) -> LossOutput``:
 
@@ -7,14 +8,15 @@ A loss is a function ``fn(model, clean, noisy, labels, ctx) -> LossOutput``:
 * ``clean``: the batch of [0, 1] images, shape ``(B, C, H, W)``;
 * ``noisy``: a list of ``num_noise`` noisy copies ``clean + sigma * randn`` (pixel space);
 * ``labels``: integer class labels, shape ``(B,)``;
-* ``ctx``: a :class:`LossContext` (sigma of the batch, the loss options, the frozen reference
+* ``ctx``: a [`LossContext`][peftsmoothing.LossContext] (sigma of the batch, the loss options, the
+frozen reference
   classifier for losses that need one).
 
 It returns the scalar loss and, if it has them, the logits on the noisy copies (used for the
-running accuracy). Losses register with :func:`register_loss`, so a new objective (e.g. the
-MSE loss for a denoiser) is added without touching the trainer; third-party packages declare
-theirs in the entry-point group ``peftsmoothing.losses`` (:data:`LOSS_ENTRY_POINT_GROUP`),
-imported lazily like plug-in methods.
+running accuracy). Losses register with [`register_loss`][peftsmoothing.register_loss], so a new
+objective (e.g. the MSE loss for a denoiser) is added without touching the trainer; third-party
+packages declare theirs in the entry-point group ``peftsmoothing.losses``
+(``LOSS_ENTRY_POINT_GROUP``), imported lazily like plug-in methods.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .names import LOSS_ENTRY_POINT_GROUP as _LOSS_GROUP
 from .registry import Registry, did_you_mean
 from .validation import is_int
 
@@ -118,7 +121,7 @@ class LossSpec:
     description: str = ""
 
     def resolve_options(self, given: Mapping[str, Any]) -> dict[str, Any]:
-        """Defaults updated with ``given``; unknown option names raise :class:`TypeError`.
+        """Defaults updated with ``given``; unknown option names raise ``TypeError``.
 
         Examples:
             >>> get_loss("consistency").resolve_options({"consistency_weight": 20.0})
@@ -140,7 +143,7 @@ class UnknownLossError(ValueError):
 
 
 #: The entry-point group in which third-party packages declare losses (``name = "pkg:fn"``).
-LOSS_ENTRY_POINT_GROUP = "peftsmoothing.losses"
+LOSS_ENTRY_POINT_GROUP = _LOSS_GROUP
 
 
 def _adopt(name: str, obj: object) -> None:
@@ -179,7 +182,7 @@ def register_loss(
         num_noise: Default number of noisy copies per image the loss receives.
         options: The loss's options with their defaults; the trainer rejects other names.
         needs_reference: The loss uses ``ctx.reference``, a frozen copy of the classifier
-            (see :class:`peftsmoothing.NoiseTrainer`'s ``reference_model``).
+            (see [`peftsmoothing.NoiseTrainer`][peftsmoothing.NoiseTrainer]'s ``reference_model``).
         description: One line for listings (default: the first docstring line).
         override: Replace an existing loss of the same name instead of raising.
 

@@ -1,12 +1,13 @@
-"""The wrapped model: :class:`PEFTModel` and the :class:`WrapSpec` that rebuilds it.
+"""The wrapped model: [`PEFTModel`][peftsmoothing.PEFTModel] and the
+[`WrapSpec`][peftsmoothing.WrapSpec] that rebuilds it.
 
-A :class:`PEFTModel` is ``pixel`` (a method's pixel-space module, e.g. a denoiser; usually
-empty) -> ``resize`` (optional, e.g. 32 -> 224 px) -> ``normalize`` (mean/std, so the model
-takes [0, 1] images; docs/design.md, "Normalization lives in the model") -> ``model`` (the
+A [`PEFTModel`][peftsmoothing.PEFTModel] is ``pixel`` (a method's pixel-space module, e.g. a
+denoiser; usually empty) -> ``resize`` (optional, e.g. 32 -> 224 px) -> ``normalize`` (mean/std, so
+the model takes [0, 1] images; docs/design.md, "Normalization lives in the model") -> ``model`` (the
 original network, modified in place by the method). It is built by
-:func:`peftsmoothing.wrap`; this module holds the class itself: trainable parameters, merging,
-the frozen reference of the ``stability`` loss, and saving (the format is in
-:mod:`peftsmoothing.serialization`). It does not import :mod:`peftsmoothing.wrap`.
+[`peftsmoothing.wrap`][peftsmoothing.wrap]; this module holds the class itself: trainable
+parameters, merging, the frozen reference of the ``stability`` loss, and saving (the format is in
+``peftsmoothing.serialization``). It does not import [`peftsmoothing.wrap`][peftsmoothing.wrap].
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ __all__ = ["PEFTModel", "WrapSpec"]
 
 @dataclass(frozen=True)
 class WrapSpec:
-    """Everything :func:`wrap` needs to rebuild a wrapped model around the same base model.
+    """Everything [`wrap`][peftsmoothing.wrap] needs to rebuild a wrapped model around the same base
+    model.
 
     Attributes:
         method: Registered method name.
@@ -59,7 +61,8 @@ class WrapSpec:
 class PEFTModel(nn.Module):
     """A frozen model with a method's trainable parameters and built-in input normalization.
 
-    Built by :func:`wrap`; takes images in [0, 1] and returns the original model's output.
+    Built by [`wrap`][peftsmoothing.wrap]; takes images in [0, 1] and returns the original model's
+    output.
 
     Examples:
         >>> import timm, torch, peftsmoothing as ps
@@ -107,7 +110,7 @@ class PEFTModel(nn.Module):
 
         For the ``denoiser`` method this is the frozen classifier alone, e.g. the reference
         of the ``stability`` loss; for methods without a pixel-space module it equals
-        :meth:`forward`.
+        ``forward``.
 
         Args:
             x: Images in [0, 1], shape ``(N, C, H, W)``.
@@ -129,8 +132,8 @@ class PEFTModel(nn.Module):
         """The frozen classifier behind a trained pixel-space module, else ``None``.
 
         For the ``denoiser`` method (a trained module in front of a frozen classifier) this is
-        :meth:`forward_without_pixel`: the reference of the ``stability`` loss. Part of the
-        :class:`peftsmoothing.trainable.Trainable` contract.
+        [`forward_without_pixel`][peftsmoothing.PEFTModel.forward_without_pixel]: the reference of
+        the ``stability`` loss. Part of the ``peftsmoothing.trainable.Trainable`` contract.
 
         Examples:
             >>> import peftsmoothing as ps
@@ -204,7 +207,8 @@ class PEFTModel(nn.Module):
 
     def merge(self) -> PEFTModel:
         """Fold the trained update into the base weights: inference then costs what the base
-        model costs. Undo with :meth:`unmerge`. A no-op when already merged.
+        model costs. Undo with [`unmerge`][peftsmoothing.PEFTModel.unmerge]. A no-op when already
+        merged.
 
         Raises:
             NotImplementedError: If the method does not support merging.
@@ -227,7 +231,8 @@ class PEFTModel(nn.Module):
         return self
 
     def unmerge(self) -> PEFTModel:
-        """Undo :meth:`merge` (restores the base weights up to float rounding).
+        """Undo [`merge`][peftsmoothing.PEFTModel.merge] (restores the base weights up to float
+        rounding).
 
         Examples:
             >>> import timm, peftsmoothing as ps
@@ -288,7 +293,7 @@ class PEFTModel(nn.Module):
         The directory holds ``peftsmoothing.json`` (method, options, head, normalization, and
         your ``metadata``) and ``trainable.pt`` (only trained tensors: kilobytes to a few
         megabytes for PEFT methods). Files are written atomically. Rebuild with
-        :func:`peftsmoothing.load`.
+        [`peftsmoothing.load`][peftsmoothing.load].
 
         Args:
             path: Output directory (created if needed).

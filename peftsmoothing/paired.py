@@ -3,8 +3,9 @@
 Two methods certified on the same test images are compared image by image: at a radius ``r``
 each image is certified correct by both, by one, or by neither, and only the discordant images
 (one but not the other) say which method is better. This is far more precise than comparing
-two certified accuracies. :meth:`peftsmoothing.CertificationReport.compare_to` pairs the images
-and calls :func:`paired_difference` once per radius.
+two certified accuracies.
+[`peftsmoothing.CertificationReport.compare_to`][peftsmoothing.CertificationReport.compare_to] pairs
+the images and calls ``paired_difference`` once per radius.
 """
 
 from __future__ import annotations
@@ -21,9 +22,9 @@ __all__ = ["PairedDifference", "paired_difference"]
 class PairedDifference:
     """Difference in certified accuracy between two reports on the same images, at one radius.
 
-    Made by :meth:`CertificationReport.compare_to`. Each image is certified correct at ``radius``
-    by both reports, by one, or by neither; only the images where they disagree (the discordant
-    pairs) carry information about which is better.
+    Made by [`CertificationReport.compare_to`][peftsmoothing.CertificationReport.compare_to]. Each
+    image is certified correct at ``radius`` by both reports, by one, or by neither; only the images
+    where they disagree (the discordant pairs) carry information about which is better.
 
     Attributes:
         radius: The radius of the comparison.
@@ -61,7 +62,7 @@ def paired_difference(first: np.ndarray, second: np.ndarray, radius: float) -> P
         radius: The radius the arrays refer to (recorded in the result).
 
     Returns:
-        The :class:`PairedDifference` of ``first`` minus ``second``.
+        The [`PairedDifference`][peftsmoothing.PairedDifference] of ``first`` minus ``second``.
 
     Examples:
         >>> import numpy as np

@@ -23,7 +23,8 @@ class ModuleCount:
 class ParameterReport:
     """Trainable and total parameter counts of a model, with a per-module breakdown.
 
-    ``str(report)`` is a plain-text table; :meth:`to_markdown` a markdown one.
+    ``str(report)`` is a plain-text table;
+    [`to_markdown`][peftsmoothing.ParameterReport.to_markdown] a markdown one.
 
     Attributes:
         trainable: Number of parameters with ``requires_grad``.
@@ -70,7 +71,7 @@ def parameter_report(model: nn.Module) -> ParameterReport:
         model: Any module (wrapped or not).
 
     Returns:
-        A :class:`ParameterReport`; ``print()`` it for a table.
+        A [`ParameterReport`][peftsmoothing.ParameterReport]; ``print()`` it for a table.
 
     Examples:
         >>> import peftsmoothing as ps
@@ -102,7 +103,7 @@ def parameter_report(model: nn.Module) -> ParameterReport:
 
 
 def trained_keys(model: nn.Module) -> set[str]:
-    """The ``state_dict`` keys that training changes (see :func:`trained_state_dict`).
+    """The ``state_dict`` keys that training changes (see ``trained_state_dict``).
 
     Examples:
         >>> from torch import nn

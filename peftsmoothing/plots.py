@@ -1,8 +1,8 @@
 """Curves of certified accuracy against the radius (matplotlib, optional: ``[plot]`` extra).
 
-Nothing here imports :mod:`peftsmoothing.report`: a curve is drawn from anything that has a
-name, an ACR, certified radii and a :meth:`~peftsmoothing.CertificationReport.curve` method
-(:class:`Curve`), which a :class:`peftsmoothing.CertificationReport` is.
+Nothing here imports ``peftsmoothing.report``: a curve is drawn from anything that has a
+name, an ACR, certified radii and a [`curve`][peftsmoothing.CertificationReport.curve] method
+(``Curve``), which a [`peftsmoothing.CertificationReport`][peftsmoothing.CertificationReport] is.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ __all__ = ["Curve", "plot_certified_accuracy"]
 
 
 class Curve(Protocol):
-    """What a plot uses of a :class:`peftsmoothing.CertificationReport`."""
+    """What a plot uses of a
+    [`peftsmoothing.CertificationReport`][peftsmoothing.CertificationReport]."""
 
     name: str | None
     radius: np.ndarray

@@ -1,27 +1,22 @@
 """Numeric precision of a forward pass: ``"fp32"``, or ``"bf16"`` / ``"fp16"`` autocast.
 
-Declared once here and used by training, certification and the CLI.
+The names ([`PRECISIONS`][peftsmoothing.names.PRECISIONS]) are declared in the torch-free
+[`peftsmoothing.names`][peftsmoothing.names] and used by training, certification and the CLI;
+torch is imported only when a precision is applied.
 """
 
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any
 
-import torch
-
+from .names import PRECISIONS
 from .validation import check_choice
 
+if TYPE_CHECKING:
+    import torch
+
 __all__ = ["PRECISIONS", "autocast", "autocast_dtype"]
-
-#: The precisions every forward pass accepts.
-PRECISIONS: Final[tuple[str, ...]] = ("fp32", "bf16", "fp16")
-
-_DTYPES: Final[dict[str, torch.dtype | None]] = {
-    "fp32": None,
-    "bf16": torch.bfloat16,
-    "fp16": torch.float16,
-}
 
 
 def autocast_dtype(precision: str) -> torch.dtype | None:
@@ -34,7 +29,12 @@ def autocast_dtype(precision: str) -> torch.dtype | None:
         >>> autocast_dtype("bf16"), autocast_dtype("fp32")
         (torch.bfloat16, None)
     """
-    return _DTYPES[check_choice(precision, "precision", PRECISIONS)]
+    import torch  # here, not at import: the command line reads PRECISIONS without torch
+
+    dtypes: dict[str, torch.dtype | None] = {
+        "fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16,
+    }  # fmt: skip
+    return dtypes[check_choice(precision, "precision", PRECISIONS)]
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[Any]:
@@ -46,6 +46,8 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
         ...     (torch.ones(2, 2) @ torch.ones(2, 2)).dtype
         torch.bfloat16
     """
+    import torch
+
     dtype = autocast_dtype(precision)
     if dtype is None:
         return contextlib.nullcontext()

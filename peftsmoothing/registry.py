@@ -1,7 +1,7 @@
 """One generic registry: named entries of one kind, plus plug-ins from an entry-point group.
 
-Methods (:mod:`peftsmoothing.methods.base`) and training losses (:mod:`peftsmoothing.losses`)
-are both held by a :class:`Registry`. Built-in entries register when their module is imported;
+Methods (``peftsmoothing.methods.base``) and training losses (``peftsmoothing.losses``)
+are both held by a ``Registry``. Built-in entries register when their module is imported;
 third-party packages declare theirs in an entry-point group (``peftsmoothing.methods``,
 ``peftsmoothing.losses``), imported lazily the first time a name is looked up or listed. A
 plug-in that fails to import is skipped with a warning naming it, so one broken package does
@@ -9,7 +9,7 @@ not break every command.
 
 This module is a leaf: it imports no method and no loss. The method protocol that used to live
 here (``Method``, ``MethodConfig``, ``MethodContext``, ``register_method``, ...) is in
-:mod:`peftsmoothing.methods.base`; the old names still resolve from here.
+``peftsmoothing.methods.base``; the old names still resolve from here.
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ def did_you_mean(word: object, choices: Iterable[str], *, prefix: bool = False) 
     Args:
         word: What the user typed.
         choices: The valid names.
-        prefix: See :func:`closest_name`.
+        prefix: See ``closest_name``.
 
     Returns:
         The hint, to append to an error message.
@@ -82,13 +82,13 @@ class Registry(Generic[T]):
     Args:
         kind: What an entry is, for messages (``"method"``, ``"loss"``).
         group: The entry-point group third-party packages declare entries in.
-        error: The exception :meth:`get` raises for an unknown name (a ``ValueError``).
-        describe: One line describing an entry (for :meth:`descriptions`).
+        error: The exception ``get`` raises for an unknown name (a ``ValueError``).
+        describe: One line describing an entry (for ``descriptions``).
         identity: The object that makes two registrations "the same" (re-registering it is
             harmless); default: the entry itself.
         adopt: Called as ``adopt(name, obj)`` for an entry point whose import did not register
             ``name`` itself; it registers ``obj`` or raises ``TypeError``.
-        unknown_message: Builds the message of :meth:`get`'s error from ``(name, names)``.
+        unknown_message: Builds the message of ``get``'s error from ``(name, names)``.
 
     Examples:
         >>> colours: Registry[str] = Registry("colour", "example.colours", ValueError,

@@ -1,14 +1,14 @@
 """The save format of a wrapped model: a directory with a JSON config and the trained tensors.
 
-A saved directory holds :data:`CONFIG_FILE` (``peftsmoothing.json``: format name and version,
-the :class:`~peftsmoothing.model.WrapSpec`, a record of the base model, the name and shape of
-every saved tensor, and the user's metadata) and :data:`TENSORS_FILE` (``trainable.pt``: only
+A saved directory holds ``CONFIG_FILE`` (``peftsmoothing.json``: format name and version,
+the [`WrapSpec`][peftsmoothing.WrapSpec], a record of the base model, the name and shape of
+every saved tensor, and the user's metadata) and ``TENSORS_FILE`` (``trainable.pt``: only
 the tensors training changes). Reading trusts nothing but the directory (docs/security.md):
 files that link out of it are refused, tensors are loaded with ``weights_only=True``, and the
 tensors must fit the rebuilt model exactly.
 
-This module imports no method and no model class: :meth:`PEFTModel.save` and
-:func:`peftsmoothing.load` call it with plain values.
+This module imports no method and no model class: [`PEFTModel.save`][peftsmoothing.PEFTModel.save]
+and [`peftsmoothing.load`][peftsmoothing.load] call it with plain values.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ __all__ = [
 CONFIG_FILE = "peftsmoothing.json"
 #: The trained tensors of a saved model (a ``torch.save``-d dict of named tensors).
 TENSORS_FILE = "trainable.pt"
-#: The ``format`` field of :data:`CONFIG_FILE`.
+#: The ``format`` field of ``CONFIG_FILE``.
 FORMAT = "peftsmoothing-wrapped-model"
 #: The newest ``format_version`` this release reads and the one it writes.
 FORMAT_VERSION = 1
@@ -64,8 +64,9 @@ def base_record(
     Args:
         model: The base model (inside the wrapper).
         num_parameters: Its parameter count before the method added any.
-        fingerprint: :func:`frozen_fingerprint` as ``wrap`` found it.
-        recipe: How to rebuild it (:func:`peftsmoothing.create_model`), or ``None``.
+        fingerprint: ``frozen_fingerprint`` as ``wrap`` found it.
+        recipe: How to rebuild it ([`peftsmoothing.create_model`][peftsmoothing.create_model]), or
+            ``None``.
 
     Returns:
         ``{"class", "architecture", "num_parameters", "fingerprint", "recipe"}``.
@@ -94,12 +95,12 @@ def write_model(
     tensors: Mapping[str, torch.Tensor],
     metadata: Mapping[str, Any] | None = None,
 ) -> Path:
-    """Write :data:`TENSORS_FILE` and :data:`CONFIG_FILE` (atomically) into the directory.
+    """Write ``TENSORS_FILE`` and ``CONFIG_FILE`` (atomically) into the directory.
 
     Args:
         path: Output directory (created if needed).
         spec: The wrap spec as a dict (``dataclasses.asdict(WrapSpec)``).
-        base: The base model's record (:func:`base_record`).
+        base: The base model's record (``base_record``).
         tensors: The trained tensors.
         metadata: Extra JSON-serialisable information.
 
@@ -140,7 +141,8 @@ def _file_in(directory: Path, name: str) -> Path:
 
 
 def read_config(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read and check the JSON config of a directory written by :meth:`PEFTModel.save`.
+    """Read and check the JSON config of a directory written by
+    [`PEFTModel.save`][peftsmoothing.PEFTModel.save].
 
     Raises:
         FileNotFoundError: If the directory holds no ``peftsmoothing.json``.
@@ -174,7 +176,7 @@ def read_config(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def read_tensors(directory: str | os.PathLike[str], map_location: Any) -> dict[str, torch.Tensor]:
-    """:data:`TENSORS_FILE` as a dict of tensors, with one-line errors for a bad file.
+    """``TENSORS_FILE`` as a dict of tensors, with one-line errors for a bad file.
 
     Raises:
         FileNotFoundError: If the directory holds no ``trainable.pt``.
@@ -214,7 +216,7 @@ def check_tensors_fit(
     trainable parameter must be saved.
 
     Args:
-        tensors: The saved tensors (:func:`read_tensors`).
+        tensors: The saved tensors (``read_tensors``).
         listed: The config's ``tensors`` section (a dict of name -> shape; ignored otherwise).
         trained: The rebuilt model's trained tensors (``PEFTModel.trained_state_dict()``).
         trainable: Names of the rebuilt model's trainable parameters.
@@ -250,7 +252,7 @@ def check_tensors_fit(
 
 def frozen_fingerprint(model: nn.Module) -> str:
     """Fingerprint of a model's frozen tensors: every ``state_dict`` entry training leaves
-    alone (see :func:`peftsmoothing.params.trained_keys`).
+    alone (see ``peftsmoothing.params.trained_keys``).
 
     ``wrap`` records it and ``load`` checks it, so that trained adapters are never loaded onto
     another backbone (other weights with the same shapes).
@@ -283,7 +285,7 @@ def check_base_fingerprint(
     Args:
         stored: The fingerprint in the config (``None`` for directories saved before 0.2,
             which load with a ``UserWarning``).
-        actual: :func:`frozen_fingerprint` of the rebuilt model.
+        actual: ``frozen_fingerprint`` of the rebuilt model.
         path: The saved directory, for messages.
         origin: Where the base model came from, for messages.
         stacklevel: Of the warning (default: the caller's caller).

@@ -3,16 +3,15 @@
 Everything a certificate's soundness rests on lives here, small enough to check by hand:
 the exact one-sided Clopper-Pearson lower bound of a binomial proportion, the two-sided
 binomial test used by PREDICT, and the certified L2 radius ``sigma * Phi^-1(pA_lower)`` of
-Cohen, Rosenfeld & Kolter (2019). It also holds :data:`ABSTAIN`, the prediction of a smoothed
-classifier that abstains, so that every module reading or writing predictions shares one leaf.
+Cohen, Rosenfeld & Kolter (2019). It also holds [`ABSTAIN`][peftsmoothing.ABSTAIN], the prediction
+of a smoothed classifier that abstains, so that every module reading or writing predictions shares
+one leaf.
 """
 
 from __future__ import annotations
 
 import numbers
 from typing import Final
-
-from scipy.stats import beta, binomtest, norm
 
 from .validation import check_alpha, check_positive_int, check_sigma
 
@@ -65,6 +64,8 @@ def clopper_pearson_lower(k: int, n: int, alpha: float) -> float:
     a = check_alpha(alpha)
     if k_ == 0:
         return 0.0
+    from scipy.stats import beta  # here: importing scipy costs ~0.3 s the CLI need not pay
+
     return float(beta.ppf(a, k_, n_ - k_ + 1))
 
 
@@ -94,6 +95,8 @@ def binomial_pvalue(k: int, n: int, p: float = 0.5) -> float:
     k_, n_ = _check_counts(k, n)
     if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0.0 < float(p) < 1.0:
         raise ValueError(f"p must be a number in the open interval (0, 1), got {p!r}")
+    from scipy.stats import binomtest
+
     return float(binomtest(k_, n_, float(p), alternative="two-sided").pvalue)
 
 
@@ -127,4 +130,6 @@ def certified_radius(sigma: float, pa_lower: float) -> float:
         raise ValueError(f"pa_lower must be a number in [0, 1), got {pa_lower!r}")
     if p <= 0.5:
         return 0.0
+    from scipy.stats import norm
+
     return s * float(norm.ppf(p))

@@ -1,8 +1,8 @@
 """The contract between a wrapped model and the trainer (docs/design.md, "Contracts").
 
-``NoiseTrainer`` trains any ``nn.Module``; when the module also satisfies :class:`Trainable`
-(as :class:`peftsmoothing.PEFTModel` does) it saves checkpoints with the module's own
-``save`` and asks it for the frozen reference classifier. The trainer never imports the
+``NoiseTrainer`` trains any ``nn.Module``; when the module also satisfies ``Trainable``
+(as [`peftsmoothing.PEFTModel`][peftsmoothing.PEFTModel] does) it saves checkpoints with the
+module's own ``save`` and asks it for the frozen reference classifier. The trainer never imports the
 wrapper or a method: it only knows this protocol.
 """
 

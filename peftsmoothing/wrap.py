@@ -1,11 +1,12 @@
 """``wrap()`` and ``load()``: freeze a model and add a method's parameters; rebuild a saved one.
 
-:func:`wrap` finds (or resets) the classification head, resolves the input normalization
-(docs/design.md, "Normalization lives in the model"), lets the method modify the frozen model
-and returns a :class:`~peftsmoothing.model.PEFTModel`. :func:`load` rebuilds a directory
-written by :meth:`PEFTModel.save <peftsmoothing.model.PEFTModel.save>` around the same base
+[`wrap`][peftsmoothing.wrap] finds (or resets) the classification head, resolves the input
+normalization (docs/design.md, "Normalization lives in the model"), lets the method modify the
+frozen model and returns a [`PEFTModel`][peftsmoothing.PEFTModel]. [`load`][peftsmoothing.load]
+rebuilds a directory written by [`PEFTModel.save`][peftsmoothing.PEFTModel.save] around the same
+base
 model: the one you pass (``load(base_model, path)``) or one rebuilt from its recorded recipe
-(``load(path)``); the save format itself is in :mod:`peftsmoothing.serialization`.
+(``load(path)``); the save format itself is in ``peftsmoothing.serialization``.
 
 ``PEFTModel``, ``WrapSpec``, ``read_config``, ``CONFIG_FILE`` and ``TENSORS_FILE`` are
 re-exported here, where they were defined before 0.2.
@@ -139,11 +140,12 @@ def wrap(
     """Freeze ``model``, add a PEFT method's trainable parameters and built-in normalization.
 
     The model is modified in place (no copy of a large backbone is made) and returned inside a
-    :class:`PEFTModel` that takes images in [0, 1].
+    [`PEFTModel`][peftsmoothing.PEFTModel] that takes images in [0, 1].
 
     Args:
         model: A timm VisionTransformer-family model or any ``nn.Module`` the method supports.
-        method: A registered method name (see :func:`available_methods`).
+        method: A registered method name (see
+            [`available_methods`][peftsmoothing.available_methods]).
         num_classes: Reset the classification head to this many classes (timm
             ``reset_classifier``, or the ``nn.Linear`` named by ``head``); the new head is
             trained along with the method's parameters.
@@ -262,13 +264,15 @@ def load(
     base_weights: str | os.PathLike[str] | None = None,
     **method_overrides: Any,
 ) -> PEFTModel:
-    """Rebuild a model saved with :meth:`PEFTModel.save` around a fresh copy of its base model.
+    """Rebuild a model saved with [`PEFTModel.save`][peftsmoothing.PEFTModel.save] around a fresh
+    copy of its base model.
 
     ``base_model`` must be the same architecture with the same pretrained weights that was
     wrapped before saving (e.g. the same ``timm.create_model(...)`` call). The result computes
     bit-identical outputs to the saved model. ``ps.load(path)`` alone rebuilds the base model
-    from the recipe recorded when it was made with :func:`peftsmoothing.create_model` (or given
-    as ``metadata={"base_model": {...}}`` to ``save``).
+    from the recipe recorded when it was made with
+    [`peftsmoothing.create_model`][peftsmoothing.create_model] (or given as
+    ``metadata={"base_model": {...}}`` to ``save``).
 
     Loading reads only the directory (docs/security.md): the recipe may name a model in timm's
     registry and architecture options, nothing that fetches or opens other files; a weights

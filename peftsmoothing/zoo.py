@@ -1,8 +1,8 @@
 """Building base models from a recorded recipe, so saved checkpoints can rebuild themselves.
 
-:func:`create_model` is ``timm.create_model`` that remembers how the model was made; a model
-wrapped and saved afterwards records that recipe, and ``ps.load(path)`` rebuilds the base model
-from it without being handed one.
+[`create_model`][peftsmoothing.create_model] is ``timm.create_model`` that remembers how the model
+was made; a model wrapped and saved afterwards records that recipe, and ``ps.load(path)`` rebuilds
+the base model from it without being handed one.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ ARCHITECTURE_KWARGS: frozenset[str] = frozenset({
     "head_hidden_size", "distilled", "ls_init_value", "act_layer", "norm_layer",
 })  # fmt: skip
 
-#: Recipe fields :func:`check_recipe` understands.
+#: Recipe fields ``check_recipe`` understands.
 _RECIPE_FIELDS = frozenset({"name", "pretrained", "kwargs", "file", "seed", "zoo"})
 _ZOO = frozenset({"demo_vit"})
 _PLAIN_TEXT = re.compile(r"[A-Za-z0-9_.\-]{0,64}")
@@ -85,7 +85,7 @@ def check_recipe(recipe: object, source: str = "recipe") -> dict[str, Any]:
 
     A recipe may only name a model in timm's registry (optionally with a pretrained tag that
     timm knows), ask for timm's own pretrained weights, give a seed, and set the architecture
-    options in :data:`ARCHITECTURE_KWARGS` to plain values. Hub names (``hf-hub:``), local
+    options in ``ARCHITECTURE_KWARGS`` to plain values. Hub names (``hf-hub:``), local
     folders (``local-dir:``), URLs, paths and weight sources are refused, so a crafted saved
     directory cannot make the loader fetch, read or write anything it names. A recorded
     weights ``file`` is kept as a hint only: it is never opened unless the user passes it.
@@ -172,7 +172,7 @@ def rebuild_base_model(
     base_weights: str | os.PathLike[str] | None = None,
     source: str = "recipe",
 ) -> nn.Module:
-    """Build the base model a saved directory's recipe describes, after :func:`check_recipe`.
+    """Build the base model a saved directory's recipe describes, after ``check_recipe``.
 
     Weights come from timm's registry entry for the recipe's name (``pretrained``), from the
     recorded seed (random initialisation), or from ``base_weights``, a ``state_dict`` file the
@@ -238,7 +238,7 @@ def create_model(
     seed: int | None = None,
     **kwargs: Any,
 ) -> nn.Module:
-    """``timm.create_model`` that records its recipe for :func:`peftsmoothing.load`.
+    """``timm.create_model`` that records its recipe for [`peftsmoothing.load`][peftsmoothing.load].
 
     Args:
         name: timm model name, e.g. ``"vit_base_patch16_224.augreg_in21k"``.
@@ -287,7 +287,7 @@ def unreproducible_reason(spec: Mapping[str, Any]) -> str | None:
 
 
 def build_base_model(spec: Mapping[str, Any]) -> nn.Module:
-    """Build a base model from a recipe written by :func:`create_model`.
+    """Build a base model from a recipe written by [`create_model`][peftsmoothing.create_model].
 
     Raises:
         ValueError: If the recipe lacks a model name.

@@ -7,7 +7,7 @@ from typing import Any
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run :func:`peftsmoothing.demo.run_demo` with the command-line settings."""
+    """Run [`run_demo`][peftsmoothing.demo.run_demo] with the command-line settings."""
     from ..demo import DemoConfig, run_demo
 
     if args.smoke:
@@ -30,11 +30,14 @@ def register(subparsers: Any) -> None:
         "demo", help="run the end-to-end demo offline (3-4 minutes on 2 CPU cores)"
     )
     p.add_argument("--out", default=defaults.out, help="output directory")
-    p.add_argument("--sigma", type=float, default=defaults.sigma)
-    p.add_argument("--epochs", type=int, default=defaults.epochs)
-    p.add_argument("--num-images", type=int, default=defaults.num_images)
-    p.add_argument("--n0", type=int, default=defaults.n0)
-    p.add_argument("--n", type=int, default=defaults.n)
+    p.add_argument("--sigma", type=float, default=defaults.sigma,
+                   help="noise level of training and certification (pixel units)")
+    p.add_argument("--epochs", type=int, default=defaults.epochs,
+                   help="noise fine-tuning epochs on 2,000 training images")
+    p.add_argument("--num-images", type=int, default=defaults.num_images,
+                   help="test images to certify (of the 500 shipped)")
+    p.add_argument("--n0", type=int, default=defaults.n0, help="selection samples per image")
+    p.add_argument("--n", type=int, default=defaults.n, help="estimation samples per image")
     p.add_argument("--no-baseline", action="store_true",
                    help="skip certifying the model before fine-tuning")
     p.add_argument("--smoke", action="store_true", help="tiny sizes: runs in seconds")

@@ -129,7 +129,7 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "report",
         help="certified accuracy, ACR and curves from certification logs",
-        description="Merge certification logs (e.g. the shards of one run) and print the "
+        description="Merge certification logs (such as the shards of one run) and print the "
         "approximate certified-accuracy table of Cohen et al. (2019); --compare keeps one row "
         "and one curve per log, and compares every log with the first on their shared images.",
     )
@@ -140,9 +140,12 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--radii", type=float, nargs="+", default=list(DEFAULT_RADII), help="table columns"
     )
-    p.add_argument("--format", choices=("markdown", "csv"), default="markdown")
-    p.add_argument("--plot", default=None, metavar="PNG", help="save certified accuracy vs radius")
-    p.add_argument("--max-radius", type=float, default=None, help="x-axis limit of the plot")
+    p.add_argument("--format", choices=("markdown", "csv"), default="markdown",
+                   help="output format of the table")
+    p.add_argument("--plot", default=None, metavar="PNG",
+                   help="save certified accuracy vs radius to this PNG file")
+    p.add_argument("--max-radius", type=float, default=None,
+                   help="x-axis limit of the plot (None: from the largest radius)")
     p.add_argument(
         "--compare",
         action="store_true",

@@ -1,6 +1,6 @@
 """``peftsmoothing train``: build a timm model, wrap it with a PEFT method, train it on noise.
 
-The output directory is a saved :class:`peftsmoothing.PEFTModel` whose config records how to
+The output directory is a saved [`PEFTModel`][peftsmoothing.PEFTModel] whose config records how to
 rebuild the base model (``metadata["base_model"]``), so ``peftsmoothing certify --model OUT``
 and ``peftsmoothing.load(OUT)`` accept it. Checkpoints (``last/``, ``best/``) and
 ``history.jsonl`` go to ``OUT/checkpoints``; rerun with ``--resume`` to continue.
@@ -10,14 +10,32 @@ from __future__ import annotations
 
 import argparse
 import ast
-import dataclasses
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..training.config import LOSS_OPTION_ALIASES, TrainerConfig, config_from_keywords
+from ..names import DATASET_NAMES, method_names
+from ..trainer_options import LOSS_OPTION_ALIASES, TRAINER_OPTIONS
 
-__all__ = ["add_trainer_options", "parse_options", "register", "run", "trainer_config"]
+if TYPE_CHECKING:
+    from ..training.config import TrainerConfig
+
+__all__ = [
+    "EXAMPLE",
+    "add_trainer_options",
+    "check_method_options",
+    "parse_options",
+    "register",
+    "run",
+    "trainer_config",
+]
+
+#: A complete ``peftsmoothing train`` command (shown in ``--help``; a test parses and checks it).
+EXAMPLE = (
+    "peftsmoothing train --model vit_tiny_patch16_224 --model-kwargs img_size=32 patch_size=4 "
+    "--method lora --r 8 --opt alpha=16 \"target_modules=['qkv']\" --dataset cifar10 "
+    "--root data --sigma 0.25 --epochs 10 --out runs/lora"
+)
 
 
 def _value(text: str) -> Any:
@@ -40,8 +58,8 @@ def parse_options(items: Sequence[str] | None) -> dict[str, Any]:
         ValueError: For an item without ``=``.
 
     Examples:
-        >>> parse_options(["img_size=32", "drop_rate=0.1", "targets=['qkv']", "name=x"])
-        {'img_size': 32, 'drop_rate': 0.1, 'targets': ['qkv'], 'name': 'x'}
+        >>> parse_options(["img_size=32", "drop_rate=0.1", "target_modules=['qkv']", "name=x"])
+        {'img_size': 32, 'drop_rate': 0.1, 'target_modules': ['qkv'], 'name': 'x'}
     """
     out: dict[str, Any] = {}
     for item in items or ():
@@ -88,6 +106,7 @@ def run(args: argparse.Namespace) -> int:
     method_options = parse_options(args.opt)
     if args.r is not None:
         method_options["r"] = args.r
+    check_method_options(args.method, method_options)
     model_kwargs.pop("num_classes", None)
     classes = _num_classes(args.dataset, args.root)
     train_set: Any = _load_dataset(args.dataset, args.root, True, args.img_size)
@@ -143,6 +162,31 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def check_method_options(method: str, options: dict[str, Any]) -> None:
+    """Check ``--opt`` options against the method's ``Config`` (before any data is loaded);
+    the keywords of [`wrap`][peftsmoothing.wrap] itself (``train_head``, ``head``, ...) pass.
+
+    Raises:
+        ValueError: For an unknown method (``UnknownMethodError``) or an invalid value.
+        TypeError: For an option the method does not have.
+
+    Examples:
+        >>> check_method_options("lora", {"r": 4, "target_modules": ["qkv"]})
+        >>> check_method_options("lora", {"targets": ["qkv"]})  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        TypeError: ...
+    """
+    import inspect
+
+    from ..methods.base import get_method
+    from ..wrap import wrap
+
+    own = set(inspect.signature(wrap).parameters)
+    method_options = {k: v for k, v in options.items() if k not in own}
+    get_method(method).Config.from_kwargs(method, method_options)
+
+
 def register(subparsers: Any) -> None:
     """Add the ``train`` sub-command."""
     p = subparsers.add_parser(
@@ -150,37 +194,37 @@ def register(subparsers: Any) -> None:
         help="fine-tune a PEFT method on Gaussian-noised images",
         description="Build a timm model, wrap it with a PEFT method and train it on noisy "
         "images; the output directory is accepted by `peftsmoothing certify --model`. "
-        "Run under torchrun for several GPUs.",
+        f"Run under torchrun for several GPUs. Example: `{EXAMPLE}`",
     )
-    p.add_argument("--model", required=True, help="timm model name, e.g. vit_base_patch16_224")
+    p.add_argument("--model", required=True,
+                   help="timm model name, e.g. `--model vit_base_patch16_224`")
     p.add_argument("--pretrained", action="store_true", help="load timm's pretrained weights")
     p.add_argument("--model-kwargs", nargs="*", default=[], metavar="KEY=VALUE",
-                   help="extra timm.create_model options, e.g. img_size=32 patch_size=4")
-    p.add_argument("--method", default="lora",
-                   help=_with_default("PEFT method (see `peftsmoothing methods`)"))
+                   help="extra timm.create_model options, e.g. "
+                   "`--model-kwargs img_size=32 patch_size=4`")
+    p.add_argument("--method", default="lora", choices=method_names(),
+                   help="PEFT method (see `peftsmoothing methods`)")
     p.add_argument("--r", type=int, default=None, help="LoRA rank (shortcut for --opt r=R)")
     p.add_argument("--opt", nargs="*", default=[], metavar="KEY=VALUE",
-                   help="method options, e.g. alpha=16 targets=\"['qkv']\"")
-    p.add_argument("--dataset", default="cifar10",
-                   help=_with_default("cifar10, cifar100, imagenet, imagefolder"))
+                   help="options of the method's Config, values as Python literals, e.g. "
+                   "`--opt alpha=16 \"target_modules=['qkv']\"`")
+    p.add_argument("--dataset", default="cifar10", choices=DATASET_NAMES, help="dataset")
     p.add_argument("--root", required=True, help="data directory")
     p.add_argument("--img-size", "--image-size", dest="img_size", type=int, default=None,
                    help="resize the data before the noise (radii then refer to the resized "
                    "images; pass the same --image-size to certify); see --input-size")
     p.add_argument("--input-size", type=int, default=None,
-                   help="resize inside the model (e.g. 224 for ViT-B on CIFAR): noise and "
-                   "certified radii stay at the data's native resolution")
+                   help="resize inside the model (e.g. `--input-size 224` for ViT-B on "
+                   "CIFAR): noise and certified radii stay at the data's native resolution")
     p.add_argument("--limit", type=int, default=None, help="use only the first N training images")
     p.add_argument("--val-fraction", type=float, default=0.0,
-                   help=_with_default("hold out this fraction of the training set for "
-                                       "validation / best/"))
-    p.add_argument("--batch", type=int, default=128, help=_with_default("batch size per process"))
-    p.add_argument("--workers", type=int, default=2,
-                   help=_with_default("DataLoader worker processes"))
+                   help="hold out this fraction of the training set for validation / best/")
+    p.add_argument("--batch", type=int, default=128, help="batch size per process")
+    p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--device", default=None,
-                   help="torch device (default: cuda:LOCAL_RANK if available, else cpu)")
+                   help="torch device (None: cuda:LOCAL_RANK if available, else cpu)")
     add_trainer_options(p)
     p.set_defaults(func=run, user_errors=USER_ERRORS)
 
@@ -190,9 +234,10 @@ def _with_default(text: str) -> str:
 
 
 def add_trainer_options(parser: argparse.ArgumentParser) -> None:
-    """Add one flag per :class:`peftsmoothing.TrainerConfig` field (``--grad-accum`` for
-    ``grad_accum``), with the help, type and choices its metadata declares, and one per loss
-    option alias (``--consistency-weight``).
+    """Add one flag per trainer option (``--grad-accum`` for ``grad_accum``), with the help,
+    type and choices declared in
+    [`TRAINER_OPTIONS`][peftsmoothing.trainer_options.TRAINER_OPTIONS] (imports no torch),
+    and one per loss option alias (``--consistency-weight``).
 
     Examples:
         >>> p = argparse.ArgumentParser()
@@ -203,26 +248,27 @@ def add_trainer_options(parser: argparse.ArgumentParser) -> None:
     """
     group = parser.add_argument_group(
         "training options", "the fields of peftsmoothing.TrainerConfig")
-    for f in dataclasses.fields(TrainerConfig):
-        meta = f.metadata
-        default = f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
-        kwargs: dict[str, Any] = {"dest": f.name, "default": default,
-                                  "help": _with_default(meta["help"])}
+    for spec in TRAINER_OPTIONS:
+        kwargs: dict[str, Any] = {"dest": spec.name, "default": spec.default_value(),
+                                  "help": _with_default(spec.help)}
         for key in ("type", "choices", "nargs", "metavar"):
-            if meta.get(key) is not None:
-                kwargs[key] = meta[key]
-        group.add_argument("--" + f.name.replace("_", "-"), **kwargs)
+            if getattr(spec, key) is not None:
+                kwargs[key] = getattr(spec, key)
+        if spec.cli_choices is not None:
+            kwargs["choices"] = list(spec.cli_choices())
+        group.add_argument(spec.flag, **kwargs)
     for alias, (option, convert) in LOSS_OPTION_ALIASES.items():
         group.add_argument("--" + alias.replace("_", "-"), dest=alias, type=convert,
                            default=None, metavar="VALUE",
-                           help=f"shortcut for --loss-options {option}=VALUE")
+                           help=_with_default(f"shortcut for --loss-options {option}=VALUE"))
 
 
 def trainer_config(args: argparse.Namespace) -> TrainerConfig:
-    """The :class:`peftsmoothing.TrainerConfig` the flags of :func:`add_trainer_options` give.
+    """The [`TrainerConfig`][peftsmoothing.TrainerConfig] the flags of
+    [`add_trainer_options`][peftsmoothing.commands.train.add_trainer_options] give.
 
     A flag with several values gives a tuple (one value: that value); ``KEY=VALUE`` lists a
-    dict (see :func:`parse_options`).
+    dict (see [`parse_options`][peftsmoothing.commands.train.parse_options]).
 
     Raises:
         ValueError: For an invalid option (the config's own checks).
@@ -237,13 +283,15 @@ def trainer_config(args: argparse.Namespace) -> TrainerConfig:
         >>> c.sigma, c.loss_options
         ((0.25, 0.5), {'entropy_weight': 1, 'consistency_weight': 20.0})
     """
+    from ..training.config import config_from_keywords
+
     values: dict[str, Any] = {}
-    for f in dataclasses.fields(TrainerConfig):
-        value = getattr(args, f.name)
-        if f.metadata.get("mapping") and not isinstance(value, dict):
+    for spec in TRAINER_OPTIONS:
+        value = getattr(args, spec.name)
+        if spec.mapping and not isinstance(value, dict):
             value = parse_options(value)
         elif isinstance(value, list):
             value = value[0] if len(value) == 1 else tuple(value)
-        values[f.name] = value
+        values[spec.name] = value
     aliases = {alias: getattr(args, alias, None) for alias in LOSS_OPTION_ALIASES}
     return config_from_keywords({**values, **aliases}, {})

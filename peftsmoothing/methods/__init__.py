@@ -1,10 +1,11 @@
 """Built-in methods; importing this package registers them.
 
-:mod:`~peftsmoothing.methods.base` holds the method protocol and the method registry, and
-:mod:`~peftsmoothing.methods.targets` the helpers that find the sub-modules a method adapts.
+``base`` holds the method protocol and the method registry, and
+``targets`` the helpers that find the sub-modules a method adapts.
 Each method lives in its own module and registers itself with
-:func:`peftsmoothing.register_method`, exactly as a third-party plug-in would. Methods import
-only leaf modules: never ``wrap``, ``model``, ``losses``, ``training`` or ``smoothing``.
+[`peftsmoothing.register_method`][peftsmoothing.register_method], exactly as a third-party plug-in
+would. Methods import only leaf modules: never ``wrap``, ``model``, ``losses``, ``training`` or
+``smoothing``.
 """
 
 from . import adapter, base, denoiser, full, linear, lora, prompt, targets

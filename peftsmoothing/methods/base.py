@@ -1,13 +1,14 @@
-"""The method protocol: :class:`Method`, its :class:`MethodConfig`, :class:`MethodContext`,
-and the registry that holds every method.
+"""The method protocol: [`Method`][peftsmoothing.Method], its
+[`MethodConfig`][peftsmoothing.MethodConfig], [`MethodContext`][peftsmoothing.MethodContext], and
+the registry that holds every method.
 
-A *method* is a subclass of :class:`Method` with a frozen dataclass ``Config``. Methods are added
-with the :func:`register_method` decorator, or by third-party packages through the entry-point
-group ``peftsmoothing.methods`` (discovered lazily, the first time a name is looked up or the
-list of methods is requested; a plug-in that fails to import is skipped with a warning). The
-core of the library never names a method.
+A *method* is a subclass of [`Method`][peftsmoothing.Method] with a frozen dataclass ``Config``.
+Methods are added with the [`register_method`][peftsmoothing.register_method] decorator, or by
+third-party packages through the entry-point group ``peftsmoothing.methods`` (discovered lazily, the
+first time a name is looked up or the list of methods is requested; a plug-in that fails to import
+is skipped with a warning). The core of the library never names a method.
 
-This module imports only leaves (:mod:`peftsmoothing.registry`); built-in methods import it.
+This module imports only leaves (``peftsmoothing.registry``); built-in methods import it.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any, ClassVar, TypeVar
 
 from torch import nn
 
+from ..names import METHOD_ENTRY_POINT_GROUP
 from ..registry import Registry, closest_name, did_you_mean
 
 __all__ = [
@@ -35,7 +37,7 @@ __all__ = [
     "register_method",
 ]
 
-ENTRY_POINT_GROUP = "peftsmoothing.methods"
+ENTRY_POINT_GROUP = METHOD_ENTRY_POINT_GROUP
 
 
 @dataclass(frozen=True)
@@ -43,7 +45,7 @@ class MethodConfig:
     """Base class for method configurations (frozen dataclasses).
 
     Subclasses declare their options as dataclass fields with defaults and validate them in
-    ``__post_init__`` (raise :class:`ValueError` with a message that names the option).
+    ``__post_init__`` (raise ``ValueError`` with a message that names the option).
 
     Examples:
         >>> from dataclasses import dataclass
@@ -110,18 +112,20 @@ def _jsonable(value: Any) -> Any:
 
 @dataclass
 class MethodContext:
-    """What :func:`peftsmoothing.wrap` tells a method about the model it is applied to.
+    """What [`peftsmoothing.wrap`][peftsmoothing.wrap] tells a method about the model it is applied
+    to.
 
     Attributes:
         head_name: Qualified name of the classification head inside the model (``None`` if
             unknown). Methods that train the head (e.g. ``linear``) use it.
         pixel_module: A method may set this to a module that runs on the [0, 1] input *before*
             normalization (e.g. a denoiser). ``wrap`` places it in front of the model.
-        modules: New modules that a method attaches through hooks; :meth:`add_module` puts them
-            here and the wrapped model owns them (as ``peft.<name>``), so they are saved,
-            moved between devices and counted without being inserted into the base model.
+        modules: New modules that a method attaches through hooks;
+            [`add_module`][peftsmoothing.MethodContext.add_module] puts them here and the wrapped
+            model owns them (as ``peft.<name>``), so they are saved, moved between devices and
+            counted without being inserted into the base model.
         extra: Deprecated, will be removed in 0.3 (nothing reads it; keep a plug-in's own
-            state on its :class:`Method` instance). Reading or setting it warns.
+            state on its [`Method`][peftsmoothing.Method] instance). Reading or setting it warns.
     """
 
     head_name: str | None = None
@@ -175,11 +179,13 @@ setattr(MethodContext, "extra", property(_get_extra, _set_extra))  # noqa: B010
 class Method:
     """Base class of every PEFT method (the plug-in protocol).
 
-    A method declares ``name`` (set by :func:`register_method`), a one-line ``description``, a
-    ``Config`` frozen dataclass (subclass of :class:`MethodConfig`) and implements
-    :meth:`apply`, which modifies a *frozen* model in place by adding trainable modules (or by
-    unfreezing some of its parameters). Methods that can fold their parameters into the base
-    weights set ``supports_merge = True`` and implement :meth:`merge` / :meth:`unmerge`.
+    A method declares ``name`` (set by [`register_method`][peftsmoothing.register_method]), a
+    one-line ``description``, a ``Config`` frozen dataclass (subclass of
+    [`MethodConfig`][peftsmoothing.MethodConfig]) and implements
+    [`apply`][peftsmoothing.Method.apply], which modifies a *frozen* model in place by adding
+    trainable modules (or by unfreezing some of its parameters). Methods that can fold their
+    parameters into the base weights set ``supports_merge = True`` and implement
+    [`merge`][peftsmoothing.Method.merge] / [`unmerge`][peftsmoothing.Method.unmerge].
 
     Examples:
         >>> import peftsmoothing as ps
@@ -218,7 +224,7 @@ class Method:
         raise NotImplementedError(f"method {self.name!r} does not support merge()")
 
     def unmerge(self, model: nn.Module) -> None:
-        """Undo :meth:`merge` (only if ``supports_merge``)."""
+        """Undo [`merge`][peftsmoothing.Method.merge] (only if ``supports_merge``)."""
         raise NotImplementedError(f"method {self.name!r} does not support unmerge()")
 
 
@@ -256,7 +262,7 @@ METHODS: Registry[type[Method]] = Registry(
 
 
 def register_method(name: str, *, override: bool = False) -> Callable[[M], M]:
-    """Class decorator that registers a :class:`Method` subclass under ``name``.
+    """Class decorator that registers a [`Method`][peftsmoothing.Method] subclass under ``name``.
 
     Args:
         name: The name users pass to ``wrap(model, method=name)``.

@@ -6,7 +6,7 @@ DnCNN (Zhang et al. 2017) as used by Salman et al.: it predicts the noise and su
 last convolution starts at zero, so a freshly wrapped model computes exactly what the frozen
 classifier did. Train it with ``NoiseTrainer(loss="mse")`` (reconstruct the clean image) or
 ``loss="stability"`` (match the frozen classifier's prediction on the clean image); both losses
-live in :mod:`peftsmoothing.losses` (a method never imports a loss).
+live in ``peftsmoothing.losses`` (a method never imports a loss).
 """
 
 from __future__ import annotations

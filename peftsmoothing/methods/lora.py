@@ -50,7 +50,7 @@ class _LoRAMixin(loralib.LoRALayer):
     def merge(self) -> None:
         """Add the low-rank update to the frozen weight (no-op when already merged).
 
-        The original weight is kept aside, so :meth:`unmerge` restores it bit for bit
+        The original weight is kept aside, so ``unmerge`` restores it bit for bit
         (subtracting the update again would leave float rounding in the frozen weight).
         """
         if not self.merged:
@@ -162,7 +162,7 @@ class LoRAConv2d(nn.Module, _LoRAMixin):
     """An ``nn.Conv2d`` plus a low-rank update: a ``k x k`` conv to ``r`` channels, then ``1 x 1``.
 
     The update has rank ``r`` when the kernel is flattened to ``(out, in * k * k)``, so it folds
-    into the frozen kernel with :meth:`merge`. Only ``groups == 1`` and zero padding are supported.
+    into the frozen kernel with ``merge``. Only ``groups == 1`` and zero padding are supported.
 
     Examples:
         >>> import torch

@@ -4,7 +4,7 @@ Pure decision logic (numpy/scipy only, no torch). CERTIFY of Cohen, Rosenfeld & 
 draws ``n0`` selection samples to pick the class ``c_A`` and then ``n`` *independent*
 estimation samples whose count ``k`` of ``c_A`` gives the one-sided Clopper-Pearson bound
 ``pa_lower`` at level ``alpha``. Here the estimation samples are drawn in stages that end at
-the cumulative sample counts ("looks") of a :class:`Schedule`; after each look a policy says
+the cumulative sample counts ("looks") of a ``Schedule``; after each look a policy says
 whether to continue or stop. The caller only does::
 
     schedule = Schedule.create(n_max=100_000, alpha=0.001)
@@ -18,7 +18,7 @@ whether to continue or stop. The caller only does::
             break
     # decision.pa_lower / decision.radius / decision.abstain -> a Certificate
 
-(:func:`run_sequential` is that loop.) Soundness rests on one union bound (Bonferroni; the
+(``run_sequential`` is that loop.) Soundness rests on one union bound (Bonferroni; the
 multi-stage test of Horváth et al., ICLR 2022): look ``k`` uses the Clopper-Pearson bound at
 level ``alpha_k`` with ``sum_k alpha_k <= alpha``, so with probability at least ``1 - alpha``
 the bounds of *all* looks hold at once, whatever rule (even a data-dependent one, or the

@@ -1,7 +1,7 @@
-"""Stopping policies of sequential CERTIFY (see :mod:`peftsmoothing.sequential`).
+"""Stopping policies of sequential CERTIFY (see ``peftsmoothing.sequential``).
 
 A policy looks at the cumulative count of votes for ``c_A`` at each look of a
-:class:`~peftsmoothing.sequential.schedule.Schedule` and says whether to stop; the bound it
+``Schedule`` and says whether to stop; the bound it
 reports is valid at whichever look sampling stops (a union bound over the looks).
 """
 
@@ -79,7 +79,7 @@ def _bound(sigma: float, schedule: Schedule, look: int, count: int) -> tuple[flo
 
 
 class SequentialPolicy(Protocol):
-    """What :func:`run_sequential` (and a scheduler) needs from a policy."""
+    """What ``run_sequential`` (and a scheduler) needs from a policy."""
 
     @property
     def schedule(self) -> Schedule:
@@ -188,7 +188,7 @@ class TargetRadiusPolicy:
                 samples.
 
         Returns:
-            The :class:`Decision`; its ``pa_lower`` and ``radius`` are valid whether or not
+            The ``Decision``; its ``pa_lower`` and ``radius`` are valid whether or not
             the caller stops here.
 
         Raises:
@@ -222,7 +222,7 @@ class TargetRadiusPolicy:
         )
 
     def thresholds(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
-        """Integer form of :meth:`decide`, for a vectorised (e.g. on-GPU) scheduler.
+        """Integer form of ``decide``, for a vectorised (e.g. on-GPU) scheduler.
 
         At look ``k``, ``decide`` certifies iff ``count >= certify_at[k]`` and stops as futile
         iff ``count <= futile_at[k]`` (and it does not certify). ``certify_at[k] = n_k + 1``
@@ -340,7 +340,7 @@ class MaxRadiusPolicy:
             count: Cumulative votes for ``c_A`` among the first ``looks[look]`` samples.
 
         Returns:
-            The :class:`Decision`.
+            The ``Decision``.
 
         Raises:
             ValueError: For a look index out of range or a count outside ``[0, n_k]``.
@@ -377,7 +377,7 @@ def run_sequential(policy: SequentialPolicy, draw: Callable[[int], int]) -> Deci
     """Drive a policy: draw the samples up to each look, accumulate the count, ask, repeat.
 
     Args:
-        policy: A :class:`TargetRadiusPolicy`, :class:`MaxRadiusPolicy` or compatible object.
+        policy: A ``TargetRadiusPolicy``, ``MaxRadiusPolicy`` or compatible object.
         draw: ``draw(m)`` returns how many of ``m`` *fresh* estimation samples (independent of
             the selection samples that chose ``c_A`` and of earlier draws) vote for ``c_A``.
 

@@ -1,6 +1,6 @@
-"""Look schedules and alpha spending of sequential CERTIFY (see :mod:`peftsmoothing.sequential`).
+"""Look schedules and alpha spending of sequential CERTIFY (see ``peftsmoothing.sequential``).
 
-A :class:`Schedule` holds the cumulative estimation-sample counts at which a policy is
+A ``Schedule`` holds the cumulative estimation-sample counts at which a policy is
 consulted and the share ``alpha_k`` of ``alpha`` each look may spend (``sum <= alpha``).
 """
 
@@ -26,13 +26,13 @@ __all__ = [
 ]
 
 DEFAULT_FIRST_LOOK: Final[int] = 256
-"""Estimation samples at the first look (one or two GPU batches; see :func:`looks`)."""
+"""Estimation samples at the first look (one or two GPU batches; see ``looks``)."""
 
 DEFAULT_GROWTH: Final[float] = 2.0
 """Ratio of consecutive looks: at most ``2x`` the samples a decision needed."""
 
 DEFAULT_FINAL_SHARE: Final[float] = 0.5
-"""Share of ``alpha`` that the final look gets (see :func:`spend_alpha`)."""
+"""Share of ``alpha`` that the final look gets (see ``spend_alpha``)."""
 
 
 
@@ -137,7 +137,7 @@ def spend_alpha(
 def max_certifiable_radius(sigma: float, n: int, alpha: float) -> float:
     """The largest radius ``n`` estimation samples can certify: all ``n`` votes for ``c_A``.
 
-    ``sigma * Phi^-1(alpha ** (1 / n))``, i.e. :func:`~peftsmoothing.stats.certified_radius`
+    ``sigma * Phi^-1(alpha ** (1 / n))``, i.e. [`certified_radius`][peftsmoothing.certified_radius]
     of the Clopper-Pearson bound with ``k = n``.
 
     Args:
@@ -236,7 +236,7 @@ class Schedule:
         growth: float = DEFAULT_GROWTH,
         final_share: float = DEFAULT_FINAL_SHARE,
     ) -> Schedule:
-        """The default schedule: :func:`looks` with :func:`spend_alpha` over them.
+        """The default schedule: ``looks`` with ``spend_alpha`` over them.
 
         Args:
             n_max: Largest number of estimation samples.

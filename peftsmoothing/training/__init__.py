@@ -1,16 +1,19 @@
-"""Noise training: :class:`NoiseTrainer` and its options, :class:`TrainerConfig`.
+"""Noise training: [`NoiseTrainer`][peftsmoothing.NoiseTrainer] and its options,
+[`TrainerConfig`][peftsmoothing.TrainerConfig].
 
 The package's modules, each with one concern:
 
-* :mod:`.config`: :class:`TrainerConfig`, the one declaration of every option (with the help
+* ``config``: [`TrainerConfig`][peftsmoothing.TrainerConfig], the one declaration of every option
+(with the help
   text and flag that ``peftsmoothing train`` generates its command line from);
-* :mod:`.loop`: :class:`NoiseTrainer` (fit, the epoch loop, the optimizer step, non-finite
+* ``loop``: [`NoiseTrainer`][peftsmoothing.NoiseTrainer] (fit, the epoch loop, the optimizer step,
+non-finite
   losses, the progress bar);
-* :mod:`.checkpoint`: the trainer-state format, atomic writing, finding and loading
-  checkpoints, ``history.jsonl``; :mod:`.rng`: the random streams saved for exact resume;
-* :mod:`.distributed`: ``torchrun`` / DDP set-up, sharded loaders, collectives;
-* :mod:`.evaluate`: clean and noisy accuracy; :mod:`.metrics`: the epoch's running sums;
-  :mod:`.batches`: checks of the loader's batches; :mod:`.callbacks`: :class:`Callback`.
+* ``checkpoint``: the trainer-state format, atomic writing, finding and loading
+  checkpoints, ``history.jsonl``; ``rng``: the random streams saved for exact resume;
+* ``distributed``: ``torchrun`` / DDP set-up, sharded loaders, collectives;
+* ``evaluate``: clean and noisy accuracy; ``metrics``: the epoch's running sums;
+  ``batches``: checks of the loader's batches; ``callbacks``: [`Callback`][peftsmoothing.Callback].
 
 Training imports only the leaf modules of the package (``losses``, ``params``, ``trainable``,
 ``precision``, ``seeds``, ``validation``, ``_io``), never the methods or smoothing

@@ -101,7 +101,7 @@ def make_reference(
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """The frozen classifier of losses that need one (``stability``).
 
-    ``reference`` if given; for a :class:`~peftsmoothing.trainable.Trainable` with a pixel-space
+    ``reference`` if given; for a ``Trainable`` with a pixel-space
     module (a denoiser), the model without it; otherwise a frozen copy of ``module`` as it is.
 
     Examples:

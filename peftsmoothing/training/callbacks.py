@@ -41,7 +41,7 @@ class Callback:
 
 def call_hook(callbacks: list[Any], hook: str, *args: Any) -> None:
     """Call ``hook(*args)`` on every callback that has it (any object, not only a
-    :class:`Callback`).
+    [`Callback`][peftsmoothing.Callback]).
 
     Examples:
         >>> class Printer:

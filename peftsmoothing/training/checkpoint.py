@@ -1,7 +1,7 @@
 """The trainer's checkpoints: ``last/``, ``best/`` and ``history.jsonl`` in ``checkpoint_dir``.
 
 A checkpoint directory holds the trained tensors (written by the model's own ``save`` when it
-is :class:`peftsmoothing.trainable.Trainable`, else ``trainable.pt``) and
+is ``peftsmoothing.trainable.Trainable``, else ``trainable.pt``) and
 ``trainer_state.pt``: optimizer, scheduler, scaler, RNG states, history and config, tensors and
 plain types only (``torch.load(weights_only=True)``). A directory is written next to its final
 place and swapped in, so a crash leaves the previous checkpoint intact. Only rank 0 writes.

@@ -1,10 +1,14 @@
-"""The one declaration of every :class:`NoiseTrainer` option: :class:`TrainerConfig`.
+"""The trainer's options as one validated value: [`TrainerConfig`][peftsmoothing.TrainerConfig].
 
-Each field carries its help text and command-line spelling in ``field.metadata``;
-``peftsmoothing train`` generates its trainer flags from them, and ``NoiseTrainer``'s keywords
-are checked against the same fields. A loss's own options (``loss_options``) belong to the loss
-(:mod:`peftsmoothing.losses`); the trainer never names one. The only exception is the alias
-table :data:`LOSS_OPTION_ALIASES` (``consistency_weight=`` kept for compatibility).
+Every option is declared once, without torch, in
+[`peftsmoothing.trainer_options`][peftsmoothing.trainer_options] (name, default, help text,
+command-line spelling); [`TrainerConfig`][peftsmoothing.TrainerConfig]'s fields are built from
+those declarations and carry them in ``field.metadata``. ``peftsmoothing train`` generates its
+trainer flags from the same declarations, and ``NoiseTrainer``'s keywords are checked against
+the fields. A loss's own options (``loss_options``) belong to the loss
+([`peftsmoothing.losses`][peftsmoothing.losses]); the trainer never names one. The only
+exception is the alias table ``LOSS_OPTION_ALIASES`` (``consistency_weight=`` kept for
+compatibility).
 """
 
 from __future__ import annotations
@@ -16,7 +20,15 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from ..losses import get_loss
-from ..precision import PRECISIONS
+from ..names import PRECISIONS
+from ..trainer_options import (
+    LOSS_OPTION_ALIASES,
+    NONFINITE,
+    OPTIMIZERS,
+    SCHEDULES,
+    TRAINER_OPTIONS,
+    trainer_option,
+)
 from ..validation import check_choice, check_int, check_positive_int, check_real
 
 __all__ = [
@@ -30,49 +42,22 @@ __all__ = [
     "option_defaults",
 ]
 
-OPTIMIZERS: Final[tuple[str, ...]] = ("adamw", "adam", "sgd")
 CUSTOM_OPTIMIZER: Final[str] = "custom"  # the config of a trainer given an optimizer factory
-SCHEDULES: Final[tuple[str, ...]] = ("cosine", "linear", "constant")
-NONFINITE: Final[tuple[str, ...]] = ("stop", "skip")
-
-#: Trainer keywords that are really a loss option: keyword -> (option name, conversion).
-#: ``NoiseTrainer(consistency_weight=w)`` means ``loss_options={"consistency_weight": w}`` and
-#: is an error for a loss without that option.
-LOSS_OPTION_ALIASES: Final[Mapping[str, tuple[str, Callable[[Any], Any]]]] = {
-    "consistency_weight": ("consistency_weight", float),
-}
 
 
-def _option(
-    default: Any = dataclasses.MISSING,
-    *,
-    help: str,
-    default_factory: Callable[[], Any] | None = None,
-    type: Callable[[str], Any] | None = None,
-    choices: Sequence[str] | None = None,
-    nargs: str | None = None,
-    metavar: str | None = None,
-    mapping: bool = False,
-) -> Any:
-    """A dataclass field whose metadata describes its command-line flag."""
-    meta = {"help": help, "type": type, "choices": choices, "nargs": nargs, "metavar": metavar,
-            "mapping": mapping}
-    if default_factory is not None:
-        return field(default_factory=default_factory, metadata=meta)
-    return field(default=default, metadata=meta)
-
-
-def _float_or_none(text: str) -> float | None:
-    return None if text.lower() in ("none", "null") else float(text)
-
-
-def _int_or_none(text: str) -> int | None:
-    return None if text.lower() in ("none", "null") else int(text)
+def _option(name: str) -> Any:
+    """The dataclass field of the trainer option ``name``, from its declaration in
+    [`peftsmoothing.trainer_options`][peftsmoothing.trainer_options]."""
+    spec = trainer_option(name)
+    if spec.default_factory is not None:
+        return field(default_factory=spec.default_factory, metadata=spec.metadata())
+    return field(default=spec.default, metadata=spec.metadata())
 
 
 @dataclass(frozen=True)
 class TrainerConfig:
-    """The hyper-parameters of a :class:`NoiseTrainer` (validated, JSON-serialisable).
+    """The hyper-parameters of a [`NoiseTrainer`][peftsmoothing.NoiseTrainer] (validated,
+    JSON-serialisable).
 
     Every field's metadata holds its ``help`` text and, for closed sets, its ``choices``;
     ``peftsmoothing train`` builds one flag per field from them (``--grad-accum`` for
@@ -89,7 +74,8 @@ class TrainerConfig:
         grad_accum: Batches accumulated per optimizer step.
         max_grad_norm: Clip the gradient norm to this value (``None``: no clipping).
         precision: ``"fp32"``, ``"bf16"`` (autocast) or ``"fp16"`` (autocast + GradScaler).
-        loss: A registered loss name (see :func:`peftsmoothing.available_losses`).
+        loss: A registered loss name (see
+            [`peftsmoothing.available_losses`][peftsmoothing.available_losses]).
         loss_options: The loss's options (e.g. ``{"entropy_weight": 0.5}``); checked against
             the options the loss registered.
         num_noise: Noisy copies per image (``None``: the loss's default, 2 for
@@ -111,42 +97,23 @@ class TrainerConfig:
         'number of passes over the training data'
     """
 
-    sigma: float | tuple[float, ...] = _option(
-        0.5, type=float, nargs="+",
-        help="noise level(s) in pixel units; several: one drawn per batch")
-    epochs: int = _option(10, type=int, help="number of passes over the training data")
-    lr: float = _option(1e-3, type=float, help="peak learning rate")
-    weight_decay: float = _option(
-        0.0, type=float, help="weight decay (decoupled for adamw, L2 for adam and sgd)")
-    optimizer: str = _option(
-        "adamw", choices=OPTIMIZERS, help="optimizer of the trained parameters (sgd: momentum 0.9)")
-    schedule: str = _option(
-        "cosine", choices=SCHEDULES, help="learning-rate schedule after the warmup")
-    warmup_steps: int = _option(0, type=int, help="optimizer steps of linear warmup")
-    grad_accum: int = _option(1, type=int, help="batches accumulated per optimizer step")
-    max_grad_norm: float | None = _option(
-        None, type=_float_or_none, help="clip the gradient norm to this value (None: no clipping)")
-    precision: str = _option(
-        "fp32", choices=PRECISIONS,
-        help="fp32, or bf16 / fp16 autocast (fp16 with a gradient scaler)")
-    loss: str = _option(
-        "ce", help="a registered loss: ce, consistency, stability, mse, ... "
-        "(see peftsmoothing.available_losses())")
-    loss_options: Mapping[str, Any] = _option(
-        default_factory=dict, nargs="*", metavar="KEY=VALUE", mapping=True,
-        help="options of the loss, e.g. entropy_weight=0.5")
-    num_noise: int | None = _option(
-        None, type=_int_or_none, help="noisy copies per image (None: the loss's default)")
-    seed: int = _option(
-        0, type=int, help="seed of the noise, the shuffling and torch/numpy/random")
-    log_every: int = _option(50, type=int, help="progress-bar refresh interval, optimizer steps")
-    monitor: str | None = _option(
-        None, help="history key that selects best/ (None: val_noisy_acc with validation "
-        "data, else train_acc; keys with 'loss' are minimised)")
-    nonfinite: str = _option(
-        "stop", choices=NONFINITE,
-        help="on a nan/inf loss: stop (error, nothing saved over the last good checkpoint) "
-        "or skip that optimizer step")
+    sigma: float | tuple[float, ...] = _option("sigma")
+    epochs: int = _option("epochs")
+    lr: float = _option("lr")
+    weight_decay: float = _option("weight_decay")
+    optimizer: str = _option("optimizer")
+    schedule: str = _option("schedule")
+    warmup_steps: int = _option("warmup_steps")
+    grad_accum: int = _option("grad_accum")
+    max_grad_norm: float | None = _option("max_grad_norm")
+    precision: str = _option("precision")
+    loss: str = _option("loss")
+    loss_options: Mapping[str, Any] = _option("loss_options")
+    num_noise: int | None = _option("num_noise")
+    seed: int = _option("seed")
+    log_every: int = _option("log_every")
+    monitor: str | None = _option("monitor")
+    nonfinite: str = _option("nonfinite")
 
     def __post_init__(self) -> None:
         sigma: Any = self.sigma
@@ -204,6 +171,10 @@ class TrainerConfig:
         return out
 
 
+if [f.name for f in dataclasses.fields(TrainerConfig)] != [o.name for o in TRAINER_OPTIONS]:
+    raise RuntimeError("TrainerConfig's fields must be those of trainer_options.TRAINER_OPTIONS")
+
+
 def _differs(value: Any, default: Any) -> bool:
     if value is default:
         return False
@@ -218,12 +189,13 @@ def config_from_keywords(
     defaults: Mapping[str, Any],
     config: TrainerConfig | None = None,
 ) -> TrainerConfig:
-    """The :class:`TrainerConfig` that ``NoiseTrainer``'s option keywords describe.
+    """The [`TrainerConfig`][peftsmoothing.TrainerConfig] that ``NoiseTrainer``'s option keywords
+    describe.
 
     Args:
-        keywords: The option keywords as passed: :class:`TrainerConfig` field names and the
-            aliases of :data:`LOSS_OPTION_ALIASES`. ``None`` for a field whose default is not
-            ``None`` means that default (``loss_options=None``: no options).
+        keywords: The option keywords as passed: [`TrainerConfig`][peftsmoothing.TrainerConfig]
+            field names and the aliases of ``LOSS_OPTION_ALIASES``. ``None`` for a field whose
+            default is not ``None`` means that default (``loss_options=None``: no options).
         defaults: The keywords' defaults (those of ``NoiseTrainer``'s signature).
         config: A ready config; then every keyword must keep its default.
 
@@ -283,8 +255,8 @@ def option_defaults(init: Callable[..., Any]) -> dict[str, Any]:
     """The defaults of the option keywords (config fields and aliases) of ``init``.
 
     Raises:
-        TypeError: When a :class:`TrainerConfig` field is not a keyword of ``init`` (a new
-            option must also be added to ``NoiseTrainer``'s signature).
+        TypeError: When a [`TrainerConfig`][peftsmoothing.TrainerConfig] field is not a keyword of
+            ``init`` (a new option must also be added to ``NoiseTrainer``'s signature).
 
     Examples:
         >>> def f(sigma=0.5, epochs=10, **rest): ...

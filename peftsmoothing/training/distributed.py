@@ -1,4 +1,5 @@
-"""``torchrun`` / ``DistributedDataParallel`` plumbing of :class:`NoiseTrainer`.
+"""``torchrun`` / ``DistributedDataParallel`` plumbing of
+[`NoiseTrainer`][peftsmoothing.NoiseTrainer].
 
 Everything that knows about several processes lives here: reading the ``torchrun``
 environment, creating the process group, wrapping the model in DDP, sharding the loaders and

@@ -1,4 +1,5 @@
-"""Clean and noisy accuracy of the trained model (what :meth:`NoiseTrainer.evaluate` returns).
+"""Clean and noisy accuracy of the trained model (what
+[`NoiseTrainer.evaluate`][peftsmoothing.NoiseTrainer.evaluate] returns).
 
 The noise of batch ``b`` on rank ``r`` is drawn from its own generator seeded with
 ``derive_seed(seed, "eval", r, b)``, so repeated evaluations see the same noise and the

@@ -3,13 +3,14 @@
 The model takes images in [0, 1] (docs/design.md, invariant 1); the trainer adds
 ``sigma * randn`` to them on the model's device and optimises only the parameters with
 ``requires_grad`` (docs/design.md, invariant 3: the frozen backbone gets no gradient and no
-optimizer state). Losses come from :mod:`peftsmoothing.losses`; the options from
-:class:`~peftsmoothing.training.config.TrainerConfig`. Checkpoints
-(:mod:`~peftsmoothing.training.checkpoint`) are atomic and resumable; ``torchrun`` support is
-in :mod:`~peftsmoothing.training.distributed`.
+optimizer state). Losses come from ``peftsmoothing.losses``; the options from
+[`TrainerConfig`][peftsmoothing.TrainerConfig]. Checkpoints
+(``checkpoint``) are atomic and resumable; ``torchrun`` support is
+in ``distributed``.
 
-This module depends neither on the methods nor on smoothing: a :class:`peftsmoothing.PEFTModel`
-is recognised by the :class:`peftsmoothing.trainable.Trainable` protocol.
+This module depends neither on the methods nor on smoothing: a
+[`peftsmoothing.PEFTModel`][peftsmoothing.PEFTModel] is recognised by the
+``peftsmoothing.trainable.Trainable`` protocol.
 """
 
 from __future__ import annotations
@@ -65,16 +66,16 @@ class NoiseTrainer:
     Every batch ``x`` (float images in [0, 1]) is moved to the device and
     ``x + sigma * randn`` is fed to the model; only parameters with ``requires_grad`` are
     optimised. Works with any ``nn.Module`` that takes [0, 1] images and returns logits, and
-    with :class:`peftsmoothing.PEFTModel` (whose checkpoints are then loadable with
-    :func:`peftsmoothing.load`). Under ``torchrun`` (``RANK`` / ``WORLD_SIZE`` set) it initialises
-    ``torch.distributed`` (gloo on CPU, nccl on CUDA), wraps the model in
+    with [`peftsmoothing.PEFTModel`][peftsmoothing.PEFTModel] (whose checkpoints are then loadable
+    with [`peftsmoothing.load`][peftsmoothing.load]). Under ``torchrun`` (``RANK`` / ``WORLD_SIZE``
+    set) it initialises ``torch.distributed`` (gloo on CPU, nccl on CUDA), wraps the model in
     ``DistributedDataParallel`` and shards the loaders; only rank 0 logs and writes files.
 
     The options (``sigma``, ``epochs``, ``lr``, ``weight_decay``, ``optimizer``, ``schedule``,
     ``warmup_steps``, ``grad_accum``, ``max_grad_norm``, ``precision``, ``loss``,
     ``loss_options``, ``num_noise``, ``seed``, ``log_every``, ``monitor``, ``nonfinite``) are
-    the fields of :class:`TrainerConfig`, documented there; pass them as keywords or all at once
-    as ``config=``.
+    the fields of [`TrainerConfig`][peftsmoothing.TrainerConfig], documented there; pass them as
+    keywords or all at once as ``config=``.
 
     Args:
         model: The model; images in [0, 1] in, logits out. Moved to ``device``.
@@ -86,15 +87,16 @@ class NoiseTrainer:
         loss_options: Options of the loss (e.g. ``{"entropy_weight": 0.5}``; ``None``: none).
         device: Default: ``cuda:<LOCAL_RANK>`` if CUDA is available, else the CPU.
         checkpoint_dir: Where ``last/``, ``best/`` and ``history.jsonl`` go (``None``: nowhere).
-        callbacks: :class:`Callback` objects (any object with some of its methods).
+        callbacks: [`Callback`][peftsmoothing.Callback] objects (any object with some of its
+            methods).
         progress: ``True``: tqdm bar; ``False``: silent; ``None`` (default): a bar when stderr is
             a terminal, else one log line per epoch.
         metadata: JSON-serialisable information stored in the checkpoints' model config.
         reference_model: Frozen classifier for losses that need one (``stability``). Default:
             for a model with a pixel-space module (a denoiser), the model without it; otherwise
             a frozen copy of the model as it is now.
-        config: All the options as a :class:`TrainerConfig`; the option keywords must then
-            keep their defaults.
+        config: All the options as a [`TrainerConfig`][peftsmoothing.TrainerConfig]; the option
+            keywords must then keep their defaults.
 
     Raises:
         ValueError: For a model with nothing trainable, sigma < 0, or an unknown loss,
@@ -426,7 +428,7 @@ class NoiseTrainer:
 
         The noise is seeded (``seed``), so repeated evaluations see the same noise and the
         training random state is untouched. Under torch.distributed the loader is sharded and
-        the results are summed over the ranks (see :func:`.evaluate.evaluate`).
+        the results are summed over the ranks (see ``evaluate.evaluate``).
 
         Args:
             loader: Yields ``(images, labels)`` with images in [0, 1].

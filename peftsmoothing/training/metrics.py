@@ -55,7 +55,7 @@ class EpochState:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], device: torch.device) -> EpochState:
-        """The state :meth:`to_dict` wrote (``nonfinite_steps`` 0 in 0.1 checkpoints)."""
+        """The state ``to_dict`` wrote (``nonfinite_steps`` 0 in 0.1 checkpoints)."""
         st = cls(device)
         st.loss += float(d["loss"])
         st.correct += float(d["correct"])

@@ -66,7 +66,7 @@ def rng_state(loader: Any) -> dict[str, Any]:
 
 
 def set_rng_state(state: Mapping[str, Any], loader: Any) -> None:
-    """Restore what :func:`rng_state` captured (the loader's generators in the same order).
+    """Restore what ``rng_state`` captured (the loader's generators in the same order).
 
     Examples:
         >>> saved = rng_state([])

@@ -1,0 +1,191 @@
+"""``peftsmoothing predict``: Cohen et al.'s PREDICT over a dataset, one row per image.
+
+The output is a tab-separated file with the columns ``idx label predict correct count n
+seconds``: the image index, its label, the smoothed classifier's class (``-1``: abstain), 1 if
+they agree, the votes of the top class among the ``n`` noisy samples, ``n``, and the seconds
+the image took. The noise of image ``idx`` is seeded by ``derive_seed(seed, idx)``, so a row
+does not depend on the other images.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..names import DATASET_NAMES, PRECISIONS
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+__all__ = ["COLUMNS", "EXAMPLE", "USER_ERRORS", "register", "run"]
+
+#: The columns of the output file, in order.
+COLUMNS = ("idx", "label", "predict", "correct", "count", "n", "seconds")
+
+#: A complete ``peftsmoothing predict`` command (shown in ``--help``; a test parses it).
+EXAMPLE = (
+    "peftsmoothing predict --model runs/lora --dataset cifar10 --root data --sigma 0.25 "
+    "--n 1000 --alpha 0.001 --skip 20 --out runs/lora/predict.tsv"
+)
+
+#: Exceptions ``peftsmoothing predict`` reports as a one-line error (exit status 1), not a
+#: traceback: bad options, missing files, a missing optional package.
+USER_ERRORS: tuple[type[Exception], ...] = (
+    ValueError, TypeError, FileNotFoundError, ImportError, RuntimeError, FloatingPointError,
+)  # fmt: skip
+
+
+def _vote_counter_class() -> type[nn.Module]:
+    from torch import nn
+
+    class VoteCounter(nn.Module):
+        """The base model, recording the class each forward pass votes for (its argmax).
+
+        ``SmoothedClassifier.predict`` returns only the class; wrapping the model in a
+        ``VoteCounter`` gives the counts behind it (built here: an ``nn.Module`` needs torch,
+        which this module does not import at load time). Rows
+        with a non-finite logit vote for no class (``predict`` then fails anyway).
+        ``merged_for_inference`` is passed through, so LoRA weights are still merged.
+        """
+
+        def __init__(self, model: nn.Module, num_classes: int) -> None:
+            super().__init__()
+            self.model = model
+            self.num_classes = num_classes
+            self.counts: torch.Tensor | None = None
+
+        def reset(self) -> None:
+            """Forget the votes counted so far."""
+            self.counts = None
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            import torch
+
+            logits: torch.Tensor = self.model(x)
+            if isinstance(logits, torch.Tensor) and logits.ndim == 2:
+                finite = torch.isfinite(logits).all(dim=1)
+                votes = logits.argmax(dim=1)[finite]
+                if self.counts is None:
+                    self.counts = torch.zeros(
+                        self.num_classes, dtype=torch.long, device=logits.device
+                    )
+                self.counts.index_add_(0, votes, torch.ones_like(votes))
+            return logits
+
+        def merged_for_inference(self) -> Any:
+            import contextlib
+
+            merged = getattr(self.model, "merged_for_inference", None)
+            return merged() if callable(merged) else contextlib.nullcontext()
+
+    return VoteCounter
+
+
+def _default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _indices(size: int, skip: int, maximum: int | None) -> Iterator[int]:
+    """The images to predict: every ``skip``-th of the first ``maximum``.
+
+    Examples:
+        >>> list(_indices(10, 3, None)), list(_indices(10, 3, 5))
+        ([0, 3, 6, 9], [0, 3])
+    """
+    stop = size if maximum is None else min(size, maximum)
+    return iter(range(0, stop, skip))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Predict every ``--skip``-th image of ``args.dataset``; write ``args.out``; returns 0."""
+    import peftsmoothing
+
+    from ..seeds import derive_seed
+    from ..smoothing import ABSTAIN, SmoothedClassifier
+    from ..validation import check_positive_int
+
+    skip = check_positive_int(args.skip, "skip")
+    datasets: Any = importlib.import_module("peftsmoothing.datasets")
+    device = args.device or _default_device()
+    model = peftsmoothing.load(args.model)
+    dataset = datasets.load_dataset(
+        args.dataset, args.root, train=args.split == "train", image_size=args.image_size,
+        augment=False,
+    )  # fmt: skip
+    classes = int(datasets.num_classes(args.dataset, args.root))
+    counter: Any = _vote_counter_class()(model, classes)
+    smoothed = SmoothedClassifier(
+        counter, classes, args.sigma, device=device, precision=args.precision
+    )
+    out = Path(args.out)
+    if out.parent != Path():
+        out.parent.mkdir(parents=True, exist_ok=True)
+    print(f"predicting {args.dataset} ({args.split}) with sigma={args.sigma} -> {out}",
+          file=sys.stderr)
+    rows = correct_total = abstained = 0
+    with open(out, "w", encoding="utf-8") as f:
+        f.write("\t".join(COLUMNS) + "\n")
+        for idx in _indices(len(dataset), skip, args.max):
+            image, label = dataset[idx]
+            start = time.perf_counter()
+            counter.reset()
+            prediction = smoothed.predict(
+                image, args.n, args.alpha, args.batch, seed=derive_seed(args.seed, idx)
+            )
+            seconds = time.perf_counter() - start
+            count = int(counter.counts.max()) if counter.counts is not None else 0
+            correct = int(prediction == int(label))
+            f.write(f"{idx}\t{int(label)}\t{prediction}\t{correct}\t{count}\t{args.n}\t"
+                    f"{seconds:.3f}\n")
+            f.flush()
+            rows += 1
+            correct_total += correct
+            abstained += prediction == ABSTAIN
+        os.fsync(f.fileno())
+    if rows:
+        print(f"{rows} images: accuracy {correct_total / rows:.3f}, "
+              f"abstain rate {abstained / rows:.3f}")
+    return 0
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``predict`` sub-command."""
+    p = subparsers.add_parser(
+        "predict",
+        help="predict with the smoothed classifier on a dataset (PREDICT)",
+        description="Run PREDICT (Cohen et al. 2019) on every --skip-th image: the class "
+        "returned differs from the smoothed classifier's with probability at most --alpha "
+        "(-1: abstain). Writes one tab-separated row per image: "
+        f"{' '.join(COLUMNS)}. Example: `{EXAMPLE}`",
+    )
+    p.add_argument("--model", required=True, help="directory written by PEFTModel.save")
+    p.add_argument("--dataset", default="cifar10", choices=DATASET_NAMES, help="dataset")
+    p.add_argument("--root", required=True, help="data directory")
+    p.add_argument("--split", choices=("test", "train"), default="test", help="dataset split")
+    p.add_argument("--image-size", type=int, default=None,
+                   help="resize images (e.g. `--image-size 224`); None: native size")
+    p.add_argument("--sigma", type=float, required=True, help="noise level (pixel units)")
+    p.add_argument("--n", type=int, default=100_000, help="noise samples per image")
+    p.add_argument("--alpha", type=float, default=0.001,
+                   help="probability of returning a class other than the smoothed "
+                   "classifier's")
+    p.add_argument("--batch", type=int, default=1000, help="noisy images per forward pass")
+    p.add_argument("--skip", type=int, default=1, help="predict every SKIP-th image")
+    p.add_argument("--max", type=int, default=None,
+                   help="only the first MAX images (None: all)")
+    p.add_argument("--seed", type=int, default=0, help="master seed of the per-image noise")
+    p.add_argument("--device", default=None, help="torch device (None: cuda if available, "
+                   "else cpu)")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                   help="fp32, or bf16 / fp16 autocast")
+    p.add_argument("--out", required=True, help="output file (TSV), replaced if it exists")
+    p.set_defaults(func=run, user_errors=USER_ERRORS)
