@@ -12,9 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import Any, Final
 
-from scipy.stats import norm
-
-from ..stats import ABSTAIN, clopper_pearson_lower
+from ..stats import ABSTAIN, certified_radius, clopper_pearson_lower
 
 LOG_COLUMNS: Final[tuple[str, ...]] = (
     "idx", "label", "predict", "radius", "correct", "pa_lower", "count", "n", "seconds",
@@ -243,7 +241,7 @@ def validate_rows(rows: Sequence[LogRow], name: str = "log", sigma: float | None
         if row.n == 0:  # Cohen et al.'s row: no counts to check
             continue
         if sigma is not None and row.predict != ABSTAIN:
-            bound = sigma * float(norm.ppf(row.pa_lower)) if row.pa_lower < 1 else math.inf
+            bound = certified_radius(sigma, row.pa_lower) if row.pa_lower < 1 else math.inf
             if row.radius > max(bound, 0.0) * (1 + 1e-9):
                 raise ValueError(
                     f"{where}: radius {row.radius} exceeds sigma * Phi^-1(pa_lower) = {bound} "
