@@ -3,10 +3,11 @@
 :mod:`~peftsmoothing.methods.base` holds the method protocol and the method registry, and
 :mod:`~peftsmoothing.methods.targets` the helpers that find the sub-modules a method adapts.
 Each method lives in its own module and registers itself with
-:func:`peftsmoothing.register_method`, exactly as a third-party plug-in would. Methods import
+:func:`peftsmoothing.register_method`, exactly as a third-party plug-in would (``peft``
+only when HF peft is installed). Methods import
 only leaf modules: never ``wrap``, ``model``, ``losses``, ``training`` or ``smoothing``.
 """
 
-from . import adapter, base, denoiser, full, linear, lora, prompt, targets
+from . import adapter, base, denoiser, full, linear, lora, peft, prompt, targets
 
-__all__ = ["adapter", "base", "denoiser", "full", "linear", "lora", "prompt", "targets"]
+__all__ = ["adapter", "base", "denoiser", "full", "linear", "lora", "peft", "prompt", "targets"]
