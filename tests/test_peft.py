@@ -195,3 +195,17 @@ def test_user_config_object_is_not_changed_and_stays_trainable() -> None:
     m = ps.wrap(small_vit(), method="peft", config=cfg)
     assert cfg.inference_mode is True  # the user's object is left alone
     assert ps.parameter_report(m).trainable == DEPTH * 2 * (DIM + 3 * DIM)
+
+
+def test_a_model_without_timm_helpers(tmp_path: Path, images: torch.Tensor) -> None:
+    from tests.conftest import tiny_cnn
+
+    cfg = peft.LoraConfig(r=2, target_modules=["conv1", "conv2", "mlp.0"], init_lora_weights=False)
+    m = ps.wrap(tiny_cnn(), method="peft", config=cfg, num_classes=4, head="fc", normalize=None)
+    trained = {n.split(".")[1] for n, _ in m.named_trainable_parameters()}
+    assert trained == {"conv1", "conv2", "mlp", "fc"}
+    m.eval()
+    y = m(images)
+    assert torch.equal(ps.load(tiny_cnn(), m.save(tmp_path / "saved")).eval()(images), y)
+    torch.testing.assert_close(m.merge()(images), y, atol=1e-5, rtol=1e-5)
+    assert torch.equal(m.unmerge()(images), y)
