@@ -181,6 +181,11 @@ def test_options_it_cannot_honour_are_refused() -> None:
     with pytest.raises(ValueError, match="modules_to_save"):
         ps.wrap(small_vit(), method="peft",
                 config=peft.LoraConfig(target_modules=["qkv"], modules_to_save=["head"]))
+    with pytest.raises(ValueError, match="init_lora_weights='pissa' is not supported"):
+        ps.wrap(small_vit(), method="peft",
+                config=peft.LoraConfig(target_modules=["qkv"], init_lora_weights="pissa"))
+    with pytest.raises(ValueError, match=r"peft_type \['LORA'\] is not allowed"):
+        ps.wrap(small_vit(), method="peft", config={"peft_type": ["LORA"]})
     with pytest.raises(ValueError, match="'PromptTuningConfig' is not allowed"):
         ps.wrap(small_vit(), method="peft", config=peft.PromptTuningConfig(num_virtual_tokens=2))
     with pytest.raises(ValueError, match="peft: .*qkvv"):

@@ -86,10 +86,9 @@ def _config_class(name: str, source: str) -> type:
 
 def _class_for_type(peft_type: object, source: str) -> str:
     peft = _peft()
-    for name in ALLOWED_CONFIGS:
-        cls = peft.PEFT_TYPE_TO_CONFIG_MAPPING.get(peft_type)
-        if cls is not None and cls.__name__ == name:
-            return name
+    cls = peft.PEFT_TYPE_TO_CONFIG_MAPPING.get(peft_type) if isinstance(peft_type, str) else None
+    if cls is not None and cls.__name__ in ALLOWED_CONFIGS:
+        return str(cls.__name__)
     raise ValueError(
         f"{source}: peft_type {peft_type!r} is not allowed; allowed config classes: "
         f"{', '.join(ALLOWED_CONFIGS)}"
@@ -104,6 +103,12 @@ def _check_options(config: Any, source: str) -> Any:
         raise ValueError(
             f"{source}: modules_to_save={config.modules_to_save!r} is not supported; wrap "
             "trains the classification head itself (num_classes= or train_head=True)"
+        )
+    init = getattr(config, "init_lora_weights", True)
+    if init not in (True, False, "gaussian"):
+        raise ValueError(
+            f"{source}: init_lora_weights={init!r} is not supported (it rewrites the frozen "
+            "base weights or needs data); use True, False or 'gaussian'"
         )
     config = copy.deepcopy(config)  # peft keeps (and may change) the object it is given
     config.inference_mode = False  # the adapter is trained, and saved with the trained tensors
