@@ -15,6 +15,7 @@ Examples:
 
 from __future__ import annotations
 
+import importlib.util
 from importlib import metadata
 from typing import Final
 
@@ -65,13 +66,15 @@ def entry_point_names(group: str) -> list[str]:
 
 
 def method_names() -> list[str]:
-    """The built-in method names and those of installed plug-ins, sorted (nothing imported).
+    """The built-in method names (``peft`` when HF peft is installed) and those of installed
+    plug-ins, sorted (nothing imported).
 
     Examples:
         >>> method_names()[:2]
         ['adapter', 'denoiser']
     """
-    return sorted({*BUILTIN_METHODS, *entry_point_names(METHOD_ENTRY_POINT_GROUP)})
+    optional = ("peft",) if importlib.util.find_spec("peft") is not None else ()
+    return sorted({*BUILTIN_METHODS, *optional, *entry_point_names(METHOD_ENTRY_POINT_GROUP)})
 
 
 def loss_names() -> list[str]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import ast
 import dataclasses
+import importlib.util
 import json
 import re
 import shlex
@@ -107,7 +108,8 @@ def test_builtin_names_match_the_registries() -> None:
                 if getattr(registry.get(n), "__module__", "").startswith(package)
                 or getattr(getattr(registry.get(n), "fn", None), "__module__", "") == package}
 
-    assert set(names.BUILTIN_METHODS) == builtin(METHODS, "peftsmoothing.methods")
+    optional = {"peft"} if importlib.util.find_spec("peft") is not None else set()
+    assert {*names.BUILTIN_METHODS, *optional} == builtin(METHODS, "peftsmoothing.methods")
     assert set(names.BUILTIN_LOSSES) <= set(ps.available_losses())
     assert set(names.BUILTIN_LOSSES) == builtin(LOSSES, "peftsmoothing.losses")
     assert tuple(ps.datasets.DATASETS) == names.DATASET_NAMES

@@ -1,0 +1,216 @@
+"""The ``peft`` method: HF peft configs and adapter directories on a timm ViT, end to end."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import peftsmoothing as ps
+from tests.conftest import tiny_vit
+
+peft = pytest.importorskip("peft")
+
+DEPTH, DIM = 2, 32
+
+
+def small_vit(seed: int = 0) -> nn.Module:
+    return tiny_vit(seed, embed_dim=DIM, depth=DEPTH, num_heads=2, num_classes=3)
+
+
+CONFIGS: dict[str, Any] = {
+    "lora": lambda: peft.LoraConfig(r=4, target_modules=["qkv"]),
+    "dora": lambda: peft.LoraConfig(r=4, target_modules=["qkv"], use_dora=True),
+    "ia3": lambda: peft.IA3Config(target_modules=["qkv", "fc2"], feedforward_modules=["fc2"]),
+    "loha": lambda: peft.LoHaConfig(r=4, target_modules=["qkv"]),
+    "lokr": lambda: peft.LoKrConfig(r=4, target_modules=["qkv"]),
+    "oft": lambda: peft.OFTConfig(r=0, oft_block_size=8, target_modules=["qkv"]),
+}
+
+
+def toy_data(n: int = 16) -> TensorDataset:
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(n) % 3
+    x = (0.2 + 0.3 * y.view(-1, 1, 1, 1) + 0.1 * torch.randn(n, 3, 32, 32, generator=g)).clamp(0, 1)
+    return TensorDataset(x, y)
+
+
+def frozen_state(m: ps.PEFTModel) -> dict[str, torch.Tensor]:
+    trained = set(m.trained_state_dict())
+    return {k: v.clone() for k, v in m.state_dict().items() if k not in trained}
+
+
+def test_registered_when_peft_is_installed_and_absent_without() -> None:
+    assert "peft" in ps.available_methods()
+    assert "peft" in ps.method_descriptions()["peft"]
+    code = (
+        "import sys; sys.modules['peft'] = None\n"
+        "import peftsmoothing as ps\n"
+        "assert 'peft' not in ps.available_methods(), ps.available_methods()\n"
+        "assert 'lora' in ps.available_methods()\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
+
+
+@pytest.mark.parametrize("kind", sorted(CONFIGS))
+def test_wrap_train_certify_save_load_merge(
+    kind: str, tmp_path: Path, images: torch.Tensor
+) -> None:
+    m = ps.wrap(small_vit(), method="peft", config=CONFIGS[kind](), num_classes=3)
+    adapter = {n: p.detach().clone() for n, p in m.named_trainable_parameters() if "head" not in n}
+    assert adapter and all(".default" in n for n in adapter)
+    head = DIM * 3 + 3
+    report = ps.parameter_report(m)
+    assert report.trainable == head + sum(p.numel() for p in adapter.values())
+    if kind == "lora":  # one rank-4 update of the whole fused qkv (q, k and v) per block
+        assert report.trainable == head + DEPTH * 4 * (DIM + 3 * DIM)
+    frozen = frozen_state(m)
+
+    ps.NoiseTrainer(m, sigma=0.25, epochs=2, lr=1e-2, progress=False).fit(
+        DataLoader(toy_data(), batch_size=8)
+    )
+    after = dict(m.named_trainable_parameters())
+    assert any(not torch.equal(after[n], v) for n, v in adapter.items()), "adapter not trained"
+    now = frozen_state(m)
+    assert now.keys() == frozen.keys()
+    assert all(torch.equal(now[k], frozen[k]) for k in frozen), "the backbone changed"
+
+    m.eval()
+    cert = ps.SmoothedClassifier(m, 3, sigma=0.25).certify(images[0], n0=8, n=16, batch_size=16)
+    assert cert.prediction in (ps.ABSTAIN, 0, 1, 2)
+
+    y = m(images)
+    d = m.save(tmp_path / "saved")
+    config = json.loads((d / "peftsmoothing.json").read_text())["spec"]["method_config"]
+    assert config["config_class"] == type(CONFIGS[kind]()).__name__
+    loaded = ps.load(small_vit(), d).eval()
+    assert torch.equal(loaded(images), y)
+
+    weights = {k: v.clone() for k, v in m.state_dict().items()}
+    torch.testing.assert_close(m.merge()(images), y, atol=1e-4, rtol=1e-4)
+    assert m.merged
+    m.unmerge()
+    assert all(torch.equal(v, weights[k]) for k, v in m.state_dict().items()), "not restored"
+    assert torch.equal(m(images), y)
+
+
+def test_dora_config_round_trips_through_json() -> None:
+    m = ps.wrap(small_vit(), method="peft",
+                config=peft.LoraConfig(r=2, target_modules=["qkv"], use_dora=True))
+    stored = json.loads(json.dumps(m.spec.method_config))
+    assert stored["config"]["use_dora"] is True and stored["config"]["target_modules"] == ["qkv"]
+    assert "adapter" not in stored
+    rebuilt = ps.get_method("peft").Config.from_kwargs("peft", stored)
+    assert rebuilt.config == m.method.config.config  # type: ignore[attr-defined]
+
+
+def _peft_adapter_dir(tmp_path: Path) -> tuple[Path, nn.Module]:
+    """A directory written by peft's own ``save_pretrained``, and the peft model."""
+    torch.manual_seed(1)
+    pm = peft.get_peft_model(
+        small_vit(), peft.LoraConfig(r=4, target_modules=["qkv"], init_lora_weights=False)
+    )
+    out = tmp_path / "adapter"
+    pm.save_pretrained(str(out))
+    assert {"adapter_config.json", "adapter_model.safetensors"} <= {p.name for p in out.iterdir()}
+    return out, pm.eval()
+
+
+def test_loads_an_adapter_directory(tmp_path: Path, images: torch.Tensor) -> None:
+    directory, pm = _peft_adapter_dir(tmp_path)
+    m = ps.wrap(small_vit(), method="peft", adapter=directory, normalize=None).eval()
+    with torch.no_grad():
+        reference = pm(images)
+        assert not torch.equal(reference, small_vit().eval()(images))  # the adapter matters
+    assert torch.equal(m(images), reference)
+    assert ps.parameter_report(m).trainable == DEPTH * 4 * (DIM + 3 * DIM)
+    saved = m.save(tmp_path / "saved")
+    for f in directory.iterdir():  # the saved model does not need the adapter directory
+        f.unlink()
+    assert torch.equal(ps.load(small_vit(), saved).eval()(images), reference)
+
+
+def test_adapter_directory_with_keys_that_do_not_fit_is_refused(tmp_path: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    directory, _ = _peft_adapter_dir(tmp_path)
+    weights = directory / "adapter_model.safetensors"
+    good = load_file(str(weights))
+    save_file({**good, "base_model.model.head.weight": torch.zeros(3, DIM)}, str(weights))
+    with pytest.raises(ValueError, match=r"head\.weight \(not a key of this adapter\)"):
+        ps.wrap(small_vit(), method="peft", adapter=directory)
+    key = next(iter(good))
+    save_file({**good, key: torch.zeros(1, 1)}, str(weights))
+    with pytest.raises(ValueError, match="does not fit this model"):
+        ps.wrap(small_vit(), method="peft", adapter=directory)
+    save_file({k: v for k, v in good.items() if k != key}, str(weights))
+    with pytest.raises(ValueError, match=r"\(missing\)"):
+        ps.wrap(small_vit(), method="peft", adapter=directory)
+
+
+def test_adapter_directory_of_a_type_that_is_not_allowed_is_refused(tmp_path: Path) -> None:
+    directory, _ = _peft_adapter_dir(tmp_path)
+    cfg = directory / "adapter_config.json"
+    cfg.write_text(json.dumps({**json.loads(cfg.read_text()), "peft_type": "PROMPT_TUNING"}))
+    with pytest.raises(ValueError, match="peft_type 'PROMPT_TUNING' is not allowed"):
+        ps.wrap(small_vit(), method="peft", adapter=directory)
+
+
+@pytest.mark.parametrize("name", ["PromptTuningConfig", "os.system", "PeftConfig"])
+def test_saved_config_naming_a_class_not_allowed_is_refused(name: str, tmp_path: Path) -> None:
+    m = ps.wrap(small_vit(), method="peft", config=peft.LoraConfig(target_modules=["qkv"]))
+    d = m.save(tmp_path / "saved")
+    path = d / "peftsmoothing.json"
+    config = json.loads(path.read_text())
+    config["spec"]["method_config"]["config_class"] = name
+    path.write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=f"peft config class '{name}' is not allowed"):
+        ps.load(small_vit(), d)
+
+
+def test_options_it_cannot_honour_are_refused() -> None:
+    with pytest.raises(ValueError, match="pass config=.* or adapter="):
+        ps.wrap(small_vit(), method="peft")
+    with pytest.raises(ValueError, match="modules_to_save"):
+        ps.wrap(small_vit(), method="peft",
+                config=peft.LoraConfig(target_modules=["qkv"], modules_to_save=["head"]))
+    with pytest.raises(ValueError, match="init_lora_weights='pissa' is not supported"):
+        ps.wrap(small_vit(), method="peft",
+                config=peft.LoraConfig(target_modules=["qkv"], init_lora_weights="pissa"))
+    with pytest.raises(ValueError, match=r"peft_type \['LORA'\] is not allowed"):
+        ps.wrap(small_vit(), method="peft", config={"peft_type": ["LORA"]})
+    with pytest.raises(ValueError, match="'PromptTuningConfig' is not allowed"):
+        ps.wrap(small_vit(), method="peft", config=peft.PromptTuningConfig(num_virtual_tokens=2))
+    with pytest.raises(ValueError, match="peft: .*qkvv"):
+        ps.wrap(small_vit(), method="peft", config=peft.LoraConfig(target_modules=["qkvv"]))
+    with pytest.warns(UserWarning, match="ignoring options LoraConfig does not know: shiny"):
+        ps.wrap(small_vit(), method="peft", config={"peft_type": "LORA", "shiny": 1,
+                                                    "target_modules": ["qkv"]})
+
+
+def test_user_config_object_is_not_changed_and_stays_trainable() -> None:
+    cfg = peft.LoraConfig(r=2, target_modules=["qkv"], inference_mode=True)
+    m = ps.wrap(small_vit(), method="peft", config=cfg)
+    assert cfg.inference_mode is True  # the user's object is left alone
+    assert ps.parameter_report(m).trainable == DEPTH * 2 * (DIM + 3 * DIM)
+
+
+def test_a_model_without_timm_helpers(tmp_path: Path, images: torch.Tensor) -> None:
+    from tests.conftest import tiny_cnn
+
+    cfg = peft.LoraConfig(r=2, target_modules=["conv1", "conv2", "mlp.0"], init_lora_weights=False)
+    m = ps.wrap(tiny_cnn(), method="peft", config=cfg, num_classes=4, head="fc", normalize=None)
+    trained = {n.split(".")[1] for n, _ in m.named_trainable_parameters()}
+    assert trained == {"conv1", "conv2", "mlp", "fc"}
+    m.eval()
+    y = m(images)
+    assert torch.equal(ps.load(tiny_cnn(), m.save(tmp_path / "saved")).eval()(images), y)
+    torch.testing.assert_close(m.merge()(images), y, atol=1e-5, rtol=1e-5)
+    assert torch.equal(m.unmerge()(images), y)
