@@ -70,7 +70,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     # Each command names the exceptions that are the user's to fix (bad options, missing files);
     # those become one line on stderr and exit status 1, anything else keeps its traceback.
-    user_errors: tuple[type[Exception], ...] = getattr(args, "user_errors", ())
+    # File-system errors (a missing or unreadable file, a folder where a file belongs, a full
+    # or read-only disk) are the user's too: OSError's message names the file.
+    user_errors: tuple[type[Exception], ...] = (*getattr(args, "user_errors", ()), OSError)
     try:
         return int(args.func(args))
     except user_errors as err:

@@ -368,3 +368,32 @@ def test_full_disk_leaves_no_torn_checkpoint(tmp_path: Path) -> None:
     assert "OSError 27" in out.stdout, out.stderr  # EFBIG: the write hit the limit
     assert not (ckpt / "last").exists()  # nothing half-written was swapped in
     assert not [p for p in ckpt.iterdir() if p.name.endswith(".tmp")]  # temporaries removed
+
+
+# ------------------------------------------------------------------ command line: one line, early
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["train", "--model", "vit_tiny_patch16_224", "--root", ".", "--out", "x",
+         "--val-fraction", "1.5"],
+        ["train", "--model", "vit_tiny_patch16_224", "--root", ".", "--out", "x", "--batch", "0"],
+        ["predict", "--model", "m", "--root", ".", "--sigma", "0.25", "--out", "x", "--max", "-1"],
+        ["predict", "--model", "m", "--root", ".", "--sigma", "0", "--out", "x"],
+    ],
+)
+def test_impossible_numbers_are_refused_when_parsing(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "must be" in err and "Traceback" not in err
+
+
+def test_a_folder_where_a_file_belongs_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "log.tsv").mkdir()  # a folder given as the log to report on
+    assert main(["report", str(tmp_path / "log.tsv")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "log.tsv" in err and "Traceback" not in err

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..names import DATASET_NAMES, PRECISIONS
+from ._args import int_at_least, probability, sigma
 
 if TYPE_CHECKING:
     import torch
@@ -171,18 +172,22 @@ def register(subparsers: Any) -> None:
     p.add_argument("--dataset", default="cifar10", choices=DATASET_NAMES, help="dataset")
     p.add_argument("--root", required=True, help="data directory")
     p.add_argument("--split", choices=("test", "train"), default="test", help="dataset split")
-    p.add_argument("--image-size", type=int, default=None,
+    p.add_argument("--image-size", type=int_at_least("image_size", 1), default=None,
                    help="resize images (e.g. `--image-size 224`); None: native size")
-    p.add_argument("--sigma", type=float, required=True, help="noise level (pixel units)")
-    p.add_argument("--n", type=int, default=100_000, help="noise samples per image")
-    p.add_argument("--alpha", type=float, default=0.001,
+    p.add_argument("--sigma", type=sigma(), required=True, help="noise level (pixel units)")
+    p.add_argument("--n", type=int_at_least("n", 1), default=100_000,
+                   help="noise samples per image")
+    p.add_argument("--alpha", type=probability(), default=0.001,
                    help="probability of returning a class other than the smoothed "
                    "classifier's")
-    p.add_argument("--batch", type=int, default=1000, help="noisy images per forward pass")
-    p.add_argument("--skip", type=int, default=1, help="predict every SKIP-th image")
-    p.add_argument("--max", type=int, default=None,
+    p.add_argument("--batch", type=int_at_least("batch", 1), default=1000,
+                   help="noisy images per forward pass")
+    p.add_argument("--skip", type=int_at_least("skip", 1), default=1,
+                   help="predict every SKIP-th image")
+    p.add_argument("--max", type=int_at_least("max", 0), default=None,
                    help="only the first MAX images (None: all)")
-    p.add_argument("--seed", type=int, default=0, help="master seed of the per-image noise")
+    p.add_argument("--seed", type=int_at_least("seed", 0), default=0,
+                   help="master seed of the per-image noise")
     p.add_argument("--device", default=None, help="torch device (None: cuda if available, "
                    "else cpu)")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32",

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..names import DATASET_NAMES, method_names
 from ..trainer_options import LOSS_OPTION_ALIASES, TRAINER_OPTIONS
+from ._args import fraction, int_at_least
 
 if TYPE_CHECKING:
     from ..training.config import TrainerConfig
@@ -204,23 +205,28 @@ def register(subparsers: Any) -> None:
                    "`--model-kwargs img_size=32 patch_size=4`")
     p.add_argument("--method", default="lora", choices=method_names(),
                    help="PEFT method (see `peftsmoothing methods`)")
-    p.add_argument("--r", type=int, default=None, help="LoRA rank (shortcut for --opt r=R)")
+    p.add_argument("--r", type=int_at_least("r", 1), default=None,
+                   help="LoRA rank (shortcut for --opt r=R)")
     p.add_argument("--opt", nargs="*", default=[], metavar="KEY=VALUE",
                    help="options of the method's Config, values as Python literals, e.g. "
                    "`--opt alpha=16 \"target_modules=['qkv']\"`")
     p.add_argument("--dataset", default="cifar10", choices=DATASET_NAMES, help="dataset")
     p.add_argument("--root", required=True, help="data directory")
-    p.add_argument("--img-size", "--image-size", dest="img_size", type=int, default=None,
+    p.add_argument("--img-size", "--image-size", dest="img_size",
+                   type=int_at_least("image_size", 1), default=None,
                    help="resize the data before the noise (radii then refer to the resized "
                    "images; pass the same --image-size to certify); see --input-size")
-    p.add_argument("--input-size", type=int, default=None,
+    p.add_argument("--input-size", type=int_at_least("input_size", 1), default=None,
                    help="resize inside the model (e.g. `--input-size 224` for ViT-B on "
                    "CIFAR): noise and certified radii stay at the data's native resolution")
-    p.add_argument("--limit", type=int, default=None, help="use only the first N training images")
-    p.add_argument("--val-fraction", type=float, default=0.0,
+    p.add_argument("--limit", type=int_at_least("limit", 1), default=None,
+                   help="use only the first N training images")
+    p.add_argument("--val-fraction", type=fraction("val_fraction"), default=0.0,
                    help="hold out this fraction of the training set for validation / best/")
-    p.add_argument("--batch", type=int, default=128, help="batch size per process")
-    p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
+    p.add_argument("--batch", type=int_at_least("batch", 1), default=128,
+                   help="batch size per process")
+    p.add_argument("--workers", type=int_at_least("workers", 0), default=2,
+                   help="DataLoader worker processes")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--device", default=None,

@@ -1,0 +1,77 @@
+"""argparse ``type=`` functions built on ``peftsmoothing.validation``: an impossible number is
+a one-line error when the command line is parsed, before any model or data is loaded."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from typing import Any
+
+from ..validation import check_alpha, check_int, check_real, check_sigma
+
+__all__ = ["checked", "fraction", "int_at_least", "probability", "sigma"]
+
+
+def checked(kind: Callable[[str], Any], name: str, check: Callable[[Any], Any]) -> Any:
+    """An argparse ``type=`` that converts with ``kind`` and checks with ``check``.
+
+    Examples:
+        >>> checked(float, "alpha", check_alpha)("1.5")
+        Traceback (most recent call last):
+        ...
+        argparse.ArgumentTypeError: alpha must be a number in the open interval (0, 1), got 1.5
+    """
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a number, got {text!r}") from None
+        try:
+            return check(value)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+
+    return parse
+
+
+def int_at_least(name: str, minimum: int) -> Any:
+    """An integer flag ``>= minimum``.
+
+    Examples:
+        >>> int_at_least("batch", 1)("0")
+        Traceback (most recent call last):
+        ...
+        argparse.ArgumentTypeError: batch must be an integer >= 1, got 0
+    """
+    return checked(int, name, lambda v: check_int(v, name, minimum=minimum))
+
+
+def fraction(name: str) -> Any:
+    """A number in [0, 1).
+
+    Examples:
+        >>> fraction("val_fraction")("0.1")
+        0.1
+    """
+    return checked(float, name, lambda v: check_real(v, name, low=0, high=1, high_open=True))
+
+
+def probability(name: str = "alpha") -> Any:
+    """A number in the open interval (0, 1).
+
+    Examples:
+        >>> probability()("0.001")
+        0.001
+    """
+    return checked(float, name, check_alpha)
+
+
+def sigma(name: str = "sigma") -> Any:
+    """A finite number > 0.
+
+    Examples:
+        >>> sigma()("0.25")
+        0.25
+    """
+    return checked(float, name, check_sigma)
