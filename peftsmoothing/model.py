@@ -321,9 +321,10 @@ class PEFTModel(nn.Module):
     def save(self, path: str | os.PathLike[str], metadata: Mapping[str, Any] | None = None) -> Path:
         """Save the trained tensors and a JSON config to the directory ``path``.
 
-        The directory holds ``peftsmoothing.json`` (method, options, head, normalization, and
-        your ``metadata``) and ``trainable.pt`` (only trained tensors: kilobytes to a few
-        megabytes for PEFT methods). Files are written atomically. Rebuild with
+        The directory holds ``peftsmoothing.json`` (method, options, head, normalization, the
+        base model's recipe (:attr:`base_recipe`) and frozen-weights fingerprint, and your
+        ``metadata``) and ``trainable.pt`` (only trained tensors: kilobytes to a few megabytes
+        for PEFT methods). Files are written atomically. Rebuild with
         :func:`peftsmoothing.load`.
 
         Args:
