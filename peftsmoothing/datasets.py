@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import pickle
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
+
+from .preprocessing import preprocessing_config, preprocessing_transform
 
 __all__ = [
     "CIFAR10_CLASSES",  # noqa: F822  (deprecated: served by __getattr__ with a warning)
@@ -29,6 +31,8 @@ __all__ = [
     "load_cifar",
     "load_dataset",
     "num_classes",
+    "preprocessing_config",
+    "preprocessing_transform",
 ]
 
 # CIFAR-10 class names, in label order: ``datasets.CIFAR10_CLASSES``, deprecated (nothing uses it;
@@ -213,26 +217,10 @@ def load_cifar(root: str | os.PathLike[str], train: bool, cifar100: bool = False
     return np.concatenate(xs).transpose(0, 2, 3, 1), np.concatenate(ys)
 
 
-def _image_folder(path: Path, train: bool, image_size: int) -> Dataset[Any]:
-    from torchvision import datasets, transforms
+def _image_folder(path: Path, train: bool, preprocessing: Mapping[str, Any]) -> Dataset[Any]:
+    from torchvision import datasets
 
-    if train:
-        tf = transforms.Compose(
-            [
-                transforms.RandomResizedCrop(image_size),
-                transforms.RandomHorizontalFlip(),
-                transforms.ToTensor(),
-            ]
-        )
-    else:
-        tf = transforms.Compose(
-            [
-                transforms.Resize(round(image_size * 256 / 224)),
-                transforms.CenterCrop(image_size),
-                transforms.ToTensor(),
-            ]
-        )
-    return datasets.ImageFolder(str(path), transform=tf)
+    return datasets.ImageFolder(str(path), transform=preprocessing_transform(preprocessing, train))
 
 
 def _split_dir(root: Path, train: bool) -> Path:
@@ -251,6 +239,7 @@ def load_dataset(
     image_size: int | None = None,
     augment: bool | None = None,
     download: bool = False,
+    preprocessing: Mapping[str, Any] | None = None,
 ) -> Dataset[Any]:
     """Load a dataset by name; items are ``(float CHW tensor in [0, 1], int label)``.
 
@@ -262,9 +251,12 @@ def load_dataset(
             (or that folder itself).
         train: Training split (with augmentation by default) or test/validation split.
         image_size: Resize CIFAR images to this size (e.g. 224); crop size for folders
-            (default 224).
+            (replaces the size in ``preprocessing``; default 224).
         augment: Training augmentation (CIFAR: crop + flip); default ``train``.
         download: For CIFAR, download the official files through torchvision if missing.
+        preprocessing: For folders: ``preprocessing_config`` (e.g. of the model, to follow
+            timm's data config). Default: 224 px, ``crop_pct`` 0.875, bilinear. CIFAR tensors
+            are not affected.
 
     Returns:
         A ``torch.utils.data.Dataset``.
@@ -299,7 +291,10 @@ def load_dataset(
     folder = _split_dir(root_p, train)
     if not folder.is_dir():
         raise FileNotFoundError(f"no image folder at {folder}")
-    return _image_folder(folder, train and augment, image_size or 224)
+    base = dict(preprocessing) if preprocessing is not None else preprocessing_config()
+    if image_size is not None:
+        base["image_size"] = [image_size, image_size]
+    return _image_folder(folder, train and augment, base)
 
 
 def num_classes(name: str, root: str | os.PathLike[str] | None = None) -> int:

@@ -22,7 +22,9 @@ from typing import Any
 
 import torch
 from torch import nn
+from typing_extensions import Self, override
 
+from .architecture import TimmCandidate, verify_candidate
 from .methods.base import Method
 from .normalize import Normalize, Resize
 from .params import freeze_frozen_batchnorm, trained_state_dict
@@ -87,6 +89,7 @@ class PEFTModel(nn.Module):
         modules: Mapping[str, nn.Module] | None = None,
         base_parameters: int = 0,
         base_fingerprint: str | None = None,
+        base_candidate: TimmCandidate | None = None,
     ) -> None:
         super().__init__()
         self.pixel = pixel if pixel is not None else nn.Identity()
@@ -99,9 +102,42 @@ class PEFTModel(nn.Module):
         self.base_parameters = base_parameters
         #: SHA-256 of the base model's weights as ``wrap`` found them (a reset head left out).
         self.base_fingerprint = base_fingerprint
-        self.base_recipe: dict[str, Any] | None = getattr(model, BASE_ATTR, None)
+        self._base_recipe: dict[str, Any] | None = getattr(model, BASE_ATTR, None)
+        # A plain timm model records no recipe: what may rebuild it is verified once, on save.
+        self._base_candidate = base_candidate if self._base_recipe is None else None
         self._merged = False
 
+    @property
+    def base_recipe(self) -> dict[str, Any] | None:
+        """How to rebuild the base model, or ``None`` if that is not known.
+
+        The recipe of [`create_model`][peftsmoothing.create_model] when the base model was
+        made with it;
+        for a model made with ``timm.create_model``, its timm name (with the pretrained tag)
+        and the constructor options that differ from the name's defaults, with
+        ``"pretrained": None`` (which weights it held cannot be read from the model). Such a
+        recipe is recorded only when a rebuild on the meta device has exactly the wrapped
+        model's architecture (every ``state_dict`` key and shape, every submodule's settings);
+        it is checked the first time it is needed.
+
+        Examples:
+            >>> import timm, peftsmoothing as ps
+            >>> vit = timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=4)
+            >>> recipe = ps.wrap(vit, method="lora", r=4, num_classes=10).base_recipe
+            >>> recipe["name"], recipe["pretrained"], recipe["kwargs"]
+            ('vit_tiny_patch16_224.augreg_in21k_ft_in1k', None, {'img_size': 32, 'patch_size': 4})
+        """
+        if self._base_candidate is not None:
+            self._base_recipe = verify_candidate(self._base_candidate)
+            self._base_candidate = None
+        return self._base_recipe
+
+    @base_recipe.setter
+    def base_recipe(self, recipe: Mapping[str, Any] | None) -> None:
+        self._base_recipe = dict(recipe) if recipe is not None else None
+        self._base_candidate = None
+
+    @override
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(self.normalize(self.resize(self.pixel(x))))
 
@@ -176,7 +212,8 @@ class PEFTModel(nn.Module):
         """
         return [p for _, p in self.named_trainable_parameters()]
 
-    def train(self, mode: bool = True) -> PEFTModel:
+    @override
+    def train(self, mode: bool = True) -> Self:
         """Like ``nn.Module.train``, but frozen BatchNorm layers stay in eval mode.
 
         A BatchNorm whose affine parameters are frozen is part of the frozen backbone; updating
@@ -205,7 +242,7 @@ class PEFTModel(nn.Module):
         """Whether the method's parameters are currently folded into the base weights."""
         return self._merged
 
-    def merge(self) -> PEFTModel:
+    def merge(self) -> Self:
         """Fold the trained update into the base weights: inference then costs what the base
         model costs. Undo with [`unmerge`][peftsmoothing.PEFTModel.unmerge]. A no-op when already
         merged.
@@ -230,7 +267,7 @@ class PEFTModel(nn.Module):
             self._merged = True
         return self
 
-    def unmerge(self) -> PEFTModel:
+    def unmerge(self) -> Self:
         """Undo [`merge`][peftsmoothing.PEFTModel.merge] (restores the base weights up to float
         rounding).
 
@@ -249,7 +286,7 @@ class PEFTModel(nn.Module):
         return self
 
     @contextlib.contextmanager
-    def merged_for_inference(self) -> Iterator[PEFTModel]:
+    def merged_for_inference(self) -> Iterator[Self]:
         """Context manager: merge if the method supports it, restore the previous state after.
 
         Examples:
@@ -290,9 +327,10 @@ class PEFTModel(nn.Module):
     def save(self, path: str | os.PathLike[str], metadata: Mapping[str, Any] | None = None) -> Path:
         """Save the trained tensors and a JSON config to the directory ``path``.
 
-        The directory holds ``peftsmoothing.json`` (method, options, head, normalization, and
-        your ``metadata``) and ``trainable.pt`` (only trained tensors: kilobytes to a few
-        megabytes for PEFT methods). Files are written atomically. Rebuild with
+        The directory holds ``peftsmoothing.json`` (method, options, head, normalization, the
+        base model's recipe (``base_recipe``) and frozen-weights fingerprint, and your
+        ``metadata``) and ``trainable.pt`` (only trained tensors: kilobytes to a few megabytes
+        for PEFT methods). Files are written atomically. Rebuild with
         [`peftsmoothing.load`][peftsmoothing.load].
 
         Args:
@@ -327,5 +365,6 @@ class PEFTModel(nn.Module):
             metadata=metadata,
         )
 
+    @override
     def extra_repr(self) -> str:
         return f"method={self.spec.method!r}, merged={self._merged}"

@@ -21,6 +21,7 @@ from typing import Any
 
 from torch import nn
 
+from .architecture import timm_candidate
 from .methods.base import MethodContext, get_method
 from .methods.targets import get_submodule, replace_module
 from .model import PEFTModel, WrapSpec
@@ -35,7 +36,13 @@ from .serialization import (
     read_tensors,
 )
 from .validation import is_int
-from .zoo import _load_weights, rebuild_base_model, unreproducible_reason
+from .zoo import (
+    BASE_ATTR,
+    _load_weights,
+    check_recipe,
+    check_weights_choice,
+    rebuild_base_model,
+)
 
 __all__ = ["CONFIG_FILE", "TENSORS_FILE", "PEFTModel", "WrapSpec", "load", "read_config", "wrap"]
 
@@ -208,6 +215,8 @@ def wrap(
     if train_head and num_classes is None and head_name is None:
         raise ValueError("train_head=True but no classification head was found; pass head=")
 
+    # What rebuilds a plain timm model, read before anything changes it (verified on save).
+    candidate = timm_candidate(model) if getattr(model, BASE_ATTR, None) is None else None
     saved_flags = {id(p): p.requires_grad for p in model.parameters()}
     for p in model.parameters():
         p.requires_grad_(False)
@@ -253,6 +262,7 @@ def wrap(
         modules=context.modules,
         base_parameters=base_parameters,
         base_fingerprint=base_fingerprint,
+        base_candidate=candidate,
     )
 
 
@@ -262,6 +272,7 @@ def load(
     *,
     map_location: Any = None,
     base_weights: str | os.PathLike[str] | None = None,
+    pretrained: bool | None = None,
     **method_overrides: Any,
 ) -> PEFTModel:
     """Rebuild a model saved with [`PEFTModel.save`][peftsmoothing.PEFTModel.save] around a fresh
@@ -270,15 +281,30 @@ def load(
     ``base_model`` must be the same architecture with the same pretrained weights that was
     wrapped before saving (e.g. the same ``timm.create_model(...)`` call). The result computes
     bit-identical outputs to the saved model. ``ps.load(path)`` alone rebuilds the base model
-    from the recipe recorded when it was made with
-    [`peftsmoothing.create_model`][peftsmoothing.create_model] (or given as
-    ``metadata={"base_model": {...}}`` to ``save``).
+    from the recipe recorded at save time: that of
+    [`peftsmoothing.create_model`][peftsmoothing.create_model], or, for a model made with
+    ``timm.create_model``, its timm name with the pretrained tag and the constructor options
+    that differ from the name's defaults (recorded only when a rebuild has exactly the wrapped
+    architecture; see ``PEFTModel.base_recipe``).
+
+    Which weights the rebuilt base model gets:
+
+    - ``base_weights=FILE``: the ``state_dict`` in FILE (read with ``weights_only``);
+    - ``pretrained=True``: timm's registry weights for the recorded name and tag (timm
+      downloads them on first use);
+    - neither, recipe of ``ps.create_model``: timm's registry weights if it was made with
+      ``pretrained=True``, its recorded seed otherwise;
+    - neither, recipe of a plain ``timm.create_model`` model: refused, since which weights it
+      held is not recorded: choose ``base_weights=FILE`` or ``pretrained=True``;
+    - ``pretrained=False``: never timm's registry weights (offline): a recipe that needs them
+      is refused unless ``base_weights`` is given.
 
     Loading reads only the directory (docs/security.md): the recipe may name a model in timm's
     registry and architecture options, nothing that fetches or opens other files; a weights
     file is used only when you pass it as ``base_weights``. The frozen weights are checked
     against the fingerprint recorded at save time: another backbone (other weights, same
-    shapes) is refused. Directories saved before fingerprints existed load with a warning.
+    shapes) is refused, whichever source it came from. Directories saved before fingerprints
+    existed load with a warning.
 
     Args:
         base_model: The original (unwrapped) model, modified in place; or the directory, when
@@ -288,6 +314,8 @@ def load(
         base_weights: A ``state_dict`` file with the base model's weights, loaded into the
             rebuilt (or given) base model before wrapping, e.g. a backbone you pre-trained
             yourself or timm's weights downloaded on another machine.
+        pretrained: For ``load(path)``: ``True`` to use timm's registry weights for the
+            recorded name, ``False`` to never use them, ``None`` (default) as recorded.
         **method_overrides: Method options that replace the saved ones, e.g. a custom
             module that could not be stored in JSON (``denoiser=MyDenoiser()``).
 
@@ -297,7 +325,10 @@ def load(
     Raises:
         FileNotFoundError: If ``path`` holds no saved model, or ``base_weights`` is missing.
         ValueError: If the base model does not fit the saved tensors, its frozen weights are
-            not those the model was trained on, the recipe is refused, or a file is corrupt.
+            not those the model was trained on, the recipe is refused, the recipe does not say
+            which weights to use and neither ``base_weights`` nor ``pretrained`` does, or a
+            file is corrupt.
+        TypeError: If ``pretrained`` is given together with a base model.
 
     Examples:
         >>> import tempfile, timm, torch, peftsmoothing as ps
@@ -318,9 +349,16 @@ def load(
     if path is None:  # load(path): rebuild the base model from the recorded recipe
         if isinstance(base_model, nn.Module):
             raise TypeError("load(base_model, path): path is missing")
-        return _load_from_recipe(base_model, map_location, base_weights, method_overrides)
+        return _load_from_recipe(
+            base_model, map_location, base_weights, pretrained, method_overrides
+        )
     if not isinstance(base_model, nn.Module):
         raise TypeError(f"base_model must be an nn.Module, got {type(base_model).__name__}")
+    if pretrained is not None:
+        raise TypeError(
+            "pretrained= chooses the weights of a base model rebuilt by load(path); "
+            "load(base_model, path) uses the base model you pass"
+        )
     return _load_onto(base_model, path, map_location, base_weights, method_overrides)
 
 
@@ -328,6 +366,7 @@ def _load_from_recipe(
     path: str | os.PathLike[str],
     map_location: Any,
     base_weights: str | os.PathLike[str] | None,
+    pretrained: bool | None,
     method_overrides: Mapping[str, Any],
 ) -> PEFTModel:
     """``load(path)``: rebuild the base model from its recipe, then the wrapped model."""
@@ -336,22 +375,22 @@ def _load_from_recipe(
     if not recipe:
         raise ValueError(
             f"{path} does not record how to build its base model (it was not made with "
-            "ps.create_model); call ps.load(base_model, path) with the base model"
-        )
-    reason = unreproducible_reason(recipe) if base_weights is None else None
-    if reason is not None:
-        raise ValueError(
-            f"{path}: cannot rebuild its base model: {reason}, so a rebuilt one would have "
-            "other weights. Call ps.load(base_model, path) with the original base model "
-            "(next time: ps.create_model(..., seed=N) or file=...)"
+            "timm.create_model or ps.create_model, or a rebuild of its timm name did not have "
+            "the same architecture); call ps.load(base_model, path) with the base model"
         )
     source = f"{Path(path) / CONFIG_FILE}"
-    base_model = rebuild_base_model(recipe, base_weights=base_weights, source=source)
-    origin = (
-        f"the weights file you passed (base_weights={os.fspath(base_weights)!r})"
-        if base_weights is not None
-        else f"the base model rebuilt from its recipe ({recipe.get('name')})"
+    clean = check_recipe(recipe, source)  # refused before anything is built or fetched
+    name = clean.get("name") or clean.get("zoo")
+    check_weights_choice(clean, path, base_weights=base_weights, pretrained=pretrained)
+    base_model = rebuild_base_model(
+        recipe, base_weights=base_weights, pretrained=pretrained, source=source
     )
+    if base_weights is not None:
+        origin = f"the weights file you passed (base_weights={os.fspath(base_weights)!r})"
+    elif pretrained:
+        origin = f"timm's registry weights for {name} (pretrained=True)"
+    else:
+        origin = f"the base model rebuilt from its recipe ({name})"
     return _rewrap(base_model, path, config, origin, map_location, method_overrides)
 
 

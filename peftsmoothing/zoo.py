@@ -24,6 +24,7 @@ __all__ = [
     "DEMO_VIT_KWARGS",
     "build_base_model",
     "check_recipe",
+    "check_weights_choice",
     "create_model",
     "demo_vit",
     "rebuild_base_model",
@@ -139,8 +140,10 @@ def check_recipe(recipe: object, source: str = "recipe") -> dict[str, Any]:
             raise ValueError(f"{source}: timm knows no pretrained tag {name!r}") from None
     clean["name"] = name
     pretrained = recipe.get("pretrained", False)
-    if not isinstance(pretrained, bool):
-        raise ValueError(f"{source}: 'pretrained' must be true or false, got {pretrained!r}")
+    if pretrained is not None and not isinstance(pretrained, bool):
+        raise ValueError(
+            f"{source}: 'pretrained' must be true, false or null (unknown), got {pretrained!r}"
+        )
     clean["pretrained"] = pretrained
     seed = recipe.get("seed")
     if seed is not None and (not is_int(seed) or seed < 0):
@@ -170,6 +173,7 @@ def rebuild_base_model(
     recipe: Mapping[str, Any],
     *,
     base_weights: str | os.PathLike[str] | None = None,
+    pretrained: bool | None = None,
     source: str = "recipe",
 ) -> nn.Module:
     """Build the base model a saved directory's recipe describes, after ``check_recipe``.
@@ -182,14 +186,17 @@ def rebuild_base_model(
         recipe: The recipe read from the directory.
         base_weights: A ``state_dict`` file to load into the rebuilt model (it replaces
             pretrained or seeded weights).
+        pretrained: ``True``: timm's registry weights for the recipe's name, whatever the
+            recipe records; ``False``: never timm's registry weights; ``None``: as recorded.
         source: Where the recipe was read, for error messages.
 
     Returns:
         The base model.
 
     Raises:
-        ValueError: If the recipe is refused, or was built from a weights file and
-            ``base_weights`` is not given.
+        ValueError: If the recipe is refused, was built from a weights file and
+            ``base_weights`` is not given, or both ``base_weights`` and ``pretrained=True``
+            are given.
         FileNotFoundError: If ``base_weights`` does not exist.
 
     Examples:
@@ -199,6 +206,12 @@ def rebuild_base_model(
         (4, 4)
     """
     clean = check_recipe(recipe, source)
+    if base_weights is not None and pretrained:
+        raise ValueError(
+            "pass either base_weights=FILE or pretrained=True (timm's registry weights), not both"
+        )
+    if pretrained is not None:
+        clean = {**clean, "pretrained": pretrained}
     if base_weights is None and clean.get("file"):
         raise ValueError(
             f"{source}: the base model's weights came from a local file (recorded as "
@@ -212,6 +225,68 @@ def rebuild_base_model(
         _load_weights(model, base_weights)
         setattr(model, BASE_ATTR, {**clean, "file": os.path.abspath(base_weights)})
     return model
+
+
+def check_weights_choice(
+    recipe: Mapping[str, Any],
+    path: str | os.PathLike[str],
+    *,
+    base_weights: str | os.PathLike[str] | None = None,
+    pretrained: bool | None = None,
+) -> None:
+    """Refuse a weights choice for ``load(path)`` that cannot rebuild the trained-on backbone.
+
+    ``base_weights=FILE`` or ``pretrained=True`` (timm's registry weights) always say which
+    weights to use (not both). Without them the recipe must: timm's registry weights
+    (``pretrained: true``, refused when ``pretrained=False`` forbids them), a recorded seed,
+    or the shipped model. A plain ``timm.create_model`` model records ``pretrained: null``:
+    its weights are not known, so the caller is asked to choose.
+
+    Args:
+        recipe: The checked recipe (``check_recipe``).
+        path: The saved directory, for messages.
+        base_weights: The caller's weights file, if any.
+        pretrained: The caller's choice (``None``: as recorded).
+
+    Raises:
+        ValueError: Saying which argument (or CLI flag) chooses the weights.
+
+    Examples:
+        >>> check_weights_choice({"name": "resnet18", "pretrained": None}, "run",
+        ...                      pretrained=True)
+        >>> check_weights_choice({"name": "resnet18", "pretrained": None}, "run")
+        Traceback (most recent call last):
+        ...
+        ValueError: run: cannot rebuild its base model: resnet18 was made with ...
+    """
+    name = recipe.get("name") or recipe.get("zoo")
+    if base_weights is not None and pretrained:
+        raise ValueError(
+            "pass either base_weights=FILE or pretrained=True (timm's registry weights), not both"
+        )
+    if base_weights is not None or pretrained:
+        return
+    if pretrained is False and recipe.get("pretrained"):
+        raise ValueError(
+            f"{path}: its base model {name} holds timm's registry weights, and "
+            "pretrained=False forbids them: pass base_weights=FILE with those weights"
+        )
+    reason = unreproducible_reason(recipe)
+    if reason is None:
+        return
+    if recipe.get("name") and "pretrained" in recipe and recipe["pretrained"] is None:
+        raise ValueError(
+            f"{path}: cannot rebuild its base model: {reason}. Say which weights to use: "
+            "base_weights=FILE (a state_dict of the backbone you wrapped; CLI: "
+            f"--base-weights FILE) or pretrained=True (timm's registry weights for {name}, "
+            "downloaded on first use; CLI: --pretrained). The frozen-weights fingerprint "
+            "refuses either if it is not the backbone the model was trained on"
+        )
+    raise ValueError(
+        f"{path}: cannot rebuild its base model: {reason}, so a rebuilt one would have "
+        "other weights. Call ps.load(base_model, path) with the original base model "
+        "(next time: ps.create_model(..., seed=N) or file=...)"
+    )
 
 
 def _load_weights(model: nn.Module, file: str | os.PathLike[str]) -> None:
@@ -278,9 +353,17 @@ def unreproducible_reason(spec: Mapping[str, Any]) -> str | None:
         True
         >>> print(unreproducible_reason({"name": "vit_tiny_patch16_224"}))
         vit_tiny_patch16_224 was randomly initialised without a recorded seed
+        >>> reason = unreproducible_reason({"name": "resnet18", "pretrained": None})
+        >>> reason.startswith("resnet18 was made with timm.create_model outside peftsmoothing")
+        True
     """
     if spec.get("zoo") or spec.get("pretrained") or spec.get("file"):
         return None
+    if "pretrained" in spec and spec["pretrained"] is None:
+        return (
+            f"{spec.get('name')} was made with timm.create_model outside peftsmoothing, so "
+            "whether it held timm's pretrained weights is not recorded"
+        )
     if spec.get("seed") is None:
         return f"{spec.get('name')} was randomly initialised without a recorded seed"
     return None

@@ -119,6 +119,20 @@ def test_loralib_helpers_work_on_wrapped_models() -> None:
     assert all("lora_" in n for n, _ in m.named_trainable_parameters())
 
 
+def test_loralib_state_dict_is_exactly_our_lora_tensors(tmp_path, images: torch.Tensor) -> None:  # type: ignore[no-untyped-def]
+    m = ps.wrap(tiny_vit(), method="lora", r=2, target_modules=["qkv", "fc1"]).eval()
+    _randomize_trainable(m)
+    ours = {k: v for k, v in m.trained_state_dict().items() if ".lora_" in k}
+    theirs = loralib.lora_state_dict(m)
+    assert theirs.keys() == ours.keys() and len(ours) == 2 * 2 * 12
+    assert all(torch.equal(theirs[k], ours[k]) for k in ours)
+    saved = torch.load(m.save(tmp_path) / "trainable.pt", weights_only=True)
+    assert all(torch.equal(saved[k], v) for k, v in theirs.items())
+    fresh = ps.wrap(tiny_vit(), method="lora", r=2, target_modules=["qkv", "fc1"]).eval()
+    assert fresh.load_state_dict(theirs, strict=False).unexpected_keys == []
+    torch.testing.assert_close(fresh(images), m(images), atol=0, rtol=0)  # LoRA is all it trains
+
+
 def test_frozen_parameters_get_no_gradient(images: torch.Tensor) -> None:
     m = ps.wrap(tiny_vit(), method="lora", r=2, num_classes=3)
     _randomize_trainable(m)

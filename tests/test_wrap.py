@@ -185,9 +185,13 @@ def test_load_rebuilds_base_from_recipe(tmp_path) -> None:  # type: ignore[no-un
 def test_load_errors(tmp_path) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(FileNotFoundError, match="peftsmoothing.json not found"):
         ps.load(tiny_vit(), tmp_path)
-    m = ps.wrap(tiny_vit(), method="lora", r=2)
-    m.save(tmp_path)
+    edited = tiny_vit()
+    edited.blocks[0].norm1.eps = 1e-3  # changed after timm built it: no recipe rebuilds it
+    ps.wrap(edited, method="lora", r=2).save(tmp_path)
     with pytest.raises(ValueError, match="does not record how to build its base model"):
+        ps.load(tmp_path)
+    ps.wrap(tiny_vit(), method="lora", r=2).save(tmp_path)  # plain timm: weights unknown
+    with pytest.raises(ValueError, match="Say which weights to use: base_weights=FILE"):
         ps.load(tmp_path)
     with pytest.raises(ValueError, match="base model mismatch"):
         ps.load(tiny_vit(depth=2), tmp_path)

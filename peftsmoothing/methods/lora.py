@@ -17,6 +17,7 @@ import loralib
 import torch
 import torch.nn.functional as F
 from torch import nn
+from typing_extensions import override
 
 from ..validation import is_int
 from .base import Method, MethodConfig, MethodContext, register_method
@@ -119,6 +120,7 @@ class LoRALinear(nn.Module, _LoRAMixin):
         self.lora_B = nn.Parameter(torch.zeros(self.slice * groups, r, device=dev, dtype=dt))
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
 
+    @override
     def delta_weight(self) -> torch.Tensor:
         if self.enable is None:
             return (self.lora_B @ self.lora_A) * self.scaling
@@ -133,6 +135,7 @@ class LoRALinear(nn.Module, _LoRAMixin):
                 parts.append(self.lora_B.new_zeros(self.slice, self.in_features))
         return torch.cat(parts, dim=0) * self.scaling
 
+    @override
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         result = F.linear(x, self.weight, self.bias)
         if self.merged:
@@ -151,6 +154,7 @@ class LoRALinear(nn.Module, _LoRAMixin):
                 parts.append(result.new_zeros(*result.shape[:-1], self.slice))
         return result + torch.cat(parts, dim=-1) * self.scaling
 
+    @override
     def extra_repr(self) -> str:
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, r={self.r}, "
@@ -198,10 +202,12 @@ class LoRAConv2d(nn.Module, _LoRAMixin):
         self.lora_B = nn.Parameter(torch.zeros(self.out_channels, r, 1, 1, device=dev, dtype=dt))
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
 
+    @override
     def delta_weight(self) -> torch.Tensor:
         flat = self.lora_B.flatten(1) @ self.lora_A.flatten(1)
         return flat.view_as(self.weight) * self.scaling
 
+    @override
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         stride, padding, dilation = self.stride, self.padding, self.dilation
         result = F.conv2d(x, self.weight, self.bias, stride, padding, dilation)
@@ -210,6 +216,7 @@ class LoRAConv2d(nn.Module, _LoRAMixin):
         low = F.conv2d(self.lora_dropout(x), self.lora_A, None, stride, padding, dilation)
         return result + F.conv2d(low, self.lora_B) * self.scaling
 
+    @override
     def extra_repr(self) -> str:
         return (
             f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
@@ -272,6 +279,7 @@ class LoRA(Method):
     Config = LoRAConfig
     supports_merge = True
 
+    @override
     def apply(self, model: nn.Module, context: MethodContext) -> None:
         cfg = self.config
         assert isinstance(cfg, LoRAConfig)
@@ -297,11 +305,13 @@ class LoRA(Method):
             new.train(module.training)
             replace_module(model, name, new)
 
+    @override
     def merge(self, model: nn.Module) -> None:
         for module in model.modules():
             if isinstance(module, _LoRAMixin):
                 module.merge()
 
+    @override
     def unmerge(self, model: nn.Module) -> None:
         for module in model.modules():
             if isinstance(module, _LoRAMixin):
