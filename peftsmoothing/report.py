@@ -328,6 +328,14 @@ class CertificationReport:
             f"ACR: {self.acr:.3f}   abstain rate: {self.abstain_rate:.3f}"
         )
         name = self.name or "certified accuracy"
+        settings = self.settings or {}
+        if settings.get("mode") == "target":
+            r = (settings.get("sequential") or {}).get("radius")
+            head += (
+                f"\ntarget mode (r = {r}): only certified accuracy at r = {r} is meaningful; "
+                "sampling stopped once each image's radius was decided against r, so the "
+                "other radii, ACR and the table's other columns understate the model"
+            )
         return head + "\n\n" + certified_accuracy_table({name: self}, radii)
 
     def table(self, radii: Iterable[float] | None = None, format: str = "markdown") -> str:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
 import torch
@@ -28,9 +28,10 @@ from .certlog import LOG_FORMATS, LogRow, OpenLog, check_identity, log_settings,
 from .fingerprint import image_fingerprint, model_fingerprint
 from .report import CertificationReport
 from .seeds import derive_seed
+from .sequential import MaxRadiusPolicy, Schedule, SequentialPolicy, TargetRadiusPolicy
 from .validation import check_alpha, check_choice, check_positive_int, check_seed, is_int
 
-__all__ = ["Certifier", "certify_dataset"]
+__all__ = ["Certifier", "certify_dataset", "policy_settings", "sequential_policy"]
 
 
 class _Certificate(Protocol):
@@ -48,6 +49,8 @@ class _Certificate(Protocol):
     def n(self) -> int: ...
     @property
     def seconds(self) -> float: ...
+    @property
+    def alpha_spent(self) -> float | None: ...
 
 
 class Certifier(Protocol):
@@ -75,6 +78,93 @@ class Certifier(Protocol):
         seed: int | None = ...,
     ) -> _Certificate: ...
 
+    def certify_many(
+        self,
+        items: Iterable[tuple[int, torch.Tensor, int]],
+        n0: int,
+        policy: SequentialPolicy,
+        batch_size: int,
+    ) -> Iterator[tuple[int, _Certificate]]: ...
+
+
+def sequential_policy(
+    sigma: float,
+    n: int,
+    alpha: float,
+    *,
+    radius: float | None = None,
+    early_stop: bool = False,
+    max_radius: float | None = None,
+    tolerance: float | None = None,
+    schedule: Schedule | None = None,
+) -> SequentialPolicy | None:
+    """The stopping policy that ``certify``'s mode arguments ask for (``None``: fixed ``n``).
+
+    ``radius`` selects target mode (:class:`~peftsmoothing.sequential.TargetRadiusPolicy`);
+    ``early_stop=True``, ``max_radius`` or ``tolerance`` select early stopping
+    (:class:`~peftsmoothing.sequential.MaxRadiusPolicy`). The look schedule is
+    ``Schedule.create(n, alpha)`` unless ``schedule`` is given (then its ``n_max`` and
+    ``alpha`` must be ``n`` and ``alpha``).
+
+    Raises:
+        ValueError: For both modes at once, a ``schedule`` without a mode, or a schedule
+            that disagrees with ``n`` or ``alpha``.
+
+    Examples:
+        >>> sequential_policy(0.5, 1000, 0.001) is None
+        True
+        >>> p = sequential_policy(0.5, 1000, 0.001, radius=0.5)
+        >>> type(p).__name__, p.schedule.looks
+        ('TargetRadiusPolicy', (256, 512, 1000))
+    """
+    stop = bool(early_stop) or max_radius is not None or tolerance is not None
+    if radius is not None and stop:
+        raise ValueError(
+            "radius= (target mode) and early_stop/max_radius/tolerance (early stopping) "
+            "are two different modes; choose one"
+        )
+    if radius is None and not stop:
+        if schedule is not None:
+            raise ValueError("schedule= needs a sequential mode (radius= or early_stop=True)")
+        return None
+    if schedule is None:
+        schedule = Schedule.create(n, alpha)
+    elif not isinstance(schedule, Schedule):
+        raise TypeError(f"schedule must be a Schedule, got {type(schedule).__name__}")
+    elif schedule.n_max != n or schedule.alpha != alpha:
+        raise ValueError(
+            f"the schedule ends at n_max={schedule.n_max} with alpha={schedule.alpha}, but "
+            f"n={n} and alpha={alpha} were asked for"
+        )
+    if radius is not None:
+        return TargetRadiusPolicy(sigma, radius, schedule)
+    return MaxRadiusPolicy(sigma, schedule, max_radius=max_radius, tolerance=tolerance)
+
+
+def policy_settings(policy: SequentialPolicy) -> tuple[str, dict[str, Any]]:
+    """``(mode, parameters)`` of a policy, as a log's settings record them.
+
+    Examples:
+        >>> mode, params = policy_settings(sequential_policy(0.5, 1000, 0.001, radius=0.5))
+        >>> mode, params["radius"], params["looks"]
+        ('target', 0.5, [256, 512, 1000])
+    """
+    schedule = policy.schedule
+    params: dict[str, Any] = {
+        "n_max": schedule.n_max,
+        "looks": list(schedule.looks),
+        "look_alphas": list(schedule.alphas),
+    }
+    if isinstance(policy, TargetRadiusPolicy):
+        params.update(radius=policy.radius, beta=policy.beta)
+        return "target", params
+    if isinstance(policy, MaxRadiusPolicy):
+        cap = float(policy.max_radius)  # type: ignore[arg-type]
+        params.update(max_radius=None if cap == float("inf") else cap,
+                      tolerance=policy.tolerance)  # fmt: skip
+        return "max_radius", params
+    raise TypeError(f"unknown policy {type(policy).__name__}")
+
 
 def certify_dataset(
     certifier: Certifier,
@@ -93,6 +183,10 @@ def certify_dataset(
     progress: bool | None = None,
     log_format: str = "peftsmoothing",
     dataset_info: Mapping[str, Any] | None = None,
+    radius: float | None = None,
+    early_stop: bool = False,
+    max_radius: float | None = None,
+    tolerance: float | None = None,
 ) -> CertificationReport:
     """Certify every ``skip``-th image of ``dataset`` with ``certifier``, logging as it goes.
 
@@ -136,6 +230,18 @@ def certify_dataset(
         dataset_info: What identifies the data beyond its size (e.g. ``{"name": "cifar10",
             "split": "test", "image_size": 32}``), recorded in the settings' ``"dataset"``;
             values must be JSON numbers, strings, booleans or ``None``.
+        radius: Target mode: certify whether each image's radius reaches ``radius``,
+            sequentially (``n`` is then ``n_max``; see :func:`sequential_policy`). Only
+            certified accuracy at ``radius`` is meaningful in such a log.
+        early_stop: Early-stopping mode: certify the largest radius, stopping when more
+            samples would add little (``max_radius``, ``tolerance``: see
+            :class:`~peftsmoothing.sequential.MaxRadiusPolicy`).
+        max_radius: Early stopping: stop once this radius is certified.
+        tolerance: Early stopping: stop when the projected gain is below this.
+
+            In the sequential modes the samples of several images share each forward
+            batch (:mod:`peftsmoothing.packing`); each row records the samples drawn
+            (``n``) and the alpha of the look it stopped at (``alpha``).
 
     Returns:
         A :class:`peftsmoothing.CertificationReport` over the selected images (this shard's),
@@ -164,6 +270,11 @@ def certify_dataset(
     master = check_seed(seed, allow_none=False)
     assert master is not None
     selected = _select_indices(dataset, indices, skip_, shard)
+    policy = sequential_policy(
+        certifier.sigma, n_, a, radius=radius, early_stop=early_stop, max_radius=max_radius,
+        tolerance=tolerance,
+    )  # fmt: skip
+    mode, params = ("fixed", None) if policy is None else policy_settings(policy)
 
     columns = check_choice(log_format, "log_format", LOG_FORMATS)
     info = _dataset_info(dataset, dataset_info)
@@ -175,6 +286,7 @@ def certify_dataset(
             sigma=certifier.sigma, n0=n0_, n=n_, alpha=a, seed=master,
             num_classes=certifier.num_classes, precision=certifier.precision,
             model_sha256=model_fingerprint(certifier.base), columns=columns, dataset=info,
+            mode=mode, sequential=params,
         )  # fmt: skip
         # stacklevel 4: open_log <- here <- SmoothedClassifier.certify_dataset <- the user
         opened = open_log(log, meta, resume, stacklevel=4)
@@ -198,11 +310,25 @@ def certify_dataset(
     )  # fmt: skip
     try:
         with certifier._inference():
-            for idx in todo:
-                image, label = dataset[idx]
-                label_ = _check_label(label, idx, certifier.num_classes)
-                digest = image_fingerprint(image, label_)
-                cert = certifier.certify(image, n0_, n_, a, b, seed=derive_seed(master, idx))
+            labels: dict[int, tuple[int, str]] = {}
+
+            def items() -> Iterator[tuple[int, torch.Tensor, int]]:
+                for idx in todo:
+                    image, label = dataset[idx]
+                    label_ = _check_label(label, idx, certifier.num_classes)
+                    labels[idx] = (label_, image_fingerprint(image, label_))
+                    yield idx, image, derive_seed(master, idx)
+
+            if policy is None:
+                done_iter: Iterator[tuple[int, _Certificate]] = (
+                    (idx, certifier.certify(image, n0_, n_, a, b, seed=s))
+                    for idx, image, s in items()
+                )
+            else:
+                done_iter = certifier.certify_many(items(), n0_, policy, b)
+            for idx, cert in done_iter:
+                label_, digest = labels.pop(idx)
+                spent = cert.alpha_spent if policy is not None else None
                 row = LogRow(
                     idx=idx,
                     label=label_,
@@ -213,7 +339,7 @@ def certify_dataset(
                     count=cert.count,
                     n=cert.n,
                     seconds=cert.seconds,
-                    alpha=a,
+                    alpha=a if spent is None else spent,
                     image_sha256=digest,
                 )
                 if opened is not None:
@@ -226,7 +352,12 @@ def certify_dataset(
         bar.close()
         if opened is not None:
             opened.close()
-    return CertificationReport([results[i] for i in selected])
+    report = CertificationReport([results[i] for i in selected])
+    if opened is not None:
+        report.settings = meta
+    elif policy is not None:  # what report.summary() needs to mark a target-mode result
+        report.settings = {"mode": mode, "sequential": params}
+    return report
 
 
 def _identity(dataset: Any, idx: int, certifier: Certifier) -> str:

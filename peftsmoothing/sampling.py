@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import math
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Final
 
 import torch
@@ -184,6 +184,54 @@ class NoiseSampler:
                 counts.index_add_(0, predictions, ones[:size])
             remaining -= size
         return counts
+
+    def _sample_chunks(
+        self, chunks: Sequence[tuple[torch.Tensor, int, torch.Generator]]
+    ) -> torch.Tensor:
+        """Class counts of several noise chunks, all in one forward pass (packing).
+
+        Chunk ``i`` is ``size_i`` noisy copies of its image ``x_i`` drawn from its own
+        generator, so its noise does not depend on the other chunks of the batch (the same
+        values as drawing ``size_i`` samples alone: a dense slice of the same shape). The
+        model's outputs may still differ in the last bits with the batch's composition.
+
+        Args:
+            chunks: ``(x, size, generator)`` per chunk; ``x`` already on the device in the
+                noise dtype (:meth:`_prepare_input`), all of one shape.
+
+        Returns:
+            Counts of shape ``(len(chunks), num_classes + 1)`` on the device (the last column
+            counts non-finite logits, as in :meth:`_sample_counts`).
+        """
+        device = self.device
+        width = self.num_classes + 1
+        sizes = [size for _, size, _ in chunks]
+        total = sum(sizes)
+        shape = chunks[0][0].shape
+        memory_format = (
+            torch.channels_last if self._use_channels_last() else torch.contiguous_format
+        )
+        batch = torch.empty(
+            (total, *shape), dtype=chunks[0][0].dtype, device=device, memory_format=memory_format
+        )
+        offset = 0
+        for x, size, gen in chunks:
+            batch[offset : offset + size].normal_(0.0, self.sigma, generator=gen).add_(x)
+            offset += size
+        model_dtype = self.dtype
+        inputs = batch if batch.dtype == model_dtype else batch.to(model_dtype)
+        with autocast(device, self.precision):
+            logits = self.base(inputs)
+        self._check_logits(logits, total)
+        finite = torch.isfinite(logits).all(dim=1)
+        predictions = torch.where(finite, logits.argmax(dim=1), self.num_classes)
+        segment = torch.repeat_interleave(
+            torch.arange(len(chunks), device=device), torch.tensor(sizes, device=device)
+        )
+        flat = segment * width + predictions
+        counts = torch.zeros(len(chunks) * width, dtype=torch.long, device=device)
+        counts.index_add_(0, flat, torch.ones_like(flat))
+        return counts.view(len(chunks), width)
 
     def _class_counts(self, counts: torch.Tensor, num: int) -> torch.Tensor:
         """The per-class part of host-side counts from :meth:`_sample_counts`.

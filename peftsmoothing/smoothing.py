@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -33,8 +33,10 @@ from torch import nn
 from . import runner
 from .certlog import LOG_COLUMNS, LogRow, parse_log
 from .fingerprint import model_fingerprint as model_fingerprint
+from .packing import PackedResult, certify_packed
 from .precision import PRECISIONS
 from .sampling import NoiseSampler
+from .sequential import Schedule, SequentialPolicy
 from .stats import ABSTAIN, binomial_pvalue, certified_radius, clopper_pearson_lower
 from .validation import (
     check_alpha,
@@ -71,9 +73,17 @@ class Certificate:
         pa_lower: One-sided ``(1 - alpha)`` Clopper-Pearson lower bound of the top class's
             probability under noise (reported also when abstaining).
         count: How many of the ``n`` estimation samples the base model put in the selected class.
-        n: Number of estimation samples.
+        n: Number of estimation samples drawn (in a sequential mode: up to the look where
+            sampling stopped).
         n0: Number of selection samples.
-        seconds: Wall-clock time of the certification.
+        seconds: Wall-clock time of the certification (with packing: the image's share of
+            the forward batches it was in).
+        alpha_spent: The level at which ``pa_lower`` holds: ``alpha`` for fixed-``n``
+            CERTIFY; in a sequential mode the ``alpha_k`` of the look where sampling stopped
+            (all looks' bounds hold at once with probability ``>= 1 - alpha``, so the
+            certificate as a whole is wrong with probability at most ``alpha``).
+        reason: Why a sequential mode stopped (``"certified"``, ``"futile"``, ``"final"``,
+            ``"max_radius"``, ``"converged"``); ``None`` for fixed ``n``.
 
     Examples:
         >>> c = Certificate(prediction=3, radius=0.42, pa_lower=0.8, count=95, n=100, n0=10,
@@ -89,6 +99,8 @@ class Certificate:
     n: int
     n0: int
     seconds: float
+    alpha_spent: float | None = None
+    reason: str | None = None
 
     @property
     def abstained(self) -> bool:
@@ -231,6 +243,12 @@ class SmoothedClassifier(NoiseSampler):
         alpha: float = 0.001,
         batch_size: int = 1000,
         seed: int | None = None,
+        *,
+        radius: float | None = None,
+        early_stop: bool = False,
+        max_radius: float | None = None,
+        tolerance: float | None = None,
+        schedule: Schedule | None = None,
     ) -> Certificate:
         """CERTIFY of Cohen et al. (2019): a class and an L2 radius, wrong w.p. <= ``alpha``.
 
@@ -238,6 +256,22 @@ class SmoothedClassifier(NoiseSampler):
         below with ``n`` independent samples (exact one-sided Clopper-Pearson bound
         ``pa_lower``). Abstains when ``pa_lower < 0.5``; otherwise the radius is
         ``sigma * Phi^-1(pa_lower)``.
+
+        **Sequential modes** (docs/sequential.md) draw the estimation samples in looks
+        (``Schedule.create(n, alpha)``: 256, 512, ... doubling, then ``n``) and stop at the
+        first look where a policy decides; ``alpha`` is spread over the looks (union bound), so
+        the certificate is still wrong with probability at most ``alpha``:
+
+        - ``radius=r`` (target mode): stop as soon as the bound certifies ``r`` or shows it
+          cannot be reached within ``n``; "certified at ``r``" is ``cert.radius >= r``
+          (``cert.radius`` is what the final bound certifies, below ``r`` when not certified);
+        - ``early_stop=True`` (or ``max_radius=`` / ``tolerance=``): certify the largest
+          radius, stopping once ``max_radius`` is certified or more samples would raise the
+          radius by less than ``tolerance`` (default ``0.05 * sigma``); the stopping rule is a
+          heuristic and never affects soundness.
+
+        ``cert.n`` is then the number of estimation samples drawn, ``cert.alpha_spent`` the
+        level of the stopping look's bound and ``cert.reason`` why it stopped.
 
         Args:
             x: One image (C, H, W) in [0, 1].
@@ -247,6 +281,13 @@ class SmoothedClassifier(NoiseSampler):
             batch_size: Noisy images per forward pass (memory only; does not change validity).
             seed: Seed of the noise (same seed, batch size and device: same certificate);
                 ``None`` draws one from torch's global generator.
+            radius: Target mode: the L2 radius to certify (``n`` is the most samples).
+            early_stop: Early-stopping mode (:class:`~peftsmoothing.sequential.MaxRadiusPolicy`).
+            max_radius: Early stopping: stop once this radius is certified.
+            tolerance: Early stopping: stop when the projected gain at ``n`` is below this.
+            schedule: The looks and their alphas (a :class:`~peftsmoothing.sequential.Schedule`
+                with ``n_max == n`` and ``alpha == alpha``); default ``Schedule.create(n,
+                alpha)``.
 
         Returns:
             The :class:`Certificate`.
@@ -270,12 +311,24 @@ class SmoothedClassifier(NoiseSampler):
             (1, 100, 0.933254)
             >>> round(cert.radius, 4)  # 0.5 * Phi^-1(0.933254)
             0.7502
+            >>> cert = smoothed.certify(torch.rand(1, 4, 4), n0=10, n=100_000, alpha=0.001,
+            ...                         radius=0.5, seed=0)  # target mode
+            >>> cert.radius >= 0.5, cert.n, cert.reason  # certified at the first look
+            (True, 256, 'certified')
         """
         n0_ = check_positive_int(n0, "n0")
         n_ = check_positive_int(n, "n")
         a = check_alpha(alpha)
         b = check_positive_int(batch_size, "batch_size")
         s = self._resolve_seed(seed)
+        policy = runner.sequential_policy(
+            self.sigma, n_, a, radius=radius, early_stop=early_stop, max_radius=max_radius,
+            tolerance=tolerance, schedule=schedule,
+        )  # fmt: skip
+        if policy is not None:
+            with self._inference():
+                ((_, cert),) = self.certify_many([(0, x, s)], n0_, policy, b)
+            return cert
         x_dev = self._prepare_input(x)
         start = time.perf_counter()
         with self._inference():
@@ -299,7 +352,58 @@ class SmoothedClassifier(NoiseSampler):
             n=n_,
             n0=n0_,
             seconds=time.perf_counter() - start,
+            alpha_spent=a,
         )
+
+    def certify_many(
+        self,
+        items: Iterable[tuple[Any, torch.Tensor, int]],
+        n0: int,
+        policy: SequentialPolicy,
+        batch_size: int = 1000,
+    ) -> Iterator[tuple[Any, Certificate]]:
+        """Sequential CERTIFY of many images, their samples packed into shared batches.
+
+        The engine under ``certify(..., radius=...)`` and ``certify_dataset`` in the
+        sequential modes (:func:`peftsmoothing.packing.certify_packed`): each image draws its
+        noise from its own seeded streams, so its certificate does not depend on which images
+        share its batches (up to the model's last-bit differences between batch layouts).
+
+        Args:
+            items: ``(key, image (C, H, W) in [0, 1], seed)`` per image, read lazily.
+            n0: Selection samples per image.
+            policy: A :class:`~peftsmoothing.sequential.TargetRadiusPolicy` or
+                :class:`~peftsmoothing.sequential.MaxRadiusPolicy` with this ``sigma``.
+            batch_size: Most noisy images per forward pass.
+
+        Yields:
+            ``(key, Certificate)`` per image, in the order the images finish.
+
+        Raises:
+            ValueError: If the policy's sigma is not this classifier's.
+            FloatingPointError: If the model returns a non-finite logit.
+
+        Examples:
+            >>> import torch, peftsmoothing as ps
+            >>> from torch import nn
+            >>> from peftsmoothing.sequential import Schedule, MaxRadiusPolicy
+            >>> smoothed = ps.SmoothedClassifier(nn.Sequential(nn.Flatten(), nn.Linear(12, 3)),
+            ...                                  3, sigma=0.5)
+            >>> policy = MaxRadiusPolicy(0.5, Schedule.create(2000, 0.001))
+            >>> items = [(i, torch.rand(3, 2, 2), i) for i in range(4)]
+            >>> sorted(key for key, cert in smoothed.certify_many(items, 50, policy, 500))
+            [0, 1, 2, 3]
+        """
+        n0_ = check_positive_int(n0, "n0")
+        b = check_positive_int(batch_size, "batch_size")
+        if getattr(policy, "sigma", self.sigma) != self.sigma:
+            raise ValueError(
+                f"the policy is for sigma={getattr(policy, 'sigma', None)}, this classifier "
+                f"smooths with sigma={self.sigma}"
+            )
+        with self._inference():
+            for result in certify_packed(self, items, n0_, policy, b):
+                yield result.key, _certificate(result)
 
     def certify_dataset(
         self,
@@ -318,12 +422,19 @@ class SmoothedClassifier(NoiseSampler):
         progress: bool | None = None,
         log_format: str = "peftsmoothing",
         dataset_info: Mapping[str, Any] | None = None,
+        radius: float | None = None,
+        early_stop: bool = False,
+        max_radius: float | None = None,
+        tolerance: float | None = None,
     ) -> CertificationReport:
         """Certify every ``skip``-th image of a dataset, logging one row per image as it goes.
 
         Per-image seeds, a crash-safe log that resumes (refusing other settings, models or
         data), shards and the Cohen et al. log format: see
-        :func:`peftsmoothing.runner.certify_dataset` for every argument and error.
+        :func:`peftsmoothing.runner.certify_dataset` for every argument and error. With
+        ``radius=`` (target mode) or ``early_stop=True`` the images are certified
+        sequentially, several in flight, their samples sharing each forward batch
+        (:meth:`certify_many`).
 
         Examples:
             >>> import torch, peftsmoothing as ps
@@ -338,5 +449,21 @@ class SmoothedClassifier(NoiseSampler):
         return runner.certify_dataset(
             self, dataset, n0, n, alpha, batch_size, log=log, resume=resume, indices=indices,
             skip=skip, shard=shard, seed=seed, progress=progress, log_format=log_format,
-            dataset_info=dataset_info,
+            dataset_info=dataset_info, radius=radius, early_stop=early_stop,
+            max_radius=max_radius, tolerance=tolerance,
         )  # fmt: skip
+
+
+def _certificate(result: PackedResult) -> Certificate:
+    d = result.decision
+    return Certificate(
+        prediction=ABSTAIN if d.abstain else result.c_a,
+        radius=d.radius,
+        pa_lower=d.pa_lower,
+        count=d.count,
+        n=d.n,
+        n0=result.n0,
+        seconds=result.seconds,
+        alpha_spent=d.alpha_spent,
+        reason=d.reason,
+    )

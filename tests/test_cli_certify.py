@@ -131,3 +131,30 @@ def test_certify_into_a_log_in_use_is_a_clear_error(
         assert "another process is certifying into" in capsys.readouterr().err
     finally:
         held.close()
+
+
+def test_certify_sequential_modes(
+    saved_model: Path, fake_cifar: list[Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    root = ["--model", str(saved_model), "--root", str(tmp_path)]
+    base = ["--dataset", "cifar10", "--sigma", "0.25", "--n0", "4", "--n", "600", "--batch", "64",
+            "--max", "6", "--device", "cpu"]  # fmt: skip
+    out = tmp_path / "target.tsv"
+    assert main(["certify", *root, *base, "--radius", "0.1", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "target mode (r = 0.1)" in text and "r = 0.1 |" in text
+    settings = json.loads((tmp_path / "target.tsv.json").read_text())
+    assert settings["mode"] == "target" and settings["sequential"]["looks"] == [256, 600]
+    assert len(read_rows(out)) == 6
+    early = tmp_path / "early.tsv"
+    args = ["certify", *root, *base, "--early-stop", "--max-radius", "0.5", "--out", str(early)]
+    assert main(args) == 0
+    settings = json.loads((tmp_path / "early.tsv.json").read_text())
+    assert settings["mode"] == "max_radius" and settings["sequential"]["max_radius"] == 0.5
+    capsys.readouterr()
+    assert main(["certify", *root, *base, "--tolerance", "0.1", "--out", str(early)]) == 1
+    assert "--early-stop" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["certify", *root, *base, "--radius", "0.1", "--early-stop", "--out", str(early)])

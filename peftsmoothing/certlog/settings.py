@@ -17,6 +17,9 @@ FORMAT_VERSION: Final[int] = 2
 LOG_FORMATS: Final[tuple[str, ...]] = ("peftsmoothing", "cohen")
 """Row layouts ``certify_dataset(log_format=...)`` writes (the settings' ``"columns"``)."""
 
+MODES: Final[tuple[str, ...]] = ("fixed", "target", "max_radius")
+"""The settings' ``"mode"``: fixed-``n`` CERTIFY, or a sequential mode."""
+
 SETTINGS_FORMAT: Final[str] = "peftsmoothing-certify-log"
 """The ``"format"`` entry of a log's settings file (``<log>.json``)."""
 
@@ -37,6 +40,8 @@ def log_settings(
     model_sha256: str,
     columns: str = "peftsmoothing",
     dataset: Mapping[str, Any] | None = None,
+    mode: str = "fixed",
+    sequential: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The settings file (``<log>.json``) of a format-2 log: what its rows were certified with.
 
@@ -55,6 +60,11 @@ def log_settings(
         columns: The row layout, one of :data:`LOG_FORMATS`.
         dataset: What identifies the data: ``{"size": len(dataset), ...}`` (name, split,
             preprocessing; not paths, which are not identity).
+        mode: ``"fixed"`` (fixed-``n`` CERTIFY), ``"target"`` or ``"max_radius"``
+            (sequential CERTIFY, :mod:`peftsmoothing.sequential`).
+        sequential: In a sequential mode, its parameters: ``n_max``, the ``looks`` and
+            their ``look_alphas``, and ``radius`` (target) or ``max_radius`` and
+            ``tolerance``; written under ``"sequential"``.
 
     Returns:
         The settings, in the order they are written.
@@ -67,10 +77,14 @@ def log_settings(
     """
     if columns not in LOG_FORMATS:
         raise ValueError(f"log_format must be one of {', '.join(LOG_FORMATS)}, got {columns!r}")
-    return {
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if (mode == "fixed") != (sequential is None):
+        raise ValueError("a sequential mode needs its parameters, and only it")
+    out = {
         "format": SETTINGS_FORMAT,
         "format_version": FORMAT_VERSION,
-        "mode": "fixed",
+        "mode": mode,
         "columns": columns,
         "sigma": sigma,
         "n0": n0,
@@ -82,6 +96,9 @@ def log_settings(
         "model_sha256": model_sha256,
         "dataset": dict(dataset or {}),
     }
+    if sequential is not None:
+        out["sequential"] = dict(sequential)
+    return out
 
 
 def settings_diff(

@@ -118,6 +118,8 @@ def run(args: argparse.Namespace) -> int:
         args.dataset, args.root, train=args.split == "train", image_size=args.image_size,
         augment=False,
     )  # fmt: skip
+    if (args.max_radius is not None or args.tolerance is not None) and not args.early_stop:
+        raise ValueError("--max-radius and --tolerance go with --early-stop")
     classes = int(datasets.num_classes(args.dataset, args.root))
     smoothed = SmoothedClassifier(
         model, classes, args.sigma, device=device, precision=args.precision
@@ -129,10 +131,14 @@ def run(args: argparse.Namespace) -> int:
     report = smoothed.certify_dataset(
         dataset, args.n0, args.n, args.alpha, args.batch, log=log, resume=args.resume,
         indices=indices, skip=args.skip, shard=shard, seed=args.seed,
-        log_format=args.log_format, dataset_info=info,
+        log_format=args.log_format, dataset_info=info, radius=args.radius,
+        early_stop=args.early_stop, max_radius=args.max_radius, tolerance=args.tolerance,
     )  # fmt: skip
     if len(report):
-        print(report.summary(args.radii))
+        radii = args.radii
+        if args.radius is not None and args.radius not in radii:
+            radii = sorted([*radii, args.radius])
+        print(report.summary(radii))
     return 0
 
 
@@ -141,7 +147,10 @@ def register(subparsers: Any) -> None:
     from ..certlog import LOG_FORMATS
     from ..precision import PRECISIONS
     from ..report import DEFAULT_RADII
-    from ..validation import check_alpha, check_int, check_sigma
+    from ..validation import check_alpha, check_int, check_real, check_sigma
+
+    def nonnegative(name: str) -> Any:
+        return _checked(float, name, lambda v: check_real(v, name, low=0.0))
 
     def count(name: str, minimum: int = 1) -> Any:
         return _checked(int, name, lambda v: check_int(v, name, minimum=minimum))
@@ -172,6 +181,33 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--batch", type=count("batch"), default=1000, help="noisy images per forward pass"
     )
+    mode = p.add_argument_group(
+        "sequential modes",
+        "draw the estimation samples in looks (256, 512, ... doubling, then --n) and stop "
+        "early; alpha is spread over the looks, so certificates stay valid at level alpha; "
+        "several images share each forward batch",
+    )
+    exclusive = mode.add_mutually_exclusive_group()
+    exclusive.add_argument(
+        "--radius", type=nonnegative("radius"),
+        default=None, metavar="R",
+        help="target mode: decide for each image whether it is certified at radius R "
+        "(only certified accuracy at R is meaningful in the log)",
+    )  # fmt: skip
+    exclusive.add_argument(
+        "--early-stop", action="store_true",
+        help="certify the largest radius, stopping when more samples would add little",
+    )  # fmt: skip
+    mode.add_argument(
+        "--max-radius", type=_checked(float, "max_radius", check_sigma), default=None,
+        help="with --early-stop: stop once this radius is certified",
+    )  # fmt: skip
+    mode.add_argument(
+        "--tolerance", type=nonnegative("tolerance"),
+        default=None,
+        help="with --early-stop: stop when n samples would add less than this radius "
+        "(default 0.05 * sigma)",
+    )  # fmt: skip
     p.add_argument("--skip", type=count("skip"), default=1, help="certify every SKIP-th image")
     p.add_argument("--max", type=count("max", 0), default=None, help="only the first MAX images")
     p.add_argument("--out", required=True, help="log file (TSV); {shard} is replaced by i")

@@ -1,0 +1,194 @@
+"""Sequential CERTIFY through the real ``SmoothedClassifier``: soundness, packing, logs, golden.
+
+The soundness test smooths a linear binary torch model ``f(x) = 1[w.x + b > 0]`` (``|w| = 1``):
+under ``N(0, sigma^2 I)`` noise it votes for class 1 with probability ``Phi(d / sigma)``, ``d``
+the signed distance of ``x`` to the hyperplane, so the smoothed classifier's true radius is
+``d``, in closed form.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import binomtest
+from torch import nn
+
+import peftsmoothing as ps
+from peftsmoothing.certlog import parse_log, read_settings
+from peftsmoothing.sequential import Schedule
+
+SIGMA = RADIUS = 0.5
+ALPHA = 0.05
+N_MAX = 4096
+SHAPE = (1, 2, 2)
+
+
+def _linear(d: float) -> nn.Module:
+    """Logits ``(0, w.x + b)`` with ``|w| = 1`` and ``x0 = 0.5`` at signed distance ``d``."""
+    dim = math.prod(SHAPE)
+    w = torch.full((dim,), 1.0 / math.sqrt(dim), dtype=torch.float32)
+    lin = nn.Linear(dim, 2)
+    with torch.no_grad():
+        lin.weight.zero_()
+        lin.bias.zero_()
+        lin.weight[1] = w
+        lin.bias[1] = d - float(w.sum()) * 0.5
+    return nn.Sequential(nn.Flatten(), lin)
+
+
+def _x0() -> torch.Tensor:
+    return torch.full(SHAPE, 0.5)
+
+
+def _over_certified(schedule: Schedule | None, alpha: float, d: np.ndarray) -> tuple[int, float]:
+    """How many of the points are certified at RADIUS, and the mean samples per point."""
+    hits, samples = 0, 0
+    for i, di in enumerate(d):
+        smoothed = ps.SmoothedClassifier(_linear(float(di)), 2, sigma=SIGMA)
+        cert = smoothed.certify(
+            _x0(), n0=100, n=N_MAX, alpha=alpha, batch_size=N_MAX, seed=i, radius=RADIUS,
+            schedule=schedule,
+        )  # fmt: skip
+        hits += int(not cert.abstained and cert.radius >= RADIUS)
+        samples += cert.n
+    return hits, samples / len(d)
+
+
+def _exceeds_slack(failures: int, trials: int) -> bool:
+    """One-sided exact binomial test of ``rate <= ALPHA`` rejects at level 0.001."""
+    return bool(binomtest(failures, trials, ALPHA, alternative="greater").pvalue < 0.001)
+
+
+@pytest.fixture
+def one_thread() -> object:
+    """Tiny matrices: torch's thread pool only adds contention (5x slower on 2 busy cores)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_target_mode_over_certifies_within_alpha_and_the_naive_rule_does_not() -> None:
+    rng = np.random.default_rng(7)
+    inside = RADIUS - SIGMA * rng.uniform(0.0, 0.002, 200)  # true radius just below r
+    outside = RADIUS + SIGMA * rng.uniform(0.2, 1.0, 200)
+    sound = Schedule.create(N_MAX, ALPHA)
+    over, mean_n = _over_certified(None, ALPHA, inside)
+    k = sound.n_looks
+    naive = Schedule(sound.looks, (ALPHA,) * k, alpha=ALPHA * k)  # full alpha at every look
+    over_naive, _ = _over_certified(naive, ALPHA * k, inside)
+    certified_outside, mean_out = _over_certified(None, ALPHA, outside)
+    print(f"\nover-certified at r among {len(inside)} points with d < r: sound {over}, "
+          f"naive {over_naive}; outside certified {certified_outside}/{len(outside)}, "
+          f"mean n inside {mean_n:.0f}, outside {mean_out:.0f}")  # fmt: skip
+    assert not _exceeds_slack(over, len(inside))
+    assert _exceeds_slack(over_naive, len(inside))  # the test has the power to catch it
+    assert certified_outside > 0.8 * len(outside)
+    assert mean_out < N_MAX / 4
+
+
+def test_fixed_n_certify_is_unchanged_golden() -> None:
+    """Stored before the sequential modes existed (same torch CPU kernels)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 4 * 4, 5))
+    x = torch.rand(3, 4, 4, generator=torch.Generator().manual_seed(1))
+    cert = ps.SmoothedClassifier(model, 5, sigma=0.5).certify(
+        x, n0=20, n=500, alpha=0.001, batch_size=128, seed=7
+    )
+    assert (cert.prediction, cert.count, cert.n) == (1, 307, 500)
+    assert cert.pa_lower == 0.5445283146388306
+    assert cert.radius == 0.05592435126951763
+    assert cert.alpha_spent == 0.001 and cert.reason is None
+    legacy = ps.Certificate(1, 0.1, 0.6, 3, 5, 2, 0.0)  # positional construction still works
+    assert legacy.alpha_spent is None
+
+
+def _data(count: int) -> list[tuple[torch.Tensor, int]]:
+    gen = torch.Generator().manual_seed(3)
+    return [(torch.rand(3, 4, 4, generator=gen), i % 3) for i in range(count)]
+
+
+def _classifier() -> ps.SmoothedClassifier:
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(48, 3))
+    with torch.no_grad():
+        model[1].weight.mul_(20.0)  # confident enough that some images stop early
+    return ps.SmoothedClassifier(model, 3, sigma=0.25)
+
+
+@pytest.mark.parametrize("mode", [{"radius": 0.1}, {"early_stop": True}])
+def test_packing_does_not_change_an_images_noise(mode: dict[str, object]) -> None:
+    """certify_dataset (packed, several images per batch) == certify of each image alone."""
+    smoothed, data = _classifier(), _data(12)
+    report = smoothed.certify_dataset(data, n0=30, n=3000, alpha=0.01, batch_size=700, **mode)
+    alone = [
+        smoothed.certify(
+            x, n0=30, n=3000, alpha=0.01, batch_size=700, seed=ps.seeds.derive_seed(0, i),
+            **mode,  # type: ignore[arg-type]
+        )
+        for i, (x, _) in enumerate(data)
+    ]
+    assert report.n.tolist() == [c.n for c in alone]
+    assert [int(v) for v in report.predict] == [c.prediction for c in alone]
+    assert len(set(report.n.tolist())) > 1  # the images stopped at different looks
+    small = smoothed.certify_dataset(data, n0=30, n=3000, alpha=0.01, batch_size=256, **mode)
+    assert small.n.tolist() != [] and len(small) == len(report)
+
+
+def test_sequential_log_records_mode_schedule_and_per_row_alpha(tmp_path: object) -> None:
+    from pathlib import Path
+
+    log = Path(str(tmp_path)) / "seq.tsv"
+    smoothed, data = _classifier(), _data(8)
+    report = smoothed.certify_dataset(
+        data, n0=30, n=3000, alpha=0.01, batch_size=500, log=log, radius=0.1
+    )
+    settings = read_settings(log)
+    assert settings is not None and settings["mode"] == "target"
+    seq = settings["sequential"]
+    assert seq["radius"] == 0.1 and seq["n_max"] == 3000 and seq["looks"][-1] == 3000
+    assert math.fsum(seq["look_alphas"]) <= 0.01
+    rows, _ = parse_log(log.read_bytes())
+    assert sorted(r.idx for r in rows) == list(range(8))
+    assert all(r.alpha in seq["look_alphas"] for r in rows)
+    assert "target mode" in report.summary()
+    # Resume: nothing left to do, same report; other mode parameters are refused.
+    again = smoothed.certify_dataset(
+        data, n0=30, n=3000, alpha=0.01, batch_size=500, log=log, radius=0.1
+    )
+    assert again.radius.tolist() == report.radius.tolist()
+    with pytest.raises(ValueError, match="radius"):
+        smoothed.certify_dataset(data, n0=30, n=3000, alpha=0.01, log=log, radius=0.2)
+    # A shard of the same run certifies its images as the whole run did.
+    shard = smoothed.certify_dataset(
+        data, n0=30, n=3000, alpha=0.01, batch_size=500, shard=(1, 2), radius=0.1
+    )
+    assert shard.n.tolist() == report.n.tolist()[1::2]
+
+
+def test_mode_arguments_are_checked() -> None:
+    smoothed = _classifier()
+    x = torch.rand(3, 4, 4)
+    with pytest.raises(ValueError, match="two different modes"):
+        smoothed.certify(x, n0=10, n=500, radius=0.1, early_stop=True)
+    with pytest.raises(ValueError, match="schedule"):
+        smoothed.certify(x, n0=10, n=500, schedule=Schedule.create(500, 0.001))
+    with pytest.raises(ValueError, match="n_max"):
+        smoothed.certify(x, n0=10, n=600, radius=0.1, schedule=Schedule.create(500, 0.001))
+    cert = smoothed.certify(x, n0=10, n=2000, alpha=0.001, early_stop=True, max_radius=0.01)
+    assert cert.reason in {"max_radius", "converged", "final"} and cert.alpha_spent is not None
+
+
+def test_a_non_finite_logit_fails_in_sequential_mode() -> None:
+    class Bad(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            out = torch.zeros(len(x), 2)
+            out[-1, 0] = float("nan")
+            return out
+
+    with pytest.raises(FloatingPointError):
+        ps.SmoothedClassifier(Bad(), 2, 0.5).certify(torch.rand(1, 2, 2), n=500, radius=0.1)
