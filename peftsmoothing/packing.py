@@ -1,7 +1,7 @@
 """Sequential CERTIFY of many images at once, their noise samples packed into shared batches.
 
-In the sequential modes (:mod:`peftsmoothing.sequential`) an image often needs only a few
-hundred samples per look, far fewer than a forward batch holds. :func:`certify_packed` keeps
+In the sequential modes (``peftsmoothing.sequential``) an image often needs only a few
+hundred samples per look, far fewer than a forward batch holds. ``certify_packed`` keeps
 several images in flight and fills each forward pass with the pending samples of as many of
 them as fit (a scheduler over images; Voráček, 2024, batches many images through one queue).
 
@@ -110,7 +110,7 @@ def certify_packed(
         batch_size: Most noisy images per forward pass.
 
     Yields:
-        A :class:`PackedResult` per image, in the order the images finish.
+        A ``PackedResult`` per image, in the order the images finish.
 
     Raises:
         FloatingPointError: If the model returns a non-finite logit on an image's samples.

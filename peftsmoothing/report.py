@@ -1,15 +1,15 @@
 """Certification logs as numbers: certified accuracy, ACR, tables and curves.
 
-A :class:`CertificationReport` reads the logs written by
-:meth:`peftsmoothing.SmoothedClassifier.certify_dataset` (or several shard logs at once) and
-computes the *approximate certified accuracy* of Cohen et al. (2019) at a radius ``r``: the
-fraction of images whose certified prediction is correct with a certified radius of at least
-``r``, plus the average certified radius (ACR), the abstain rate and the smoothed classifier's
-clean accuracy.
+A [`CertificationReport`][peftsmoothing.CertificationReport] reads the logs written by
+[`SmoothedClassifier.certify_dataset`][peftsmoothing.SmoothedClassifier.certify_dataset] (or several
+shard logs at once) and computes the *approximate certified accuracy* of Cohen et al. (2019) at a
+radius ``r``: the fraction of images whose certified prediction is correct with a certified radius
+of at least ``r``, plus the average certified radius (ACR), the abstain rate and the smoothed
+classifier's clean accuracy.
 
 Logs of format 2 and 1 and Cohen et al.'s are read, each row checked before it counts
-(:mod:`peftsmoothing.certlog`); paired comparisons of two reports are :mod:`peftsmoothing.paired`
-and plots :mod:`peftsmoothing.plots` (both re-exported here).
+(``peftsmoothing.certlog``); paired comparisons of two reports are ``peftsmoothing.paired``
+and plots ``peftsmoothing.plots`` (both re-exported here).
 """
 
 from __future__ import annotations
@@ -53,12 +53,12 @@ def _check_radii(radii: Iterable[float] | None) -> list[float]:
 class CertificationReport:
     """Certified accuracy, ACR, abstain rate and clean accuracy of a set of certificates.
 
-    Build one with :meth:`from_log` / :meth:`from_logs`, or get it from
-    :meth:`peftsmoothing.SmoothedClassifier.certify_dataset`. Rows with the same image index
-    are kept once (the first one seen).
+    Build one with ``from_log`` / ``from_logs``, or get it from
+    [`SmoothedClassifier.certify_dataset`][peftsmoothing.SmoothedClassifier.certify_dataset]. Rows
+    with the same image index are kept once (the first one seen).
 
     Args:
-        rows: Log rows (:class:`peftsmoothing.smoothing.LogRow`).
+        rows: Log rows (``peftsmoothing.smoothing.LogRow``).
         name: Label used in tables and plots.
 
     Attributes:
@@ -123,7 +123,7 @@ class CertificationReport:
         Args:
             path: The tab-separated log.
             name: Label for tables and plots (default: the file name without extension).
-            validate: Refuse impossible rows (:func:`validate_rows`, with sigma from the
+            validate: Refuse impossible rows (``validate_rows``, with sigma from the
                 log's settings file when it has one).
 
         Returns:
@@ -178,8 +178,8 @@ class CertificationReport:
             paths: Log files.
             name: Label for tables and plots (default: the first file's name).
             allow_mixed: Merge logs whose settings files differ (or of which only some have
-                one); refused by default (:func:`peftsmoothing.certlog.check_same_settings`).
-            validate: Check every row (see :meth:`from_log`).
+                one); refused by default (``peftsmoothing.certlog.check_same_settings``).
+            validate: Check every row (see ``from_log``).
 
         Returns:
             The merged report.
@@ -225,7 +225,7 @@ class CertificationReport:
         count as errors).
 
         Args:
-            radii: Radii (>= 0); default :data:`DEFAULT_RADII`.
+            radii: Radii (>= 0); default ``DEFAULT_RADII``.
 
         Returns:
             ``{radius: fraction}`` in the order given.
@@ -269,12 +269,13 @@ class CertificationReport:
         """Paired comparison with another report on the same images, at each radius.
 
         Two methods certified on the same test images are compared image by image, which is far
-        more precise than comparing two accuracies: see :class:`PairedDifference`. Only images
-        both reports hold (by index) are used.
+        more precise than comparing two accuracies: see
+        [`PairedDifference`][peftsmoothing.PairedDifference]. Only images both reports hold (by
+        index) are used.
 
         Args:
             other: The report to compare with (e.g. a baseline's).
-            radii: Radii (>= 0); default :data:`DEFAULT_RADII`.
+            radii: Radii (>= 0); default ``DEFAULT_RADII``.
 
         Returns:
             ``{radius: PairedDifference}`` in the order given.
@@ -342,7 +343,7 @@ class CertificationReport:
         """The certified-accuracy table (one row) as markdown or CSV.
 
         Args:
-            radii: Columns; default :data:`DEFAULT_RADII`.
+            radii: Columns; default ``DEFAULT_RADII``.
             format: ``"markdown"`` or ``"csv"``.
 
         Returns:
@@ -423,7 +424,7 @@ def certified_accuracy_table(
 
     Args:
         reports: ``{row name: report}``.
-        radii: Columns; default :data:`DEFAULT_RADII`.
+        radii: Columns; default ``DEFAULT_RADII``.
         format: ``"markdown"`` or ``"csv"``.
 
     Returns:

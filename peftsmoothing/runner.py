@@ -1,16 +1,17 @@
 """Certify a dataset image by image, one crash-safe log row per image (``certify_dataset``).
 
-:meth:`peftsmoothing.SmoothedClassifier.certify_dataset` delegates here. The runner decides
+[`SmoothedClassifier.certify_dataset`][peftsmoothing.SmoothedClassifier.certify_dataset] delegates
+here. The runner decides
 *which* images are certified and *with which seed*, and records each certificate as it comes:
 
 - index selection: ``indices``, every ``skip``-th of them, then shard ``i`` of ``k``;
-- per-image seeds ``derive_seed(seed, idx)`` (:mod:`peftsmoothing.seeds`), so a certificate
+- per-image seeds ``derive_seed(seed, idx)`` (``peftsmoothing.seeds``), so a certificate
   does not depend on the other images, on sharding or on resuming (docs/design.md,
   "Reproducibility");
-- the log (:mod:`peftsmoothing.certlog`): lock, settings check, data-identity check of the
+- the log (``peftsmoothing.certlog``): lock, settings check, data-identity check of the
   rows already logged, torn-line recovery, one fsynced row per image.
 
-It drives any :class:`Certifier`; it never imports :mod:`peftsmoothing.smoothing`.
+It drives any ``Certifier``; it never imports ``peftsmoothing.smoothing``.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ __all__ = ["Certifier", "certify_dataset", "policy_settings", "sequential_policy
 
 
 class _Certificate(Protocol):
-    """The fields of :class:`peftsmoothing.Certificate` that a log row records."""
+    """The fields of [`Certificate`][peftsmoothing.Certificate] that a log row records."""
 
     @property
     def prediction(self) -> int: ...
@@ -54,7 +55,8 @@ class _Certificate(Protocol):
 
 
 class Certifier(Protocol):
-    """What the runner uses of a smoothed classifier (:class:`peftsmoothing.SmoothedClassifier`).
+    """What the runner uses of a smoothed classifier
+    ([`SmoothedClassifier`][peftsmoothing.SmoothedClassifier]).
 
     ``base``, ``sigma``, ``num_classes`` and ``precision`` go into the log's settings;
     ``_inference()`` is entered once around the whole dataset (eval mode and merged weights
@@ -100,9 +102,9 @@ def sequential_policy(
 ) -> SequentialPolicy | None:
     """The stopping policy that ``certify``'s mode arguments ask for (``None``: fixed ``n``).
 
-    ``radius`` selects target mode (:class:`~peftsmoothing.sequential.TargetRadiusPolicy`);
+    ``radius`` selects target mode (``peftsmoothing.sequential.TargetRadiusPolicy``);
     ``early_stop=True``, ``max_radius`` or ``tolerance`` select early stopping
-    (:class:`~peftsmoothing.sequential.MaxRadiusPolicy`). The look schedule is
+    (``peftsmoothing.sequential.MaxRadiusPolicy``). The look schedule is
     ``Schedule.create(n, alpha)`` unless ``schedule`` is given (then its ``n_max`` and
     ``alpha`` must be ``n`` and ``alpha``).
 
@@ -190,15 +192,15 @@ def certify_dataset(
 ) -> CertificationReport:
     """Certify every ``skip``-th image of ``dataset`` with ``certifier``, logging as it goes.
 
-    :meth:`peftsmoothing.SmoothedClassifier.certify_dataset` calls this with itself as
-    ``certifier``. Image ``i`` is certified with a seed derived from ``(seed, i)``, so its
-    certificate does not depend on which images were certified before it, on ``skip``, on
-    sharding or on resuming. Each log row is flushed and fsynced; with ``resume=True`` images
+    [`SmoothedClassifier.certify_dataset`][peftsmoothing.SmoothedClassifier.certify_dataset] calls
+    this with itself as ``certifier``. Image ``i`` is certified with a seed derived from ``(seed,
+    i)``, so its certificate does not depend on which images were certified before it, on ``skip``,
+    on sharding or on resuming. Each log row is flushed and fsynced; with ``resume=True`` images
     already in the log are skipped, and a torn last line (process killed mid-write) is
     truncated and that image certified again, so no row is ever lost or duplicated.
 
     Args:
-        certifier: The smoothed classifier (:class:`Certifier`).
+        certifier: The smoothed classifier (``Certifier``).
         dataset: Map-style dataset of ``(image (C, H, W) in [0, 1], int label)`` pairs.
         n0: Number of selection samples per image.
         n: Number of estimation samples per image.
@@ -217,11 +219,11 @@ def certify_dataset(
         skip: Certify every ``skip``-th of those indices (Cohen et al. use 20 on CIFAR-10).
         shard: ``(i, k)``: certify only the ``i``-th of ``k`` disjoint, interleaved slices
             of the selected indices (one per process or GPU; merge logs with
-            :meth:`CertificationReport.from_logs`).
+            [`CertificationReport.from_logs`][peftsmoothing.CertificationReport.from_logs]).
         seed: Master seed of the per-image seeds.
         progress: Show a progress bar (images/s, running certified accuracy); default:
             when stderr is a terminal.
-        log_format: ``"peftsmoothing"`` (format 2, :data:`peftsmoothing.certlog.LOG_COLUMNS`)
+        log_format: ``"peftsmoothing"`` (format 2, ``peftsmoothing.certlog.LOG_COLUMNS``)
             or ``"cohen"``: Cohen et al.'s six columns (``idx label predict radius correct
             time``, ``time`` as ``str(datetime.timedelta)``), readable by their analysis code.
             A Cohen-format log has our settings file beside it, so resuming is still checked
@@ -231,21 +233,21 @@ def certify_dataset(
             "split": "test", "image_size": 32}``), recorded in the settings' ``"dataset"``;
             values must be JSON numbers, strings, booleans or ``None``.
         radius: Target mode: certify whether each image's radius reaches ``radius``,
-            sequentially (``n`` is then ``n_max``; see :func:`sequential_policy`). Only
+            sequentially (``n`` is then ``n_max``; see ``sequential_policy``). Only
             certified accuracy at ``radius`` is meaningful in such a log.
         early_stop: Early-stopping mode: certify the largest radius, stopping when more
             samples would add little (``max_radius``, ``tolerance``: see
-            :class:`~peftsmoothing.sequential.MaxRadiusPolicy`).
+            ``peftsmoothing.sequential.MaxRadiusPolicy``).
         max_radius: Early stopping: stop once this radius is certified.
         tolerance: Early stopping: stop when the projected gain is below this.
 
             In the sequential modes the samples of several images share each forward
-            batch (:mod:`peftsmoothing.packing`); each row records the samples drawn
+            batch (``peftsmoothing.packing``); each row records the samples drawn
             (``n``) and the alpha of the look it stopped at (``alpha``).
 
     Returns:
-        A :class:`peftsmoothing.CertificationReport` over the selected images (this shard's),
-        including those already in the log.
+        A [`CertificationReport`][peftsmoothing.CertificationReport] over the selected images (this
+        shard's), including those already in the log.
 
     Raises:
         ValueError: For invalid arguments, a log written with other settings or on other data,

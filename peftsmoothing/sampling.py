@@ -1,11 +1,11 @@
 """Noisy copies of one image through the base model, counted by class on the device.
 
-:class:`NoiseSampler` is the engine under :class:`peftsmoothing.SmoothedClassifier`'s PREDICT and
-CERTIFY (docs/design.md, "Performance model"): noise is drawn on the model's device, in the
-model's dtype (at least fp32), into a reused buffer; class counts accumulate on the device
+``NoiseSampler`` is the engine under [`SmoothedClassifier`][peftsmoothing.SmoothedClassifier]'s
+PREDICT and CERTIFY (docs/design.md, "Performance model"): noise is drawn on the model's device, in
+the model's dtype (at least fp32), into a reused buffer; class counts accumulate on the device
 (``bincount`` / ``index_add_``), with a slot for samples whose logits are not finite; the model
 runs once in eval mode, with merged LoRA weights and (on CUDA convolutional networks)
-channels-last, for as long as :meth:`NoiseSampler._inference` is entered.
+channels-last, for as long as ``NoiseSampler._inference`` is entered.
 """
 
 from __future__ import annotations
@@ -31,7 +31,8 @@ _RANGE_TOLERANCE: Final[float] = 1e-3
 class NoiseSampler:
     """Samples Gaussian-noised copies of an image through ``base`` and counts its classes.
 
-    The attributes are set by :class:`peftsmoothing.SmoothedClassifier`, which is one.
+    The attributes are set by [`SmoothedClassifier`][peftsmoothing.SmoothedClassifier], which is
+    one.
     """
 
     base: nn.Module
@@ -147,7 +148,7 @@ class NoiseSampler:
 
         The result has ``num_classes + 1`` entries: the last counts the samples on which the
         model returned a non-finite logit. Those samples vote for no class (``argmax`` would
-        pick a NaN as the maximum); :meth:`_class_counts` refuses to use counts that hold any.
+        pick a NaN as the maximum); ``_class_counts`` refuses to use counts that hold any.
         Counting them on the device costs no host synchronisation.
         """
         device = self.device
@@ -197,11 +198,11 @@ class NoiseSampler:
 
         Args:
             chunks: ``(x, size, generator)`` per chunk; ``x`` already on the device in the
-                noise dtype (:meth:`_prepare_input`), all of one shape.
+                noise dtype (``_prepare_input``), all of one shape.
 
         Returns:
             Counts of shape ``(len(chunks), num_classes + 1)`` on the device (the last column
-            counts non-finite logits, as in :meth:`_sample_counts`).
+            counts non-finite logits, as in ``_sample_counts``).
         """
         device = self.device
         width = self.num_classes + 1
@@ -234,7 +235,7 @@ class NoiseSampler:
         return counts.view(len(chunks), width)
 
     def _class_counts(self, counts: torch.Tensor, num: int) -> torch.Tensor:
-        """The per-class part of host-side counts from :meth:`_sample_counts`.
+        """The per-class part of host-side counts from ``_sample_counts``.
 
         Raises:
             FloatingPointError: If the model returned a non-finite logit on any sample: no

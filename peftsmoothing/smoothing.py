@@ -1,21 +1,19 @@
-"""Randomized smoothing: ``SmoothedClassifier.predict / certify`` and the :class:`Certificate`.
+"""Randomized smoothing: ``SmoothedClassifier.predict / certify`` and the
+[`Certificate`][peftsmoothing.Certificate].
 
 PREDICT and CERTIFY are exactly the algorithms of Cohen, Rosenfeld & Kolter (2019). The smoothed
 classifier ``g(x) = argmax_c P(f(x + d) = c)``, ``d ~ N(0, sigma^2 I)``, is evaluated with noise in
 pixel space: the base model ``f`` takes images in [0, 1] and normalizes them itself
 (docs/design.md, invariant 1), so ``sigma`` and the certified L2 radius are in the same units.
 
-A :class:`Certificate` is a statistical statement: with probability at least ``1 - alpha`` over
-the noise, a non-abstaining prediction is the smoothed classifier's prediction on every point
-within ``radius`` (L2) of ``x``. Selection (``n0``) and estimation (``n``) samples are drawn
-independently; the bound is the exact one-sided Clopper-Pearson bound (:mod:`peftsmoothing.stats`).
+A [`Certificate`][peftsmoothing.Certificate] is a statistical statement: with probability at least
+``1 - alpha`` over the noise, a non-abstaining prediction is the smoothed classifier's prediction on
+every point within ``radius`` (L2) of ``x``. Selection (``n0``) and estimation (``n``) samples are
+drawn independently; the bound is the exact one-sided Clopper-Pearson bound
+(``peftsmoothing.stats``).
 
-Speed: sampling is :class:`peftsmoothing.sampling.NoiseSampler` (noise and class counts on the
-model's device); each ``certify`` call synchronises with the host once, at the end.
-
-Certifying a dataset (:meth:`SmoothedClassifier.certify_dataset`) is :mod:`peftsmoothing.runner`;
-the log it writes is :mod:`peftsmoothing.certlog`. ``LOG_COLUMNS``, ``LogRow``, ``parse_log``,
-``ABSTAIN`` and ``model_fingerprint`` stay importable from here.
+Sampling is ``sampling.NoiseSampler`` (noise and counts on the device, one host synchronisation
+per call); datasets are ``runner``, logs ``certlog`` (whose names stay importable from here).
 """
 
 from __future__ import annotations
@@ -65,10 +63,10 @@ _SELECTION, _ESTIMATION, _PREDICTION = 0, 1, 2
 
 @dataclass(frozen=True)
 class Certificate:
-    """The result of :meth:`SmoothedClassifier.certify`.
+    """The result of [`SmoothedClassifier.certify`][peftsmoothing.SmoothedClassifier.certify].
 
     Attributes:
-        prediction: The certified class, or :data:`ABSTAIN` (-1).
+        prediction: The certified class, or [`ABSTAIN`][peftsmoothing.ABSTAIN] (-1).
         radius: Certified L2 radius in pixel units of [0, 1] images; 0.0 when abstaining.
         pa_lower: One-sided ``(1 - alpha)`` Clopper-Pearson lower bound of the top class's
             probability under noise (reported also when abstaining).
@@ -122,7 +120,7 @@ class SmoothedClassifier(NoiseSampler):
             always drawn in the model's own dtype (at least fp32), so a certificate stays a
             certificate of the (reduced-precision) base classifier.
         merge: If the model has a ``merged_for_inference()`` context manager (a
-            :class:`peftsmoothing.PEFTModel` does), fold LoRA weights in while sampling.
+            [`PEFTModel`][peftsmoothing.PEFTModel] does), fold LoRA weights in while sampling.
         channels_last: Use the channels-last memory format while sampling. Default (``None``):
             on CUDA for convolutional networks (models with more than one ``Conv2d``).
 
@@ -192,7 +190,8 @@ class SmoothedClassifier(NoiseSampler):
         batch_size: int = 1000,
         seed: int | None = None,
     ) -> int:
-        """PREDICT of Cohen et al. (2019): the smoothed classifier's class, or :data:`ABSTAIN`.
+        """PREDICT of Cohen et al. (2019): the smoothed classifier's class, or
+        [`ABSTAIN`][peftsmoothing.ABSTAIN].
 
         Draws ``n`` noisy samples and returns the most frequent class if a two-sided binomial
         test of the two largest counts rejects equality at level ``alpha``; then the returned
@@ -282,15 +281,15 @@ class SmoothedClassifier(NoiseSampler):
             seed: Seed of the noise (same seed, batch size and device: same certificate);
                 ``None`` draws one from torch's global generator.
             radius: Target mode: the L2 radius to certify (``n`` is the most samples).
-            early_stop: Early-stopping mode (:class:`~peftsmoothing.sequential.MaxRadiusPolicy`).
+            early_stop: Early-stopping mode (``peftsmoothing.sequential.MaxRadiusPolicy``).
             max_radius: Early stopping: stop once this radius is certified.
             tolerance: Early stopping: stop when the projected gain at ``n`` is below this.
-            schedule: The looks and their alphas (a :class:`~peftsmoothing.sequential.Schedule`
+            schedule: The looks and their alphas (a ``peftsmoothing.sequential.Schedule``
                 with ``n_max == n`` and ``alpha == alpha``); default ``Schedule.create(n,
                 alpha)``.
 
         Returns:
-            The :class:`Certificate`.
+            The [`Certificate`][peftsmoothing.Certificate].
 
         Raises:
             TypeError: If ``x`` is not a tensor.
@@ -365,15 +364,15 @@ class SmoothedClassifier(NoiseSampler):
         """Sequential CERTIFY of many images, their samples packed into shared batches.
 
         The engine under ``certify(..., radius=...)`` and ``certify_dataset`` in the
-        sequential modes (:func:`peftsmoothing.packing.certify_packed`): each image draws its
+        sequential modes (``peftsmoothing.packing.certify_packed``): each image draws its
         noise from its own seeded streams, so its certificate does not depend on which images
         share its batches (up to the model's last-bit differences between batch layouts).
 
         Args:
             items: ``(key, image (C, H, W) in [0, 1], seed)`` per image, read lazily.
             n0: Selection samples per image.
-            policy: A :class:`~peftsmoothing.sequential.TargetRadiusPolicy` or
-                :class:`~peftsmoothing.sequential.MaxRadiusPolicy` with this ``sigma``.
+            policy: A ``peftsmoothing.sequential.TargetRadiusPolicy`` or
+                ``peftsmoothing.sequential.MaxRadiusPolicy`` with this ``sigma``.
             batch_size: Most noisy images per forward pass.
 
         Yields:
@@ -431,10 +430,10 @@ class SmoothedClassifier(NoiseSampler):
 
         Per-image seeds, a crash-safe log that resumes (refusing other settings, models or
         data), shards and the Cohen et al. log format: see
-        :func:`peftsmoothing.runner.certify_dataset` for every argument and error. With
+        ``peftsmoothing.runner.certify_dataset`` for every argument and error. With
         ``radius=`` (target mode) or ``early_stop=True`` the images are certified
         sequentially, several in flight, their samples sharing each forward batch
-        (:meth:`certify_many`).
+        (``certify_many``).
 
         Examples:
             >>> import torch, peftsmoothing as ps

@@ -1,21 +1,21 @@
 """The certification log: one tab-separated row per certified image, and its settings file.
 
-A log is written by :func:`peftsmoothing.runner.certify_dataset` and read by
-:class:`peftsmoothing.CertificationReport`. It is append-only and crash-safe
+A log is written by ``peftsmoothing.runner.certify_dataset`` and read by
+[`CertificationReport`][peftsmoothing.CertificationReport]. It is append-only and crash-safe
 (docs/design.md, "Formats"; docs/certification.md, "The log"):
 
-- ``<log>`` holds one header line and one :class:`LogRow` per image, each row flushed and
+- ``<log>`` holds one header line and one ``LogRow`` per image, each row flushed and
   fsynced as it is written. A process killed mid-write leaves at most a torn last line, which
-  :func:`parse_log` recognises and resuming truncates.
+  ``parse_log`` recognises and resuming truncates.
 - ``<log>.json`` (next to the log's resolved path) holds the settings the rows were certified
-  with (:func:`log_settings`); resuming with other settings, another model or other data is
-  refused (:func:`open_log`).
+  with (``log_settings``); resuming with other settings, another model or other data is
+  refused (``open_log``).
 - The process appending to a log holds an exclusive ``flock`` on the log file itself, so a
   second process, also through a symbolic link, is refused.
 
-Three layouts are read (:func:`parse_log`): format 2 (:data:`LOG_COLUMNS`, written now),
-format 1 (:data:`LOG_COLUMNS_V1`, release 0.1: still read and resumed in its own format) and
-Cohen et al.'s (:data:`COHEN_COLUMNS`, locuslab/smoothing), which is also written on request.
+Three layouts are read (``parse_log``): format 2 (``LOG_COLUMNS``, written now),
+format 1 (``LOG_COLUMNS_V1``, release 0.1: still read and resumed in its own format) and
+Cohen et al.'s (``COHEN_COLUMNS``, locuslab/smoothing), which is also written on request.
 Changing a layout is a versioned change, not a refactoring.
 """
 

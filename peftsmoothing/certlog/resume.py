@@ -1,6 +1,6 @@
 """Appending to a certification log: the lock, the checks before resuming, torn-line recovery.
 
-See :mod:`peftsmoothing.certlog` for the format as a whole.
+See ``peftsmoothing.certlog`` for the format as a whole.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def _lock_log(path: Path) -> BinaryIO:
 
 @dataclass
 class OpenLog:
-    """A log opened for appending by :func:`open_log`; holds its lock until :meth:`close`."""
+    """A log opened for appending by ``open_log``; holds its lock until ``close``."""
 
     path: Path
     """The log's resolved path."""
@@ -69,7 +69,7 @@ def open_log(
 ) -> OpenLog:
     """Lock, check and open a log for appending rows certified with ``settings``.
 
-    - The lock is taken first (:func:`_lock_log`); everything below happens under it.
+    - The lock is taken first (``_lock_log``); everything below happens under it.
     - A log with rows must have its settings file, and they must equal ``settings``; a log with
       only a header (or nothing) takes the new settings.
     - A format-1 log (settings without ``format_version``) is compared on format 1's keys and
@@ -77,7 +77,7 @@ def open_log(
     - A torn last line is truncated with a ``UserWarning`` (``stacklevel`` counts from this
       function, so that the warning points at the user's call).
 
-    Checking the rows' data identity needs the dataset: see :func:`check_identity`.
+    Checking the rows' data identity needs the dataset: see ``check_identity``.
 
     Raises:
         FileExistsError: If the log is not empty and ``resume`` is false.

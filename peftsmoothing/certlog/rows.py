@@ -1,6 +1,6 @@
-"""Rows of a certification log: the three layouts, :class:`LogRow`, parsing and row checks.
+"""Rows of a certification log: the three layouts, ``LogRow``, parsing and row checks.
 
-See :mod:`peftsmoothing.certlog` for the format as a whole.
+See ``peftsmoothing.certlog`` for the format as a whole.
 """
 
 from __future__ import annotations
@@ -45,10 +45,10 @@ def _parse_time(text: str) -> float:
 
 @dataclass(frozen=True)
 class LogRow:
-    """One row of a certification log (see :data:`LOG_COLUMNS`).
+    """One row of a certification log (see ``LOG_COLUMNS``).
 
     ``alpha`` (the failure probability at which ``pa_lower`` holds) and ``image_sha256`` (the
-    row's data identity, :func:`peftsmoothing.fingerprint.image_fingerprint`) are ``None`` in
+    row's data identity, ``peftsmoothing.fingerprint.image_fingerprint``) are ``None`` in
     rows read from format-1 and Cohen logs. A row of a Cohen log has ``pa_lower = nan`` and
     ``count = n = 0``: it records no counts.
 
@@ -83,7 +83,7 @@ class LogRow:
         """The row as one tab-separated line, newline included (floats round-trip exactly).
 
         Args:
-            layout: ``"v2"``, ``"v1"`` or ``"cohen"``; default: :attr:`layout`.
+            layout: ``"v2"``, ``"v1"`` or ``"cohen"``; default: ``layout``.
         """
         layout = self.layout if layout is None else layout
         if layout == "cohen":
@@ -99,7 +99,7 @@ class LogRow:
         return "\t".join(text) + "\n"
 
     def values(self) -> tuple[Any, ...]:
-        """The fields in :data:`LOG_COLUMNS` order."""
+        """The fields in ``LOG_COLUMNS`` order."""
         return tuple(getattr(self, f.name) for f in fields(self))
 
     def certificate(self) -> tuple[Any, ...]:
@@ -149,7 +149,7 @@ class LogRow:
 
 def _parse(data: bytes, name: str) -> tuple[str | None, list[LogRow], int]:
     """``(layout, rows, valid_length)`` of a log's bytes (layout ``None``: empty or torn
-    header); see :func:`parse_log`."""
+    header); see ``parse_log``."""
     layout = next((k for k, h in _HEADERS.items() if data.startswith(h)), None)
     if layout is None:
         if any(h.startswith(data) for h in _HEADERS.values()):

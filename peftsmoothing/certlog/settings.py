@@ -1,6 +1,6 @@
 """The settings file of a certification log (``<resolved log path>.json``), and comparing two.
 
-See :mod:`peftsmoothing.certlog` for the format as a whole.
+See ``peftsmoothing.certlog`` for the format as a whole.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def log_settings(
     """The settings file (``<log>.json``) of a format-2 log: what its rows were certified with.
 
     Resuming a log compares every entry but ``"format"`` with the settings of the new run
-    (:func:`settings_diff`).
+    (``settings_diff``).
 
     Args:
         sigma: Noise level of the smoothed classifier.
@@ -56,12 +56,12 @@ def log_settings(
         seed: Master seed of the per-image seeds.
         num_classes: Number of classes.
         precision: ``"fp32"``, ``"bf16"`` or ``"fp16"``.
-        model_sha256: :func:`peftsmoothing.fingerprint.model_fingerprint` of the base model.
-        columns: The row layout, one of :data:`LOG_FORMATS`.
+        model_sha256: ``peftsmoothing.fingerprint.model_fingerprint`` of the base model.
+        columns: The row layout, one of ``LOG_FORMATS``.
         dataset: What identifies the data: ``{"size": len(dataset), ...}`` (name, split,
             preprocessing; not paths, which are not identity).
         mode: ``"fixed"`` (fixed-``n`` CERTIFY), ``"target"`` or ``"max_radius"``
-            (sequential CERTIFY, :mod:`peftsmoothing.sequential`).
+            (sequential CERTIFY, ``peftsmoothing.sequential``).
         sequential: In a sequential mode, its parameters: ``n_max``, the ``looks`` and
             their ``look_alphas``, and ``radius`` (target) or ``max_radius`` and
             ``tolerance``; written under ``"sequential"``.
@@ -132,7 +132,7 @@ def settings_path(log: str | os.PathLike[str]) -> Path:
 
 
 def read_settings(log: str | os.PathLike[str]) -> dict[str, Any] | None:
-    """The settings of a log (:func:`settings_path`), or ``None`` when it has no settings file.
+    """The settings of a log (``settings_path``), or ``None`` when it has no settings file.
 
     Raises:
         ValueError: If the file is not a JSON object of our format.
@@ -155,7 +155,7 @@ def check_same_settings(logs: Sequence[tuple[str, Mapping[str, Any] | None]]) ->
     is not a result of any of them.
 
     Args:
-        logs: ``(name, settings or None)`` per log, as :func:`read_settings` gives them.
+        logs: ``(name, settings or None)`` per log, as ``read_settings`` gives them.
 
     Raises:
         ValueError: Naming the first log that differs and how.

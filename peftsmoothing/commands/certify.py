@@ -8,6 +8,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ._args import checked, int_at_least, probability, sigma
+
 
 def parse_shard(text: str) -> tuple[int, int]:
     """Parse ``"i/k"`` (0-based shard ``i`` of ``k``) or ``"torchrun"`` (``RANK/WORLD_SIZE``).
@@ -59,31 +61,6 @@ def shard_log_path(out: str, shard: tuple[int, int] | None) -> Path:
     return path.with_name(f"{path.stem}.shard{part}of{parts}{path.suffix}")
 
 
-def _checked(kind: Any, name: str, check: Any) -> Any:
-    """An argparse ``type=`` that converts with ``kind`` and checks with ``check`` (built on
-    :mod:`peftsmoothing.validation`), so a bad number is a one-line error at parse time.
-
-    Examples:
-        >>> from peftsmoothing.validation import check_alpha
-        >>> _checked(float, "alpha", check_alpha)("1.5")
-        Traceback (most recent call last):
-        ...
-        argparse.ArgumentTypeError: alpha must be a number in the open interval (0, 1), got 1.5
-    """
-
-    def parse(text: str) -> Any:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be a number, got {text!r}") from None
-        try:
-            return check(value)
-        except ValueError as err:
-            raise argparse.ArgumentTypeError(str(err)) from None
-
-    return parse
-
-
 def _default_device(shard_spec: str | None) -> str:
     import torch
 
@@ -113,10 +90,18 @@ def run(args: argparse.Namespace) -> int:
     shard = parse_shard(args.shard) if args.shard else None
     log = shard_log_path(args.out, shard)
     device = args.device or _default_device(args.shard)
-    model = peftsmoothing.load(args.model)
+    model = peftsmoothing.load(
+        args.model, base_weights=args.base_weights, pretrained=True if args.pretrained else None
+    )
+    # Image folders follow the model's timm data config (size, crop, interpolation); the
+    # settings record it, so a resume with other preprocessing is refused.
+    folders = args.dataset in ("imagenet", "imagefolder")
+    preprocessing = (
+        datasets.preprocessing_config(model, image_size=args.image_size) if folders else None
+    )
     dataset = datasets.load_dataset(
         args.dataset, args.root, train=args.split == "train", image_size=args.image_size,
-        augment=False,
+        augment=False, preprocessing=preprocessing,
     )  # fmt: skip
     if (args.max_radius is not None or args.tolerance is not None) and not args.early_stop:
         raise ValueError("--max-radius and --tolerance go with --early-stop")
@@ -127,7 +112,8 @@ def run(args: argparse.Namespace) -> int:
     indices = range(min(len(dataset), args.max)) if args.max is not None else None
     print(f"certifying {args.dataset} ({args.split}) with sigma={args.sigma} -> {log}")
     # What identifies the data (not --root: a path is not an identity).
-    info = {"name": args.dataset, "split": args.split, "image_size": args.image_size}
+    info = {"name": args.dataset, "split": args.split, "image_size": args.image_size,
+            "preprocessing": preprocessing}  # fmt: skip
     report = smoothed.certify_dataset(
         dataset, args.n0, args.n, args.alpha, args.batch, log=log, resume=args.resume,
         indices=indices, skip=args.skip, shard=shard, seed=args.seed,
@@ -145,15 +131,12 @@ def run(args: argparse.Namespace) -> int:
 def register(subparsers: Any) -> None:
     """Add the ``certify`` sub-command."""
     from ..certlog import LOG_FORMATS
-    from ..precision import PRECISIONS
+    from ..names import DATASET_NAMES, PRECISIONS
     from ..report import DEFAULT_RADII
-    from ..validation import check_alpha, check_int, check_real, check_sigma
+    from ..validation import check_real, check_sigma
 
     def nonnegative(name: str) -> Any:
-        return _checked(float, name, lambda v: check_real(v, name, low=0.0))
-
-    def count(name: str, minimum: int = 1) -> Any:
-        return _checked(int, name, lambda v: check_int(v, name, minimum=minimum))
+        return checked(float, name, lambda v: check_real(v, name, low=0.0))
 
     p = subparsers.add_parser(
         "certify",
@@ -162,25 +145,33 @@ def register(subparsers: Any) -> None:
         "writing one log row per image; rerunning with the same --out resumes.",
     )
     p.add_argument("--model", required=True, help="directory written by PEFTModel.save")
-    p.add_argument("--dataset", default="cifar10", help="dataset name (default: cifar10)")
+    p.add_argument(
+        "--base-weights", default=None, metavar="FILE",
+        help="state_dict of the base model the directory was trained on (a backbone you "
+        "pre-trained, or timm's weights saved on another machine); checked against the "
+        "saved frozen-weights fingerprint",
+    )  # fmt: skip
+    p.add_argument(
+        "--pretrained", action="store_true",
+        help="rebuild the base model with timm's registry weights for its recorded name "
+        "(downloaded on first use)",
+    )  # fmt: skip
+    p.add_argument("--dataset", default="cifar10", choices=DATASET_NAMES, help="dataset")
     p.add_argument("--root", required=True, help="data directory")
-    p.add_argument("--split", choices=("test", "train"), default="test")
-    p.add_argument("--image-size", type=int, default=None, help="resize images (e.g. 224)")
+    p.add_argument("--split", choices=("test", "train"), default="test", help="dataset split")
     p.add_argument(
-        "--sigma", type=_checked(float, "sigma", check_sigma), required=True,
-        help="noise level (pixel units)",
+        "--image-size", type=int_at_least("image_size", 1), default=None,
+        help="resize images, e.g. `--image-size 224` (None: native size, or the model's "
+        "timm data config for image folders)",
     )  # fmt: skip
-    p.add_argument("--n0", type=count("n0"), default=100, help="selection samples (default 100)")
-    p.add_argument(
-        "--n", type=count("n"), default=100_000, help="estimation samples (default 100000)"
-    )
-    p.add_argument(
-        "--alpha", type=_checked(float, "alpha", check_alpha), default=0.001,
-        help="failure probability, in (0, 1)",
-    )  # fmt: skip
-    p.add_argument(
-        "--batch", type=count("batch"), default=1000, help="noisy images per forward pass"
-    )
+    p.add_argument("--sigma", type=sigma(), required=True, help="noise level (pixel units)")
+    p.add_argument("--n0", type=int_at_least("n0", 1), default=100, help="selection samples")
+    p.add_argument("--n", type=int_at_least("n", 1), default=100_000,
+                   help="estimation samples (the most, in the sequential modes)")  # fmt: skip
+    p.add_argument("--alpha", type=probability(), default=0.001,
+                   help="failure probability of each certificate, in (0, 1)")  # fmt: skip
+    p.add_argument("--batch", type=int_at_least("batch", 1), default=1000,
+                   help="noisy images per forward pass")  # fmt: skip
     mode = p.add_argument_group(
         "sequential modes",
         "draw the estimation samples in looks (256, 512, ... doubling, then --n) and stop "
@@ -199,7 +190,7 @@ def register(subparsers: Any) -> None:
         help="certify the largest radius, stopping when more samples would add little",
     )  # fmt: skip
     mode.add_argument(
-        "--max-radius", type=_checked(float, "max_radius", check_sigma), default=None,
+        "--max-radius", type=checked(float, "max_radius", check_sigma), default=None,
         help="with --early-stop: stop once this radius is certified",
     )  # fmt: skip
     mode.add_argument(
@@ -208,16 +199,21 @@ def register(subparsers: Any) -> None:
         help="with --early-stop: stop when n samples would add less than this radius "
         "(default 0.05 * sigma)",
     )  # fmt: skip
-    p.add_argument("--skip", type=count("skip"), default=1, help="certify every SKIP-th image")
-    p.add_argument("--max", type=count("max", 0), default=None, help="only the first MAX images")
+    p.add_argument("--skip", type=int_at_least("skip", 1), default=1,
+                   help="certify every SKIP-th image")  # fmt: skip
+    p.add_argument("--max", type=int_at_least("max", 0), default=None,
+                   help="only the first MAX images (None: all)")  # fmt: skip
     p.add_argument("--out", required=True, help="log file (TSV); {shard} is replaced by i")
     p.add_argument(
         "--shard", default=None, metavar="i/k", type=_shard_text,
         help="certify the i-th of k disjoint slices (or 'torchrun': RANK/WORLD_SIZE)",
     )  # fmt: skip
-    p.add_argument("--seed", type=int, default=0, help="master seed of the per-image noise")
-    p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
-    p.add_argument("--precision", choices=PRECISIONS, default="fp32")
+    p.add_argument("--seed", type=int_at_least("seed", 0), default=0,
+                   help="master seed of the per-image noise")  # fmt: skip
+    p.add_argument("--device", default=None,
+                   help="torch device (None: cuda if available, else cpu)")  # fmt: skip
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                   help="fp32, or bf16 / fp16 autocast of the base model")  # fmt: skip
     p.add_argument(
         "--log-format", choices=LOG_FORMATS, default="peftsmoothing",
         help="log columns: ours (default) or Cohen et al.'s six (idx label predict radius "
@@ -228,7 +224,7 @@ def register(subparsers: Any) -> None:
         help="continue an existing log (default); --no-resume refuses to touch one",
     )  # fmt: skip
     p.add_argument(
-        "--radii", type=float, nargs="+", default=list(DEFAULT_RADII),
+        "--radii", type=nonnegative("radii"), nargs="+", default=list(DEFAULT_RADII),
         help="radii of the summary table",
     )  # fmt: skip
     p.set_defaults(func=run, user_errors=USER_ERRORS)
