@@ -158,3 +158,31 @@ def test_certify_sequential_modes(
     assert "--early-stop" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["certify", *root, *base, "--radius", "0.1", "--early-stop", "--out", str(early)])
+
+
+def test_readme_flow_through_the_cli(
+    fake_cifar: list[Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """timm.create_model -> ps.wrap -> save, then `certify --model dir --base-weights FILE`."""
+    import timm
+
+    torch.manual_seed(0)
+    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=16, patch_size=4,
+                            depth=1, embed_dim=32, num_heads=2)  # fmt: skip
+    weights = tmp_path / "backbone.pt"
+    torch.save(vit.state_dict(), weights)
+    directory = ps.wrap(vit, method="lora", r=2, num_classes=10).save(tmp_path / "m")
+    common = ["--model", str(directory), "--root", str(tmp_path), *COMMON, "--max", "2"]
+    assert main(["certify", *common, "--out", str(tmp_path / "a.tsv")]) == 1
+    assert "base_weights" in capsys.readouterr().err  # which weights? the user must say
+    assert main(["certify", *common, "--base-weights", str(weights),
+                 "--out", str(tmp_path / "b.tsv")]) == 0  # fmt: skip
+    assert len(read_rows(tmp_path / "b.tsv")) == 2
+    other = tmp_path / "other.pt"
+    torch.manual_seed(1)
+    torch.save(timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=16,
+                                 patch_size=4, depth=1, embed_dim=32, num_heads=2).state_dict(),
+               other)  # fmt: skip
+    assert main(["certify", *common, "--base-weights", str(other),
+                 "--out", str(tmp_path / "c.tsv")]) == 1  # fmt: skip
+    assert "other frozen weights" in capsys.readouterr().err
