@@ -23,6 +23,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .validation import is_int
+
 __all__ = ["TimmCandidate", "architecture_signature", "timm_candidate", "verify_candidate"]
 
 #: Module attributes that change after construction without changing the architecture.
@@ -86,8 +88,8 @@ def architecture_signature(model: nn.Module) -> Signature:
 
 def _size(value: Any) -> int | list[int] | None:
     """An int for a square size, a list for another, ``None`` if not a size."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
+    if is_int(value):
+        return int(value)
     if isinstance(value, (tuple, list)) and len(value) == 2 and all(
         isinstance(v, int) for v in value
     ):
@@ -99,8 +101,8 @@ def _read_kwargs(model: nn.Module) -> dict[str, Any]:
     """Constructor options a timm model shows as attributes (those it has)."""
     found: dict[str, Any] = {}
     num_classes = getattr(model, "num_classes", None)
-    if isinstance(num_classes, int) and not isinstance(num_classes, bool):
-        found["num_classes"] = num_classes
+    if is_int(num_classes):
+        found["num_classes"] = int(num_classes)  # type: ignore[arg-type]
     first_conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
     if first_conv is not None:
         found["in_chans"] = first_conv.in_channels

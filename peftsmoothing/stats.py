@@ -10,10 +10,9 @@ one leaf.
 
 from __future__ import annotations
 
-import numbers
 from typing import Final
 
-from .validation import check_alpha, check_positive_int, check_sigma
+from .validation import check_alpha, check_int, check_positive_int, check_real, check_sigma
 
 __all__ = [
     "ABSTAIN",
@@ -31,9 +30,7 @@ ABSTAIN: Final[int] = -1
 
 def _check_counts(k: object, n: object) -> tuple[int, int]:
     n_ = check_positive_int(n, "n")
-    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or not 0 <= int(k) <= n_:
-        raise ValueError(f"the count k must be an integer in [0, n={n_}], got {k!r}")
-    return int(k), n_
+    return check_int(k, "the count k", minimum=0, maximum=n_), n_
 
 
 def clopper_pearson_lower(k: int, n: int, alpha: float) -> float:
@@ -93,8 +90,7 @@ def binomial_pvalue(k: int, n: int, p: float = 0.5) -> float:
         1.0
     """
     k_, n_ = _check_counts(k, n)
-    if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0.0 < float(p) < 1.0:
-        raise ValueError(f"p must be a number in the open interval (0, 1), got {p!r}")
+    check_real(p, "p", low=0.0, high=1.0, low_open=True, high_open=True)
     from scipy.stats import binomtest
 
     return float(binomtest(k_, n_, float(p), alternative="two-sided").pvalue)
@@ -123,11 +119,7 @@ def certified_radius(sigma: float, pa_lower: float) -> float:
         0.0
     """
     s = check_sigma(sigma)
-    if isinstance(pa_lower, bool) or not isinstance(pa_lower, numbers.Real):
-        raise ValueError(f"pa_lower must be a number in [0, 1), got {pa_lower!r}")
-    p = float(pa_lower)
-    if not 0.0 <= p < 1.0:
-        raise ValueError(f"pa_lower must be a number in [0, 1), got {pa_lower!r}")
+    p = check_real(pa_lower, "pa_lower", low=0.0, high=1.0, high_open=True)
     if p <= 0.5:
         return 0.0
     from scipy.stats import norm

@@ -119,7 +119,7 @@ class TrainerConfig:
         sigma: Any = self.sigma
         if isinstance(sigma, Sequence) and not isinstance(sigma, (str, bytes)):
             object.__setattr__(self, "sigma", tuple(sigma))
-        elif not isinstance(sigma, (int, float)) or isinstance(sigma, bool):
+        elif isinstance(sigma, bool) or not isinstance(sigma, (int, float)):
             raise ValueError(f"sigma must be a number or a list of numbers, got {sigma!r}")
         if not self._sigma_values():
             raise ValueError("sigma: give at least one noise level")
