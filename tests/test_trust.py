@@ -397,3 +397,12 @@ def test_a_folder_where_a_file_belongs_is_one_line(
     assert main(["report", str(tmp_path / "log.tsv")]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "log.tsv" in err and "Traceback" not in err
+
+
+def test_stale_settings_temporary_is_cleaned_when_a_log_opens(tmp_path: Path) -> None:
+    dead = tmp_path / ".log.tsv.json.999999999.abcd.tmp"  # a killed run's half-written settings
+    dead.write_text("{")
+    smoothed = ps.SmoothedClassifier(PartlyNaN(1e9), num_classes=2, sigma=0.5)
+    data = [(torch.zeros(1, 2, 2), 0)]
+    smoothed.certify_dataset(data, n0=4, n=8, batch_size=8, log=tmp_path / "log.tsv")
+    assert not dead.exists() and (tmp_path / "log.tsv.json").exists()

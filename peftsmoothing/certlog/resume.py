@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from .._io import atomic_write, fsync_dir
+from .._io import atomic_write, clean_stale_temporaries, fsync_dir
 from .rows import _HEADERS, LogRow, _parse
 from .settings import _V1_KEYS, FORMAT_VERSION, read_settings, settings_diff, settings_path
 
@@ -97,6 +97,7 @@ def _open_locked(
 ) -> OpenLog:
     real = Path(os.path.realpath(path))
     meta_path = settings_path(real)
+    clean_stale_temporaries(real.parent)  # settings files half-written by killed runs
     handle.seek(0)
     data = handle.read()
     if data and not resume:
