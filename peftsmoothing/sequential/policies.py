@@ -71,6 +71,22 @@ class Decision:
         return self.pa_lower < 0.5
 
 
+def _decision(
+    schedule: Schedule, look: int, count: int, pa_lower: float, radius: float, reason: Reason
+) -> Decision:
+    """The ``Decision`` at ``look`` (it stops unless ``reason`` is ``"continue"``)."""
+    return Decision(
+        stop=reason != "continue",
+        reason=reason,
+        look=look,
+        n=schedule.looks[look],
+        count=count,
+        pa_lower=pa_lower,
+        radius=radius,
+        alpha_spent=schedule.alphas[look],
+    )
+
+
 def _bound(sigma: float, schedule: Schedule, look: int, count: int) -> tuple[float, float]:
     """``(pa_lower, radius)`` at a look, with CERTIFY's conventions."""
     pa_lower = clopper_pearson_lower(count, schedule.looks[look], schedule.alphas[look])
@@ -210,16 +226,7 @@ class TargetRadiusPolicy:
             reason = "futile"
         else:
             reason = "continue"
-        return Decision(
-            stop=reason != "continue",
-            reason=reason,
-            look=k,
-            n=self.schedule.looks[k],
-            count=c,
-            pa_lower=pa_lower,
-            radius=radius,
-            alpha_spent=self.schedule.alphas[k],
-        )
+        return _decision(self.schedule, k, c, pa_lower, radius, reason)
 
     def thresholds(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
         """Integer form of ``decide``, for a vectorised (e.g. on-GPU) scheduler.
@@ -361,16 +368,7 @@ class MaxRadiusPolicy:
             reason = "converged"
         else:
             reason = "continue"
-        return Decision(
-            stop=reason != "continue",
-            reason=reason,
-            look=k,
-            n=self.schedule.looks[k],
-            count=c,
-            pa_lower=pa_lower,
-            radius=radius,
-            alpha_spent=self.schedule.alphas[k],
-        )
+        return _decision(self.schedule, k, c, pa_lower, radius, reason)
 
 
 def run_sequential(policy: SequentialPolicy, draw: Callable[[int], int]) -> Decision:
