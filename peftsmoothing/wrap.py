@@ -421,6 +421,14 @@ def _rewrap(
 ) -> PEFTModel:
     """Wrap ``base_model`` as the config says, check it is the saved base, load the tensors."""
     spec = config["spec"]
+    saved = dict(spec.get("method_config") or {})
+    unexpected = sorted(set(saved) - get_method(spec["method"]).Config.saved_keys())
+    if unexpected:
+        raise ValueError(
+            f"{Path(path) / CONFIG_FILE}: refusing method options {unexpected}: a saved model "
+            "never records them (options that name files are yours to pass, e.g. "
+            "ps.load(..., adapter=...))"
+        )
     normalize: NormalizeArg = None
     if spec.get("mean") is not None:
         normalize = (spec["mean"], spec["std"])
@@ -432,7 +440,7 @@ def _rewrap(
         train_head=spec.get("train_head"),
         normalize=normalize,
         input_size=tuple(spec["input_size"]) if spec.get("input_size") else None,
-        **{**spec.get("method_config", {}), **method_overrides},
+        **{**saved, **method_overrides},
     )
     base = config.get("base", {})
     expected = base.get("num_parameters")

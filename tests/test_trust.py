@@ -406,3 +406,16 @@ def test_stale_settings_temporary_is_cleaned_when_a_log_opens(tmp_path: Path) ->
     data = [(torch.zeros(1, 2, 2), 0)]
     smoothed.certify_dataset(data, n0=4, n=8, batch_size=8, log=tmp_path / "log.tsv")
     assert not dead.exists() and (tmp_path / "log.tsv.json").exists()
+
+
+def test_saved_method_options_that_name_files_are_refused(tmp_path: Path) -> None:
+    peft = pytest.importorskip("peft")
+    torch.manual_seed(0)
+    base = ps.create_model(RECIPE["name"], seed=0, **RECIPE["kwargs"])  # type: ignore[arg-type]
+    config = peft.LoraConfig(r=2, target_modules=["qkv"])
+    directory = ps.wrap(base, method="peft", config=config, num_classes=10).save(tmp_path / "m")
+    settings = json.loads((directory / "peftsmoothing.json").read_text())
+    settings["spec"]["method_config"]["adapter"] = str(tmp_path / "elsewhere")  # crafted
+    (directory / "peftsmoothing.json").write_text(json.dumps(settings))
+    with pytest.raises(ValueError, match=r"refusing method options \['adapter'\]"):
+        ps.load(directory)

@@ -94,6 +94,20 @@ class MethodConfig:
         for name, value in values.items():
             object.__setattr__(self, name, value)
 
+    @classmethod
+    def saved_keys(cls) -> frozenset[str]:
+        """The options a saved model may record (what :meth:`to_dict` writes).
+
+        ``load`` refuses any other key in a saved ``peftsmoothing.json``: options that name
+        files (e.g. the ``peft`` method's ``adapter``) are passed by the user, never read from
+        a directory (docs/security.md). Override it when ``to_dict`` leaves options out.
+
+        Examples:
+            >>> MethodConfig.saved_keys()
+            frozenset()
+        """
+        return frozenset(f.name for f in dataclasses.fields(cls))
+
     def to_dict(self) -> dict[str, Any]:
         """Return the options as a JSON-serialisable dict (tuples become lists).
 

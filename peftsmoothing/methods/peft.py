@@ -263,6 +263,16 @@ class PeftMethodConfig(MethodConfig):
             raise ValueError(f"peft: config_class={self.config_class!r} but config is a {name}")
         self._normalize(config=config, config_class=name)
 
+    @classmethod
+    def saved_keys(cls) -> frozenset[str]:
+        """``config`` and ``config_class``: the adapter path is never read from a saved model.
+
+        Examples:
+            >>> sorted(PeftMethodConfig.saved_keys())
+            ['config', 'config_class']
+        """
+        return frozenset({"config", "config_class"})
+
     def to_dict(self) -> dict[str, Any]:
         """The config class and its options as JSON (the adapter path is not stored).
 
