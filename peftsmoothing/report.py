@@ -157,8 +157,7 @@ class CertificationReport:
             )
         settings = read_settings(p)
         if validate:
-            sigma = settings.get("sigma") if settings else None
-            validate_rows(rows, str(p), sigma if isinstance(sigma, (int, float)) else None)
+            validate_rows(rows, str(p), settings=settings)
         report = cls(rows, name=p.stem if name is None else name)
         report.settings = settings
         return report

@@ -285,3 +285,36 @@ def test_numeric_flags_are_checked_up_front(
     err = capsys.readouterr().err
     assert f"argument {flag}: {message}" in err
     assert len([line for line in err.splitlines() if "error" in line]) == 1
+
+
+def test_rows_consistent_with_themselves_but_not_with_the_settings_are_refused(
+    tmp_path: Path,
+) -> None:
+    """A row may be a valid Clopper-Pearson bound at another alpha or n than the run used."""
+    from peftsmoothing.stats import certified_radius, clopper_pearson_lower
+
+    log = tmp_path / "certify.tsv"
+    run(log)
+    line = certified_line(log)
+    row = parse_log(log.read_bytes())[0][line - 2]
+    loose = clopper_pearson_lower(row.count, row.n, 0.4)  # a far looser alpha than the run's
+    for column, value in (("alpha", "0.4"), ("pa_lower", repr(loose)),
+                          ("radius", repr(certified_radius(0.5, loose)))):  # fmt: skip
+        tamper(log, line, column, value)
+    with pytest.raises(ValueError, match=r"is not a sample count and level the settings allow"):
+        ps.CertificationReport.from_log(log)
+
+
+def test_a_prediction_below_one_half_and_an_unknown_class_are_refused(tmp_path: Path) -> None:
+    log = tmp_path / "certify.tsv"
+    run(log)
+    line = certified_line(log)
+    tamper(log, line, "predict", "7")  # 2 classes in the settings
+    tamper(log, line, "correct", "0")
+    with pytest.raises(ValueError, match="outside the 2 classes"):
+        ps.CertificationReport.from_log(log)
+    run(tmp_path / "b.tsv")
+    row = parse_log((tmp_path / "b.tsv").read_bytes())[0][line - 2]
+    rows = [row.__class__(**{**row.__dict__, "pa_lower": 0.3, "radius": 0.0})]
+    with pytest.raises(ValueError, match=r"needs pa_lower >= 0.5"):
+        ps.certlog.validate_rows(rows, "x")

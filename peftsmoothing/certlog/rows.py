@@ -8,7 +8,7 @@ from __future__ import annotations
 import datetime
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, Final
 
@@ -211,14 +211,23 @@ def parse_log(data: bytes, name: str = "log") -> tuple[list[LogRow], int]:
     """
     return _parse(data, name)[1:]
 
-def validate_rows(rows: Sequence[LogRow], name: str = "log", sigma: float | None = None) -> None:
+def validate_rows(
+    rows: Sequence[LogRow],
+    name: str = "log",
+    sigma: float | None = None,
+    settings: Mapping[str, Any] | None = None,
+) -> None:
     """Refuse rows no certification can have written; row ``i`` is on line ``i + 2`` of the log.
 
     The rules: ``correct == int(predict == label)``; an abstention (``predict == -1``) has
     radius 0; with ``sigma`` known, ``radius <= sigma * Phi^-1(pa_lower)`` (relative tolerance
     1e-9); for rows that record ``alpha`` (format 2), ``pa_lower`` is the Clopper-Pearson bound
-    of ``count`` in ``n`` at ``alpha`` (relative tolerance 1e-9). Rows of Cohen et al.'s logs
-    (no counts) are checked by the first two rules.
+    of ``count`` in ``n`` at ``alpha`` (relative tolerance 1e-9) and a prediction has
+    ``pa_lower >= 0.5`` (CERTIFY abstains below). With the log's ``settings``: sigma comes from
+    them, labels and predictions lie below ``num_classes``, and each row's ``(n, alpha)`` is one
+    the settings allow (fixed mode: their ``n`` and ``alpha``; sequential modes: one look's
+    sample count and alpha). Rows of Cohen et al.'s logs (no counts) are checked by the first
+    two rules.
 
     Raises:
         ValueError: Naming the file, the line and the rule of the first impossible row.
@@ -229,8 +238,20 @@ def validate_rows(rows: Sequence[LogRow], name: str = "log", sigma: float | None
         ...
         ValueError: x.tsv, line 2: an abstention (predict -1) has radius 0, got 0.5
     """
+    settings = settings or {}
+    if sigma is None and isinstance(settings.get("sigma"), (int, float)):
+        sigma = float(settings["sigma"])
+    classes = settings.get("num_classes")
+    allowed = _allowed_looks(settings)
     for number, row in enumerate(rows, start=2):
         where = f"{name}, line {number}"
+        if isinstance(classes, int) and not (
+            0 <= row.label < classes and -1 <= row.predict < classes
+        ):
+            raise ValueError(
+                f"{where}: label {row.label} or prediction {row.predict} outside the "
+                f"{classes} classes of the settings"
+            )
         if row.correct != int(row.predict == row.label):
             raise ValueError(
                 f"{where}: correct must be int(predict == label), got correct={row.correct} "
@@ -247,6 +268,9 @@ def validate_rows(rows: Sequence[LogRow], name: str = "log", sigma: float | None
                     f"{where}: radius {row.radius} exceeds sigma * Phi^-1(pa_lower) = {bound} "
                     f"(sigma {sigma}, pa_lower {row.pa_lower})"
                 )
+        if row.predict != ABSTAIN and row.pa_lower < 0.5:
+            raise ValueError(f"{where}: a prediction needs pa_lower >= 0.5 (CERTIFY abstains "
+                             f"below), got {row.pa_lower}")  # fmt: skip
         if row.alpha is not None:
             expected = clopper_pearson_lower(row.count, row.n, row.alpha)
             if not math.isclose(row.pa_lower, expected, rel_tol=1e-9, abs_tol=1e-300):
@@ -254,3 +278,22 @@ def validate_rows(rows: Sequence[LogRow], name: str = "log", sigma: float | None
                     f"{where}: pa_lower {row.pa_lower} is not the Clopper-Pearson bound of "
                     f"count {row.count} in n {row.n} at alpha {row.alpha} ({expected})"
                 )
+        if row.alpha is not None and allowed and (row.n, row.alpha) not in allowed:
+            raise ValueError(
+                f"{where}: n={row.n} at alpha={row.alpha} is not a sample count and level the "
+                f"settings allow ({sorted(allowed)[:4]}...)"
+            )
+
+
+def _allowed_looks(settings: Mapping[str, Any]) -> set[tuple[int, float]]:
+    """The ``(n, alpha)`` pairs a log's rows may have: fixed n, or one look of the schedule."""
+    sequential = settings.get("sequential")
+    if isinstance(sequential, Mapping):
+        looks, alphas = sequential.get("looks"), sequential.get("look_alphas")
+        if isinstance(looks, list) and isinstance(alphas, list):
+            return {(int(n), float(a)) for n, a in zip(looks, alphas, strict=False)}
+        return set()
+    n, alpha = settings.get("n"), settings.get("alpha")
+    if isinstance(n, int) and isinstance(alpha, (int, float)):
+        return {(n, float(alpha))}
+    return set()
