@@ -29,6 +29,7 @@ from .fingerprint import tensors_fingerprint
 from .params import trained_keys
 
 __all__ = [
+    "saved_method_options",
     "CONFIG_FILE",
     "FORMAT",
     "FORMAT_VERSION",
@@ -315,3 +316,29 @@ def check_base_fingerprint(
             f"{str(actual)[:12]}...). Its adapters would run on the wrong "
             "backbone; pass the base model (or base_weights=) it was trained on"
         )
+
+
+def saved_method_options(
+    config: Mapping[str, Any], path: str | os.PathLike[str], allowed: frozenset[str]
+) -> dict[str, Any]:
+    """The method options a saved config records, refusing any a save never writes.
+
+    Options that name files (the ``peft`` method's ``adapter``) are passed by the user, never
+    read from a directory (docs/security.md).
+
+    Raises:
+        ValueError: Naming the refused options.
+
+    Examples:
+        >>> saved_method_options({"spec": {"method_config": {"r": 4}}}, "d", frozenset({"r"}))
+        {'r': 4}
+    """
+    saved = dict(config.get("spec", {}).get("method_config") or {})
+    unexpected = sorted(set(saved) - allowed)
+    if unexpected:
+        raise ValueError(
+            f"{Path(path) / CONFIG_FILE}: refusing method options {unexpected}: a saved model "
+            "never records them (options that name files are yours to pass, e.g. "
+            "ps.load(..., adapter=...))"
+        )
+    return saved

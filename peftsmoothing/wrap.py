@@ -34,6 +34,7 @@ from .serialization import (
     frozen_fingerprint,
     read_config,
     read_tensors,
+    saved_method_options,
 )
 from .validation import is_int
 from .zoo import (
@@ -290,8 +291,7 @@ def load(
     Which weights the rebuilt base model gets:
 
     - ``base_weights=FILE``: the ``state_dict`` in FILE (read with ``weights_only``);
-    - ``pretrained=True``: timm's registry weights for the recorded name and tag (timm
-      downloads them on first use);
+    - ``pretrained=True``: timm's registry weights for the recorded name and tag;
     - neither, recipe of ``ps.create_model``: timm's registry weights if it was made with
       ``pretrained=True``, its recorded seed otherwise;
     - neither, recipe of a plain ``timm.create_model`` model: refused, since which weights it
@@ -421,14 +421,7 @@ def _rewrap(
 ) -> PEFTModel:
     """Wrap ``base_model`` as the config says, check it is the saved base, load the tensors."""
     spec = config["spec"]
-    saved = dict(spec.get("method_config") or {})
-    unexpected = sorted(set(saved) - get_method(spec["method"]).Config.saved_keys())
-    if unexpected:
-        raise ValueError(
-            f"{Path(path) / CONFIG_FILE}: refusing method options {unexpected}: a saved model "
-            "never records them (options that name files are yours to pass, e.g. "
-            "ps.load(..., adapter=...))"
-        )
+    saved = saved_method_options(config, path, get_method(spec["method"]).Config.saved_keys())
     normalize: NormalizeArg = None
     if spec.get("mean") is not None:
         normalize = (spec["mean"], spec["std"])

@@ -419,3 +419,38 @@ def test_saved_method_options_that_name_files_are_refused(tmp_path: Path) -> Non
     (directory / "peftsmoothing.json").write_text(json.dumps(settings))
     with pytest.raises(ValueError, match=r"refusing method options \['adapter'\]"):
         ps.load(directory)
+
+
+class InfGradient(nn.Module):
+    """Finite outputs and loss, but the backward pass overflows on training call ``bad``."""
+
+    def __init__(self, bad: int) -> None:
+        super().__init__()
+        self.fc = nn.Linear(12, 2)
+        self.calls, self.bad = 0, bad
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.fc(x.flatten(1))
+        if self.training:
+            self.calls += 1
+            if self.calls == self.bad:
+                out = _BlowUp.apply(out)
+        return out
+
+
+class _BlowUp(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        return grad * float("inf")
+
+
+def test_nonfinite_gradient_with_a_finite_loss_stops_before_the_step() -> None:
+    model = InfGradient(bad=2)
+    trainer = ps.NoiseTrainer(model, 0.25, epochs=1, progress=False)
+    with pytest.raises(FloatingPointError, match="non-finite loss or gradient at epoch 1, batch 2"):
+        trainer.fit(data())
+    assert all(torch.isfinite(p).all() for p in model.parameters())  # the bad step never ran

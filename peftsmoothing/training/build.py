@@ -22,6 +22,7 @@ __all__ = [
     "make_optimizer",
     "make_reference",
     "make_scheduler",
+    "nonfinite_gradients",
     "optimizer_step",
 ]
 
@@ -150,3 +151,18 @@ def optimizer_step(
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     scheduler.step()
+
+
+def nonfinite_gradients(params: list[nn.Parameter]) -> torch.Tensor:
+    """A device-side flag: does any gradient hold nan or inf? (No host synchronisation.)
+
+    Examples:
+        >>> import torch
+        >>> p = torch.nn.Parameter(torch.ones(2)); p.grad = torch.tensor([1.0, float("nan")])
+        >>> bool(nonfinite_gradients([p]))
+        True
+    """
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return torch.zeros((), dtype=torch.bool)
+    return ~torch.isfinite(torch.stack(torch._foreach_norm(grads))).all()

@@ -60,6 +60,8 @@ _STATE_VERSION = 1
 def _swap_dir(tmp: Path, final: Path) -> None:
     """Replace directory ``final`` by ``tmp``; a crash in between leaves ``.<name>.old``."""
     old = final.parent / f".{final.name}.old"
+    if old.exists() and not final.exists():
+        os.replace(old, final)  # the only good copy a crash left: keep it until tmp is in place
     if old.exists():
         shutil.rmtree(old)
     if final.exists():

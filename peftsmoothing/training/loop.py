@@ -39,6 +39,7 @@ from .build import (
     make_optimizer,
     make_reference,
     make_scheduler,
+    nonfinite_gradients,
     optimizer_step,
 )
 from .callbacks import call_hook
@@ -398,21 +399,22 @@ class NoiseTrainer:
                             topology=self.topology)
 
     def _nonfinite_step(self, bad: torch.Tensor, batch: int) -> bool:
-        """Whether the optimizer step ending at ``batch`` had a non-finite loss (on any rank).
+        """Whether the optimizer step ending at ``batch`` had a non-finite loss or, without a
+        gradient scaler (which skips such steps itself), a non-finite gradient (on any rank).
 
         Raises:
             FloatingPointError: With ``nonfinite="stop"``, before the step is taken.
         """
+        if self.scaler is None:
+            bad = bad | nonfinite_gradients(self.params)
         if not any_rank(bad, self.topology):  # one host synchronisation per optimizer step
             return False
         if self.config.nonfinite == "skip":
             return True
         raise FloatingPointError(
-            f"non-finite loss (nan or inf) at epoch {self.epoch + 1}, batch {batch + 1}: "
-            "training stopped before this optimizer step; the weights and the last checkpoint "
-            "are those of the last finite step. Lower the learning rate, clip gradients "
-            "(max_grad_norm), use bf16 instead of fp16, or pass nonfinite='skip'."
-        )
+            f"non-finite loss or gradient at epoch {self.epoch + 1}, batch {batch + 1}: training "
+            "stopped before this step, so the weights and the last checkpoint are the last "
+            "finite ones; lower lr, clip gradients, use bf16 not fp16, or nonfinite='skip'")
 
     def _optimizer_step(self) -> None:
         assert self.scheduler is not None
