@@ -96,7 +96,7 @@ class MethodConfig:
 
     @classmethod
     def saved_keys(cls) -> frozenset[str]:
-        """The options a saved model may record (what :meth:`to_dict` writes).
+        """The options a saved model may record (what ``to_dict`` writes).
 
         ``load`` refuses any other key in a saved ``peftsmoothing.json``: options that name
         files (e.g. the ``peft`` method's ``adapter``) are passed by the user, never read from
