@@ -48,7 +48,12 @@ if TYPE_CHECKING:
     from .params import ModuleCount, ParameterReport, parameter_report
     from .report import CertificationReport, PairedDifference, plot_certified_accuracy
     from .smoothing import ABSTAIN, Certificate, SmoothedClassifier
-    from .stats import binomial_pvalue, certified_radius, clopper_pearson_lower
+    from .stats import (
+        binomial_pvalue,
+        certified_radius,
+        clopper_pearson_lower,
+        predict_from_counts,
+    )
     from .training import Callback, NoiseTrainer, TrainerConfig
     from .wrap import PEFTModel, WrapSpec, load, wrap
     from .zoo import create_model
@@ -76,7 +81,8 @@ _LAZY: dict[str, str] = {
     ),
     **dict.fromkeys(["ABSTAIN", "Certificate", "SmoothedClassifier"], ".smoothing"),
     **dict.fromkeys(
-        ["binomial_pvalue", "certified_radius", "clopper_pearson_lower"], ".stats"
+        ["binomial_pvalue", "certified_radius", "clopper_pearson_lower", "predict_from_counts"],
+        ".stats",
     ),
     **dict.fromkeys(["Callback", "NoiseTrainer", "TrainerConfig"], ".training"),
     **dict.fromkeys(["PEFTModel", "WrapSpec", "load", "wrap"], ".wrap"),
@@ -93,6 +99,7 @@ __all__ = [
     "certified_radius",
     "clopper_pearson_lower",
     "plot_certified_accuracy",
+    "predict_from_counts",
     "ENTRY_POINT_GROUP",
     "Method",
     "MethodConfig",

@@ -21,8 +21,15 @@ from torch import nn
 
 from .precision import autocast
 from .seeds import derive_seed
+from .validation import check_positive_int, check_seed
 
-__all__ = ["NoiseSampler"]
+__all__ = ["STREAM_ESTIMATION", "STREAM_PREDICTION", "STREAM_SELECTION", "NoiseSampler"]
+
+#: Keys of the generators derived from one call's seed (``derive_seed(seed, key)``): PREDICT,
+#: CERTIFY's selection (``n0``) and estimation (``n``) samples each draw from their own stream.
+STREAM_SELECTION: Final[int] = 0
+STREAM_ESTIMATION: Final[int] = 1
+STREAM_PREDICTION: Final[int] = 2
 
 # Inputs further than this outside [0, 1] are "clearly" not pixel-space images.
 _RANGE_TOLERANCE: Final[float] = 1e-3
@@ -135,6 +142,59 @@ class NoiseSampler:
                 stacklevel=3,
             )
         return x.detach().to(device=self.device, dtype=self._noise_dtype())
+
+    # ------------------------------------------------------------------------- counting
+    def vote_counts(
+        self,
+        x: torch.Tensor,
+        n: int = 1000,
+        batch_size: int = 1000,
+        seed: int | None = None,
+    ) -> torch.Tensor:
+        """How often the base model predicts each class on ``n`` noisy copies of ``x``.
+
+        These are the counts behind
+        [`SmoothedClassifier.predict`][peftsmoothing.SmoothedClassifier.predict]: the same
+        noise stream, so ``predict_from_counts(vote_counts(x, n, b, seed), alpha)`` is
+        ``predict(x, n, alpha, b, seed)``.
+
+        Args:
+            x: One image (C, H, W) in [0, 1].
+            n: Number of noise samples.
+            batch_size: Noisy images per forward pass.
+            seed: Seed of the noise; ``None`` draws one from torch's global generator.
+
+        Returns:
+            An int64 CPU tensor of shape ``(num_classes,)`` summing to ``n``.
+
+        Raises:
+            ValueError: For invalid arguments or inputs (see ``predict``).
+            FloatingPointError: If the model returns a non-finite logit on any sample.
+
+        Examples:
+            >>> import torch, peftsmoothing as ps
+            >>> from torch import nn
+            >>> class Constant(nn.Module):
+            ...     def forward(self, x):
+            ...         return torch.tensor([0.0, 1.0]).repeat(len(x), 1)
+            >>> smoothed = ps.SmoothedClassifier(Constant(), 2, sigma=0.5)
+            >>> smoothed.vote_counts(torch.rand(1, 4, 4), n=50, seed=0).tolist()
+            [0, 50]
+        """
+        n_ = check_positive_int(n, "n")
+        b = check_positive_int(batch_size, "batch_size")
+        s = self._resolve_seed(seed)
+        x_dev = self._prepare_input(x)
+        with self._inference():
+            counts = self._sample_counts(x_dev, n_, b, self._generator(s, STREAM_PREDICTION))
+        return self._class_counts(counts.cpu(), n_)
+
+    @staticmethod
+    def _resolve_seed(seed: object) -> int:
+        checked = check_seed(seed)
+        if checked is None:  # follows torch.manual_seed
+            return int(torch.randint(0, 2**62, (), dtype=torch.long).item())
+        return checked
 
     def _generator(self, seed: int, key: int) -> torch.Generator:
         gen = torch.Generator(device=self.device)

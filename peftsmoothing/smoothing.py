@@ -24,7 +24,6 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -33,15 +32,14 @@ from .certlog import LOG_COLUMNS, LogRow, parse_log
 from .fingerprint import model_fingerprint as model_fingerprint
 from .packing import PackedResult, certify_packed
 from .precision import PRECISIONS
-from .sampling import NoiseSampler
+from .sampling import STREAM_ESTIMATION, STREAM_SELECTION, NoiseSampler
 from .sequential import Schedule, SequentialPolicy
-from .stats import ABSTAIN, binomial_pvalue, certified_radius, clopper_pearson_lower
+from .stats import ABSTAIN, certified_radius, clopper_pearson_lower, predict_from_counts
 from .validation import (
     check_alpha,
     check_choice,
     check_int,
     check_positive_int,
-    check_seed,
     check_sigma,
 )
 
@@ -56,9 +54,6 @@ __all__ = [
     "SmoothedClassifier",
     "parse_log",
 ]
-
-# Stream keys of the per-call generators derived from one seed.
-_SELECTION, _ESTIMATION, _PREDICTION = 0, 1, 2
 
 
 @dataclass(frozen=True)
@@ -174,13 +169,6 @@ class SmoothedClassifier(NoiseSampler):
             f"sigma={self.sigma}, precision={self.precision!r})"
         )
 
-    @staticmethod
-    def _resolve_seed(seed: object) -> int:
-        checked = check_seed(seed)
-        if checked is None:  # follows torch.manual_seed
-            return int(torch.randint(0, 2**62, (), dtype=torch.long).item())
-        return checked
-
     # ------------------------------------------------------------------------ public API
     def predict(
         self,
@@ -220,19 +208,9 @@ class SmoothedClassifier(NoiseSampler):
             >>> ps.SmoothedClassifier(Constant(), 2, sigma=0.5).predict(torch.rand(1, 4, 4), n=50)
             1
         """
-        n_ = check_positive_int(n, "n")
+        check_positive_int(n, "n")
         a = check_alpha(alpha)
-        b = check_positive_int(batch_size, "batch_size")
-        s = self._resolve_seed(seed)
-        x_dev = self._prepare_input(x)
-        with self._inference():
-            counts = self._sample_counts(x_dev, n_, b, self._generator(s, _PREDICTION)).cpu()
-        counts = self._class_counts(counts, n_)
-        order = np.argsort(-counts.numpy(), kind="stable")
-        n_a, n_b = int(counts[order[0]]), int(counts[order[1]])
-        if binomial_pvalue(n_a, n_a + n_b) > a:
-            return ABSTAIN
-        return int(order[0])
+        return predict_from_counts(self.vote_counts(x, n, batch_size, seed).tolist(), a)
 
     def certify(
         self,
@@ -331,8 +309,8 @@ class SmoothedClassifier(NoiseSampler):
         x_dev = self._prepare_input(x)
         start = time.perf_counter()
         with self._inference():
-            counts0 = self._sample_counts(x_dev, n0_, b, self._generator(s, _SELECTION))
-            counts = self._sample_counts(x_dev, n_, b, self._generator(s, _ESTIMATION))
+            counts0 = self._sample_counts(x_dev, n0_, b, self._generator(s, STREAM_SELECTION))
+            counts = self._sample_counts(x_dev, n_, b, self._generator(s, STREAM_ESTIMATION))
             both = torch.stack([counts0, counts]).cpu()  # the one host synchronisation
         selection = self._class_counts(both[0], n0_)
         estimation = self._class_counts(both[1], n_)

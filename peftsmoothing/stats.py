@@ -10,6 +10,7 @@ one leaf.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Final
 
 from .validation import check_alpha, check_int, check_positive_int, check_real, check_sigma
@@ -22,6 +23,7 @@ __all__ = [
     "check_positive_int",
     "check_sigma",
     "clopper_pearson_lower",
+    "predict_from_counts",
 ]
 
 ABSTAIN: Final[int] = -1
@@ -94,6 +96,45 @@ def binomial_pvalue(k: int, n: int, p: float = 0.5) -> float:
     from scipy.stats import binomtest
 
     return float(binomtest(k_, n_, float(p), alternative="two-sided").pvalue)
+
+
+def predict_from_counts(counts: Iterable[int], alpha: float) -> int:
+    """PREDICT's decision (Cohen et al. 2019) from the class counts of ``n`` noisy samples.
+
+    Returns the most frequent class if the two-sided binomial
+    test of the two largest counts rejects equality at level ``alpha``, else
+    [`ABSTAIN`][peftsmoothing.ABSTAIN]: the returned class then differs from the smoothed
+    classifier's with probability at most ``alpha``.
+
+    Args:
+        counts: Votes per class (at least two classes), e.g. from
+            [`SmoothedClassifier.vote_counts`][peftsmoothing.SmoothedClassifier.vote_counts].
+        alpha: Probability of returning a class other than the smoothed classifier's.
+
+    Returns:
+        The class index, or ``ABSTAIN`` (-1).
+
+    Raises:
+        ValueError: If a count is not a non-negative integer, there are fewer than two
+            classes, no votes at all, or ``alpha`` is outside (0, 1).
+
+    Examples:
+        >>> predict_from_counts([2, 95, 3], alpha=0.001)
+        1
+        >>> predict_from_counts([48, 52], alpha=0.001)  # too close to call
+        -1
+    """
+    values = [check_int(c, "each class count", minimum=0) for c in counts]
+    a = check_alpha(alpha)
+    if len(values) < 2:
+        raise ValueError(f"predict_from_counts needs the counts of >= 2 classes, got {values}")
+    order = sorted(range(len(values)), key=lambda i: -values[i])
+    n_a, n_b = values[order[0]], values[order[1]]
+    if n_a == 0:
+        raise ValueError("predict_from_counts got no votes (every count is 0)")
+    if binomial_pvalue(n_a, n_a + n_b) > a:
+        return ABSTAIN
+    return order[0]
 
 
 def certified_radius(sigma: float, pa_lower: float) -> float:

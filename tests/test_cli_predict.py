@@ -53,6 +53,8 @@ def test_predict_writes_one_row_per_image(
         image, label = fake_cifar[idx]
         expected = smoothed.predict(image, 32, 0.1, 16, seed=derive_seed(3, idx))
         assert int(row["predict"]) == expected  # the same noise as PREDICT itself
+        counts = smoothed.vote_counts(image, 32, 16, seed=derive_seed(3, idx))
+        assert int(row["count"]) == int(counts.max())  # counted once, not twice
         assert int(row["label"]) == label and int(row["n"]) == 32
         assert int(row["correct"]) == int(expected == label)
         assert 0 < int(row["count"]) <= 32

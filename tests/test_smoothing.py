@@ -133,6 +133,19 @@ def test_predict_returns_the_clear_class() -> None:
     assert smoothed.predict(torch.rand(SHAPE), n=9, alpha=0.001, seed=0) == ps.ABSTAIN
 
 
+def test_vote_counts_are_the_counts_behind_predict() -> None:
+    smoothed = ps.SmoothedClassifier(random_linear(3), 2, sigma=0.5)
+    x = torch.rand(SHAPE)
+    for seed in range(5):
+        counts = smoothed.vote_counts(x, n=60, batch_size=16, seed=seed)
+        assert counts.shape == (2,) and counts.dtype == torch.long and int(counts.sum()) == 60
+        assert torch.equal(counts, smoothed.vote_counts(x, n=60, batch_size=60, seed=seed))
+        decided = ps.predict_from_counts(counts.tolist(), 0.05)
+        assert smoothed.predict(x, n=60, alpha=0.05, batch_size=16, seed=seed) == decided
+    with pytest.raises(ValueError, match="n must"):
+        smoothed.vote_counts(x, n=0)
+
+
 def test_noise_is_pixel_space_gaussian_and_selection_independent_of_estimation() -> None:
     seen: list[torch.Tensor] = []
 
@@ -158,8 +171,12 @@ def test_seed_makes_certificates_reproducible() -> None:
     a = smoothed.certify(x, 10, 300, 0.01, batch_size=64, seed=7)
     b = smoothed.certify(x, 10, 300, 0.01, batch_size=64, seed=7)
     c = smoothed.certify(x, 10, 300, 0.01, batch_size=64, seed=8)
-    assert (a.prediction, a.count, a.pa_lower, a.radius) == (b.prediction, b.count, b.pa_lower,
-                                                              b.radius)
+    assert (a.prediction, a.count, a.pa_lower, a.radius) == (
+        b.prediction,
+        b.count,
+        b.pa_lower,
+        b.radius,
+    )
     assert a.count != c.count
     assert smoothed.predict(x, 300, seed=1) == smoothed.predict(x, 300, seed=1)
     torch.manual_seed(5)

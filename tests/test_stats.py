@@ -15,6 +15,7 @@ from peftsmoothing.stats import (
     check_positive_int,
     check_sigma,
     clopper_pearson_lower,
+    predict_from_counts,
 )
 
 
@@ -61,6 +62,27 @@ def test_certified_radius() -> None:
     assert certified_radius(0.25, 0.5) == 0.0
     assert certified_radius(0.25, 0.1) == 0.0
     assert certified_radius(1.0, 0.8413447460685429) == pytest.approx(1.0, rel=1e-9)
+
+
+def test_predict_from_counts_is_the_two_sided_test_of_the_top_two() -> None:
+    # 20 of 20: p = 2 * 0.5**20 < 0.001; 9 of 9: p = 2 * 0.5**9 = 0.0039 > 0.001
+    assert predict_from_counts([0, 20, 0], 0.001) == 1
+    assert predict_from_counts([0, 9], 0.001) == -1
+    assert predict_from_counts(np.array([0, 9]), 0.01) == 1  # numpy counts are integers too
+    # only the top two counts enter the test: 30 vs 10 (p = 0.0022), the third is ignored
+    assert binomial_pvalue(30, 40) == pytest.approx(2 * binom.cdf(10, 40, 0.5))
+    assert predict_from_counts([30, 10, 0], 0.01) == 0
+    assert predict_from_counts([5, 5, 0], 0.5) == -1  # a tie never wins
+
+
+@pytest.mark.parametrize(
+    ("counts", "match"),
+    [([], ">= 2 classes"), ([5], ">= 2 classes"), ([0, 0], "no votes"),
+     ([-1, 3], "class count"), ([1.5, 3], "class count"), ([True, 3], "class count")],
+)  # fmt: skip
+def test_predict_from_counts_refuses_bad_counts(counts: list[object], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        predict_from_counts(counts, 0.01)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(

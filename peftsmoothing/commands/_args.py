@@ -4,12 +4,30 @@ a one-line error when the command line is parsed, before any model or data is lo
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Callable
 from typing import Any
 
 from ..validation import check_alpha, check_int, check_real, check_sigma
 
-__all__ = ["checked", "fraction", "int_at_least", "probability", "sigma"]
+__all__ = ["checked", "default_device", "fraction", "int_at_least", "probability", "sigma"]
+
+
+def default_device(shard_spec: str | None = None) -> str:
+    """The ``--device`` default: ``cuda`` if available (under ``--shard torchrun``, this
+    process's ``cuda:LOCAL_RANK``), else ``cpu``. Imports torch, so call it only at run time.
+
+    Examples:
+        >>> default_device() in ("cpu", "cuda")
+        True
+    """
+    import torch
+
+    if not torch.cuda.is_available():
+        return "cpu"
+    if shard_spec == "torchrun" and "LOCAL_RANK" in os.environ:
+        return f"cuda:{int(os.environ['LOCAL_RANK'])}"
+    return "cuda"
 
 
 def checked(kind: Callable[[str], Any], name: str, check: Callable[[Any], Any]) -> Any:

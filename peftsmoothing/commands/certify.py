@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ._args import checked, int_at_least, probability, sigma
+from ._args import checked, default_device, int_at_least, probability, sigma
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -61,16 +61,6 @@ def shard_log_path(out: str, shard: tuple[int, int] | None) -> Path:
     return path.with_name(f"{path.stem}.shard{part}of{parts}{path.suffix}")
 
 
-def _default_device(shard_spec: str | None) -> str:
-    import torch
-
-    if not torch.cuda.is_available():
-        return "cpu"
-    if shard_spec == "torchrun" and "LOCAL_RANK" in os.environ:
-        return f"cuda:{int(os.environ['LOCAL_RANK'])}"
-    return "cuda"
-
-
 #: Exceptions ``peftsmoothing certify`` reports as a one-line error (exit status 1), not a
 #: traceback: bad options, missing files, a log started with other settings or held by another
 #: process, a missing optional package.
@@ -89,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     datasets: Any = importlib.import_module("peftsmoothing.datasets")
     shard = parse_shard(args.shard) if args.shard else None
     log = shard_log_path(args.out, shard)
-    device = args.device or _default_device(args.shard)
+    device = args.device or default_device(args.shard)
     model = peftsmoothing.load(
         args.model, base_weights=args.base_weights, pretrained=True if args.pretrained else None
     )

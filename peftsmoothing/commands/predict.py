@@ -16,14 +16,10 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..names import DATASET_NAMES, PRECISIONS
-from ._args import int_at_least, probability, sigma
-
-if TYPE_CHECKING:
-    import torch
-    from torch import nn
+from ._args import default_device, int_at_least, probability, sigma
 
 __all__ = ["COLUMNS", "EXAMPLE", "USER_ERRORS", "register", "run"]
 
@@ -43,58 +39,6 @@ USER_ERRORS: tuple[type[Exception], ...] = (
 )  # fmt: skip
 
 
-def _vote_counter_class() -> type[nn.Module]:
-    from torch import nn
-
-    class VoteCounter(nn.Module):
-        """The base model, recording the class each forward pass votes for (its argmax).
-
-        ``SmoothedClassifier.predict`` returns only the class; wrapping the model in a
-        ``VoteCounter`` gives the counts behind it (built here: an ``nn.Module`` needs torch,
-        which this module does not import at load time). Rows
-        with a non-finite logit vote for no class (``predict`` then fails anyway).
-        ``merged_for_inference`` is passed through, so LoRA weights are still merged.
-        """
-
-        def __init__(self, model: nn.Module, num_classes: int) -> None:
-            super().__init__()
-            self.model = model
-            self.num_classes = num_classes
-            self.counts: torch.Tensor | None = None
-
-        def reset(self) -> None:
-            """Forget the votes counted so far."""
-            self.counts = None
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            import torch
-
-            logits: torch.Tensor = self.model(x)
-            if isinstance(logits, torch.Tensor) and logits.ndim == 2:
-                finite = torch.isfinite(logits).all(dim=1)
-                votes = logits.argmax(dim=1)[finite]
-                if self.counts is None:
-                    self.counts = torch.zeros(
-                        self.num_classes, dtype=torch.long, device=logits.device
-                    )
-                self.counts.index_add_(0, votes, torch.ones_like(votes))
-            return logits
-
-        def merged_for_inference(self) -> Any:
-            import contextlib
-
-            merged = getattr(self.model, "merged_for_inference", None)
-            return merged() if callable(merged) else contextlib.nullcontext()
-
-    return VoteCounter
-
-
-def _default_device() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def _indices(size: int, skip: int, maximum: int | None) -> Iterator[int]:
     """The images to predict: every ``skip``-th of the first ``maximum``.
 
@@ -111,21 +55,21 @@ def run(args: argparse.Namespace) -> int:
     import peftsmoothing
 
     from ..seeds import derive_seed
-    from ..smoothing import ABSTAIN, SmoothedClassifier
+    from ..smoothing import SmoothedClassifier
+    from ..stats import ABSTAIN, predict_from_counts
     from ..validation import check_positive_int
 
     skip = check_positive_int(args.skip, "skip")
     datasets: Any = importlib.import_module("peftsmoothing.datasets")
-    device = args.device or _default_device()
+    device = args.device or default_device()
     model = peftsmoothing.load(args.model)
     dataset = datasets.load_dataset(
         args.dataset, args.root, train=args.split == "train", image_size=args.image_size,
         augment=False,
     )  # fmt: skip
     classes = int(datasets.num_classes(args.dataset, args.root))
-    counter: Any = _vote_counter_class()(model, classes)
     smoothed = SmoothedClassifier(
-        counter, classes, args.sigma, device=device, precision=args.precision
+        model, classes, args.sigma, device=device, precision=args.precision
     )
     out = Path(args.out)
     if out.parent != Path():
@@ -138,12 +82,13 @@ def run(args: argparse.Namespace) -> int:
         for idx in _indices(len(dataset), skip, args.max):
             image, label = dataset[idx]
             start = time.perf_counter()
-            counter.reset()
-            prediction = smoothed.predict(
-                image, args.n, args.alpha, args.batch, seed=derive_seed(args.seed, idx)
-            )
+            # the counts behind SmoothedClassifier.predict, decided as it decides
+            counts = smoothed.vote_counts(
+                image, args.n, args.batch, seed=derive_seed(args.seed, idx)
+            ).tolist()
+            prediction = predict_from_counts(counts, args.alpha)
             seconds = time.perf_counter() - start
-            count = int(counter.counts.max()) if counter.counts is not None else 0
+            count = max(counts)
             correct = int(prediction == int(label))
             f.write(f"{idx}\t{int(label)}\t{prediction}\t{correct}\t{count}\t{args.n}\t"
                     f"{seconds:.3f}\n")
