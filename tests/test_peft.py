@@ -175,6 +175,46 @@ def test_saved_config_naming_a_class_not_allowed_is_refused(name: str, tmp_path:
         ps.load(small_vit(), d)
 
 
+@pytest.mark.parametrize(
+    ("config", "match"),
+    [
+        (lambda: peft.LoraConfig(target_modules=["qkv"], layer_replication=[(0, 1)]),
+         "option layer_replication=.* is not supported"),
+        (lambda: peft.LoraConfig(target_modules=["qkv"], bias="all"),
+         "bias='all' is not supported .* use one of 'none'"),
+        (lambda: peft.LoraConfig(target_modules=["qkv"], trainable_token_indices=[0]),
+         "option trainable_token_indices"),
+        (lambda: peft.LoraConfig(target_modules=["qkv"], init_lora_weights="olora"),
+         "init_lora_weights='olora' is not supported"),
+        (lambda: peft.OFTConfig(r=0, oft_block_size=8, target_modules=["qkv"], bias="lora_only"),
+         "bias='lora_only'"),
+    ],
+)  # fmt: skip
+def test_only_reviewed_peft_options_may_leave_their_defaults(config: Any, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        ps.wrap(small_vit(), method="peft", config=config())
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_every_tested_config_uses_reviewed_options_only(name: str) -> None:
+    from peftsmoothing.methods.peft_options import check_reviewed_options
+
+    check_reviewed_options(CONFIGS[name](), "test")  # passes
+    lycoris = peft.LoKrConfig(r=4, target_modules=["qkv"], init_weights="lycoris")
+    check_reviewed_options(lycoris, "test")  # a data-free initialization
+
+
+def test_saved_config_setting_an_unreviewed_option_is_refused_on_load(tmp_path: Path) -> None:
+    m = ps.wrap(small_vit(), method="peft", config=peft.LoraConfig(target_modules=["qkv"]))
+    d = m.save(tmp_path / "saved")
+    path = d / "peftsmoothing.json"
+    config = json.loads(path.read_text())
+    config["spec"]["method_config"]["config"]["layer_replication"] = [[0, 2]]
+    path.write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="layer_replication"):
+        ps.load(small_vit(), d)
+
+
 def test_options_it_cannot_honour_are_refused() -> None:
     with pytest.raises(ValueError, match="pass config=.* or adapter="):
         ps.wrap(small_vit(), method="peft")

@@ -9,7 +9,8 @@ imports peft lazily, so ``import peftsmoothing`` neither needs peft nor pays for
 
 A saved model stores the peft config as JSON (its ``to_dict()``, sets as sorted lists) with the
 name of its class, and rebuilds it on load from an allow-list of peft's own config classes
-(``ALLOWED_CONFIGS``): a file never names the class or module to build (docs/security.md).
+(``ALLOWED_CONFIGS``): a file never names the class or module to build, and may set only
+reviewed options (``peft_options``; docs/security.md).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import torch
 from torch import nn
 
 from .base import Method, MethodConfig, MethodContext, register_method
+from .peft_options import check_reviewed_options
 
 __all__ = [
     "ADAPTER_CONFIG_FILE",
@@ -104,12 +106,7 @@ def _check_options(config: Any, source: str) -> Any:
             f"{source}: modules_to_save={config.modules_to_save!r} is not supported; wrap "
             "trains the classification head itself (num_classes= or train_head=True)"
         )
-    init = getattr(config, "init_lora_weights", True)
-    if init not in (True, False, "gaussian"):
-        raise ValueError(
-            f"{source}: init_lora_weights={init!r} is not supported (it rewrites the frozen "
-            "base weights or needs data); use True, False or 'gaussian'"
-        )
+    check_reviewed_options(config, source)
     config = copy.deepcopy(config)  # peft keeps (and may change) the object it is given
     config.inference_mode = False  # the adapter is trained, and saved with the trained tensors
     return config
