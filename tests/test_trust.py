@@ -69,6 +69,8 @@ def no_timm_build(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
         ({"kwargs": {"img_size": {"nested": 1}}}, "refusing value"),
         ({"hub": "x"}, "unknown base-model recipe fields"),
         ({"seed": "0; rm -rf"}, "'seed' must be"),
+        ({"kwargs": {"img_size": 10**9}}, "refusing value"),  # bounded numbers
+        ({"kwargs": {"depths": [2, 10**7]}}, "refusing value"),
     ],
 )
 def test_crafted_recipe_is_refused_before_timm_is_called(
@@ -80,6 +82,31 @@ def test_crafted_recipe_is_refused_before_timm_is_called(
     with pytest.raises(ValueError, match=message):
         ps.load(directory)
     assert no_timm_build == []
+
+
+def test_recipe_for_a_huge_model_is_sized_on_meta_and_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    devices: list[torch.device] = []
+    real = timm.create_model
+
+    def spy(*args: Any, **kwargs: Any) -> nn.Module:
+        devices.append(torch.get_default_device())
+        return real(*args, **kwargs)
+
+    directory = saved(tmp_path)
+    # ~3.3e12 parameters: every number is within bounds, the model is not
+    craft(directory, kwargs={**RECIPE["kwargs"], "embed_dim": 65_536, "depth": 64})  # type: ignore[dict-item]
+    monkeypatch.setattr(timm, "create_model", spy)
+    with pytest.raises(ValueError, match=r"refusing a recipe for [\d,]+ parameters"):
+        ps.load(directory)
+    assert devices and all(d.type == "meta" for d in devices)  # never allocated
+    # the limit is a module attribute a user who trusts the directory can raise
+    from peftsmoothing import recipes
+
+    monkeypatch.setattr(recipes, "MAX_PARAMETERS", 100)
+    with pytest.raises(ValueError, match="more than peftsmoothing.recipes.MAX_PARAMETERS = 100"):
+        ps.zoo.check_recipe(RECIPE)
 
 
 def test_crafted_recipe_is_a_one_line_cli_error(
