@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import timm
@@ -71,3 +72,29 @@ def cifar_root() -> Path:
     if not (DATA_DIR / "cifar-10-batches-py").is_dir():
         pytest.skip(f"real CIFAR-10 subset not found under {DATA_DIR}")
     return DATA_DIR
+
+
+# ------------------------------------------------------------------ command-line end to end
+@pytest.fixture
+def saved_model(tmp_path: Path) -> Path:
+    """A tiny LoRA ViT (16 px, 10 classes) saved as the commands read it."""
+    import peftsmoothing as ps
+
+    base = ps.create_model("vit_tiny_patch16_224", seed=0, img_size=16, patch_size=4, depth=1,
+                           embed_dim=32, num_heads=2)  # fmt: skip
+    return ps.wrap(base, method="lora", r=2, num_classes=10).save(tmp_path / "model")
+
+
+@pytest.fixture
+def fake_cifar(monkeypatch: pytest.MonkeyPatch) -> list[tuple[torch.Tensor, int]]:
+    """Ten seeded 16 px images standing in for ``datasets.load_dataset`` (any name or root)."""
+    import peftsmoothing as ps
+
+    g = torch.Generator().manual_seed(0)
+    data = [(torch.rand(3, 16, 16, generator=g), i % 10) for i in range(10)]
+
+    def load_dataset(name: str, root: str, train: bool, **kwargs: Any) -> Any:
+        return data
+
+    monkeypatch.setattr(ps.datasets, "load_dataset", load_dataset)
+    return data

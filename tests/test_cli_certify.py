@@ -16,27 +16,6 @@ COMMON = ["--dataset", "cifar10", "--sigma", "0.25", "--n0", "4", "--n", "16", "
           "--alpha", "0.01", "--seed", "3", "--device", "cpu"]  # fmt: skip
 
 
-@pytest.fixture
-def saved_model(tmp_path: Path) -> Path:
-    base = ps.create_model("vit_tiny_patch16_224", seed=0, img_size=16, patch_size=4, depth=1,
-                           embed_dim=32, num_heads=2)  # fmt: skip
-    return ps.wrap(base, method="lora", r=2, num_classes=10).save(tmp_path / "model")
-
-
-@pytest.fixture
-def fake_cifar(monkeypatch: pytest.MonkeyPatch) -> list[tuple[torch.Tensor, int]]:
-    g = torch.Generator().manual_seed(0)
-    data = [(torch.rand(3, 16, 16, generator=g), i % 10) for i in range(10)]
-    calls: list[dict[str, Any]] = []
-
-    def load_dataset(name: str, root: str, train: bool, **kwargs: Any) -> Any:
-        calls.append({"name": name, "train": train, **kwargs})
-        return data
-
-    monkeypatch.setattr(ps.datasets, "load_dataset", load_dataset)
-    return data
-
-
 def read_rows(path: Path) -> list[list[str]]:
     lines = path.read_text().splitlines()[1:]
     return [line.split("\t")[:8] + line.split("\t")[9:] for line in lines]  # without seconds

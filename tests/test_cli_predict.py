@@ -6,31 +6,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 
 import peftsmoothing as ps
 from peftsmoothing.cli import main
 from peftsmoothing.commands.predict import COLUMNS
 from peftsmoothing.seeds import derive_seed
-
-
-@pytest.fixture
-def saved_model(tmp_path: Path) -> Path:
-    base = ps.create_model("vit_tiny_patch16_224", seed=0, img_size=16, patch_size=4, depth=1,
-                           embed_dim=32, num_heads=2)  # fmt: skip
-    return ps.wrap(base, method="lora", r=2, num_classes=10).save(tmp_path / "model")
-
-
-@pytest.fixture
-def fake_cifar(monkeypatch: pytest.MonkeyPatch) -> list[tuple[torch.Tensor, int]]:
-    g = torch.Generator().manual_seed(0)
-    data = [(torch.rand(3, 16, 16, generator=g), i % 10) for i in range(6)]
-
-    def load_dataset(name: str, root: str, train: bool, **kwargs: Any) -> Any:
-        return data
-
-    monkeypatch.setattr(ps.datasets, "load_dataset", load_dataset)
-    return data
 
 
 def test_predict_writes_one_row_per_image(
