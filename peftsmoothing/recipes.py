@@ -3,28 +3,38 @@
 A saved directory records how to rebuild its base model (``zoo.create_model``'s recipe). The
 file may come from anyone, so ``check_recipe`` admits only a timm registry name, timm's own
 pretrained tags, a seed and architecture options with plain, bounded values; then the model is
-sized on the meta device (no memory, no weights) and refused above ``MAX_PARAMETERS``, so a
-crafted recipe cannot make ``ps.load`` fetch, open or allocate what it names (docs/security.md).
+sized on the meta device (no memory, no weights) and refused above ``MAX_BYTES`` of parameters
+and buffers, so a crafted recipe cannot make ``ps.load`` fetch, open or allocate what it names
+(docs/security.md). ``check_numbers`` bounds the other numbers of a saved config (classes,
+input size, method options).
 """
 
 from __future__ import annotations
 
+import functools
+import json
 import math
 import re
-import warnings
 from collections.abc import Mapping
 from typing import Any
 
 from .validation import is_int
 
-__all__ = ["ARCHITECTURE_KWARGS", "MAX_OPTION_VALUE", "MAX_PARAMETERS", "check_recipe",
-           "count_parameters"]  # fmt: skip
+__all__ = ["ARCHITECTURE_KWARGS", "MAX_BYTES", "MAX_DEPTH", "MAX_INPUT_SIDE", "MAX_OPTION_VALUE",
+           "check_numbers", "check_recipe", "model_bytes"]  # fmt: skip
 
-#: The largest magnitude of a number in a recipe's options (image size, width, depth, ...).
+#: The largest magnitude of a number in a saved config (image size, width, rank, classes, ...).
 MAX_OPTION_VALUE = 65_536
-#: The most parameters a recipe read from a file may build (4e9: 16 GB in fp32, twice timm's
-#: largest ViT); ``check_recipe`` reads this module attribute, so it can be raised at run time.
-MAX_PARAMETERS = 4_000_000_000
+#: The largest image side a saved model may resize its inputs to (``spec.input_size``).
+MAX_INPUT_SIDE = 4_096
+#: The most blocks a recipe may ask for (``depth``, or the sum of ``depths`` / ``layers``):
+#: building is linear in depth, even on the meta device. timm's deepest models have < 100.
+MAX_DEPTH = 256
+#: The most bytes of parameters and buffers a recipe read from a file may build (16 GiB:
+#: ~4e9 fp32 parameters, twice timm's largest ViT). ``check_recipe`` reads this module
+#: attribute at each call: raise it, or set it to ``None`` (no sizing at all), for a
+#: directory you trust.
+MAX_BYTES: int | None = 16 * 2**30
 
 #: ``timm.create_model`` options a saved recipe may carry: architecture settings only. Anything
 #: that names a file, a folder, a URL, a hub repository or a pretrained-weights source
@@ -44,7 +54,10 @@ ARCHITECTURE_KWARGS: frozenset[str] = frozenset({
 #: Recipe fields ``check_recipe`` understands.
 _RECIPE_FIELDS = frozenset({"name", "pretrained", "kwargs", "file", "seed", "zoo"})
 _ZOO = frozenset({"demo_vit"})
-_PLAIN_TEXT = re.compile(r"[A-Za-z0-9_.\-]{0,64}")
+_PLAIN_TEXT = re.compile(r"(?:[A-Za-z][A-Za-z0-9_.\-]{0,63})?")  # not a number in disguise
+#: The options that take a name (a string); every other option takes numbers or booleans.
+_TEXT_OPTIONS = frozenset({"global_pool", "weight_init", "stem_type", "act_layer", "norm_layer"})
+_DEPTH_OPTIONS = frozenset({"depth", "depths", "layers"})
 _MODEL_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,128}")
 
 
@@ -72,7 +85,7 @@ def check_recipe(recipe: object, source: str = "recipe") -> dict[str, Any]:
     A recipe may only name a model in timm's registry (optionally with a pretrained tag that
     timm knows), ask for timm's own pretrained weights, give a seed, and set the architecture
     options in ``ARCHITECTURE_KWARGS`` to plain values (numbers up to ``MAX_OPTION_VALUE``);
-    the model it describes may have at most ``MAX_PARAMETERS`` parameters. Hub names
+    the model it describes may hold at most ``MAX_BYTES`` of parameters and buffers. Hub names
     (``hf-hub:``), local folders (``local-dir:``), URLs, paths and weight sources are refused,
     so a crafted saved directory cannot make the loader fetch, read, write or allocate what it
     names. A recorded
@@ -146,47 +159,98 @@ def check_recipe(recipe: object, source: str = "recipe") -> dict[str, Any]:
                 "only set architecture options (weights come from timm's registry or from "
                 "base_weights=)"
             )
-        if not _plain_value(value):
+        if not _plain_value(value) or (isinstance(value, str) and key not in _TEXT_OPTIONS):
             raise ValueError(f"{source}: refusing value {value!r} for option {key!r}")
+        if key in _DEPTH_OPTIONS and _depth(value) > MAX_DEPTH:
+            raise ValueError(
+                f"{source}: refusing {key}={value!r}: more than "
+                f"peftsmoothing.recipes.MAX_DEPTH = {MAX_DEPTH} blocks"
+            )
     clean["kwargs"] = {k: list(v) if isinstance(v, tuple) else v for k, v in kwargs.items()}
     file = recipe.get("file")
     if file is not None and not isinstance(file, str):
         raise ValueError(f"{source}: 'file' must be a string, got {file!r}")
     clean["file"] = file
-    size = count_parameters(clean)
-    if size is not None and size > MAX_PARAMETERS:
-        raise ValueError(
-            f"{source}: refusing a recipe for {size:,} parameters (more than "
-            f"peftsmoothing.recipes.MAX_PARAMETERS = {MAX_PARAMETERS:,}); raise that limit if "
-            "you trust this directory"
-        )
+    limit = MAX_BYTES
+    if limit is not None:
+        size = model_bytes(clean)
+        if size > limit:
+            raise ValueError(
+                f"{source}: refusing a recipe for {size:,} bytes of parameters and buffers "
+                f"(more than peftsmoothing.recipes.MAX_BYTES = {limit:,}); raise that limit, or "
+                "set it to None, if you trust this directory"
+            )
     return clean
 
 
-def count_parameters(recipe: Mapping[str, Any]) -> int | None:
-    """The parameter count of the timm model a checked recipe describes, built on the meta
-    device (shapes only: no memory, no weights, nothing fetched).
+def _depth(value: object) -> float:
+    if isinstance(value, (list, tuple)):
+        return sum(abs(v) for v in value if isinstance(v, (int, float)))
+    return abs(value) if isinstance(value, (int, float)) else 0
 
-    Returns ``None`` (with a warning) for a model timm cannot build on the meta device.
+
+def model_bytes(recipe: Mapping[str, Any]) -> int:
+    """Bytes of parameters and buffers of the timm model a checked recipe describes, built on
+    the meta device (shapes only: no memory, no weights, nothing fetched). Each recipe is
+    sized once per process.
+
+    Raises:
+        ValueError: If timm cannot build the model on the meta device (then its size is
+            unknown, and the recipe is refused unless ``MAX_BYTES`` is ``None``).
 
     Examples:
-        >>> count_parameters({"name": "vit_tiny_patch16_224", "kwargs": {"img_size": 32,
-        ...                   "patch_size": 4, "depth": 1, "num_classes": 10}})
-        469258
+        >>> model_bytes({"name": "vit_tiny_patch16_224", "kwargs": {"img_size": 32,
+        ...              "patch_size": 4, "depth": 1, "num_classes": 10}})  # 469,258 fp32
+        1877032
     """
+    return _model_bytes(str(recipe["name"]), json.dumps(dict(recipe.get("kwargs") or {})))
+
+
+@functools.lru_cache(maxsize=64)
+def _model_bytes(name: str, kwargs: str) -> int:
     import timm
     import torch
 
     try:
         with torch.device("meta"):
-            model = timm.create_model(
-                str(recipe["name"]), pretrained=False, **dict(recipe.get("kwargs") or {})
+            model = timm.create_model(name, pretrained=False, **json.loads(kwargs))
+    except (TypeError, ValueError, RuntimeError, NotImplementedError, AssertionError) as err:
+        raise ValueError(
+            f"cannot size {name!r} with options {kwargs} on the meta device ({err}); set "
+            "peftsmoothing.recipes.MAX_BYTES = None to build it unsized, if you trust it"
+        ) from None
+    tensors = [*model.parameters(), *model.buffers()]
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def check_numbers(value: object, source: str, limit: int = MAX_OPTION_VALUE) -> None:
+    """Refuse a number of magnitude above ``limit`` (or not finite) anywhere in a JSON value.
+
+    Used on a saved model's ``spec`` (number of classes, input size, method options such as a
+    LoRA rank): each is bounded, so a crafted file cannot ask for an unbounded allocation.
+
+    Raises:
+        ValueError: Naming the first such number and where it is.
+
+    Examples:
+        >>> check_numbers({"num_classes": 10, "method_config": {"r": [8, 16]}}, "spec")
+        >>> check_numbers({"method_config": {"r": 10**9}}, "spec")
+        Traceback (most recent call last):
+        ...
+        ValueError: spec.method_config.r: refusing 1000000000 (numbers in a saved config are at most 65536 in magnitude)
+    """  # noqa: E501
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return
+    if isinstance(value, (int, float)):
+        if not math.isfinite(value) or abs(value) > limit:
+            raise ValueError(
+                f"{source}: refusing {value!r} (numbers in a saved config are at most {limit} "
+                "in magnitude)"
             )
-    except (TypeError, ValueError, RuntimeError, NotImplementedError) as err:
-        warnings.warn(
-            f"could not size {recipe.get('name')!r} on the meta device ({err}); building it",
-            UserWarning,
-            stacklevel=3,
-        )
-        return None
-    return sum(p.numel() for p in model.parameters())
+        return
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            check_numbers(item, f"{source}.{key}", limit)
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            check_numbers(item, f"{source}[{i}]", limit)

@@ -27,6 +27,7 @@ from ._io import atomic_save, atomic_write
 from ._version import __version__
 from .fingerprint import tensors_fingerprint
 from .params import trained_keys
+from .recipes import MAX_INPUT_SIDE, check_numbers
 
 __all__ = [
     "saved_method_options",
@@ -147,8 +148,8 @@ def read_config(path: str | os.PathLike[str]) -> dict[str, Any]:
 
     Raises:
         FileNotFoundError: If the directory holds no ``peftsmoothing.json``.
-        ValueError: If the file is a link out of the directory, is not valid JSON, or is not
-            a peftsmoothing model config.
+        ValueError: If the file is a link out of the directory, is not valid JSON, is not
+            a peftsmoothing model config, or holds a number out of bounds (``recipes``).
 
     Examples:
         >>> import tempfile
@@ -173,6 +174,11 @@ def read_config(path: str | os.PathLike[str]) -> dict[str, Any]:
             f"{cfg_path} was written by a newer peftsmoothing "
             f"({config.get('peftsmoothing_version')}); upgrade to load it"
         )
+    spec = config.get("spec")
+    check_numbers(spec, f"{cfg_path}: spec")  # classes, input size, method options: bounded
+    side = spec.get("input_size") if isinstance(spec, dict) else None
+    if side is not None:
+        check_numbers(side, f"{cfg_path}: spec.input_size", limit=MAX_INPUT_SIDE)
     return config
 
 

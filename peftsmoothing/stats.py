@@ -107,7 +107,7 @@ def predict_from_counts(counts: Iterable[int], alpha: float) -> int:
     classifier's with probability at most ``alpha``.
 
     Args:
-        counts: Votes per class (at least two classes), e.g. from
+        counts: Votes per class (at least two classes; a sequence, tensor or array), e.g. from
             [`SmoothedClassifier.vote_counts`][peftsmoothing.SmoothedClassifier.vote_counts].
         alpha: Probability of returning a class other than the smoothed classifier's.
 
@@ -124,6 +124,8 @@ def predict_from_counts(counts: Iterable[int], alpha: float) -> int:
         >>> predict_from_counts([48, 52], alpha=0.001)  # too close to call
         -1
     """
+    if hasattr(counts, "tolist"):  # a tensor (e.g. from vote_counts) or a numpy array
+        counts = counts.tolist()
     values = [check_int(c, "each class count", minimum=0) for c in counts]
     a = check_alpha(alpha)
     if len(values) < 2:

@@ -195,6 +195,13 @@ def test_only_reviewed_peft_options_may_leave_their_defaults(config: Any, match:
         ps.wrap(small_vit(), method="peft", config=config())
 
 
+def test_custom_peft_layer_classes_are_refused() -> None:
+    cfg = peft.LoraConfig(target_modules=["qkv"])
+    cfg._register_custom_module({nn.Linear: peft.tuners.lora.layer.Linear})
+    with pytest.raises(ValueError, match="custom peft layer classes"):
+        ps.wrap(small_vit(), method="peft", config=cfg)
+
+
 @pytest.mark.parametrize("name", sorted(CONFIGS))
 def test_every_tested_config_uses_reviewed_options_only(name: str) -> None:
     from peftsmoothing.methods.peft_options import check_reviewed_options

@@ -140,7 +140,7 @@ def test_vote_counts_are_the_counts_behind_predict() -> None:
         counts = smoothed.vote_counts(x, n=60, batch_size=16, seed=seed)
         assert counts.shape == (2,) and counts.dtype == torch.long and int(counts.sum()) == 60
         assert torch.equal(counts, smoothed.vote_counts(x, n=60, batch_size=60, seed=seed))
-        decided = ps.predict_from_counts(counts.tolist(), 0.05)
+        decided = ps.predict_from_counts(counts, 0.05)
         assert smoothed.predict(x, n=60, alpha=0.05, batch_size=16, seed=seed) == decided
     with pytest.raises(ValueError, match="n must"):
         smoothed.vote_counts(x, n=0)

@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 from scipy.stats import binom, norm
 
 from peftsmoothing.stats import (
@@ -69,6 +70,7 @@ def test_predict_from_counts_is_the_two_sided_test_of_the_top_two() -> None:
     assert predict_from_counts([0, 20, 0], 0.001) == 1
     assert predict_from_counts([0, 9], 0.001) == -1
     assert predict_from_counts(np.array([0, 9]), 0.01) == 1  # numpy counts are integers too
+    assert predict_from_counts(torch.tensor([0, 9]), 0.01) == 1  # as vote_counts returns them
     # only the top two counts enter the test: 30 vs 10 (p = 0.0022), the third is ignored
     assert binomial_pvalue(30, 40) == pytest.approx(2 * binom.cdf(10, 40, 0.5))
     assert predict_from_counts([30, 10, 0], 0.01) == 0

@@ -98,15 +98,74 @@ def test_recipe_for_a_huge_model_is_sized_on_meta_and_refused(
     # ~3.3e12 parameters: every number is within bounds, the model is not
     craft(directory, kwargs={**RECIPE["kwargs"], "embed_dim": 65_536, "depth": 64})  # type: ignore[dict-item]
     monkeypatch.setattr(timm, "create_model", spy)
-    with pytest.raises(ValueError, match=r"refusing a recipe for [\d,]+ parameters"):
+    with pytest.raises(ValueError, match=r"refusing a recipe for [\d,]+ bytes of parameters"):
         ps.load(directory)
     assert devices and all(d.type == "meta" for d in devices)  # never allocated
+    # buffers count too: BEiT's relative-position index grows with the image, not its weights
+    devices.clear()
+    beit = {"name": "beit_base_patch16_224", "kwargs": {"img_size": 4096, "depth": 1}}
+    with pytest.raises(ValueError, match="bytes of parameters and buffers"):
+        ps.zoo.check_recipe(beit)
+    assert devices and all(d.type == "meta" for d in devices)
     # the limit is a module attribute a user who trusts the directory can raise
     from peftsmoothing import recipes
 
-    monkeypatch.setattr(recipes, "MAX_PARAMETERS", 100)
-    with pytest.raises(ValueError, match="more than peftsmoothing.recipes.MAX_PARAMETERS = 100"):
+    monkeypatch.setattr(recipes, "MAX_BYTES", 100)
+    with pytest.raises(ValueError, match="more than peftsmoothing.recipes.MAX_BYTES = 100"):
         ps.zoo.check_recipe(RECIPE)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"depth": 4096}, "more than peftsmoothing.recipes.MAX_DEPTH"),  # slow even on meta
+        ({"depths": [200, 200]}, "MAX_DEPTH"),
+        ({"mlp_ratio": "9"}, "refusing value '9'"),  # a number in disguise: 8 * "9" = 99999999
+        ({"embed_dim": "wide"}, "refusing value 'wide'"),  # a string where a number goes
+    ],
+)
+def test_recipe_options_are_bounded_before_timm_is_called(
+    no_timm_build: list[Any], kwargs: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        ps.zoo.check_recipe({**RECIPE, "kwargs": {**RECIPE["kwargs"], **kwargs}})  # type: ignore[dict-item]
+    assert no_timm_build == []
+
+
+def test_recipe_that_cannot_be_sized_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    from peftsmoothing import recipes
+
+    recipe = {"name": "convnext_atto", "kwargs": {"norm_layer": "frozenbatchnorm2d"}}
+    with pytest.raises(ValueError, match="cannot size 'convnext_atto' .*MAX_BYTES = None"):
+        ps.zoo.check_recipe(recipe)
+    monkeypatch.setattr(recipes, "MAX_BYTES", None)  # trusted: no sizing, timm decides
+    assert ps.zoo.check_recipe(recipe)["kwargs"] == recipe["kwargs"]
+
+
+@pytest.mark.parametrize(
+    ("where", "value", "message"),
+    [
+        (("num_classes",), 10**9, r"spec.num_classes: refusing 1000000000"),
+        (("method_config", "r"), 10**9, r"spec.method_config.r: refusing"),
+        (("method_config", "alpha"), float("inf"), r"spec.method_config.alpha: refusing inf"),
+        (("input_size",), [40_000, 40_000], r"spec.input_size\[0\]: refusing 40000"),
+    ],
+)
+def test_saved_spec_numbers_are_bounded(
+    tmp_path: Path, no_timm_build: list[Any], where: tuple[str, ...], value: Any, message: str
+) -> None:
+    directory = saved(tmp_path)
+    path = directory / "peftsmoothing.json"
+    config = json.loads(path.read_text())
+    node = config["spec"]
+    for key in where[:-1]:
+        node = node[key]
+    node[where[-1]] = value
+    path.write_text(json.dumps(config))
+    no_timm_build.clear()
+    with pytest.raises(ValueError, match=message):
+        ps.load(directory)
+    assert no_timm_build == []
 
 
 def test_crafted_recipe_is_a_one_line_cli_error(

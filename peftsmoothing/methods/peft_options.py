@@ -103,6 +103,9 @@ def check_reviewed_options(config: Any, source: str) -> None:
     name = type(config).__name__
     if name not in REVIEWED:
         raise ValueError(f"{source}: peft config class {name!r} is not allowed")
+    if getattr(config, "_custom_modules", None):  # peft's hook for user-defined layer classes
+        raise ValueError(f"{source}: custom peft layer classes (_register_custom_module) are not "
+                         "supported")  # fmt: skip
     reviewed, limited = REVIEWED[name], REVIEWED_VALUES.get(name, {})
     default = type(config)()
     for option in sorted(vars(config)):
