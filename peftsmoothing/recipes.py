@@ -88,8 +88,8 @@ def check_recipe(recipe: object, source: str = "recipe") -> dict[str, Any]:
     the model it describes may hold at most ``MAX_BYTES`` of parameters and buffers. Hub names
     (``hf-hub:``), local folders (``local-dir:``), URLs, paths and weight sources are refused,
     so a crafted saved directory cannot make the loader fetch, read, write or allocate what it
-    names. A recorded
-    weights ``file`` is kept as a hint only: it is never opened unless the user passes it.
+    names. A recorded weights ``file`` is kept as a hint only: it is never opened unless the
+    user passes it.
 
     Args:
         recipe: The recipe (a dict from JSON).
@@ -99,7 +99,7 @@ def check_recipe(recipe: object, source: str = "recipe") -> dict[str, Any]:
         A clean copy of the recipe.
 
     Raises:
-        ValueError: Naming the first field that is not allowed, or the parameter count.
+        ValueError: Naming the first field that is not allowed, or the model's size.
 
     Examples:
         >>> check_recipe({"name": "vit_tiny_patch16_224", "seed": 0,
