@@ -61,15 +61,18 @@ _DEPTH_OPTIONS = frozenset({"depth", "depths", "layers"})
 _MODEL_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,128}")
 
 
+def _bounded(number: float, limit: float) -> bool:
+    """A finite number of magnitude at most ``limit`` (the one bound on a saved number)."""
+    return math.isfinite(number) and abs(number) <= limit
+
+
 def _plain_value(value: Any) -> bool:
     """A bounded number, a bool, None, a short identifier-like string, or a short list of
     bounded numbers."""
     if value is None or isinstance(value, bool):
         return True
-    if isinstance(value, int):
-        return abs(value) <= MAX_OPTION_VALUE
-    if isinstance(value, float):
-        return math.isfinite(value) and abs(value) <= MAX_OPTION_VALUE
+    if isinstance(value, (int, float)):
+        return _bounded(value, MAX_OPTION_VALUE)
     if isinstance(value, str):
         return _PLAIN_TEXT.fullmatch(value) is not None
     if isinstance(value, (list, tuple)):
@@ -242,7 +245,7 @@ def check_numbers(value: object, source: str, limit: int = MAX_OPTION_VALUE) -> 
     if isinstance(value, bool) or value is None or isinstance(value, str):
         return
     if isinstance(value, (int, float)):
-        if not math.isfinite(value) or abs(value) > limit:
+        if not _bounded(value, limit):
             raise ValueError(
                 f"{source}: refusing {value!r} (numbers in a saved config are at most {limit} "
                 "in magnitude)"

@@ -208,9 +208,9 @@ class SmoothedClassifier(NoiseSampler):
             >>> ps.SmoothedClassifier(Constant(), 2, sigma=0.5).predict(torch.rand(1, 4, 4), n=50)
             1
         """
-        check_positive_int(n, "n")
+        check_positive_int(n, "n")  # n, then alpha: refused before any sample is drawn
         a = check_alpha(alpha)
-        return predict_from_counts(self.vote_counts(x, n, batch_size, seed).tolist(), a)
+        return predict_from_counts(self.vote_counts(x, n, batch_size, seed), a)
 
     def certify(
         self,
