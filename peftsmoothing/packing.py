@@ -32,13 +32,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from .sampling import NoiseSampler
+from .sampling import STREAM_ESTIMATION, STREAM_SELECTION, NoiseSampler
 from .sequential import Decision, SequentialPolicy
 
 __all__ = ["PackedResult", "certify_packed", "chunk_sizes"]
-
-# Stream keys of the per-image generators (the same as SmoothedClassifier.certify's).
-SELECTION, ESTIMATION = 0, 1
 
 
 def chunk_sizes(num: int, batch_size: int) -> list[int]:
@@ -142,7 +139,10 @@ def certify_packed(
                 break
             start = time.perf_counter()
             x = sampler._prepare_input(image)
-            gens = (sampler._generator(seed, SELECTION), sampler._generator(seed, ESTIMATION))
+            gens = (
+                sampler._generator(seed, STREAM_SELECTION),
+                sampler._generator(seed, STREAM_ESTIMATION),
+            )
             job = _Job(key, x, gens, chunk_sizes(n0, batch_size))
             job.acc = np.zeros(width, dtype=np.int64)
             job.seconds = time.perf_counter() - start
