@@ -7,6 +7,7 @@ them as fit (a scheduler over images; Voráček, 2024, batches many images throu
 
 What packing does not change (docs/sequential.md, "Packing"):
 
+- images of different shapes (or dtypes, or devices) never share a forward batch;
 - each image draws its selection and estimation noise from its own generators, seeded with
   ``derive_seed(seed, stream)`` from the image's own seed, in chunks whose sizes depend only
   on ``n0``, the look schedule and ``batch_size`` (never on the other images), so its noise
@@ -86,6 +87,11 @@ class _Job:
         return self.generators[0 if self.look < 0 else 1]
 
 
+def _kind(x: torch.Tensor) -> tuple[Any, ...]:
+    """What images must share to share a batch: shape, dtype and device."""
+    return (tuple(x.shape), x.dtype, x.device)
+
+
 def certify_packed(
     sampler: NoiseSampler,
     items: Iterable[tuple[Any, torch.Tensor, int]],
@@ -96,8 +102,10 @@ def certify_packed(
     """Certify images sequentially, packing the samples of several images into each batch.
 
     Images are admitted from ``items`` in order while the samples pending in flight are
-    fewer than ``batch_size``; each batch takes whole chunks, oldest images first. The
-    caller enters ``sampler._inference()`` around the iteration.
+    fewer than ``batch_size``; each batch takes whole chunks, oldest images first, of the
+    images with the oldest image's shape, dtype and device only (images of other shapes wait
+    for a batch of their own, so every image is smoothed at its own shape). The caller
+    enters ``sampler._inference()`` around each step of the iteration.
 
     Args:
         sampler: The smoothed classifier (its model, sigma and counting).
@@ -151,7 +159,10 @@ def certify_packed(
             return
         picked: list[tuple[_Job, int]] = []
         total = 0
+        kind = _kind(jobs[0].x)  # the oldest image's shape: others wait for their own batch
         for job in jobs:
+            if _kind(job.x) != kind:
+                continue
             while job.pending and total + job.pending[0] <= batch_size:
                 size = job.pending.pop(0)
                 picked.append((job, size))

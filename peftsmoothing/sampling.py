@@ -260,6 +260,10 @@ class NoiseSampler:
             chunks: ``(x, size, generator)`` per chunk; ``x`` already on the device in the
                 noise dtype (``_prepare_input``), all of one shape.
 
+        Raises:
+            ValueError: If the images differ in shape, dtype or device (broadcasting would
+                smooth one image at another's shape).
+
         Returns:
             Counts of shape ``(len(chunks), num_classes + 1)`` on the device (the last column
             counts non-finite logits, as in ``_sample_counts``).
@@ -268,7 +272,14 @@ class NoiseSampler:
         width = self.num_classes + 1
         sizes = [size for _, size, _ in chunks]
         total = sum(sizes)
-        shape = chunks[0][0].shape
+        first = chunks[0][0]
+        shape = first.shape
+        if any(x.shape != shape or x.dtype != first.dtype or x.device != first.device
+               for x, _, _ in chunks):  # fmt: skip
+            raise ValueError(
+                "the chunks of one batch must be images of one shape, dtype and device; got "
+                f"{sorted({(tuple(x.shape), str(x.dtype)) for x, _, _ in chunks})}"
+            )
         memory_format = (
             torch.channels_last if self._use_channels_last() else torch.contiguous_format
         )

@@ -33,7 +33,7 @@ from .fingerprint import model_fingerprint as model_fingerprint
 from .packing import PackedResult, certify_packed
 from .precision import PRECISIONS
 from .sampling import STREAM_ESTIMATION, STREAM_SELECTION, NoiseSampler
-from .sequential import Schedule, SequentialPolicy
+from .sequential import Schedule, SequentialPolicy, sequential_policy
 from .stats import ABSTAIN, certified_radius, clopper_pearson_lower, predict_from_counts
 from .validation import (
     check_alpha,
@@ -298,7 +298,7 @@ class SmoothedClassifier(NoiseSampler):
         a = check_alpha(alpha)
         b = check_positive_int(batch_size, "batch_size")
         s = self._resolve_seed(seed)
-        policy = runner.sequential_policy(
+        policy = sequential_policy(
             self.sigma, n_, a, radius=radius, early_stop=early_stop, max_radius=max_radius,
             tolerance=tolerance, schedule=schedule,
         )  # fmt: skip
@@ -345,6 +345,9 @@ class SmoothedClassifier(NoiseSampler):
         sequential modes (``peftsmoothing.packing.certify_packed``): each image draws its
         noise from its own seeded streams, so its certificate does not depend on which images
         share its batches (up to the model's last-bit differences between batch layouts).
+        Images of different shapes never share a batch. Eval mode, merged weights and
+        inference mode hold only while the engine computes (``items`` is read then), never
+        while the caller's loop body runs, and are restored if the caller stops early.
 
         Args:
             items: ``(key, image (C, H, W) in [0, 1], seed)`` per image, read lazily.
@@ -378,9 +381,13 @@ class SmoothedClassifier(NoiseSampler):
                 f"the policy is for sigma={getattr(policy, 'sigma', None)}, this classifier "
                 f"smooths with sigma={self.sigma}"
             )
-        with self._inference():
-            for result in certify_packed(self, items, n0_, policy, b):
-                yield result.key, _certificate(result)
+        results = certify_packed(self, items, n0_, policy, b)
+        while True:  # inference state only while the engine runs, never in the caller's code
+            with self._inference():
+                result = next(results, None)
+            if result is None:
+                return
+            yield result.key, _certificate(result)
 
     def certify_dataset(
         self,

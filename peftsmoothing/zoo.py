@@ -110,10 +110,11 @@ def check_weights_choice(
     """Refuse a weights choice for ``load(path)`` that cannot rebuild the trained-on backbone.
 
     ``base_weights=FILE`` or ``pretrained=True`` (timm's registry weights) always say which
-    weights to use (not both). Without them the recipe must: timm's registry weights
-    (``pretrained: true``, refused when ``pretrained=False`` forbids them), a recorded seed,
-    or the shipped model. A plain ``timm.create_model`` model records ``pretrained: null``:
-    its weights are not known, so the caller is asked to choose.
+    weights to use (not both). Without them the recipe must: a recorded seed or the shipped
+    model. A recipe with timm's registry weights (``pretrained: true``) needs the caller's
+    ``pretrained=True``: nothing is downloaded on a saved file's say. A plain
+    ``timm.create_model`` model records ``pretrained: null``: its weights are not known, so
+    the caller is asked to choose.
 
     Args:
         recipe: The checked recipe (``check_recipe``).
@@ -139,10 +140,13 @@ def check_weights_choice(
         )
     if base_weights is not None or pretrained:
         return
-    if pretrained is False and recipe.get("pretrained"):
+    if recipe.get("pretrained"):  # a download happens only on the caller's say
+        why = "pretrained=False forbids them" if pretrained is False else "loading never "
+        why += "" if pretrained is False else "downloads on a saved file's say"
         raise ValueError(
-            f"{path}: its base model {name} holds timm's registry weights, and "
-            "pretrained=False forbids them: pass base_weights=FILE with those weights"
+            f"{path}: its base model {name} holds timm's registry weights, and {why}: pass "
+            "pretrained=True (timm's registry weights, downloaded on first use; CLI: "
+            "--pretrained) or base_weights=FILE with those weights (CLI: --base-weights FILE)"
         )
     reason = unreproducible_reason(recipe)
     if reason is None:

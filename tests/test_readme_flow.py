@@ -91,14 +91,27 @@ def test_pretrained_true_takes_timms_registry_weights(
         ps.load(vit, directory, pretrained=True)
 
 
-def test_pretrained_false_never_fetches(tmp_path: Path) -> None:
+def test_a_saved_file_never_asks_for_a_download(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``"pretrained": true`` in a recipe downloads nothing unless the caller says so."""
     base = ps.create_model(NAME, pretrained=False, seed=0, **KWARGS)
     directory = ps.wrap(base, method="lora", r=2).save(tmp_path / "m")
     config = json.loads((directory / "peftsmoothing.json").read_text())
     config["base"]["recipe"]["pretrained"] = True  # as ps.create_model(..., pretrained=True)
     (directory / "peftsmoothing.json").write_text(json.dumps(config))
-    with pytest.raises(ValueError, match="pretrained=False forbids them: pass base_weights"):
+    real, asked = timm.create_model, []
+
+    def registry(name: str, pretrained: bool = False, **kwargs: Any) -> nn.Module:
+        asked.append(pretrained)
+        return real(name, pretrained=False, **kwargs)
+
+    monkeypatch.setattr(timm, "create_model", registry)
+    with pytest.raises(ValueError, match="pretrained=False forbids them: pass pretrained=True"):
         ps.load(directory, pretrained=False)
+    with pytest.raises(ValueError, match="never downloads on a saved file's say: pass pretr"):
+        ps.load(directory)
+    assert True not in asked
 
 
 @pytest.mark.parametrize(

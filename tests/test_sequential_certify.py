@@ -192,3 +192,73 @@ def test_a_non_finite_logit_fails_in_sequential_mode() -> None:
 
     with pytest.raises(FloatingPointError):
         ps.SmoothedClassifier(Bad(), 2, 0.5).certify(torch.rand(1, 2, 2), n=500, radius=0.1)
+
+
+class _MeanAbove(nn.Module):
+    """f(x) = 1[mean(x) > 0.5], for images of any shape (its votes depend on the shape)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        above = (x.flatten(1).mean(dim=1) > 0.5).float()
+        return torch.stack([1.0 - above, above], dim=1)
+
+
+_MIXED_SHAPES = [(3, 4, 4), (1, 4, 4), (3, 4, 4), (1, 8, 8), (2, 3, 5), (1, 4, 4)]
+
+
+@pytest.mark.parametrize("mode", [{"radius": 0.2}, {"early_stop": True}])
+def test_packed_equals_alone_for_images_of_different_shapes(mode: dict[str, object]) -> None:
+    """Images of other shapes never share a batch: each is smoothed at its own shape."""
+    smoothed = ps.SmoothedClassifier(_MeanAbove(), 2, sigma=0.25)
+    gen = torch.Generator().manual_seed(5)
+    images = [
+        torch.full(shape, 0.56) + 0.01 * torch.rand(shape, generator=gen)
+        for shape in _MIXED_SHAPES
+    ]
+    images[3] = images[3].double()  # another dtype: converted to the noise dtype, as alone
+    policy = ps.sequential.sequential_policy(0.25, 2000, 0.01, **mode)  # type: ignore[arg-type]
+    assert policy is not None
+    items = [(i, x, 100 + i) for i, x in enumerate(images)]
+    packed = dict(smoothed.certify_many(items, 50, policy, batch_size=900))
+    for i, x in enumerate(images):
+        alone = smoothed.certify(
+            x, n0=50, n=2000, alpha=0.01, batch_size=900, seed=100 + i,
+            **mode,  # type: ignore[arg-type]
+        )  # fmt: skip
+        assert (packed[i].prediction, packed[i].count, packed[i].n) == (
+            alone.prediction, alone.count, alone.n,
+        ), f"image {i} of shape {tuple(x.shape)}"  # fmt: skip
+        assert packed[i].radius == alone.radius
+
+
+def test_a_gray_image_packed_behind_a_color_one_keeps_its_radius() -> None:
+    """The issue's reproduction: a 1-channel image behind a 3-channel one (true radius 0.3)."""
+    smoothed = ps.SmoothedClassifier(_MeanAbove(), 2, sigma=0.25)
+    gray = torch.full((1, 8, 8), 0.5 + 0.3 / 8)  # mean 0.5375: distance 0.3 to the boundary
+    color = torch.full((3, 8, 8), 0.9)
+    policy = ps.sequential.sequential_policy(0.25, 20_000, 0.001, early_stop=True)
+    assert policy is not None
+    packed = dict(smoothed.certify_many([(0, color, 1), (1, gray, 2)], 100, policy, 20_000))
+    alone = smoothed.certify(gray, n0=100, n=20_000, alpha=0.001, batch_size=20_000, seed=2,
+                             early_stop=True)  # fmt: skip
+    assert packed[1].radius == alone.radius
+    assert alone.radius <= 0.3
+
+
+def test_certify_many_leaves_no_inference_state_to_its_caller() -> None:
+    """Between the certificates it yields, the caller's code runs in its own state."""
+    lin = nn.Linear(48, 3)
+    model = ps.wrap(nn.Sequential(nn.Flatten(), lin), method="full", normalize=None).train()
+    smoothed = ps.SmoothedClassifier(model, 3, sigma=0.25)
+    policy = ps.sequential.sequential_policy(0.25, 1000, 0.01, early_stop=True)
+    assert policy is not None
+    data = _data(4)
+    seen = []
+    gen = smoothed.certify_many([(i, x, i) for i, (x, _) in enumerate(data)], 20, policy, 300)
+    for _key, _cert in gen:
+        seen.append((torch.is_grad_enabled(), torch.is_inference_mode_enabled(), model.training))
+        y = lin(torch.ones(1, 48))
+        assert y.requires_grad  # the caller can still train
+        break  # leaving early closes the generator
+    gen.close()
+    assert seen == [(True, False, True)]
+    assert model.training and torch.is_grad_enabled() and not torch.is_inference_mode_enabled()

@@ -10,7 +10,16 @@ from typing import Any
 
 from ..validation import check_alpha, check_int, check_real, check_sigma
 
-__all__ = ["checked", "default_device", "fraction", "int_at_least", "probability", "sigma"]
+__all__ = [
+    "add_model_arguments",
+    "checked",
+    "default_device",
+    "fraction",
+    "int_at_least",
+    "load_model",
+    "probability",
+    "sigma",
+]
 
 
 def default_device(shard_spec: str | None = None) -> str:
@@ -28,6 +37,47 @@ def default_device(shard_spec: str | None = None) -> str:
     if shard_spec == "torchrun" and "LOCAL_RANK" in os.environ:
         return f"cuda:{int(os.environ['LOCAL_RANK'])}"
     return "cuda"
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--model DIR`` and the flags that choose its base model's weights, for every command
+    that loads a saved model (``certify``, ``predict``).
+
+    Examples:
+        >>> parser = argparse.ArgumentParser()
+        >>> add_model_arguments(parser)
+        >>> args = parser.parse_args(["--model", "run", "--pretrained"])
+        >>> args.model, args.base_weights, args.pretrained
+        ('run', None, True)
+    """
+    parser.add_argument("--model", required=True, help="directory written by PEFTModel.save")
+    parser.add_argument(
+        "--base-weights", default=None, metavar="FILE",
+        help="state_dict of the base model the directory was trained on (a backbone you "
+        "pre-trained, or timm's weights saved on another machine); checked against the "
+        "saved frozen-weights fingerprint",
+    )  # fmt: skip
+    parser.add_argument(
+        "--pretrained", action="store_true",
+        help="rebuild the base model with timm's registry weights for its recorded name "
+        "(downloaded on first use; never without this flag)",
+    )  # fmt: skip
+
+
+def load_model(args: argparse.Namespace) -> Any:
+    """``peftsmoothing.load`` of ``args.model`` with the weights ``add_model_arguments`` chose.
+
+    Examples:
+        >>> load_model(argparse.Namespace(model="no/such/dir", base_weights=None,
+        ...                               pretrained=False))
+        Traceback (most recent call last):
+        ...
+        FileNotFoundError: ...
+    """
+    import peftsmoothing
+
+    pretrained = True if args.pretrained else None
+    return peftsmoothing.load(args.model, base_weights=args.base_weights, pretrained=pretrained)
 
 
 def checked(kind: Callable[[str], Any], name: str, check: Callable[[Any], Any]) -> Any:

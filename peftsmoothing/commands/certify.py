@@ -8,7 +8,15 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ._args import checked, default_device, int_at_least, probability, sigma
+from ._args import (
+    add_model_arguments,
+    checked,
+    default_device,
+    int_at_least,
+    load_model,
+    probability,
+    sigma,
+)
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -72,17 +80,13 @@ USER_ERRORS: tuple[type[Exception], ...] = (
 
 def run(args: argparse.Namespace) -> int:
     """Certify ``args.model`` on ``args.dataset``; print the summary; return the exit status."""
-    import peftsmoothing
-
     from ..smoothing import SmoothedClassifier
 
     datasets: Any = importlib.import_module("peftsmoothing.datasets")
     shard = parse_shard(args.shard) if args.shard else None
     log = shard_log_path(args.out, shard)
     device = args.device or default_device(args.shard)
-    model = peftsmoothing.load(
-        args.model, base_weights=args.base_weights, pretrained=True if args.pretrained else None
-    )
+    model = load_model(args)
     # Image folders follow the model's timm data config (size, crop, interpolation); the
     # settings record it, so a resume with other preprocessing is refused.
     folders = args.dataset in ("imagenet", "imagefolder")
@@ -134,18 +138,7 @@ def register(subparsers: Any) -> None:
         description="Certify every --skip-th test image with CERTIFY (Cohen et al. 2019), "
         "writing one log row per image; rerunning with the same --out resumes.",
     )
-    p.add_argument("--model", required=True, help="directory written by PEFTModel.save")
-    p.add_argument(
-        "--base-weights", default=None, metavar="FILE",
-        help="state_dict of the base model the directory was trained on (a backbone you "
-        "pre-trained, or timm's weights saved on another machine); checked against the "
-        "saved frozen-weights fingerprint",
-    )  # fmt: skip
-    p.add_argument(
-        "--pretrained", action="store_true",
-        help="rebuild the base model with timm's registry weights for its recorded name "
-        "(downloaded on first use)",
-    )  # fmt: skip
+    add_model_arguments(p)
     p.add_argument("--dataset", default="cifar10", choices=DATASET_NAMES, help="dataset")
     p.add_argument("--root", required=True, help="data directory")
     p.add_argument("--split", choices=("test", "train"), default="test", help="dataset split")

@@ -29,6 +29,7 @@ caller running out of time) decides where sampling stops. Anytime-valid confiden
 
 from __future__ import annotations
 
+from .modes import policy_settings, sequential_policy
 from .policies import (
     Decision,
     MaxRadiusPolicy,
@@ -61,6 +62,8 @@ __all__ = [
     "clopper_pearson_upper",
     "looks",
     "max_certifiable_radius",
+    "policy_settings",
     "run_sequential",
+    "sequential_policy",
     "spend_alpha",
 ]
