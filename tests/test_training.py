@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import torch
+from safetensors.torch import load_file
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -266,7 +267,7 @@ def test_peft_checkpoints_load_with_ps_load(tmp_path: Path) -> None:
     t.fit(DataLoader(ds, batch_size=4), DataLoader(ds, batch_size=8))
     for name in ("last", "best"):
         d = tmp_path / name
-        assert {p.name for p in d.iterdir()} == {"peftsmoothing.json", "trainable.pt",
+        assert {p.name for p in d.iterdir()} == {"peftsmoothing.json", "trainable.safetensors",
                                                  TRAINER_STATE_FILE}
         base = tiny_vit(depth=2)
         base.load_state_dict(base_state)
@@ -286,7 +287,7 @@ def test_plain_module_checkpoint_holds_only_trainable_tensors(tmp_path: Path) ->
         p.requires_grad_(n.startswith(("fc.", "bn2.")))
     ds = TensorDataset(torch.rand(8, 3, 8, 8), torch.randint(0, 5, (8,)))
     trainer(model, sigma=0.25, epochs=1, checkpoint_dir=tmp_path).fit(DataLoader(ds, 4))
-    saved = torch.load(tmp_path / "last" / "trainable.pt", weights_only=True)
+    saved = load_file(tmp_path / "last" / "trainable.safetensors")
     assert set(saved) == {"fc.weight", "fc.bias", "bn2.weight", "bn2.bias", "bn2.running_mean",
                           "bn2.running_var", "bn2.num_batches_tracked"}
     state = torch.load(tmp_path / "last" / TRAINER_STATE_FILE, weights_only=True)
@@ -368,3 +369,110 @@ def test_custom_optimizer_factory() -> None:
     t = trainer(toy_model(), sigma=0.1, epochs=1, optimizer=make)
     assert isinstance(t.optimizer, torch.optim.SGD) and t.config.optimizer == "custom"
     t.fit(loader(toy_data(16)))
+
+
+# --------------------------------------------------------------------------- non-finite batches
+def batches_with_nan(bad: set[int], n: int = 4) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``n`` batches of 8x8 images; those in ``bad`` hold one nan pixel (a corrupt image)."""
+    g = torch.Generator().manual_seed(0)
+    out = []
+    for i in range(n):
+        x = torch.rand(4, 3, 8, 8, generator=g)
+        if i in bad:
+            x[0, 0, 0, 0] = float("nan")
+        out.append((x, torch.randint(0, 5, (4,), generator=g)))
+    return out
+
+
+class BufferLog:
+    """Callback: the model's buffers at the start and after every optimizer step (or skip)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.states: list[dict[str, torch.Tensor]] = []
+
+    def record(self) -> None:
+        self.states.append({k: v.detach().clone() for k, v in self.model.named_buffers()})
+
+    def on_fit_start(self, trainer: ps.NoiseTrainer) -> None:
+        self.record()
+
+    def on_step_end(self, trainer: ps.NoiseTrainer) -> None:
+        self.record()
+
+
+def all_finite(tensors: Any) -> bool:
+    return all(bool(torch.isfinite(t).all()) for t in tensors if t.is_floating_point())
+
+
+@pytest.mark.parametrize("grad_accum", [1, 2])
+def test_skipped_nonfinite_step_leaves_batchnorm_statistics_untouched(
+    tmp_path: Path, grad_accum: int
+) -> None:
+    model = ps.wrap(tiny_cnn(), method="full", normalize=None)  # trains both BatchNorms
+    log = BufferLog(model)
+    t = trainer(model, sigma=0.25, epochs=1, nonfinite="skip", grad_accum=grad_accum,
+                checkpoint_dir=tmp_path, callbacks=[log])
+    with pytest.warns(RuntimeWarning, match="skipped 1 optimizer step"):
+        t.fit(batches_with_nan({1}))
+    skipped = 1 if grad_accum == 1 else 0  # the optimizer step that holds batch 2
+    assert len(log.states) == 4 // grad_accum + 1
+    for k, before in enumerate(log.states[:-1]):
+        after = log.states[k + 1]
+        same = [torch.equal(before[n], after[n]) for n in before]
+        assert all(same) if k == skipped else not any(same), k  # buffers moved on good steps
+    assert all_finite(model.buffers()) and all_finite(model.parameters())
+    saved = load_file(tmp_path / "last" / "trainable.safetensors")
+    assert "model.bn1.running_var" in saved and all_finite(saved.values())
+    loaded = ps.load(tiny_cnn(), tmp_path / "last").eval()
+    assert all_finite([loaded(torch.rand(2, 3, 8, 8))])
+
+
+def test_nonfinite_stop_leaves_batchnorm_statistics_of_the_last_finite_step() -> None:
+    model = ps.wrap(tiny_cnn(), method="full", normalize=None)
+    log = BufferLog(model)
+    t = trainer(model, sigma=0.25, epochs=1, callbacks=[log])
+    with pytest.raises(FloatingPointError, match="epoch 1, batch 3"):
+        t.fit(batches_with_nan({2}))
+    now = dict(model.named_buffers())
+    assert len(log.states) == 3 and all(torch.equal(v, now[k]) for k, v in log.states[-1].items())
+
+
+class PoisonRunningVar:
+    """Forward hook: writes inf into a BatchNorm's running_var on its ``bad``-th training call;
+    the output (and so the loss) stays finite."""
+
+    def __init__(self, bad: int) -> None:
+        self.bad, self.calls = bad, 0
+
+    def __call__(self, module: nn.Module, args: Any, output: torch.Tensor) -> None:
+        if module.training:
+            self.calls += 1
+            if self.calls == self.bad:
+                module.get_buffer("running_var").data[0] = float("inf")  # autograd unaware
+
+
+@pytest.mark.parametrize("nonfinite", ["stop", "skip"])
+def test_nonfinite_buffer_with_a_finite_loss_is_caught(nonfinite: str) -> None:
+    model = tiny_cnn()
+    model.bn2.register_forward_hook(PoisonRunningVar(bad=2))
+    t = trainer(model, sigma=0.25, epochs=1, nonfinite=nonfinite)
+    if nonfinite == "stop":
+        with pytest.raises(FloatingPointError, match=r"bn2\.running_var.*epoch 1, batch 2"):
+            t.fit(batches_with_nan(set()))
+    else:
+        with pytest.warns(RuntimeWarning, match="skipped 1 optimizer step"):
+            t.fit(batches_with_nan(set()))
+    assert all_finite(model.buffers())
+
+
+def test_checkpoint_refuses_nonfinite_batchnorm_statistics() -> None:
+    from peftsmoothing.training.checkpoint import check_finite_weights
+
+    model = tiny_cnn()
+    model.bn1.requires_grad_(False)
+    model.get_buffer("bn1.running_mean")[0] = float("nan")  # frozen: not saved, not checked
+    check_finite_weights(model, epoch=1)
+    model.get_buffer("bn2.running_var")[0] = float("inf")
+    with pytest.raises(FloatingPointError, match=r"buffer bn2\.running_var holds nan or inf"):
+        check_finite_weights(model, epoch=1)

@@ -32,6 +32,7 @@ from ..serialization import TENSORS_FILE
 from ..trainable import Trainable
 from .distributed import all_gather_objects, barrier
 from .metrics import EpochState
+from .nonfinite import TrainedBuffers
 from .rng import rng_state, seed_everything, set_rng_state
 
 if TYPE_CHECKING:
@@ -263,13 +264,14 @@ def _update_best(t: NoiseTrainer, record: Mapping[str, Any]) -> bool:
 
 
 def check_finite_weights(module: nn.Module, epoch: int) -> None:
-    """Refuse to checkpoint weights that are not finite.
+    """Refuse to checkpoint weights that are not finite: the trained parameters and the
+    buffers saved with them (the running statistics of a trained BatchNorm).
 
     Raises:
         FloatingPointError: Naming the first non-finite trained tensor.
 
     Examples:
-        >>> check_finite_weights(nn.Linear(2, 2), epoch=1)
+        >>> check_finite_weights(nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2)), epoch=1)
     """
     for name, p in module.named_parameters():
         if p.requires_grad and not bool(torch.isfinite(p).all()):
@@ -277,6 +279,12 @@ def check_finite_weights(module: nn.Module, epoch: int) -> None:
                 f"the trained parameter {name} holds nan or inf after epoch {epoch}: "
                 "not saved, so the last checkpoint stays the last finite one"
             )
+    buffer = TrainedBuffers(module).first_nonfinite()
+    if buffer is not None:
+        raise FloatingPointError(
+            f"the trained buffer {buffer} holds nan or inf after epoch {epoch}: "
+            "not saved, so the last checkpoint stays the last finite one"
+        )
 
 
 def save_epoch(t: NoiseTrainer, loader: Any, record: Mapping[str, Any]) -> None:

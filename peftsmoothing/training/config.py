@@ -84,11 +84,13 @@ class TrainerConfig:
         log_every: Update the progress bar every this many optimizer steps.
         monitor: History key that selects the ``best`` checkpoint (default ``val_noisy_acc``
             with a validation loader, else ``train_acc``); keys with ``loss`` are minimised.
-        nonfinite: What a non-finite (nan/inf) loss does: ``"stop"`` (default) raises
+        nonfinite: What a non-finite (nan/inf) loss, gradient or trained buffer (a trained
+            BatchNorm's running statistics) does: ``"stop"`` (default) raises
             ``FloatingPointError`` before the optimizer step, so the weights and the
             checkpoints stay those of the last finite step; ``"skip"`` drops that optimizer
             step (its gradients and metrics), counts it in the epoch's ``nonfinite_steps`` and
-            trains on.
+            trains on. Either way the trained buffers are put back as they were before the
+            step.
 
     Examples:
         >>> TrainerConfig(sigma=(0.25, 0.5), loss="consistency").sigmas

@@ -39,14 +39,12 @@ from .build import (
     make_optimizer,
     make_reference,
     make_scheduler,
-    nonfinite_gradients,
     optimizer_step,
 )
 from .callbacks import call_hook
 from .config import CUSTOM_OPTIMIZER, TrainerConfig, config_from_keywords, option_defaults
 from .distributed import (
     Topology,
-    any_rank,
     init_process_group,
     release_process_group,
     shard_loader,
@@ -55,6 +53,7 @@ from .distributed import (
 from .evaluate import evaluate as _evaluate
 from .metrics import EpochState, Window, batch_metrics, epoch_record
 from .noise import NoiseSource
+from .nonfinite import NonfiniteGuard
 from .progress import epoch_line, make_bar, set_postfix
 from .rng import rng_state, seed_everything, set_rng_state
 
@@ -196,6 +195,8 @@ class NoiseTrainer:
             torch.amp.GradScaler(self.device.type) if self.config.precision == "fp16" else None
         )
         self.scheduler: torch.optim.lr_scheduler.LambdaLR | None = None
+        self._nonfinite = NonfiniteGuard(self.module, self.params, self.config.nonfinite,
+                                         self.topology, check_gradients=self.scaler is None)
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
         if self.checkpoint_dir is not None and self.is_main:
             ckpt.prepare_dir(self.checkpoint_dir)  # fail before training, not after an epoch
@@ -339,6 +340,7 @@ class NoiseTrainer:
         self._boundary_rng = rng_state(loader)
         self.model.train()
         freeze_frozen_batchnorm(self.module)
+        self._nonfinite.start()
         bar = make_bar(self.progress, self.is_main, n_batches, skip,
                        f"epoch {self.epoch + 1}/{c.epochs}")
         t0 = time.perf_counter()
@@ -367,7 +369,7 @@ class NoiseTrainer:
                 window.add(*batch_metrics(out, y, x.shape[0]))
                 if not boundary:
                     continue
-                if self._nonfinite_step(step_bad, b):
+                if self._nonfinite.dropped(step_bad, epoch=self.epoch + 1, batch=b + 1):
                     self.optimizer.zero_grad(set_to_none=True)
                     window.items.clear()
                     st.nonfinite_steps += 1
@@ -397,24 +399,6 @@ class NoiseTrainer:
         lr = float(self.optimizer.param_groups[0]["lr"])
         return epoch_record(st, epoch=self.epoch + 1, step=self.step, lr=lr,
                             topology=self.topology)
-
-    def _nonfinite_step(self, bad: torch.Tensor, batch: int) -> bool:
-        """Whether the optimizer step ending at ``batch`` had a non-finite loss or, without a
-        gradient scaler (which skips such steps itself), a non-finite gradient (on any rank).
-
-        Raises:
-            FloatingPointError: With ``nonfinite="stop"``, before the step is taken.
-        """
-        if self.scaler is None:
-            bad = bad | nonfinite_gradients(self.params)
-        if not any_rank(bad, self.topology):  # one host synchronisation per optimizer step
-            return False
-        if self.config.nonfinite == "skip":
-            return True
-        raise FloatingPointError(
-            f"non-finite loss or gradient at epoch {self.epoch + 1}, batch {batch + 1}: training "
-            "stopped before this step, so the weights and the last checkpoint are the last "
-            "finite ones; lower lr, clip gradients, use bf16 not fp16, or nonfinite='skip'")
 
     def _optimizer_step(self) -> None:
         assert self.scheduler is not None
@@ -462,7 +446,6 @@ class NoiseTrainer:
         """
         self.model = self.module
         self._owns_process_group = release_process_group(self._owns_process_group)
-
 
 
 @functools.cache

@@ -162,7 +162,7 @@ def epoch_record(
         record["nonfinite_steps"] = st.nonfinite_steps
         warnings.warn(
             f"epoch {epoch}: skipped {st.nonfinite_steps} optimizer step(s) with a "
-            "non-finite loss (nonfinite='skip')",
+            "non-finite loss, gradient or trained buffer (nonfinite='skip')",
             RuntimeWarning,
             stacklevel=3,
         )
