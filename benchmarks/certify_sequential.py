@@ -71,7 +71,7 @@ def run_fixed(
 ) -> dict[str, Any]:
     certs = []
     start = time.perf_counter()
-    with smoothed._inference():
+    with smoothed.sampler.inference():
         for i, (x, _) in enumerate(data):
             certs.append(smoothed.certify(x, args.n0, args.n_max, args.alpha, args.batch,
                                           seed=derive_seed(seed, i)))  # fmt: skip

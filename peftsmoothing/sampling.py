@@ -1,11 +1,12 @@
-"""Noisy copies of one image through the base model, counted by class on the device.
+"""Noisy copies of images through the base model, counted by class on the device.
 
-``NoiseSampler`` is the engine under [`SmoothedClassifier`][peftsmoothing.SmoothedClassifier]'s
-PREDICT and CERTIFY (docs/design.md, "Performance model"): noise is drawn on the model's device, in
-the model's dtype (at least fp32), into a reused buffer; class counts accumulate on the device
-(``bincount`` / ``index_add_``), with a slot for samples whose logits are not finite; the model
-runs once in eval mode, with merged LoRA weights and (on CUDA convolutional networks)
-channels-last, for as long as ``NoiseSampler._inference`` is entered.
+``NoiseSampler`` is the one place where smoothing's noise meets the model (docs/design.md,
+"Performance model"): noise is drawn on the model's device, in the model's dtype (at least
+fp32), straight into the batch; class counts accumulate on the device (``index_add_``), with a
+slot for samples whose logits are not finite; the model runs in eval mode, with merged LoRA
+weights and (on CUDA convolutional networks) channels-last, while ``NoiseSampler.inference``
+is entered. The certification engine (``peftsmoothing.packing``) and PREDICT's vote counts
+are built on ``NoiseSampler.count``.
 """
 
 from __future__ import annotations
@@ -14,16 +15,24 @@ import contextlib
 import math
 import warnings
 from collections.abc import Iterator, Sequence
-from typing import Final
+from typing import Final, NamedTuple
 
 import torch
 from torch import nn
 
-from .precision import autocast
+from .precision import PRECISIONS, autocast
 from .seeds import derive_seed
-from .validation import check_positive_int, check_seed
+from .validation import check_choice, check_int, check_seed, check_sigma
 
-__all__ = ["STREAM_ESTIMATION", "STREAM_PREDICTION", "STREAM_SELECTION", "NoiseSampler"]
+__all__ = [
+    "STREAM_ESTIMATION",
+    "STREAM_PREDICTION",
+    "STREAM_SELECTION",
+    "Chunk",
+    "NoiseSampler",
+    "add_noise",
+    "resolve_seed",
+]
 
 #: Keys of the generators derived from one call's seed (``derive_seed(seed, key)``): PREDICT,
 #: CERTIFY's selection (``n0``) and estimation (``n``) samples each draw from their own stream.
@@ -35,21 +44,105 @@ STREAM_PREDICTION: Final[int] = 2
 _RANGE_TOLERANCE: Final[float] = 1e-3
 
 
-class NoiseSampler:
-    """Samples Gaussian-noised copies of an image through ``base`` and counts its classes.
+def add_noise(
+    out: torch.Tensor, x: torch.Tensor, sigma: float, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Fill ``out`` (copies of ``x``'s shape) with ``x + N(0, sigma^2)`` noise, in place.
 
-    The attributes are set by [`SmoothedClassifier`][peftsmoothing.SmoothedClassifier], which is
-    one.
+    The one place Gaussian noise is drawn, for certification, PREDICT, training and evaluation
+    alike: ``out.normal_(0, sigma)`` then ``+ x``, so a seeded generator gives the same noise
+    whoever draws it.
+
+    Args:
+        out: The tensor to fill, shape ``(copies, *x.shape)`` (or ``x.shape``).
+        x: The clean image(s), broadcast over ``out``.
+        sigma: Noise standard deviation.
+        generator: Where the noise comes from (``None``: torch's global generator).
+
+    Returns:
+        ``out``.
+
+    Examples:
+        >>> gen = torch.Generator().manual_seed(0)
+        >>> noisy = add_noise(torch.empty(2, 3), torch.zeros(3), 0.0, gen)
+        >>> noisy.tolist()
+        [[0.0, 0.0, 0.0], [0.0, 0.0, 0.0]]
+    """
+    return out.normal_(0.0, sigma, generator=generator).add_(x)
+
+
+def resolve_seed(seed: object) -> int:
+    """A checked seed, or (for ``None``) one drawn from torch's global generator.
+
+    Examples:
+        >>> resolve_seed(7)
+        7
+        >>> isinstance(resolve_seed(None), int)
+        True
+    """
+    checked = check_seed(seed)
+    if checked is None:  # follows torch.manual_seed
+        return int(torch.randint(0, 2**62, (), dtype=torch.long).item())
+    return checked
+
+
+class Chunk(NamedTuple):
+    """``size`` noisy copies of one prepared image ``x``, drawn from ``generator``."""
+
+    x: torch.Tensor
+    size: int
+    generator: torch.Generator
+
+
+class NoiseSampler:
+    """Draws Gaussian-noised copies of images through ``base`` and counts its classes.
+
+    Args:
+        base: The base classifier: images in [0, 1], shape (B, C, H, W), to logits
+            (B, num_classes), normalization inside it.
+        num_classes: Number of classes; must equal the width of the model's output.
+        sigma: Noise standard deviation, in pixel units of [0, 1] images.
+        device: Move the model to this device; default: where its parameters are.
+        precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` autocast (noise stays in >= fp32).
+        merge: Fold LoRA weights in while sampling (``merged_for_inference()``, if any).
+        channels_last: Channels-last while sampling; ``None``: on CUDA for conv nets.
+
+    Raises:
+        TypeError: If ``base`` is not an ``nn.Module``.
+        ValueError: For ``sigma <= 0``, ``num_classes < 2`` or an unknown ``precision``.
+
+    Examples:
+        >>> sampler = NoiseSampler(nn.Sequential(nn.Flatten(), nn.Linear(12, 2)), 2, 0.5)
+        >>> x = sampler.prepare(torch.rand(3, 2, 2))
+        >>> with sampler.inference():
+        ...     counts = sampler.count([Chunk(x, 10, sampler.generator(0, 0))])
+        >>> counts.shape, int(counts.sum())
+        (torch.Size([1, 3]), 10)
     """
 
-    base: nn.Module
-    num_classes: int
-    sigma: float
-    precision: str
-    merge: bool
-    channels_last: bool | None
-    _device_override: torch.device | None
-    _depth: int
+    def __init__(
+        self,
+        base: nn.Module,
+        num_classes: int,
+        sigma: float,
+        *,
+        device: torch.device | str | None = None,
+        precision: str = "fp32",
+        merge: bool = True,
+        channels_last: bool | None = None,
+    ) -> None:
+        if not isinstance(base, nn.Module):
+            raise TypeError(f"base must be an nn.Module, got {type(base).__name__}")
+        self.base: Final[nn.Module] = base
+        self.num_classes: Final[int] = check_int(num_classes, "num_classes", minimum=2)
+        self.sigma: Final[float] = check_sigma(sigma)
+        self.precision: Final[str] = check_choice(precision, "precision", PRECISIONS)
+        self.merge: Final[bool] = bool(merge)
+        self.channels_last: Final[bool | None] = channels_last
+        self._device = torch.device(device) if device is not None else None
+        if self._device is not None:
+            base.to(self._device)
+        self._depth = 0
 
     # ----------------------------------------------------------------------- device, dtype
     @property
@@ -57,7 +150,7 @@ class NoiseSampler:
         """The device the model runs on (where noise is drawn and counts accumulate)."""
         for t in self._tensors():
             return t.device
-        return self._device_override or torch.device("cpu")
+        return self._device or torch.device("cpu")
 
     @property
     def dtype(self) -> torch.dtype:
@@ -85,8 +178,19 @@ class NoiseSampler:
 
     # ------------------------------------------------------------------------ inference
     @contextlib.contextmanager
-    def _inference(self) -> Iterator[None]:
-        """Eval mode, merged weights, channels-last and inference mode; restored on exit."""
+    def inference(self) -> Iterator[None]:
+        """Eval mode, merged weights, channels-last and inference mode; restored on exit.
+
+        Re-entering it while entered does nothing (the outermost entry restores).
+
+        Examples:
+            >>> sampler = NoiseSampler(nn.Linear(2, 2).train(), 2, 0.5)
+            >>> with sampler.inference():
+            ...     sampler.base.training
+            False
+            >>> sampler.base.training
+            True
+        """
         if self._depth:
             yield
             return
@@ -114,7 +218,30 @@ class NoiseSampler:
                 for module, mode in modes:
                     module.training = mode
 
-    def _prepare_input(self, x: object) -> torch.Tensor:
+    def generator(self, seed: int, stream: int) -> torch.Generator:
+        """A generator on the model's device seeded with ``derive_seed(seed, stream)``.
+
+        Examples:
+            >>> sampler = NoiseSampler(nn.Linear(2, 2), 2, 0.5)
+            >>> a, b = sampler.generator(3, STREAM_SELECTION), sampler.generator(3, 0)
+            >>> torch.equal(torch.rand(2, generator=a), torch.rand(2, generator=b))
+            True
+        """
+        gen = torch.Generator(device=self.device)
+        gen.manual_seed(derive_seed(seed, stream))
+        return gen
+
+    def prepare(self, x: object) -> torch.Tensor:
+        """Check one image (C, H, W) in [0, 1] and move it to the device, in the noise dtype.
+
+        Raises:
+            TypeError: If ``x`` is not a tensor.
+            ValueError: If it is not one (C, H, W) floating-point image with finite values.
+
+        Examples:
+            >>> NoiseSampler(nn.Linear(2, 2), 2, 0.5).prepare(torch.zeros(1, 2, 2)).shape
+            torch.Size([1, 2, 2])
+        """
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"x must be a torch.Tensor image (C, H, W), got {type(x).__name__}")
         if x.ndim != 3:
@@ -139,156 +266,62 @@ class NoiseSampler:
                 "[0, 1] images with normalization inside the model; otherwise sigma and the "
                 "certified radius are in the wrong units.",
                 UserWarning,
-                stacklevel=3,
+                stacklevel=4,
             )
         return x.detach().to(device=self.device, dtype=self._noise_dtype())
 
     # ------------------------------------------------------------------------- counting
-    def vote_counts(
-        self,
-        x: torch.Tensor,
-        n: int = 1000,
-        batch_size: int = 1000,
-        seed: int | None = None,
-    ) -> torch.Tensor:
-        """How often the base model predicts each class on ``n`` noisy copies of ``x``.
+    def count(self, chunks: Sequence[Chunk]) -> torch.Tensor:
+        """Class counts of several noise chunks, all in one forward pass, on the device.
 
-        These are the counts behind
-        [`SmoothedClassifier.predict`][peftsmoothing.SmoothedClassifier.predict]: the same
-        noise stream, so ``predict_from_counts(vote_counts(x, n, b, seed), alpha)`` is
-        ``predict(x, n, alpha, b, seed)``.
+        Chunk ``i`` is ``size_i`` noisy copies of its image drawn from its own generator into
+        its slice of the batch, so its noise does not depend on the other chunks (the same
+        values as drawing ``size_i`` samples alone). The model's outputs may still differ in
+        the last bits with the batch's composition. No host synchronisation.
 
         Args:
-            x: One image (C, H, W) in [0, 1].
-            n: Number of noise samples.
-            batch_size: Noisy images per forward pass.
-            seed: Seed of the noise; ``None`` draws one from torch's global generator.
+            chunks: ``Chunk(x, size, generator)`` per chunk, ``x`` from ``prepare``; all of
+                one shape, dtype and device. Call inside ``inference()``.
 
         Returns:
-            An int64 CPU tensor of shape ``(num_classes,)`` summing to ``n``.
-
-        Raises:
-            ValueError: For invalid arguments or inputs (see ``predict``).
-            FloatingPointError: If the model returns a non-finite logit on any sample.
-
-        Examples:
-            >>> import torch, peftsmoothing as ps
-            >>> from torch import nn
-            >>> class Constant(nn.Module):
-            ...     def forward(self, x):
-            ...         return torch.tensor([0.0, 1.0]).repeat(len(x), 1)
-            >>> smoothed = ps.SmoothedClassifier(Constant(), 2, sigma=0.5)
-            >>> smoothed.vote_counts(torch.rand(1, 4, 4), n=50, seed=0).tolist()
-            [0, 50]
-        """
-        n_ = check_positive_int(n, "n")
-        b = check_positive_int(batch_size, "batch_size")
-        s = self._resolve_seed(seed)
-        x_dev = self._prepare_input(x)
-        with self._inference():
-            counts = self._sample_counts(x_dev, n_, b, self._generator(s, STREAM_PREDICTION))
-        return self._class_counts(counts.cpu(), n_)
-
-    @staticmethod
-    def _resolve_seed(seed: object) -> int:
-        checked = check_seed(seed)
-        if checked is None:  # follows torch.manual_seed
-            return int(torch.randint(0, 2**62, (), dtype=torch.long).item())
-        return checked
-
-    def _generator(self, seed: int, key: int) -> torch.Generator:
-        gen = torch.Generator(device=self.device)
-        gen.manual_seed(derive_seed(seed, key))
-        return gen
-
-    def _sample_counts(
-        self, x: torch.Tensor, num: int, batch_size: int, gen: torch.Generator
-    ) -> torch.Tensor:
-        """Class counts of the base model on ``num`` noisy copies of ``x`` (on the device).
-
-        The result has ``num_classes + 1`` entries: the last counts the samples on which the
-        model returned a non-finite logit. Those samples vote for no class (``argmax`` would
-        pick a NaN as the maximum); ``_class_counts`` refuses to use counts that hold any.
-        Counting them on the device costs no host synchronisation.
-        """
-        device = self.device
-        nonfinite_slot = self.num_classes
-        counts = torch.zeros(self.num_classes + 1, dtype=torch.long, device=device)
-        channels_last = self._use_channels_last()
-        memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        buffer = torch.empty(
-            (min(batch_size, num), *x.shape), dtype=x.dtype, device=device,
-            memory_format=memory_format,
-        )  # fmt: skip
-        model_dtype = self.dtype
-        amp = autocast(device, self.precision)
-        ones: torch.Tensor | None = None
-        remaining = num
-        while remaining > 0:
-            size = min(batch_size, remaining)
-            batch = buffer[:size]
-            batch.normal_(0.0, self.sigma, generator=gen).add_(x)
-            inputs = batch if batch.dtype == model_dtype else batch.to(model_dtype)
-            with amp:
-                logits = self.base(inputs)
-            if remaining == num:
-                self._check_logits(logits, size)
-            finite = torch.isfinite(logits).all(dim=1)
-            predictions = torch.where(finite, logits.argmax(dim=1), nonfinite_slot)
-            if device.type == "cpu":
-                counts += torch.bincount(predictions, minlength=self.num_classes + 1)
-            else:
-                # CUDA's bincount reads the input's min/max on the host (a sync per batch);
-                # index_add_ computes the same counts without leaving the device.
-                if ones is None or ones.numel() < size:
-                    ones = torch.ones(size, dtype=torch.long, device=device)
-                counts.index_add_(0, predictions, ones[:size])
-            remaining -= size
-        return counts
-
-    def _sample_chunks(
-        self, chunks: Sequence[tuple[torch.Tensor, int, torch.Generator]]
-    ) -> torch.Tensor:
-        """Class counts of several noise chunks, all in one forward pass (packing).
-
-        Chunk ``i`` is ``size_i`` noisy copies of its image ``x_i`` drawn from its own
-        generator, so its noise does not depend on the other chunks of the batch (the same
-        values as drawing ``size_i`` samples alone: a dense slice of the same shape). The
-        model's outputs may still differ in the last bits with the batch's composition.
-
-        Args:
-            chunks: ``(x, size, generator)`` per chunk; ``x`` already on the device in the
-                noise dtype (``_prepare_input``), all of one shape.
+            Counts of shape ``(len(chunks), num_classes + 1)`` on the device; the last column
+            counts samples whose logits were not finite (they vote for no class; see
+            ``class_counts``).
 
         Raises:
             ValueError: If the images differ in shape, dtype or device (broadcasting would
-                smooth one image at another's shape).
+                smooth one image at another's shape), or the model's output is not
+                ``(batch, num_classes)``.
 
-        Returns:
-            Counts of shape ``(len(chunks), num_classes + 1)`` on the device (the last column
-            counts non-finite logits, as in ``_sample_counts``).
+        Examples:
+            >>> sampler = NoiseSampler(nn.Sequential(nn.Flatten(), nn.Linear(4, 2)), 2, 0.5)
+            >>> x = sampler.prepare(torch.rand(1, 2, 2))
+            >>> with sampler.inference():
+            ...     c = sampler.count([Chunk(x, 5, sampler.generator(0, 0)),
+            ...                        Chunk(x, 7, sampler.generator(1, 0))])
+            >>> c.sum(dim=1).tolist()
+            [5, 7]
         """
-        device = self.device
-        width = self.num_classes + 1
-        sizes = [size for _, size, _ in chunks]
-        total = sum(sizes)
-        first = chunks[0][0]
-        shape = first.shape
-        if any(x.shape != shape or x.dtype != first.dtype or x.device != first.device
-               for x, _, _ in chunks):  # fmt: skip
+        first = chunks[0].x
+        if any(c.x.shape != first.shape or c.x.dtype != first.dtype
+               or c.x.device != first.device for c in chunks):  # fmt: skip
             raise ValueError(
                 "the chunks of one batch must be images of one shape, dtype and device; got "
-                f"{sorted({(tuple(x.shape), str(x.dtype)) for x, _, _ in chunks})}"
+                f"{sorted({(tuple(c.x.shape), str(c.x.dtype)) for c in chunks})}"
             )
+        device = self.device
+        width = self.num_classes + 1
+        sizes = [c.size for c in chunks]
+        total = sum(sizes)
         memory_format = (
             torch.channels_last if self._use_channels_last() else torch.contiguous_format
         )
         batch = torch.empty(
-            (total, *shape), dtype=chunks[0][0].dtype, device=device, memory_format=memory_format
+            (total, *first.shape), dtype=first.dtype, device=device, memory_format=memory_format
         )
         offset = 0
         for x, size, gen in chunks:
-            batch[offset : offset + size].normal_(0.0, self.sigma, generator=gen).add_(x)
+            add_noise(batch[offset : offset + size], x, self.sigma, gen)
             offset += size
         model_dtype = self.dtype
         inputs = batch if batch.dtype == model_dtype else batch.to(model_dtype)
@@ -297,28 +330,34 @@ class NoiseSampler:
         self._check_logits(logits, total)
         finite = torch.isfinite(logits).all(dim=1)
         predictions = torch.where(finite, logits.argmax(dim=1), self.num_classes)
-        segment = torch.repeat_interleave(
-            torch.arange(len(chunks), device=device), torch.tensor(sizes, device=device)
-        )
-        flat = segment * width + predictions
+        if len(chunks) > 1:
+            segment = torch.repeat_interleave(
+                torch.arange(len(chunks), device=device), torch.tensor(sizes, device=device)
+            )
+            predictions = segment * width + predictions
         counts = torch.zeros(len(chunks) * width, dtype=torch.long, device=device)
-        counts.index_add_(0, flat, torch.ones_like(flat))
+        # index_add_, not bincount: CUDA's bincount reads min/max on the host (a sync).
+        counts.index_add_(0, predictions, torch.ones_like(predictions))
         return counts.view(len(chunks), width)
 
-    def _class_counts(self, counts: torch.Tensor, num: int) -> torch.Tensor:
-        """The per-class part of host-side counts from ``_sample_counts``.
+    def class_counts(self, counts: torch.Tensor) -> torch.Tensor:
+        """The per-class part of one row of ``count``'s result, on the host.
 
         Raises:
             FloatingPointError: If the model returned a non-finite logit on any sample: no
                 vote, certificate or prediction may come from such a model.
+
+        Examples:
+            >>> NoiseSampler(nn.Linear(2, 2), 2, 0.5).class_counts(torch.tensor([3, 4, 0]))
+            tensor([3, 4])
         """
         bad = int(counts[self.num_classes])
         if bad:
             raise FloatingPointError(
                 f"the base model ({type(self.base).__name__}) returned non-finite logits "
-                f"(nan or inf) on {bad} of {num} noise samples; no prediction or certificate "
-                "can be drawn from it (a diverged fine-tune? check the model's outputs on "
-                "noisy inputs, or its precision)"
+                f"(nan or inf) on {bad} of {int(counts.sum())} noise samples; no prediction or "
+                "certificate can be drawn from it (a diverged fine-tune? check the model's "
+                "outputs on noisy inputs, or its precision)"
             )
         return counts[: self.num_classes]
 

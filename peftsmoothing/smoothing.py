@@ -12,36 +12,35 @@ every point within ``radius`` (L2) of ``x``. Selection (``n0``) and estimation (
 drawn independently; the bound is the exact one-sided Clopper-Pearson bound
 (``peftsmoothing.stats``).
 
-Sampling is ``sampling.NoiseSampler`` (noise and counts on the device, one host synchronisation
-per call); datasets are ``runner``, logs ``certlog`` (whose names stay importable from here).
+``SmoothedClassifier`` is the facade: sampling is ``sampling.NoiseSampler`` (noise and counts
+on the device), every CERTIFY mode runs on the one engine ``packing.certify_packed`` (fixed
+``n`` is the one-look policy), datasets are ``runner`` and logs ``certlog`` (whose names stay
+importable from here).
 """
 
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from . import runner
-from .certlog import LOG_COLUMNS, LogRow, parse_log
+from .certlog import LOG_COLUMNS, LOG_FORMATS, LogRow, log_settings, parse_log
 from .fingerprint import model_fingerprint as model_fingerprint
-from .packing import PackedResult, certify_packed
-from .precision import PRECISIONS
-from .sampling import STREAM_ESTIMATION, STREAM_SELECTION, NoiseSampler
-from .sequential import Schedule, SequentialPolicy, sequential_policy
-from .stats import ABSTAIN, certified_radius, clopper_pearson_lower, predict_from_counts
-from .validation import (
-    check_alpha,
-    check_choice,
-    check_int,
-    check_positive_int,
-    check_sigma,
+from .packing import Certificate, certify_packed, chunk_sizes
+from .sampling import STREAM_PREDICTION, Chunk, NoiseSampler, resolve_seed
+from .sequential import (
+    Schedule,
+    SequentialPolicy,
+    fixed_policy,
+    policy_settings,
+    sequential_policy,
 )
+from .stats import ABSTAIN, predict_from_counts
+from .validation import check_alpha, check_choice, check_positive_int, check_seed
 
 if TYPE_CHECKING:
     from .report import CertificationReport
@@ -56,52 +55,7 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True)
-class Certificate:
-    """The result of [`SmoothedClassifier.certify`][peftsmoothing.SmoothedClassifier.certify].
-
-    Attributes:
-        prediction: The certified class, or [`ABSTAIN`][peftsmoothing.ABSTAIN] (-1).
-        radius: Certified L2 radius in pixel units of [0, 1] images; 0.0 when abstaining.
-        pa_lower: One-sided ``(1 - alpha)`` Clopper-Pearson lower bound of the top class's
-            probability under noise (reported also when abstaining).
-        count: How many of the ``n`` estimation samples the base model put in the selected class.
-        n: Number of estimation samples drawn (in a sequential mode: up to the look where
-            sampling stopped).
-        n0: Number of selection samples.
-        seconds: Wall-clock time of the certification (with packing: the image's share of
-            the forward batches it was in).
-        alpha_spent: The level at which ``pa_lower`` holds: ``alpha`` for fixed-``n``
-            CERTIFY; in a sequential mode the ``alpha_k`` of the look where sampling stopped
-            (all looks' bounds hold at once with probability ``>= 1 - alpha``, so the
-            certificate as a whole is wrong with probability at most ``alpha``).
-        reason: Why a sequential mode stopped (``"certified"``, ``"futile"``, ``"final"``,
-            ``"max_radius"``, ``"converged"``); ``None`` for fixed ``n``.
-
-    Examples:
-        >>> c = Certificate(prediction=3, radius=0.42, pa_lower=0.8, count=95, n=100, n0=10,
-        ...                 seconds=0.1)
-        >>> c.abstained
-        False
-    """
-
-    prediction: int
-    radius: float
-    pa_lower: float
-    count: int
-    n: int
-    n0: int
-    seconds: float
-    alpha_spent: float | None = None
-    reason: str | None = None
-
-    @property
-    def abstained(self) -> bool:
-        """Whether the smoothed classifier abstained (``prediction == ABSTAIN``)."""
-        return self.prediction == ABSTAIN
-
-
-class SmoothedClassifier(NoiseSampler):
+class SmoothedClassifier:
     """The Gaussian-smoothed version of a classifier, with Cohen et al.'s PREDICT and CERTIFY.
 
     Args:
@@ -146,22 +100,11 @@ class SmoothedClassifier(NoiseSampler):
         merge: bool = True,
         channels_last: bool | None = None,
     ) -> None:
-        if not isinstance(base, nn.Module):
-            raise TypeError(f"base must be an nn.Module, got {type(base).__name__}")
-        classes = check_int(num_classes, "num_classes", minimum=2)
-        check_choice(precision, "precision", PRECISIONS)
-        self.base: nn.Module = base
-        self.num_classes: int = classes
-        self.sigma: float = check_sigma(sigma)
-        self.precision: str = precision
-        self.merge: bool = bool(merge)
-        self._device_override: torch.device | None = (
-            torch.device(device) if device is not None else None
-        )
-        if self._device_override is not None:
-            base.to(self._device_override)
-        self.channels_last: bool | None = channels_last
-        self._depth: int = 0
+        #: The ``peftsmoothing.sampling.NoiseSampler`` that draws and counts the noise.
+        self.sampler = NoiseSampler(
+            base, num_classes, sigma, device=device, precision=precision, merge=merge,
+            channels_last=channels_last,
+        )  # fmt: skip
 
     def __repr__(self) -> str:
         return (
@@ -169,7 +112,86 @@ class SmoothedClassifier(NoiseSampler):
             f"sigma={self.sigma}, precision={self.precision!r})"
         )
 
+    @property
+    def base(self) -> nn.Module:
+        """The base classifier."""
+        return self.sampler.base
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes."""
+        return self.sampler.num_classes
+
+    @property
+    def sigma(self) -> float:
+        """Noise standard deviation, in pixel units of [0, 1] images."""
+        return self.sampler.sigma
+
+    @property
+    def precision(self) -> str:
+        """``"fp32"``, ``"bf16"`` or ``"fp16"``."""
+        return self.sampler.precision
+
+    @property
+    def device(self) -> torch.device:
+        """The device the model runs on (where noise is drawn and counts accumulate)."""
+        return self.sampler.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the model's floating-point parameters (``float32`` if it has none)."""
+        return self.sampler.dtype
+
     # ------------------------------------------------------------------------ public API
+    def vote_counts(
+        self,
+        x: torch.Tensor,
+        n: int = 1000,
+        batch_size: int = 1000,
+        seed: int | None = None,
+    ) -> torch.Tensor:
+        """How often the base model predicts each class on ``n`` noisy copies of ``x``.
+
+        These are the counts behind
+        [`SmoothedClassifier.predict`][peftsmoothing.SmoothedClassifier.predict]: the same
+        noise stream, so ``predict_from_counts(vote_counts(x, n, b, seed), alpha)`` is
+        ``predict(x, n, alpha, b, seed)``.
+
+        Args:
+            x: One image (C, H, W) in [0, 1].
+            n: Number of noise samples.
+            batch_size: Noisy images per forward pass.
+            seed: Seed of the noise; ``None`` draws one from torch's global generator.
+
+        Returns:
+            An int64 CPU tensor of shape ``(num_classes,)`` summing to ``n``.
+
+        Raises:
+            ValueError: For invalid arguments or inputs (see ``predict``).
+            FloatingPointError: If the model returns a non-finite logit on any sample.
+
+        Examples:
+            >>> import torch, peftsmoothing as ps
+            >>> from torch import nn
+            >>> class Constant(nn.Module):
+            ...     def forward(self, x):
+            ...         return torch.tensor([0.0, 1.0]).repeat(len(x), 1)
+            >>> smoothed = ps.SmoothedClassifier(Constant(), 2, sigma=0.5)
+            >>> smoothed.vote_counts(torch.rand(1, 4, 4), n=50, seed=0).tolist()
+            [0, 50]
+        """
+        n_ = check_positive_int(n, "n")
+        b = check_positive_int(batch_size, "batch_size")
+        sampler = self.sampler
+        gen = sampler.generator(resolve_seed(seed), STREAM_PREDICTION)
+        x_dev = sampler.prepare(x)
+        with sampler.inference():
+            counts = torch.zeros(self.num_classes + 1, dtype=torch.long, device=x_dev.device)
+            for size in chunk_sizes(n_, b):
+                counts += sampler.count([Chunk(x_dev, size, gen)])[0]
+            host = counts.cpu()  # the one host synchronisation
+        return sampler.class_counts(host)
+
     def predict(
         self,
         x: torch.Tensor,
@@ -297,40 +319,16 @@ class SmoothedClassifier(NoiseSampler):
         n_ = check_positive_int(n, "n")
         a = check_alpha(alpha)
         b = check_positive_int(batch_size, "batch_size")
-        s = self._resolve_seed(seed)
+        s = resolve_seed(seed)
         policy = sequential_policy(
             self.sigma, n_, a, radius=radius, early_stop=early_stop, max_radius=max_radius,
             tolerance=tolerance, schedule=schedule,
         )  # fmt: skip
-        if policy is not None:
-            with self._inference():
-                ((_, cert),) = self.certify_many([(0, x, s)], n0_, policy, b)
-            return cert
-        x_dev = self._prepare_input(x)
-        start = time.perf_counter()
-        with self._inference():
-            counts0 = self._sample_counts(x_dev, n0_, b, self._generator(s, STREAM_SELECTION))
-            counts = self._sample_counts(x_dev, n_, b, self._generator(s, STREAM_ESTIMATION))
-            both = torch.stack([counts0, counts]).cpu()  # the one host synchronisation
-        selection = self._class_counts(both[0], n0_)
-        estimation = self._class_counts(both[1], n_)
-        c_a = int(selection.argmax())
-        count = int(estimation[c_a])
-        pa_lower = clopper_pearson_lower(count, n_, a)
-        if pa_lower < 0.5:
-            prediction, radius = ABSTAIN, 0.0
-        else:
-            prediction, radius = c_a, certified_radius(self.sigma, pa_lower)
-        return Certificate(
-            prediction=prediction,
-            radius=radius,
-            pa_lower=pa_lower,
-            count=count,
-            n=n_,
-            n0=n0_,
-            seconds=time.perf_counter() - start,
-            alpha_spent=a,
-        )
+        fixed = policy is None
+        with self.sampler.inference():
+            ((_, cert),) = self._certify_many([(0, x, s)], n0_, policy or fixed_policy(
+                self.sigma, n_, a), b, fixed=fixed)  # fmt: skip
+        return cert
 
     def certify_many(
         self,
@@ -381,13 +379,23 @@ class SmoothedClassifier(NoiseSampler):
                 f"the policy is for sigma={getattr(policy, 'sigma', None)}, this classifier "
                 f"smooths with sigma={self.sigma}"
             )
-        results = certify_packed(self, items, n0_, policy, b)
+        return self._certify_many(items, n0_, policy, b)
+
+    def _certify_many(
+        self,
+        items: Iterable[tuple[Any, torch.Tensor, int]],
+        n0: int,
+        policy: SequentialPolicy,
+        batch_size: int,
+        fixed: bool = False,
+    ) -> Iterator[tuple[Any, Certificate]]:
+        results = certify_packed(self.sampler, items, n0, policy, batch_size)
         while True:  # inference state only while the engine runs, never in the caller's code
-            with self._inference():
+            with self.sampler.inference():
                 result = next(results, None)
             if result is None:
                 return
-            yield result.key, _certificate(result)
+            yield result.key, result.certificate(sequential=not fixed)
 
     def certify_dataset(
         self,
@@ -413,12 +421,68 @@ class SmoothedClassifier(NoiseSampler):
     ) -> CertificationReport:
         """Certify every ``skip``-th image of a dataset, logging one row per image as it goes.
 
-        Per-image seeds, a crash-safe log that resumes (refusing other settings, models or
-        data), shards and the Cohen et al. log format: see
-        ``peftsmoothing.runner.certify_dataset`` for every argument and error. With
+        Image ``i`` is certified with a seed derived from ``(seed, i)``, so its certificate
+        does not depend on which images were certified before it, on ``skip``, on sharding
+        or on resuming. Each log row is flushed and fsynced; with ``resume=True`` images
+        already in the log are skipped, and a torn last line (process killed mid-write) is
+        truncated and that image certified again, so no row is ever lost or duplicated. With
         ``radius=`` (target mode) or ``early_stop=True`` the images are certified
         sequentially, several in flight, their samples sharing each forward batch
         (``certify_many``).
+
+        Args:
+            dataset: Map-style dataset of ``(image (C, H, W) in [0, 1], int label)`` pairs.
+            n0: Number of selection samples per image.
+            n: Number of estimation samples per image.
+            alpha: Failure probability of each certificate.
+            batch_size: Noisy images per forward pass.
+            log: Tab-separated log to write, one header line and one row per image, plus the
+                settings file ``<log>.json`` next to the log's resolved path; ``None``: no log.
+                While certifying, the process holds a lock on the log file itself.
+            resume: Continue an existing log. Resuming is refused for a log written with
+                other settings (sigma, n0, n, alpha, seed, precision, model, columns, dataset
+                info), for a log with rows but no settings file, and (format 2) when an image
+                already logged is not the same image and label any more (each row's
+                ``image_sha256``). A format-1 log (release 0.1) resumes in format 1, with a
+                warning that its data identity cannot be checked. If ``False`` an existing
+                log is an error.
+            indices: Dataset indices to consider (default: all).
+            skip: Certify every ``skip``-th of those indices (Cohen et al. use 20 on CIFAR-10).
+            shard: ``(i, k)``: certify only the ``i``-th of ``k`` disjoint, interleaved slices
+                of the selected indices (one per process or GPU; merge logs with
+                [`CertificationReport.from_logs`][peftsmoothing.CertificationReport.from_logs]).
+            seed: Master seed of the per-image seeds.
+            progress: Show a progress bar (images/s, running certified accuracy); default:
+                when stderr is a terminal.
+            log_format: ``"peftsmoothing"`` (format 2, ``peftsmoothing.certlog.LOG_COLUMNS``)
+                or ``"cohen"``: Cohen et al.'s six columns (``idx label predict radius correct
+                time``, ``time`` as ``str(datetime.timedelta)``), readable by their analysis
+                code. A Cohen-format log has our settings file beside it, so resuming is still
+                checked against the settings, but its rows carry no data identity, so resuming
+                it on other data cannot be detected.
+            dataset_info: What identifies the data beyond its size (e.g. ``{"name": "cifar10",
+                "split": "test", "image_size": 32}``), recorded in the settings' ``"dataset"``;
+                values must be JSON numbers, strings, booleans or ``None``.
+            radius: Target mode: certify whether each image's radius reaches ``radius``,
+                sequentially (``n`` is then ``n_max``; see ``sequential_policy``). Only
+                certified accuracy at ``radius`` is meaningful in such a log.
+            early_stop: Early-stopping mode: certify the largest radius, stopping when more
+                samples would add little (``max_radius``, ``tolerance``: see
+                ``peftsmoothing.sequential.MaxRadiusPolicy``).
+            max_radius: Early stopping: stop once this radius is certified.
+            tolerance: Early stopping: stop when the projected gain is below this. In the
+                sequential modes each row records the samples drawn (``n``) and the alpha of
+                the look it stopped at (``alpha``).
+
+        Returns:
+            A [`CertificationReport`][peftsmoothing.CertificationReport] over the selected
+            images (this shard's), including those already in the log.
+
+        Raises:
+            ValueError: For invalid arguments, a log written with other settings or on other
+                data, a corrupted log, or a label outside ``[0, num_classes)``.
+            FileExistsError: If ``log`` exists and ``resume=False``.
+            RuntimeError: If another process is certifying into ``log``.
 
         Examples:
             >>> import torch, peftsmoothing as ps
@@ -430,24 +494,33 @@ class SmoothedClassifier(NoiseSampler):
             >>> len(report), report.idx.tolist()
             (2, [0, 2])
         """
-        return runner.certify_dataset(
-            self, dataset, n0, n, alpha, batch_size, log=log, resume=resume, indices=indices,
-            skip=skip, shard=shard, seed=seed, progress=progress, log_format=log_format,
-            dataset_info=dataset_info, radius=radius, early_stop=early_stop,
-            max_radius=max_radius, tolerance=tolerance,
+        n0_ = check_positive_int(n0, "n0")
+        n_ = check_positive_int(n, "n")
+        a = check_alpha(alpha)
+        b = check_positive_int(batch_size, "batch_size")
+        skip_ = check_positive_int(skip, "skip")
+        master = check_seed(seed, allow_none=False)
+        assert master is not None
+        columns = check_choice(log_format, "log_format", LOG_FORMATS)
+        selected = runner.select_indices(dataset, indices, skip_, shard)
+        info = runner.dataset_info(dataset, dataset_info)
+        policy = sequential_policy(
+            self.sigma, n_, a, radius=radius, early_stop=early_stop, max_radius=max_radius,
+            tolerance=tolerance,
         )  # fmt: skip
-
-
-def _certificate(result: PackedResult) -> Certificate:
-    d = result.decision
-    return Certificate(
-        prediction=ABSTAIN if d.abstain else result.c_a,
-        radius=d.radius,
-        pa_lower=d.pa_lower,
-        count=d.count,
-        n=d.n,
-        n0=result.n0,
-        seconds=result.seconds,
-        alpha_spent=d.alpha_spent,
-        reason=d.reason,
-    )
+        mode, params = ("fixed", None) if policy is None else policy_settings(policy)
+        settings: dict[str, Any] = {"mode": mode, "sequential": params}
+        if log is not None:
+            settings = log_settings(
+                sigma=self.sigma, n0=n0_, n=n_, alpha=a, seed=master,
+                num_classes=self.num_classes, precision=self.precision,
+                model_sha256=model_fingerprint(self.base), columns=columns, dataset=info,
+                mode=mode, sequential=params,
+            )  # fmt: skip
+        run = runner.DatasetRun(
+            indices=selected, seed=master, n0=n0_, batch_size=b,
+            policy=policy or fixed_policy(self.sigma, n_, a), settings=settings, log=log,
+            resume=resume, progress=progress,
+        )  # fmt: skip
+        # stacklevel 3: the log's warnings point at the user's call of this method
+        return runner.certify_dataset(self.sampler, dataset, run, stacklevel=3)

@@ -17,12 +17,15 @@ from .validation import check_alpha, check_int, check_positive_int, check_real, 
 
 __all__ = [
     "ABSTAIN",
+    "abstains",
     "binomial_pvalue",
     "certified_radius",
+    "certify_bound",
     "check_alpha",
     "check_positive_int",
     "check_sigma",
     "clopper_pearson_lower",
+    "clopper_pearson_upper",
     "predict_from_counts",
 ]
 
@@ -66,6 +69,31 @@ def clopper_pearson_lower(k: int, n: int, alpha: float) -> float:
     from scipy.stats import beta  # here: importing scipy costs ~0.3 s the CLI need not pay
 
     return float(beta.ppf(a, k_, n_ - k_ + 1))
+
+
+def clopper_pearson_upper(k: int, n: int, alpha: float) -> float:
+    """Exact one-sided ``(1 - alpha)`` Clopper-Pearson upper confidence bound of ``p``.
+
+    ``1 - clopper_pearson_lower(n - k, n, alpha)`` (the bound for failures, mirrored); 1.0
+    when ``k == n``. For ``k ~ Binomial(n, p)``, ``P(upper < p) <= alpha``.
+
+    Args:
+        k: Number of successes, ``0 <= k <= n``.
+        n: Number of trials, ``n >= 1``.
+        alpha: Probability that the bound falls below the true ``p``, in (0, 1).
+
+    Returns:
+        The upper bound, in ``(0, 1]``.
+
+    Examples:
+        >>> round(clopper_pearson_upper(0, 100, 0.001), 6)  # 1 - 0.001 ** (1 / 100)
+        0.066746
+        >>> clopper_pearson_upper(100, 100, 0.001)
+        1.0
+    """
+    n_ = check_positive_int(n, "n")
+    k_ = check_int(k, "the count k", minimum=0, maximum=n_)
+    return 1.0 - clopper_pearson_lower(n_ - k_, n_, alpha)
 
 
 def binomial_pvalue(k: int, n: int, p: float = 0.5) -> float:
@@ -137,6 +165,33 @@ def predict_from_counts(counts: Iterable[int], alpha: float) -> int:
     if binomial_pvalue(n_a, n_a + n_b) > a:
         return ABSTAIN
     return order[0]
+
+
+def abstains(pa_lower: float) -> bool:
+    """CERTIFY's abstain rule: no class is certified when ``pa_lower < 0.5``.
+
+    Examples:
+        >>> abstains(0.49), abstains(0.5)
+        (True, False)
+    """
+    return pa_lower < 0.5
+
+
+def certify_bound(sigma: float, count: int, n: int, alpha: float) -> tuple[float, float]:
+    """``(pa_lower, radius)`` of CERTIFY from ``count`` of ``n`` votes for the selected class.
+
+    ``pa_lower`` is the one-sided Clopper-Pearson bound at level ``alpha``; the radius is
+    ``sigma * Phi^-1(pa_lower)``, or 0.0 when CERTIFY abstains (``abstains(pa_lower)``).
+
+    Examples:
+        >>> pa_lower, radius = certify_bound(0.5, 100, 100, 0.001)
+        >>> round(pa_lower, 6), round(radius, 4)  # 0.001 ** (1 / 100)
+        (0.933254, 0.7502)
+        >>> certify_bound(0.5, 40, 100, 0.001)[1]
+        0.0
+    """
+    pa_lower = clopper_pearson_lower(count, n, alpha)
+    return pa_lower, 0.0 if abstains(pa_lower) else certified_radius(sigma, pa_lower)
 
 
 def certified_radius(sigma: float, pa_lower: float) -> float:

@@ -29,7 +29,8 @@ caller running out of time) decides where sampling stops. Anytime-valid confiden
 
 from __future__ import annotations
 
-from .modes import policy_settings, sequential_policy
+from ..stats import clopper_pearson_upper
+from .modes import fixed_policy, policy_settings, sequential_policy
 from .policies import (
     Decision,
     MaxRadiusPolicy,
@@ -43,7 +44,6 @@ from .schedule import (
     DEFAULT_FIRST_LOOK,
     DEFAULT_GROWTH,
     Schedule,
-    clopper_pearson_upper,
     looks,
     max_certifiable_radius,
     spend_alpha,
@@ -60,6 +60,7 @@ __all__ = [
     "SequentialPolicy",
     "TargetRadiusPolicy",
     "clopper_pearson_upper",
+    "fixed_policy",
     "looks",
     "max_certifiable_radius",
     "policy_settings",

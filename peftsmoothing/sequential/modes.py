@@ -7,7 +7,24 @@ from typing import Any
 from .policies import MaxRadiusPolicy, SequentialPolicy, TargetRadiusPolicy
 from .schedule import Schedule
 
-__all__ = ["policy_settings", "sequential_policy"]
+__all__ = ["fixed_policy", "policy_settings", "sequential_policy"]
+
+
+def fixed_policy(sigma: float, n: int, alpha: float) -> SequentialPolicy:
+    """Fixed-``n`` CERTIFY (Cohen et al., 2019) as a policy: one look at ``n``, all of ``alpha``.
+
+    The certification engine runs it like any sequential policy; its one decision is
+    ``certify_bound(sigma, count, n, alpha)``, exactly CERTIFY's.
+
+    Examples:
+        >>> p = fixed_policy(0.5, 100, 0.001)
+        >>> p.schedule.looks, p.schedule.alphas
+        ((100,), (0.001,))
+        >>> d = p.decide(0, 100)
+        >>> d.stop, round(d.pa_lower, 6)
+        (True, 0.933254)
+    """
+    return MaxRadiusPolicy(sigma, Schedule.create(n, alpha, first=n))
 
 
 def sequential_policy(

@@ -14,9 +14,13 @@ from typing import Literal, Protocol
 
 from scipy.stats import norm
 
-from ..stats import certified_radius, clopper_pearson_lower
+from ..stats import (
+    abstains,
+    certify_bound,
+    clopper_pearson_upper,
+)
 from ..validation import check_alpha, check_int, check_real, check_sigma
-from .schedule import Schedule, clopper_pearson_upper
+from .schedule import Schedule
 
 __all__ = [
     "Decision",
@@ -67,8 +71,8 @@ class Decision:
 
     @property
     def abstain(self) -> bool:
-        """Whether CERTIFY abstains if it stops here (``pa_lower < 0.5``, as in ``certify``)."""
-        return self.pa_lower < 0.5
+        """Whether CERTIFY abstains if it stops here (``stats.abstains``: ``pa_lower < 0.5``)."""
+        return abstains(self.pa_lower)
 
 
 def _decision(
@@ -88,10 +92,8 @@ def _decision(
 
 
 def _bound(sigma: float, schedule: Schedule, look: int, count: int) -> tuple[float, float]:
-    """``(pa_lower, radius)`` at a look, with CERTIFY's conventions."""
-    pa_lower = clopper_pearson_lower(count, schedule.looks[look], schedule.alphas[look])
-    radius = 0.0 if pa_lower < 0.5 else certified_radius(sigma, pa_lower)
-    return pa_lower, radius
+    """``(pa_lower, radius)`` at a look (``certify_bound`` at the look's alpha)."""
+    return certify_bound(sigma, count, schedule.looks[look], schedule.alphas[look])
 
 
 class SequentialPolicy(Protocol):
@@ -186,7 +188,7 @@ class TargetRadiusPolicy:
 
     def _certifies(self, look: int, count: int) -> bool:
         pa_lower, radius = _bound(self.sigma, self.schedule, look, count)
-        return pa_lower >= 0.5 and radius >= self.radius
+        return not abstains(pa_lower) and radius >= self.radius
 
     def _futile(self, look: int, count: int) -> bool:
         n_k = self.schedule.looks[look]
@@ -218,7 +220,7 @@ class TargetRadiusPolicy:
         k, c = self.schedule.check_look(look, count)
         pa_lower, radius = _bound(self.sigma, self.schedule, k, c)
         last = k == self.schedule.n_looks - 1
-        if pa_lower >= 0.5 and radius >= self.radius:
+        if self._certifies(k, c):
             reason: Reason = "certified"
         elif last:
             reason = "final"
@@ -336,8 +338,7 @@ class MaxRadiusPolicy:
         k, c = self.schedule.check_look(look, count)
         n_max = self.schedule.n_max
         projected = min(n_max, round(c / self.schedule.looks[k] * n_max))
-        p = clopper_pearson_lower(projected, n_max, self.schedule.alphas[-1])
-        return 0.0 if p < 0.5 else certified_radius(self.sigma, p)
+        return certify_bound(self.sigma, projected, n_max, self.schedule.alphas[-1])[1]
 
     def decide(self, look: int, count: int) -> Decision:
         """The decision after ``look`` (0-based) with ``count`` of its ``looks[look]`` votes.

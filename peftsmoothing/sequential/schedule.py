@@ -19,7 +19,6 @@ __all__ = [
     "DEFAULT_FIRST_LOOK",
     "DEFAULT_GROWTH",
     "Schedule",
-    "clopper_pearson_upper",
     "looks",
     "max_certifiable_radius",
     "spend_alpha",
@@ -156,31 +155,6 @@ def max_certifiable_radius(sigma: float, n: int, alpha: float) -> float:
     """
     n_ = check_positive_int(n, "n")
     return certified_radius(sigma, clopper_pearson_lower(n_, n_, alpha))
-
-
-def clopper_pearson_upper(k: int, n: int, alpha: float) -> float:
-    """Exact one-sided ``(1 - alpha)`` Clopper-Pearson upper confidence bound of ``p``.
-
-    ``1 - clopper_pearson_lower(n - k, n, alpha)`` (the bound for failures, mirrored); 1.0
-    when ``k == n``. For ``k ~ Binomial(n, p)``, ``P(upper < p) <= alpha``.
-
-    Args:
-        k: Number of successes, ``0 <= k <= n``.
-        n: Number of trials, ``n >= 1``.
-        alpha: Probability that the bound falls below the true ``p``, in (0, 1).
-
-    Returns:
-        The upper bound, in ``(0, 1]``.
-
-    Examples:
-        >>> round(clopper_pearson_upper(0, 100, 0.001), 6)  # 1 - 0.001 ** (1 / 100)
-        0.066746
-        >>> clopper_pearson_upper(100, 100, 0.001)
-        1.0
-    """
-    n_ = check_positive_int(n, "n")
-    k_ = check_int(k, "the count k", minimum=0, maximum=n_)
-    return 1.0 - clopper_pearson_lower(n_ - k_, n_, alpha)
 
 
 @dataclass(frozen=True)
