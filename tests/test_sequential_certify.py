@@ -262,3 +262,46 @@ def test_certify_many_leaves_no_inference_state_to_its_caller() -> None:
     gen.close()
     assert seen == [(True, False, True)]
     assert model.training and torch.is_grad_enabled() and not torch.is_inference_mode_enabled()
+
+
+def _golden_classifier() -> tuple[ps.SmoothedClassifier, torch.Tensor]:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 4 * 4, 5))
+    x = torch.rand(3, 4, 4, generator=torch.Generator().manual_seed(1))
+    return ps.SmoothedClassifier(model, 5, sigma=0.5), x
+
+
+def test_predict_and_dataset_certificates_are_unchanged_golden() -> None:
+    """Stored before fixed-n CERTIFY moved onto the packed engine (same torch CPU kernels)."""
+    smoothed, x = _golden_classifier()
+    assert smoothed.vote_counts(x, n=700, batch_size=128, seed=3).tolist() == [76, 433, 58, 37, 96]
+    assert smoothed.predict(x, n=700, alpha=0.1, batch_size=128, seed=3) == 1
+    data = [(torch.rand(3, 4, 4, generator=torch.Generator().manual_seed(i)), i % 5)
+            for i in range(5)]  # fmt: skip
+    report = smoothed.certify_dataset(data, n0=20, n=300, alpha=0.01, batch_size=128, seed=4)
+    assert [int(v) for v in report.predict] == [0, 1, 1, -1, 1]
+    assert [r.count for r in report.rows] == [287, 195, 283, 124, 199]
+    assert report.radius.tolist() == [
+        0.7060066041460198, 0.10426168464777169, 0.6532404913503618, 0.0, 0.12192537741786716,
+    ]  # fmt: skip
+
+
+def test_fixed_n_certify_synchronises_with_the_host_once_per_image(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Counts stay on the device until the one decision: one ``.cpu()`` per image."""
+    smoothed, x = _golden_classifier()
+    calls = []
+    real = torch.Tensor.cpu
+
+    def counting(self: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
+        calls.append(tuple(self.shape))
+        return real(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(torch.Tensor, "cpu", counting)
+    smoothed.certify(x, n0=20, n=1000, alpha=0.01, batch_size=64, seed=0)
+    assert len(calls) == 1
+    calls.clear()
+    data = [(x, 0)] * 4
+    smoothed.certify_dataset(data, n0=20, n=1000, alpha=0.01, batch_size=64)
+    assert len(calls) == 4
