@@ -1,18 +1,21 @@
 """Crash-safe file writing shared by checkpoints, saved models and certification logs.
 
-Temporary files and folders are named ``.<name>.<pid>.<random>.tmp`` in the destination's
-folder, so that ``clean_stale_temporaries`` can remove those a killed run left behind
-without touching those of a run that is still alive.
+Temporary files and folders are named ``.<name>.peftsmoothing-tmp-<pid>-<random>.tmp`` in the
+destination's folder (``temporary_prefix``), so that ``clean_stale_temporaries`` can recognise
+exactly those this library made, and remove those a killed run left behind without touching
+those of a run that is still alive, or anything else.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
+import stat
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
-from typing import IO
+from typing import IO, Final
 
 __all__ = [
     "atomic_save",
@@ -22,36 +25,58 @@ __all__ = [
     "temporary_prefix",
 ]
 
+TEMPORARY_INFIX: Final[str] = "peftsmoothing-tmp"
+"""The fixed part of every temporary name this library builds (see ``temporary_prefix``)."""
 
-def temporary_prefix(name: str) -> str:
-    """The prefix of this process's temporary files for ``name`` (see the module docstring).
+_PID_MAX: Final[int] = 2**31 - 1  # the largest pid_t: no temporary of ours has a larger one
+_TEMPORARY_RE: Final = re.compile(
+    rf"\.(?P<name>.+)\.{TEMPORARY_INFIX}-(?P<pid>[1-9][0-9]{{0,9}})-[a-z0-9_]{{1,32}}\.tmp"
+)
+
+
+def temporary_prefix(name: str, *, pid: int | None = None) -> str:
+    """The prefix of the temporary files for ``name`` of process ``pid`` (default: this one).
+
+    The full name is this prefix, ``tempfile``'s random letters and ``.tmp`` (pass
+    ``suffix=".tmp"`` to ``tempfile.mkstemp``), as the module docstring says.
 
     Examples:
         >>> import os
-        >>> temporary_prefix("log.tsv") == f".log.tsv.{os.getpid()}."
+        >>> temporary_prefix("log.tsv") == f".log.tsv.peftsmoothing-tmp-{os.getpid()}-"
         True
     """
-    return f".{name}.{os.getpid()}."
+    return f".{name}.{TEMPORARY_INFIX}-{os.getpid() if pid is None else pid}-"
 
 
 def _pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` may be running (when unsure: yes)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:  # alive, owned by someone else
+    except (PermissionError, OverflowError):  # alive, owned by someone else; or unsure
         return True
     return True
 
 
-def clean_stale_temporaries(directory: str | os.PathLike[str]) -> list[Path]:
-    """Remove temporary files and folders that dead processes left in ``directory``.
+def clean_stale_temporaries(
+    directory: str | os.PathLike[str],
+    names: Collection[str] | None = None,
+    *,
+    folders: bool = False,
+) -> list[Path]:
+    """Remove the temporaries that killed runs of this library left in ``directory``.
 
-    Only names of the form ``.<name>.<pid>.<random>.tmp`` whose process no longer runs on this
-    machine are removed; those of live processes (another run writing beside this one) stay.
+    Only entries named exactly as ``temporary_prefix`` builds them, whose process no longer
+    runs on this machine, are removed; those of live processes (another run writing beside
+    this one) stay, and so does everything else: other names, symbolic links (never followed),
+    and folders unless ``folders`` is true.
 
     Args:
         directory: The folder to clean (a missing folder is fine).
+        names: Only the temporaries of these destination names (default: of any name).
+        folders: Also remove temporary folders (for folders this library owns, such as a
+            checkpoint directory); by default only regular files are removed.
 
     Returns:
         The removed paths.
@@ -59,28 +84,34 @@ def clean_stale_temporaries(directory: str | os.PathLike[str]) -> list[Path]:
     Examples:
         >>> import pathlib, tempfile
         >>> d = pathlib.Path(tempfile.mkdtemp())
-        >>> _ = (d / ".x.pt.999999999.abc.tmp").write_bytes(b"torn")  # no such process
-        >>> _ = (d / f"{temporary_prefix('y.pt')}abc.tmp").write_bytes(b"mine")
-        >>> [p.name for p in clean_stale_temporaries(d)]
-        ['.x.pt.999999999.abc.tmp']
+        >>> dead = d / f"{temporary_prefix('x.pt', pid=4999999)}abc.tmp"  # no such process
+        >>> _ = dead.write_bytes(b"torn")
+        >>> _ = (d / f"{temporary_prefix('y.pt')}abc.tmp").write_bytes(b"mine")  # alive
+        >>> _ = (d / ".photos.4999999.backup.tmp").write_bytes(b"a user's")  # not ours
+        >>> [p.name for p in clean_stale_temporaries(d)] == [dead.name]
+        True
     """
-    import re
     import shutil
 
     folder = Path(directory)
     if not folder.is_dir():
         return []
-    pattern = re.compile(r"\..+\.(\d+)\.[^.]+\.tmp")
     removed = []
-    for path in folder.iterdir():
-        m = pattern.fullmatch(path.name)
-        if m is None or _pid_alive(int(m.group(1))):
+    for path in sorted(folder.iterdir()):
+        match = _TEMPORARY_RE.fullmatch(path.name)
+        if match is None or (names is not None and match["name"] not in names):
+            continue
+        pid = int(match["pid"])  # at most 10 digits
+        if pid > _PID_MAX or _pid_alive(pid):  # no pid of ours, or a live run's
             continue
         with contextlib.suppress(OSError):
-            if path.is_dir() and not path.is_symlink():
+            mode = path.lstat().st_mode
+            if stat.S_ISREG(mode):
+                path.unlink()
+            elif folders and stat.S_ISDIR(mode):
                 shutil.rmtree(path)
             else:
-                path.unlink()
+                continue
             removed.append(path)
     return removed
 

@@ -10,11 +10,22 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 import numpy as np
 
-__all__ = ["Curve", "plot_certified_accuracy"]
+from ._io import atomic_write, clean_stale_temporaries
+
+__all__ = ["PLOT_CREATOR", "Curve", "plot_certified_accuracy"]
+
+PLOT_CREATOR: Final[str] = "peftsmoothing certified-accuracy plot"
+"""Recorded in the metadata of every plot written here, so that ``peftsmoothing report
+--plot`` recognises (and replaces) its own earlier plot and no other file."""
+
+_CREATOR_KEYS: Final[dict[str, str]] = {
+    "png": "Software", "pdf": "Creator", "svg": "Creator", "ps": "Creator", "eps": "Creator",
+}  # fmt: skip
+_MAX_PLOT_BYTES: Final[int] = 64 * 2**20  # a larger file is no plot of ours
 
 
 class Curve(Protocol):
@@ -47,11 +58,14 @@ def plot_certified_accuracy(
 ) -> Path:
     """Plot certified accuracy vs. radius of one or several reports on one figure.
 
-    Needs matplotlib (``pip install peftsmoothing[plot]``); no display is used.
+    Needs matplotlib (``pip install peftsmoothing[plot]``); no display is used. The file is
+    written atomically (a kill leaves the previous one whole) and, in PNG, PDF, SVG, PS and
+    EPS, records ``PLOT_CREATOR`` in its metadata.
 
     Args:
         reports: ``{legend label: report}``, or a single report.
-        path: Image file to write (format from the extension).
+        path: Image file to write (format from the extension; none: PNG), replaced if it
+            exists.
         max_radius: Right end of the x axis (default: a little beyond the largest radius).
         title: Figure title.
 
@@ -99,5 +113,28 @@ def plot_certified_accuracy(
     if title:
         ax.set_title(title)
     out = Path(path)
-    fig.savefig(out, dpi=150)
+    fmt = out.suffix[1:].lower() or fig.canvas.get_default_filetype()
+    key = _CREATOR_KEYS.get(fmt)
+    metadata = {key: PLOT_CREATOR} if key else None
+    clean_stale_temporaries(out.parent, [out.name])
+    atomic_write(out, lambda f: fig.savefig(f, format=fmt, dpi=150, metadata=metadata))
     return out
+
+
+def _is_own_plot(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a plot ``plot_certified_accuracy`` wrote (PNG, PDF, SVG, PS, EPS:
+    the formats that record ``PLOT_CREATOR``).
+
+    Examples:
+        >>> import pathlib, tempfile
+        >>> p = pathlib.Path(tempfile.mkdtemp()) / "photo.png"
+        >>> _ = p.write_bytes(b"a user's photo")
+        >>> _is_own_plot(p)
+        False
+    """
+    try:
+        with open(path, "rb") as f:
+            data = f.read(_MAX_PLOT_BYTES + 1)
+    except OSError:
+        return False
+    return len(data) <= _MAX_PLOT_BYTES and PLOT_CREATOR.encode() in data

@@ -318,3 +318,144 @@ def test_a_prediction_below_one_half_and_an_unknown_class_are_refused(tmp_path: 
     rows = [row.__class__(**{**row.__dict__, "pa_lower": 0.3, "radius": 0.0})]
     with pytest.raises(ValueError, match=r"needs pa_lower >= 0.5"):
         ps.certlog.validate_rows(rows, "x")
+
+
+# ------------------------------------------------------------------------------ temporaries
+def test_opening_a_log_never_removes_what_the_library_did_not_write(tmp_path: Path) -> None:
+    """Names of the old pattern ``.<name>.<digits>.<anything>.tmp`` are users' (issue 19.1)."""
+    photos = tmp_path / ".photos.4999999.backup.tmp"  # a user's folder; no process 4999999
+    photos.mkdir()
+    (photos / "2019.jpg").write_bytes(b"jpeg")
+    files = [
+        tmp_path / ".thesis.4999999.draft.tmp",  # a user's file, digits of no live process
+        tmp_path / ".notes.99999999999999999999.v2.tmp",  # digits that no pid can be
+    ]
+    for path in files:
+        path.write_text("mine")
+    assert len(run(tmp_path / "certify.tsv")) == 6
+    assert (photos / "2019.jpg").read_bytes() == b"jpeg"
+    assert [path.read_text() for path in files] == ["mine", "mine"]
+
+
+def test_opening_a_log_removes_only_its_own_stale_settings_temporaries(tmp_path: Path) -> None:
+    import os
+
+    from peftsmoothing._io import temporary_prefix
+
+    def temporary(name: str, pid: int) -> Path:
+        return tmp_path / f"{temporary_prefix(name, pid=pid)}k2j3h4g5.tmp"
+
+    stale = temporary("certify.tsv.json", 4999999)  # a killed run's half-written settings
+    live = temporary("certify.tsv.json", os.getpid())  # a live process's
+    other = temporary("model.pt", 4999999)  # another file's: not this log's to clean
+    no_pid = temporary("certify.tsv.json", 2**31)  # a number no pid of ours can be
+    folder = temporary("certify.tsv.json", 4999998)  # a folder: never removed
+    link = temporary("certify.tsv.json", 4999997)  # a link: never followed nor removed
+    for path in (stale, live, other, no_pid):
+        path.write_text("{")
+    folder.mkdir()
+    (folder / "keep").write_text("mine")
+    (tmp_path / "target").write_text("mine")
+    link.symlink_to(tmp_path / "target")
+    run(tmp_path / "certify.tsv")
+    assert not stale.exists()
+    assert live.exists() and other.exists() and no_pid.exists() and (folder / "keep").exists()
+    assert link.is_symlink() and (tmp_path / "target").read_text() == "mine"
+
+
+# ------------------------------------------------------------------------------ settings file
+@pytest.mark.parametrize(
+    "content",
+    [b'{"method": "lora", "options": {"r": 8}}\n', b"not json", b'["a list"]'],
+    ids=["other-json", "not-json", "list"],
+)
+def test_a_new_log_never_overwrites_a_file_that_is_not_its_settings(
+    tmp_path: Path, content: bytes
+) -> None:
+    """``--out D/peftsmoothing`` beside a saved model's ``peftsmoothing.json`` (issue 21.3)."""
+    theirs = tmp_path / "peftsmoothing.json"
+    theirs.write_bytes(content)
+    with pytest.raises(FileExistsError, match=r"peftsmoothing\.json exists and is not"):
+        run(tmp_path / "peftsmoothing")
+    assert theirs.read_bytes() == content
+    assert not (tmp_path / "peftsmoothing").exists()  # the empty log it created is gone again
+    theirs.unlink()
+    theirs.mkdir()  # a folder is refused the same way
+    with pytest.raises(FileExistsError, match="exists and is not"):
+        run(tmp_path / "peftsmoothing")
+    assert theirs.is_dir()
+
+
+# ------------------------------------------------------------------------------ row checks
+def test_impossible_format_1_rows_are_refused_with_a_settings_file(tmp_path: Path) -> None:
+    """pa_lower=1 and radius=1000 fit no run of n=50 at alpha=0.001 (issue 19.7)."""
+    for name in ("certify.tsv", "certify.tsv.json"):
+        shutil.copy(FIXTURES / name, tmp_path / name)
+    log = tmp_path / "certify.tsv"
+    assert len(ps.CertificationReport.from_log(log)) == 4  # the release's rows are fine
+    lines = log.read_text().splitlines(keepends=True)
+    cells = lines[3].split("\t")  # idx 2: count 50 of 50
+    cells[LOG_COLUMNS.index("pa_lower")] = "1.0"
+    cells[LOG_COLUMNS.index("radius")] = "1000.0"
+    lines[3] = "\t".join(cells)
+    log.write_text("".join(lines))
+    with pytest.raises(ValueError, match=r"certify\.tsv, line 4: pa_lower 1\.0 is not the "):
+        ps.CertificationReport.from_log(log)
+    lines[3] = lines[3].replace("\t50\t50\t", "\t50\t51\t")  # an n the settings do not have
+    log.write_text("".join(lines))
+    with pytest.raises(ValueError, match=r"line 4: n=51 .*not a sample count"):
+        ps.CertificationReport.from_log(log)
+
+
+def test_impossible_cohen_rows_are_refused_with_a_settings_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No row of n=40 at alpha=0.01 and sigma 0.5 certifies beyond 0.5 * Phi^-1(0.01^(1/40))."""
+    from peftsmoothing.stats import certified_radius
+
+    log = tmp_path / "cohen.tsv"
+    run(log, log_format="cohen")
+    ps.CertificationReport.from_log(log)
+    line = certified_line(log)
+    lines = log.read_text().splitlines(keepends=True)
+    cells = lines[line - 1].split("\t")
+    best = certified_radius(0.5, 0.01 ** (1 / 40))  # every sample of the top class
+    cells[COHEN_COLUMNS.index("radius")] = repr(best * 0.999)
+    lines[line - 1] = "\t".join(cells)
+    log.write_text("".join(lines))
+    assert len(ps.CertificationReport.from_log(log)) == 6  # possible: kept
+    cells[COHEN_COLUMNS.index("radius")] = "1000.0"
+    lines[line - 1] = "\t".join(cells)
+    log.write_text("".join(lines))
+    with pytest.raises(ValueError, match=rf"cohen\.tsv, line {line}: radius 1000\.0 exceeds"):
+        ps.CertificationReport.from_log(log)
+    assert main(["report", str(log)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "radius 1000.0 exceeds" in err
+
+
+@pytest.mark.parametrize("column", ["idx", "label"])
+def test_numbers_beyond_int64_are_a_one_line_error(
+    tmp_path: Path, column: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A number that does not fit the report's int64 arrays is a bad row (issue 19.8)."""
+    log = tmp_path / "certify.tsv"
+    run(log)
+    (tmp_path / "certify.tsv.json").unlink()  # no settings: nothing else bounds the numbers
+    tamper(log, 2, column, str(2**63))
+    assert main(["report", str(log)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "line 2 is malformed" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("time", ["9" * 400 + " days, 0:00:01", "inf"], ids=["days", "inf"])
+def test_a_cohen_time_beyond_range_is_a_one_line_error(
+    tmp_path: Path, time: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "cohen.tsv"
+    lines = COHEN_FLOAT.splitlines(keepends=True)
+    lines[1] = lines[1].rsplit("\t", 1)[0] + f"\t{time}\n"
+    path.write_text("".join(lines))
+    assert main(["report", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "line 2 is malformed" in err

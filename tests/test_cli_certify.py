@@ -112,6 +112,20 @@ def test_certify_into_a_log_in_use_is_a_clear_error(
         held.close()
 
 
+def test_certify_into_a_model_directory_keeps_the_model(
+    saved_model: Path, fake_cifar: list[Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--out D/peftsmoothing`` would have its settings replace D's ``peftsmoothing.json``."""
+    config = (saved_model / "peftsmoothing.json").read_bytes()
+    args = ["certify", "--model", str(saved_model), "--root", str(tmp_path), *COMMON]
+    assert main([*args, "--out", str(saved_model / "peftsmoothing")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is not the settings file of a certification log" in err
+    assert (saved_model / "peftsmoothing.json").read_bytes() == config
+    assert not (saved_model / "peftsmoothing").exists()
+    ps.load(saved_model)  # still loads
+
+
 def test_certify_sequential_modes(
     saved_model: Path, fake_cifar: list[Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -180,3 +180,57 @@ def test_compare_to_refuses_reports_of_other_data() -> None:
         a.compare_to(ps.CertificationReport(_rows([(1, 0.5)] * 3, label=7)))
     with pytest.raises(ValueError, match="no certificates"):
         a.compare_to(ps.CertificationReport([]))
+
+
+def test_report_plot_never_replaces_a_file_that_is_not_its_plot(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``report --plot`` pointed at a user's image (issue 21.2): refused unless --overwrite."""
+    pytest.importorskip("matplotlib")
+    from peftsmoothing.cli import main
+
+    log = write_log(tmp_path / "lora.tsv", ROWS)
+    photo = tmp_path / "photo.png"
+    photo.write_bytes(b"\x89PNG\r\n\x1a\n a user's photo")
+    assert main(["report", str(log), "--plot", str(photo)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "exists and is not a plot written by peftsmoothing" in err
+    assert photo.read_bytes() == b"\x89PNG\r\n\x1a\n a user's photo"
+    assert main(["report", str(log), "--plot", str(photo), "--overwrite"]) == 0
+    ours = photo.read_bytes()
+    assert ours[:8] == b"\x89PNG\r\n\x1a\n" and len(ours) > 1000
+    assert main(["report", str(log), "--plot", str(photo), "--radii", "0.5"]) == 0  # its own
+    for name in ("curve.pdf", "curve.svg"):  # a plot of the library, in other formats
+        ps.CertificationReport.from_log(log).plot(tmp_path / name)
+        assert main(["report", str(log), "--plot", str(tmp_path / name)]) == 0
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+FULL_DISK_PLOT = r"""
+import resource, signal, sys
+import matplotlib.backends.backend_agg, matplotlib.figure, peftsmoothing.report
+from peftsmoothing.cli import main
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))  # the disk is full from now on
+sys.exit(main(["report", sys.argv[1], "--plot", sys.argv[2]]))
+"""
+
+
+def test_a_failing_plot_write_leaves_the_previous_plot_whole(tmp_path: Path) -> None:
+    """The plot is written beside and renamed: a write that fails midway (here a full disk)
+    leaves the previous plot as it was, and no temporary file."""
+    pytest.importorskip("matplotlib")
+    import subprocess
+
+    log = write_log(tmp_path / "lora.tsv", ROWS)
+    png = ps.CertificationReport.from_log(log).plot(tmp_path / "curve.png")
+    before = png.read_bytes()
+    assert len(before) > 4096
+    script = tmp_path / "full.py"
+    script.write_text(FULL_DISK_PLOT)
+    out = subprocess.run([sys.executable, str(script), str(log), str(png)],
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert out.returncode == 1 and "File too large" in out.stderr, out.stderr
+    assert out.stderr.count("\n") == 1
+    assert png.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["curve.png", "full.py", "lora.tsv"]

@@ -20,6 +20,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import peftsmoothing as ps
+from peftsmoothing._io import temporary_prefix
 from peftsmoothing.cli import main
 from peftsmoothing.datasets import load_cifar
 
@@ -415,10 +416,10 @@ def test_both_checkpoints_corrupt_is_one_error_naming_both(tmp_path: Path) -> No
 def test_stale_temporaries_of_dead_runs_are_cleaned_live_ones_kept(tmp_path: Path) -> None:
     ckpt = tmp_path / "ckpt"
     ckpt.mkdir()
-    dead = ckpt / ".last.999999999.abcd.tmp"  # no such process
+    dead = ckpt / f"{temporary_prefix('last', pid=4999999)}abcd.tmp"  # no such process
     dead.mkdir()
     (dead / "trainable.pt").write_bytes(b"half")
-    live = ckpt / f".last.{os.getpid()}.efgh.tmp"  # this process: alive
+    live = ckpt / f"{temporary_prefix('last')}efgh.tmp"  # this process: alive
     live.mkdir()
     ps.NoiseTrainer(Diverges(bad=set()), 0.25, checkpoint_dir=ckpt)
     assert not dead.exists() and live.exists()
@@ -486,7 +487,7 @@ def test_a_folder_where_a_file_belongs_is_one_line(
 
 
 def test_stale_settings_temporary_is_cleaned_when_a_log_opens(tmp_path: Path) -> None:
-    dead = tmp_path / ".log.tsv.json.999999999.abcd.tmp"  # a killed run's half-written settings
+    dead = tmp_path / f"{temporary_prefix('log.tsv.json', pid=4999999)}abcd.tmp"  # a killed run's
     dead.write_text("{")
     smoothed = ps.SmoothedClassifier(PartlyNaN(1e9), num_classes=2, sigma=0.5)
     data = [(torch.zeros(1, 2, 2), 0)]

@@ -5,6 +5,7 @@ See ``peftsmoothing.certlog`` for the format as a whole.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import warnings
@@ -15,7 +16,14 @@ from typing import Any, BinaryIO
 
 from .._io import atomic_write, clean_stale_temporaries, fsync_dir
 from .rows import _HEADERS, LogRow, _parse
-from .settings import _V1_KEYS, FORMAT_VERSION, read_settings, settings_diff, settings_path
+from .settings import (
+    _V1_KEYS,
+    FORMAT_VERSION,
+    SETTINGS_FORMAT,
+    read_settings,
+    settings_diff,
+    settings_path,
+)
 
 
 def _lock_log(path: Path) -> BinaryIO:
@@ -80,14 +88,20 @@ def open_log(
     Checking the rows' data identity needs the dataset: see ``check_identity``.
 
     Raises:
-        FileExistsError: If the log is not empty and ``resume`` is false.
+        FileExistsError: If the log is not empty and ``resume`` is false, or if a new log's
+            settings file would replace a file that is not a log's settings (such as a saved
+            model's ``peftsmoothing.json``); a log file this call created is then removed.
         ValueError: For other settings, a missing settings file, or a corrupted log.
         RuntimeError: If another process holds the log.
     """
+    existed = os.path.exists(path)
     handle = _lock_log(Path(path))
     try:
         return _open_locked(Path(path), handle, settings, resume, stacklevel + 1)
     except BaseException:
+        if not existed and os.fstat(handle.fileno()).st_size == 0:
+            with contextlib.suppress(OSError):  # the empty log this call created: not left
+                os.unlink(os.path.realpath(path))
         handle.close()
         raise
 
@@ -97,7 +111,7 @@ def _open_locked(
 ) -> OpenLog:
     real = Path(os.path.realpath(path))
     meta_path = settings_path(real)
-    clean_stale_temporaries(real.parent)  # settings files half-written by killed runs
+    clean_stale_temporaries(real.parent, [meta_path.name])  # settings half-written by kills
     handle.seek(0)
     data = handle.read()
     if data and not resume:
@@ -150,6 +164,7 @@ def _open_locked(
         )
     if not rows:  # nothing certified yet: start afresh with the new settings
         valid = 0
+        _check_replaceable(meta_path)
         atomic_write(meta_path, (json.dumps(meta, indent=2) + "\n").encode())
     if valid < len(data):
         handle.truncate(valid)
@@ -162,6 +177,23 @@ def _open_locked(
         os.fsync(handle.fileno())
         fsync_dir(real.parent)
     return OpenLog(real, handle, layout, rows)
+
+
+def _check_replaceable(meta_path: Path) -> None:
+    """Refuse to replace ``meta_path`` unless it is missing or a log's settings file: a new
+    log must never overwrite a file of someone else's (e.g. a saved model's
+    ``peftsmoothing.json`` beside ``--out D/peftsmoothing``)."""
+    if not os.path.lexists(meta_path):
+        return
+    value = None
+    if meta_path.is_file() and not meta_path.is_symlink():
+        with contextlib.suppress(OSError, ValueError, UnicodeDecodeError):
+            value = json.loads(meta_path.read_bytes())
+    if not isinstance(value, dict) or value.get("format") != SETTINGS_FORMAT:
+        raise FileExistsError(
+            f"{meta_path} exists and is not the settings file of a certification log, and a "
+            "new log would replace it; choose another log path (or move that file)"
+        )
 
 
 def check_identity(

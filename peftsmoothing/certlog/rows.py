@@ -31,6 +31,7 @@ _LAYOUTS: Final[dict[str, tuple[str, ...]]] = {
 }  # fmt: skip
 _HEADERS: Final[dict[str, bytes]] = {k: ("\t".join(v) + "\n").encode() for k, v in _LAYOUTS.items()}
 _SHA_RE: Final = re.compile(r"[0-9a-f]{16}")
+_INT64_MAX: Final[int] = 2**63 - 1  # reports hold the integer columns as int64
 _TIMEDELTA_RE: Final = re.compile(r"(?:(-?\d+) days?, )?(\d+):(\d\d):(\d\d(?:\.\d+)?)")
 
 
@@ -40,7 +41,10 @@ def _parse_time(text: str) -> float:
     if match is None:
         return float(text)
     days, hours, minutes, seconds = match.groups()
-    return int(days or 0) * 86400 + int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+    try:
+        return int(days or 0) * 86400 + int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+    except OverflowError:
+        raise ValueError(f"time {text!r} out of range") from None
 
 
 @dataclass(frozen=True)
@@ -133,10 +137,14 @@ class LogRow:
         return row
 
     def _check(self, cohen: bool) -> None:
+        if max(self.idx, self.label, self.predict, self.count, self.n) > _INT64_MAX:
+            raise ValueError(f"idx, label, predict, count or n above {_INT64_MAX} (int64)")
         if self.correct not in (0, 1) or self.idx < 0 or self.label < 0 or self.predict < -1:
             raise ValueError("inconsistent values")
-        if not (math.isfinite(self.radius) and self.radius >= 0 and self.seconds >= 0):
-            raise ValueError("radius or seconds out of range")
+        if not (math.isfinite(self.radius) and self.radius >= 0):
+            raise ValueError("radius out of range")
+        if not (math.isfinite(self.seconds) and self.seconds >= 0):
+            raise ValueError("seconds out of range")
         if cohen:  # a row of Cohen et al.'s layout: no counts, no bound
             if self.count != 0 or not math.isnan(self.pa_lower) or self.alpha is not None:
                 raise ValueError("inconsistent values")
@@ -221,13 +229,15 @@ def validate_rows(
 
     The rules: ``correct == int(predict == label)``; an abstention (``predict == -1``) has
     radius 0; with ``sigma`` known, ``radius <= sigma * Phi^-1(pa_lower)`` (relative tolerance
-    1e-9); for rows that record ``alpha`` (format 2), ``pa_lower`` is the Clopper-Pearson bound
-    of ``count`` in ``n`` at ``alpha`` (relative tolerance 1e-9) and a prediction has
-    ``pa_lower >= 0.5`` (CERTIFY abstains below). With the log's ``settings``: sigma comes from
-    them, labels and predictions lie below ``num_classes``, and each row's ``(n, alpha)`` is one
-    the settings allow (fixed mode: their ``n`` and ``alpha``; sequential modes: one look's
-    sample count and alpha). Rows of Cohen et al.'s logs (no counts) are checked by the first
-    two rules.
+    1e-9); ``pa_lower`` is the Clopper-Pearson bound of ``count`` in ``n`` at the row's
+    ``alpha`` (relative tolerance 1e-9) and a prediction has ``pa_lower >= 0.5`` (CERTIFY
+    abstains below). With the log's ``settings``: sigma comes from them, labels and
+    predictions lie below ``num_classes``, and each row's ``(n, alpha)`` is one the settings
+    allow (fixed mode: their ``n`` and ``alpha``; sequential modes: one look's sample count and
+    alpha). Rows that do not record alpha (format 1) are checked at the settings' alpha for
+    their ``n``; rows of Cohen et al.'s layout (no counts) by the first two rules and, with
+    settings, by the radius rule at the largest ``pa_lower`` the settings allow (every sample
+    of the top class: ``alpha^(1/n)``).
 
     Raises:
         ValueError: Naming the file, the line and the rule of the first impossible row.
@@ -237,6 +247,12 @@ def validate_rows(
         Traceback (most recent call last):
         ...
         ValueError: x.tsv, line 2: an abstention (predict -1) has radius 0, got 0.5
+        >>> settings = {"sigma": 0.5, "n": 10, "alpha": 0.001}
+        >>> validate_rows([LogRow(0, 1, 1, 1000.0, 1, 1.0, 10, 10, 1.0)], "v1.tsv",
+        ...               settings=settings)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: v1.tsv, line 2: pa_lower 1.0 is not the Clopper-Pearson bound of count 10 ...
     """
     settings = settings or {}
     if sigma is None and isinstance(settings.get("sigma"), (int, float)):
@@ -259,30 +275,48 @@ def validate_rows(
             )
         if row.predict == ABSTAIN and row.radius != 0:
             raise ValueError(f"{where}: an abstention (predict -1) has radius 0, got {row.radius}")
-        if row.n == 0:  # Cohen et al.'s row: no counts to check
+        if row.n == 0:  # Cohen et al.'s row: no counts; at best every sample was the top class
+            best = max((a ** (1 / n) for n, a in allowed if n > 0), default=None)
+            if best is not None:
+                _check_radius(row, where, sigma, best, " (the most the settings' n and alpha give)")
             continue
-        if sigma is not None and row.predict != ABSTAIN:
-            bound = certified_radius(sigma, row.pa_lower) if row.pa_lower < 1 else math.inf
-            if row.radius > max(bound, 0.0) * (1 + 1e-9):
-                raise ValueError(
-                    f"{where}: radius {row.radius} exceeds sigma * Phi^-1(pa_lower) = {bound} "
-                    f"(sigma {sigma}, pa_lower {row.pa_lower})"
-                )
+        # the levels its pa_lower may be at: its own alpha, or (format 1) the settings' for n
+        alphas = [row.alpha] if row.alpha is not None else [a for n, a in allowed if n == row.n]
+        if row.alpha is None and allowed and not alphas:
+            raise ValueError(
+                f"{where}: n={row.n} is not a sample count the settings allow "
+                f"({sorted(allowed)[:4]}...)"
+            )
+        _check_radius(row, where, sigma, row.pa_lower, "")
         if row.predict != ABSTAIN and row.pa_lower < 0.5:
             raise ValueError(f"{where}: a prediction needs pa_lower >= 0.5 (CERTIFY abstains "
                              f"below), got {row.pa_lower}")  # fmt: skip
-        if row.alpha is not None:
-            expected = clopper_pearson_lower(row.count, row.n, row.alpha)
-            if not math.isclose(row.pa_lower, expected, rel_tol=1e-9, abs_tol=1e-300):
-                raise ValueError(
-                    f"{where}: pa_lower {row.pa_lower} is not the Clopper-Pearson bound of "
-                    f"count {row.count} in n {row.n} at alpha {row.alpha} ({expected})"
-                )
+        expected = [clopper_pearson_lower(row.count, row.n, a) for a in alphas]
+        if alphas and not any(
+            math.isclose(row.pa_lower, e, rel_tol=1e-9, abs_tol=1e-300) for e in expected
+        ):
+            raise ValueError(
+                f"{where}: pa_lower {row.pa_lower} is not the Clopper-Pearson bound of "
+                f"count {row.count} in n {row.n} at alpha {alphas[0]} ({expected[0]})"
+            )
         if row.alpha is not None and allowed and (row.n, row.alpha) not in allowed:
             raise ValueError(
                 f"{where}: n={row.n} at alpha={row.alpha} is not a sample count and level the "
                 f"settings allow ({sorted(allowed)[:4]}...)"
             )
+
+
+def _check_radius(row: LogRow, where: str, sigma: float | None, pa: float, note: str) -> None:
+    """The radius rule: ``radius <= sigma * Phi^-1(pa)`` for a prediction, when sigma is
+    known (``pa``: the row's ``pa_lower``, or the largest one possible)."""
+    if sigma is None or row.predict == ABSTAIN:
+        return
+    bound = certified_radius(sigma, pa) if pa < 1 else math.inf
+    if row.radius > max(bound, 0.0) * (1 + 1e-9):
+        raise ValueError(
+            f"{where}: radius {row.radius} exceeds sigma * Phi^-1(pa_lower) = {bound} "
+            f"(sigma {sigma}, pa_lower {pa}{note})"
+        )
 
 
 def _allowed_looks(settings: Mapping[str, Any]) -> set[tuple[int, float]]:

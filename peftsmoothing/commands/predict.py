@@ -5,26 +5,30 @@ seconds``: the image index, its label, the smoothed classifier's class (``-1``: 
 they agree, the votes of the top class among the ``n`` noisy samples, ``n``, and the seconds
 the image took. The noise of image ``idx`` is seeded by ``derive_seed(seed, idx)``, so a row
 does not depend on the other images.
+
+The file is written atomically when the run completes (a kill leaves the previous file whole),
+and replaces only an earlier predict output (recognised by its header) unless ``--overwrite``.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from ..names import DATASET_NAMES, PRECISIONS
 from ._args import default_device, int_at_least, probability, sigma
 
-__all__ = ["COLUMNS", "EXAMPLE", "USER_ERRORS", "register", "run"]
+__all__ = ["COLUMNS", "EXAMPLE", "HEADER", "USER_ERRORS", "register", "run"]
 
 #: The columns of the output file, in order.
 COLUMNS = ("idx", "label", "predict", "correct", "count", "n", "seconds")
+
+#: The first line of the output file: how an earlier output is recognised (and replaced).
+HEADER = ("\t".join(COLUMNS) + "\n").encode()
 
 #: A complete ``peftsmoothing predict`` command (shown in ``--help``; a test parses it).
 EXAMPLE = (
@@ -54,12 +58,17 @@ def run(args: argparse.Namespace) -> int:
     """Predict every ``--skip``-th image of ``args.dataset``; write ``args.out``; returns 0."""
     import peftsmoothing
 
+    from .._io import atomic_write
     from ..seeds import derive_seed
     from ..smoothing import SmoothedClassifier
     from ..stats import ABSTAIN, predict_from_counts
     from ..validation import check_positive_int
+    from ._output import check_output, starts_with
 
     skip = check_positive_int(args.skip, "skip")
+    # before any work: never over a file that is not an earlier predict output
+    out = check_output(args.out, own=starts_with(HEADER), overwrite=args.overwrite,
+                       flag="--out", what="a predict output")  # fmt: skip
     datasets: Any = importlib.import_module("peftsmoothing.datasets")
     device = args.device or default_device()
     model = peftsmoothing.load(args.model)
@@ -71,14 +80,14 @@ def run(args: argparse.Namespace) -> int:
     smoothed = SmoothedClassifier(
         model, classes, args.sigma, device=device, precision=args.precision
     )
-    out = Path(args.out)
-    if out.parent != Path():
-        out.parent.mkdir(parents=True, exist_ok=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
     print(f"predicting {args.dataset} ({args.split}) with sigma={args.sigma} -> {out}",
           file=sys.stderr)
     rows = correct_total = abstained = 0
-    with open(out, "w", encoding="utf-8") as f:
-        f.write("\t".join(COLUMNS) + "\n")
+
+    def write(f: IO[bytes]) -> None:
+        nonlocal rows, correct_total, abstained
+        f.write(HEADER)
         for idx in _indices(len(dataset), skip, args.max):
             image, label = dataset[idx]
             start = time.perf_counter()
@@ -91,12 +100,12 @@ def run(args: argparse.Namespace) -> int:
             count = max(counts)
             correct = int(prediction == int(label))
             f.write(f"{idx}\t{int(label)}\t{prediction}\t{correct}\t{count}\t{args.n}\t"
-                    f"{seconds:.3f}\n")
-            f.flush()
+                    f"{seconds:.3f}\n".encode())  # fmt: skip
             rows += 1
             correct_total += correct
             abstained += prediction == ABSTAIN
-        os.fsync(f.fileno())
+
+    atomic_write(out, write)  # a kill leaves the previous file whole
     if rows:
         print(f"{rows} images: accuracy {correct_total / rows:.3f}, "
               f"abstain rate {abstained / rows:.3f}")
@@ -137,5 +146,11 @@ def register(subparsers: Any) -> None:
                    "else cpu)")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="fp32, or bf16 / fp16 autocast")
-    p.add_argument("--out", required=True, help="output file (TSV), replaced if it exists")
+    p.add_argument(
+        "--out", required=True,
+        help="output file (TSV), written when the run completes; an earlier predict output "
+        "there is replaced, any other file only with --overwrite",
+    )  # fmt: skip
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace --out even if it is not an earlier predict output")
     p.set_defaults(func=run, user_errors=USER_ERRORS)

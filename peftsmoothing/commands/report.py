@@ -8,8 +8,11 @@ from pathlib import Path
 from typing import Any
 
 #: Exceptions ``peftsmoothing report`` reports as a one-line error (exit status 1), not a
-#: traceback: unreadable or empty logs, missing files, matplotlib not installed for ``--plot``.
-USER_ERRORS: tuple[type[Exception], ...] = (ValueError, FileNotFoundError, ImportError)
+#: traceback: unreadable or empty logs, missing files, matplotlib not installed for ``--plot``,
+#: a ``--plot`` file that is not an earlier plot.
+USER_ERRORS: tuple[type[Exception], ...] = (
+    ValueError, FileNotFoundError, FileExistsError, ImportError,
+)  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
@@ -23,14 +26,19 @@ def run(args: argparse.Namespace) -> int:
         ...     _ = f.write("\\t".join(LOG_COLUMNS) + "\\n")
         ...     _ = f.write("0\\t3\\t3\\t0.5\\t1\\t0.84\\t99\\t100\\t2\\n")
         >>> run(argparse.Namespace(logs=[path], radii=[0.0, 0.5], format="csv", plot=None,
-        ...                        compare=False, max_radius=None, allow_mixed=False))
+        ...                        compare=False, max_radius=None, allow_mixed=False,
+        ...                        overwrite=False))
         name,0.0,0.5,acr,abstain_rate,images
         certify,1.0,1.0,0.5,0.0,1
         0
     """
-    from ..plots import plot_certified_accuracy
+    from ..plots import _is_own_plot, plot_certified_accuracy
     from ..report import CertificationReport, certified_accuracy_table
+    from ._output import check_output
 
+    if args.plot:  # before any work: never over a file that is not an earlier plot
+        check_output(args.plot, own=_is_own_plot, overwrite=args.overwrite, flag="--plot",
+                     what="a plot written by peftsmoothing")  # fmt: skip
     if args.compare:
         reports = {
             name: CertificationReport.from_log(path)
@@ -142,8 +150,14 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--format", choices=("markdown", "csv"), default="markdown",
                    help="output format of the table")
-    p.add_argument("--plot", default=None, metavar="PNG",
-                   help="save certified accuracy vs radius to this PNG file")
+    p.add_argument(
+        "--plot", default=None, metavar="PNG",
+        help="save certified accuracy vs radius to this image file (format from the "
+        "extension), written atomically; an earlier plot there is replaced, any other file "
+        "only with --overwrite",
+    )  # fmt: skip
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the --plot file even if it is not an earlier plot")
     p.add_argument("--max-radius", type=float, default=None,
                    help="x-axis limit of the plot (None: from the largest radius)")
     p.add_argument(

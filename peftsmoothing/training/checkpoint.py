@@ -133,7 +133,7 @@ def prepare_dir(checkpoint_dir: Path) -> None:
         raise ValueError(
             f"cannot write checkpoints to {checkpoint_dir}: {err.strerror or err}"
         ) from None
-    clean_stale_temporaries(checkpoint_dir)
+    clean_stale_temporaries(checkpoint_dir, folders=True)
 
 
 def _read(path: Path, device: torch.device) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
