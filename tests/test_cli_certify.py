@@ -179,3 +179,12 @@ def test_readme_flow_through_the_cli(
     assert main(["certify", *common, "--base-weights", str(other),
                  "--out", str(tmp_path / "c.tsv")]) == 1  # fmt: skip
     assert "other frozen weights" in capsys.readouterr().err
+    # predict chooses the weights the same way (README-flow models, #21.6)
+    guess = ["predict", "--model", str(directory), "--root", str(tmp_path), "--sigma", "0.25",
+             "--n", "16", "--batch", "16", "--max", "2", "--device", "cpu"]  # fmt: skip
+    assert main([*guess, "--out", str(tmp_path / "p.tsv")]) == 1
+    assert "base_weights" in capsys.readouterr().err
+    assert main([*guess, "--base-weights", str(weights), "--out", str(tmp_path / "p.tsv")]) == 0
+    assert len((tmp_path / "p.tsv").read_text().splitlines()) == 3  # header and two rows
+    assert main([*guess, "--base-weights", str(other), "--out", str(tmp_path / "q.tsv")]) == 1
+    assert "other frozen weights" in capsys.readouterr().err

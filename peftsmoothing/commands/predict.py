@@ -20,7 +20,14 @@ from collections.abc import Iterator
 from typing import IO, Any
 
 from ..names import DATASET_NAMES, PRECISIONS
-from ._args import default_device, int_at_least, probability, sigma
+from ._args import (
+    add_model_arguments,
+    default_device,
+    int_at_least,
+    load_model,
+    probability,
+    sigma,
+)
 
 __all__ = ["COLUMNS", "EXAMPLE", "HEADER", "USER_ERRORS", "register", "run"]
 
@@ -56,8 +63,6 @@ def _indices(size: int, skip: int, maximum: int | None) -> Iterator[int]:
 
 def run(args: argparse.Namespace) -> int:
     """Predict every ``--skip``-th image of ``args.dataset``; write ``args.out``; returns 0."""
-    import peftsmoothing
-
     from .._io import atomic_write
     from ..seeds import derive_seed
     from ..smoothing import SmoothedClassifier
@@ -71,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
                        flag="--out", what="a predict output")  # fmt: skip
     datasets: Any = importlib.import_module("peftsmoothing.datasets")
     device = args.device or default_device()
-    model = peftsmoothing.load(args.model)
+    model = load_model(args)
     dataset = datasets.load_dataset(
         args.dataset, args.root, train=args.split == "train", image_size=args.image_size,
         augment=False,
@@ -122,7 +127,7 @@ def register(subparsers: Any) -> None:
         "(-1: abstain). Writes one tab-separated row per image: "
         f"{' '.join(COLUMNS)}. Example: `{EXAMPLE}`",
     )
-    p.add_argument("--model", required=True, help="directory written by PEFTModel.save")
+    add_model_arguments(p)
     p.add_argument("--dataset", default="cifar10", choices=DATASET_NAMES, help="dataset")
     p.add_argument("--root", required=True, help="data directory")
     p.add_argument("--split", choices=("test", "train"), default="test", help="dataset split")
