@@ -261,3 +261,215 @@ def test_a_model_without_timm_helpers(tmp_path: Path, images: torch.Tensor) -> N
     assert torch.equal(ps.load(tiny_cnn(), m.save(tmp_path / "saved")).eval()(images), y)
     torch.testing.assert_close(m.merge()(images), y, atol=1e-5, rtol=1e-5)
     assert torch.equal(m.unmerge()(images), y)
+
+
+#: One config per accepted config class (``peft_options.REVIEWED``), and the variants whose
+#: merge runs other code (DoRA; OFT's constrained ``coft``, which projects ``oft_R`` in place,
+#: and its block sharing / Cayley-Neumann paths).
+MERGE_CONFIGS: dict[str, Any] = {
+    **CONFIGS,
+    "lora_bias": lambda: peft.LoraConfig(r=4, target_modules=["qkv"], lora_bias=True),
+    "lokr_both": lambda: peft.LoKrConfig(r=4, target_modules=["qkv"], decompose_both=True),
+    "oft_coft": lambda: peft.OFTConfig(r=0, oft_block_size=8, target_modules=["qkv"],
+                                       coft=True, eps=1e-4),
+    "oft_share": lambda: peft.OFTConfig(r=0, oft_block_size=8, target_modules=["qkv"],
+                                        block_share=True, coft=True),
+    "oft_neumann": lambda: peft.OFTConfig(r=0, oft_block_size=8, target_modules=["qkv"],
+                                          use_cayley_neumann=False),
+}  # fmt: skip
+
+
+def test_merge_configs_cover_every_accepted_config_class() -> None:
+    from peftsmoothing.methods.peft import ALLOWED_CONFIGS
+    from peftsmoothing.methods.peft_options import REVIEWED
+
+    assert {type(c()).__name__ for c in MERGE_CONFIGS.values()} == set(ALLOWED_CONFIGS)
+    assert set(ALLOWED_CONFIGS) == set(REVIEWED)
+
+
+@pytest.mark.parametrize("kind", sorted(MERGE_CONFIGS))
+def test_merge_then_unmerge_leaves_every_tensor_bit_identical(
+    kind: str, images: torch.Tensor
+) -> None:
+    from peftsmoothing.fingerprint import model_fingerprint
+
+    m = ps.wrap(small_vit(), method="peft", config=MERGE_CONFIGS[kind](), num_classes=3).eval()
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # trained-looking adapter tensors: nonzero, not yet projected (coft)
+        for _, p in m.named_trainable_parameters():
+            p.copy_(0.1 * torch.randn(p.shape, generator=g))
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    fingerprint = model_fingerprint(m)
+    with m.merged_for_inference():
+        assert m.merged
+        m(images)
+    changed = [k for k, v in m.state_dict().items() if not torch.equal(v, before[k])]
+    assert not changed, f"merge/unmerge changed {changed[:5]}"
+    m.merge()
+    m.unmerge()
+    assert all(torch.equal(v, before[k]) for k, v in m.state_dict().items())
+    assert model_fingerprint(m) == fingerprint
+
+
+# --------------------------------------------------------------- configs read from files
+_LOAD_CRAFTED = """
+import json, sys
+import peftsmoothing as ps
+from tests.conftest import tiny_vit
+
+saved, adapter = sys.argv[1:]
+for kind, load in [("saved", lambda: ps.load(tiny_vit(0, embed_dim=32, depth=2, num_heads=2,
+                                                      num_classes=3), saved)),
+                   ("adapter", lambda: ps.wrap(tiny_vit(0, embed_dim=32, depth=2, num_heads=2,
+                                                        num_classes=3),
+                                               method="peft", adapter=adapter))]:
+    try:
+        load()
+        print(kind, "LOADED")
+    except ValueError as err:
+        print(kind, "REFUSED", err)
+"""
+
+
+def test_a_crafted_regex_in_a_file_is_refused_in_time(tmp_path: Path) -> None:
+    """(.*.*)*X takes exponential time in re.fullmatch: minutes per module name of ~16
+    characters. Loading runs in a subprocess, so a hang fails the test instead of blocking."""
+    m = ps.wrap(small_vit(), method="peft", config=peft.LoraConfig(target_modules=r".*\.qkv"))
+    saved = m.save(tmp_path / "saved")
+    path = saved / "peftsmoothing.json"
+    config = json.loads(path.read_text())
+    config["spec"]["method_config"]["config"]["target_modules"] = "(.*.*)*X"
+    path.write_text(json.dumps(config))
+    adapter, _ = _peft_adapter_dir(tmp_path)
+    cfg = adapter / "adapter_config.json"
+    cfg.write_text(json.dumps({**json.loads(cfg.read_text()), "target_modules": "(.*.*)*X"}))
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run(
+        [sys.executable, "-c", _LOAD_CRAFTED, str(saved), str(adapter)],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=True,
+    ).stdout
+    assert "saved REFUSED" in out and "adapter REFUSED" in out, out
+    assert out.count("nested quantifier") == 2, out
+
+
+def test_a_users_own_regex_saves_and_loads(tmp_path: Path, images: torch.Tensor) -> None:
+    cfg = peft.LoraConfig(
+        r=2, target_modules=r".*blocks\.\d+\.attn\.(qkv|proj)", init_lora_weights=False
+    )
+    m = ps.wrap(small_vit(), method="peft", config=cfg).eval()
+    loaded = ps.load(small_vit(), m.save(tmp_path / "saved")).eval()
+    assert torch.equal(loaded(images), m(images))
+
+
+def test_a_users_regex_that_a_saved_copy_could_not_load_is_warned_about() -> None:
+    cfg = peft.LoraConfig(target_modules=".*(qkv)+")  # trusted in code, refused from a file
+    with pytest.warns(UserWarning, match="nested quantifier.*a saved copy of this model will"):
+        m = ps.wrap(small_vit(), method="peft", config=cfg)
+    assert ps.parameter_report(m).trainable > 0
+
+
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        ({"target_modules": "(a*)*b"}, "nested quantifier"),
+        ({"target_modules": "(a+|b)+"}, "nested quantifier"),
+        ({"target_modules": ["qkv"], "exclude_modules": "(.*.*)*X"}, "nested quantifier"),
+        ({"target_modules": r"(a)\1"}, "refusing groupref"),
+        ({"target_modules": "q" * 257}, "refusing 257 characters"),
+        ({"target_modules": ["q" * 257]}, "at most 256 characters"),
+        ({"target_modules": [f"m{i}" for i in range(1025)]}, "1025 entries"),
+        ({"target_modules": ".*" * 6 + "X"}, "backtrack"),
+        ({"target_modules": "(.|.)" * 12 + ".*.*.*X"}, "backtrack"),
+        ({"target_modules": ["qkv"], "rank_pattern": {"(a*)*b": 2}}, "nested quantifier"),
+        ({"target_modules": ["qkv"], "alpha_pattern": {"x)|((a+)+": 2}}, "nested quantifier"),
+        ({"target_modules": ["qkv"], "layers_to_transform": [0],
+          "layers_pattern": ["(b*)*"]}, "nested quantifier"),
+        ({"target_modules": "("}, "not a valid regular expression"),
+    ],
+)  # fmt: skip
+def test_patterns_of_a_saved_config_are_bounded(options: dict[str, Any], match: str) -> None:
+    from peftsmoothing.methods.peft_options import check_patterns
+
+    with pytest.raises(ValueError, match=match):
+        check_patterns(peft.LoraConfig(**options), "file")
+
+
+def test_ia3_feedforward_patterns_of_a_saved_config_are_bounded() -> None:
+    from peftsmoothing.methods.peft_options import check_patterns
+
+    with pytest.raises(ValueError, match="feedforward_modules='\\(a\\*\\)\\*b'"):
+        check_patterns(peft.IA3Config(target_modules="fc2", feedforward_modules="(a*)*b"), "f")
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"target_modules": r".*\.qkv"},
+        {"target_modules": r".*\.blocks\.\d+\.(q|k|v)_\w+"},
+        {"target_modules": r"^(?!.*head).*\.(fc1|fc2|qkv|proj)"},
+        {"target_modules": ["qkv", "blocks.0.mlp.fc1"], "exclude_modules": ["blocks.1.attn.qkv"]},
+        {"target_modules": ["qkv"], "layers_to_transform": [0, 1], "layers_pattern": "blocks"},
+        {"target_modules": ["qkv"], "rank_pattern": {f"blocks.{i}.attn.qkv": 2 for i in range(999)},
+         "alpha_pattern": {r"blocks\.\d+\.attn\.qkv": 4}},
+    ],
+)  # fmt: skip
+def test_usual_patterns_of_a_saved_config_pass(options: dict[str, Any]) -> None:
+    from peftsmoothing.methods.peft_options import check_patterns
+
+    check_patterns(peft.LoraConfig(**options), "file")
+
+
+@pytest.fixture
+def no_real_adapter_above(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fail, instead of allocating gigabytes, if an adapter of rank > 64 is built on real
+    memory (sizing it on the meta device is allowed)."""
+    inject = peft.inject_adapter_in_model
+
+    def guarded(config: Any, model: nn.Module, *args: Any, **kwargs: Any) -> nn.Module:
+        real = any(p.device.type != "meta" for p in model.parameters())
+        if real and getattr(config, "r", 0) > 64:
+            raise AssertionError(f"an adapter of rank {config.r} was built before it was sized")
+        return inject(config, model, *args, **kwargs)
+
+    monkeypatch.setattr(peft, "inject_adapter_in_model", guarded)
+
+
+@pytest.mark.usefixtures("no_real_adapter_above")
+def test_adapter_config_numbers_are_bounded(tmp_path: Path) -> None:
+    adapter, _ = _peft_adapter_dir(tmp_path)
+    cfg = adapter / "adapter_config.json"
+    cfg.write_text(json.dumps({**json.loads(cfg.read_text()), "r": 10_000_000}))
+    with pytest.raises(ValueError, match=r"adapter_config.json.*\.r: refusing 10000000"):
+        ps.wrap(small_vit(), method="peft", adapter=adapter)
+
+
+ALL_LINEAR = ["qkv", "proj", "fc1", "fc2"]
+#: A rank-65,536 LoRA (the largest number a file may hold) of the small ViT's qkv, proj, fc1
+#: and fc2 in both blocks, and of patch_embed.proj (a 4x4 convolution from 3 channels):
+#: 289,406,976 bytes, above the 64 MiB any adapter read from a file may have.
+HUGE_ADAPTER_BYTES = 4 * 65_536 * (DEPTH * (128 + 64 + 160 + 160) + 3 * 4 * 4 + 32)
+
+
+@pytest.mark.usefixtures("no_real_adapter_above")
+def test_an_adapter_from_a_file_is_sized_before_it_is_built(tmp_path: Path) -> None:
+    adapter, _ = _peft_adapter_dir(tmp_path)
+    cfg = adapter / "adapter_config.json"
+    cfg.write_text(
+        json.dumps({**json.loads(cfg.read_text()), "r": 65_536, "target_modules": ALL_LINEAR})
+    )
+    refused = f"refusing an adapter of {HUGE_ADAPTER_BYTES:,} bytes"
+    with pytest.raises(ValueError, match=refused):
+        ps.wrap(small_vit(), method="peft", adapter=adapter)
+
+    m = ps.wrap(small_vit(), method="peft", config=peft.LoraConfig(target_modules=["qkv"]))
+    saved = m.save(tmp_path / "saved")
+    path = saved / "peftsmoothing.json"
+    config = json.loads(path.read_text())
+    config["spec"]["method_config"]["config"].update(r=65_536, target_modules=ALL_LINEAR)
+    path.write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=refused):
+        ps.load(small_vit(), saved)

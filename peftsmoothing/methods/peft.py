@@ -30,13 +30,15 @@ from typing import Any
 import torch
 from torch import nn
 
+from .. import recipes
 from .base import Method, MethodConfig, MethodContext, register_method
-from .peft_options import check_reviewed_options
+from .peft_options import check_patterns, check_reviewed_options
 
 __all__ = [
     "ADAPTER_CONFIG_FILE",
     "ADAPTER_WEIGHTS_FILE",
     "ALLOWED_CONFIGS",
+    "MIN_ADAPTER_BYTES",
     "PeftMethod",
     "PeftMethodConfig",
     "peft_available",
@@ -49,6 +51,10 @@ ALLOWED_CONFIGS = ("LoraConfig", "LoHaConfig", "LoKrConfig", "IA3Config", "OFTCo
 ADAPTER_CONFIG_FILE = "adapter_config.json"
 #: The weights file of a peft adapter directory (safetensors: no pickled code).
 ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"
+#: An adapter read from a file (a saved model's config, an adapter directory) may hold as many
+#: bytes as the model it adapts, and at least this many, but never more than
+#: ``peftsmoothing.recipes.MAX_BYTES`` (``None`` there: not sized at all).
+MIN_ADAPTER_BYTES = 64 * 2**20
 _ADAPTER = "default"
 _PREFIX = "base_model.model."  # what a PeftModel puts in front of its model's keys
 
@@ -119,7 +125,9 @@ def config_from_dict(
 
     The class is ``class_name`` or the one peft maps ``values["peft_type"]`` to, and must be in
     ``ALLOWED_CONFIGS``; keys that are not options of that class are dropped with a warning
-    (as peft itself does for configs of newer versions).
+    (as peft itself does for configs of newer versions). The values are checked as read from
+    a file: numbers are bounded (``recipes.check_numbers``), module names and regular
+    expressions too (``peft_options.check_patterns``).
 
     Args:
         values: The config's options.
@@ -130,7 +138,8 @@ def config_from_dict(
         The peft config object (with ``inference_mode=False``).
 
     Raises:
-        ValueError: For a class or ``peft_type`` that is not allowed, or invalid options.
+        ValueError: For a class or ``peft_type`` that is not allowed, invalid options, a
+            number or pattern out of bounds.
 
     Examples:
         >>> config_from_dict({"peft_type": "LORA", "r": 4, "target_modules": ["qkv"]}).r
@@ -142,6 +151,7 @@ def config_from_dict(
     """  # noqa: E501
     if not isinstance(values, Mapping):
         raise ValueError(f"{source}: a peft config must be a JSON object, got {values!r}")
+    recipes.check_numbers(values, source)
     peft_type = values.get("peft_type")
     if class_name is None:
         class_name = _class_for_type(peft_type, source)
@@ -161,7 +171,9 @@ def config_from_dict(
         config = cls(**kwargs)
     except (TypeError, ValueError) as err:
         raise ValueError(f"{source}: invalid {class_name}: {err}") from None
-    return _check_options(config, source)
+    config = _check_options(config, source)
+    check_patterns(config, source)
+    return config
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:
@@ -230,11 +242,16 @@ class PeftMethodConfig(MethodConfig):
             from ``adapter_config.json`` and its weights from ``adapter_model.safetensors``.
             A saved model does not record it: the loaded weights are trained tensors, so
             they are saved with the model.
+
+    A config read from a file (``adapter``, or a dict as a saved model stores it) is bounded
+    (numbers, patterns: ``config_from_dict``) and its adapter is sized before it is built.
     """
 
     config: Any = None
     config_class: str | None = None
     adapter: str | None = None
+    #: Whether ``config`` was read from a file (not an option: set by ``__post_init__``).
+    _from_file = False
 
     def __post_init__(self) -> None:
         if self.adapter is not None:
@@ -255,10 +272,16 @@ class PeftMethodConfig(MethodConfig):
             if type(self.config) is not cls:
                 raise ValueError(f"peft: config must be a peft.{name}, not a subclass of it")
             config = _check_options(self.config, "peft: config")
+            try:  # your own config is trusted, but a saved copy is checked when loaded
+                check_patterns(config, "peft: config")
+            except ValueError as err:
+                # stack: __post_init__ <- __init__ <- from_kwargs <- wrap <- your code
+                warnings.warn(f"{err}; a saved copy of this model will not load", stacklevel=5)
         name = type(config).__name__
         if self.config_class is not None and self.config_class != name:
             raise ValueError(f"peft: config_class={self.config_class!r} but config is a {name}")
-        self._normalize(config=config, config_class=name)
+        from_file = self.adapter is not None or isinstance(self.config, Mapping)
+        self._normalize(config=config, config_class=name, _from_file=from_file)
 
     @classmethod
     def saved_keys(cls) -> frozenset[str]:
@@ -313,6 +336,9 @@ class PeftMethod(Method):
         peft = _peft()
         cfg = self.config
         assert isinstance(cfg, PeftMethodConfig)
+        if cfg._from_file:
+            where = Path(cfg.adapter, ADAPTER_CONFIG_FILE) if cfg.adapter else "peft: config"
+            _check_adapter_size(cfg.config, model, str(where))
         try:
             peft.inject_adapter_in_model(copy.deepcopy(cfg.config), model, adapter_name=_ADAPTER)
         except ValueError as err:
@@ -327,18 +353,17 @@ class PeftMethod(Method):
 
     @torch.no_grad()
     def merge(self, model: nn.Module) -> None:
-        """Merge every adapter layer, keeping its original base weights for ``unmerge``."""
+        """Merge every adapter layer, keeping a copy of all its tensors for ``unmerge``."""
         for name, layer in self._tuner_layers(model):
             if not layer.merged:
-                base = layer.get_base_layer()
-                saved = {n: p.detach().clone() for n, p in base.named_parameters(recurse=False)}
+                self._originals[name] = {n: t.clone() for n, t in _tensors(layer).items()}
                 layer.merge()
-                self._originals[name] = saved
 
     @torch.no_grad()
     def unmerge(self, model: nn.Module) -> None:
-        """Unmerge, then restore the original base weights exactly (peft subtracts or divides
-        the update back out, which leaves float rounding in the frozen weights)."""
+        """Unmerge, then restore every tensor of the layer exactly: peft subtracts or divides
+        the update back out, which leaves float rounding in the frozen weights, and OFT's
+        ``coft`` projects the trained ``oft_R`` in place when it merges."""
         for name, layer in self._tuner_layers(model):
             if layer.merged:
                 with warnings.catch_warnings():  # (IA)^3: "Unmerge result can be inaccurate"
@@ -346,9 +371,51 @@ class PeftMethod(Method):
                     layer.unmerge()
                 saved = self._originals.pop(name, None)
                 if saved is not None:
-                    base = layer.get_base_layer()
-                    for n, p in base.named_parameters(recurse=False):
-                        p.copy_(saved[n])
+                    for n, t in _tensors(layer).items():
+                        t.copy_(saved[n])
+
+
+def _tensors(layer: nn.Module) -> dict[str, torch.Tensor]:
+    """Every parameter and buffer of an adapter layer: its base layer's and the adapter's."""
+    return {n: t.detach() for n, t in [*layer.named_parameters(), *layer.named_buffers()]}
+
+
+def _bytes(model: nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+
+
+def _check_adapter_size(config: Any, model: nn.Module, source: str) -> None:
+    """Build the adapter on a meta-device copy of ``model`` (shapes only, no memory) and
+    refuse it above the model's own size (at least ``MIN_ADAPTER_BYTES``) or
+    ``recipes.MAX_BYTES``."""
+    limit = recipes.MAX_BYTES
+    if limit is None:
+        return
+    base = _bytes(model)
+    limit = min(limit, max(base, MIN_ADAPTER_BYTES))
+    memo: dict[int, Any] = {}
+    for t in [*model.parameters(), *model.buffers()]:
+        meta = torch.empty_like(t, device="meta")
+        memo[id(t)] = nn.Parameter(meta, t.requires_grad) if isinstance(t, nn.Parameter) else meta
+    try:
+        with warnings.catch_warnings(), torch.device("meta"):
+            warnings.simplefilter("ignore")
+            skeleton = copy.deepcopy(model, memo)
+            _peft().inject_adapter_in_model(copy.deepcopy(config), skeleton, adapter_name=_ADAPTER)
+    except ValueError as err:
+        raise ValueError(f"peft: {err}") from err
+    except (TypeError, RuntimeError, NotImplementedError, AssertionError) as err:
+        raise ValueError(
+            f"{source}: cannot size the adapter on the meta device ({err}); set "
+            "peftsmoothing.recipes.MAX_BYTES = None to build it unsized, if you trust it"
+        ) from None
+    size = _bytes(skeleton) - base
+    if size > limit:
+        raise ValueError(
+            f"{source}: refusing an adapter of {size:,} bytes (more than {limit:,}: the size of "
+            f"the model it adapts, at least {MIN_ADAPTER_BYTES:,}, at most "
+            "peftsmoothing.recipes.MAX_BYTES); set that to None if you trust this file"
+        )
 
 
 def _load_adapter_weights(model: nn.Module, directory: Path) -> None:

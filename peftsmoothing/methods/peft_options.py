@@ -10,6 +10,8 @@ options: adapter shape and hyper-parameters that touch nothing but the adapter. 
 option must keep its default value, and a few reviewed options are limited to reviewed values.
 Metadata (``peft_type``, ``peft_version``, ``base_model_name_or_path``, ...) is never used to
 fetch or build anything here (``inject_adapter_in_model`` is given our model) and may be anything.
+``check_patterns`` bounds the module names and regular expressions of a config read from a file,
+so that matching them against the model's module names cannot take exponential time.
 
 Examples:
     >>> from peft import LoraConfig
@@ -23,10 +25,13 @@ Examples:
 
 from __future__ import annotations
 
+import importlib
+import re
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["METADATA", "REVIEWED", "REVIEWED_VALUES", "check_reviewed_options"]
+__all__ = ["MAX_NAMES", "MAX_PATTERN_CHARS", "MAX_PATTERN_WORK", "METADATA", "REVIEWED",
+           "REVIEWED_VALUES", "check_patterns", "check_reviewed_options"]  # fmt: skip
 
 #: Options that only describe a config (no effect on what ``inject_adapter_in_model`` builds
 #: here); ``inference_mode`` is set to ``False`` by the method itself.
@@ -120,3 +125,134 @@ def check_reviewed_options(config: Any, source: str) -> None:
             )
         if option not in reviewed and not _same(value, getattr(default, option, None)):
             raise ValueError(f"{source}: {name} option {option}={value!r} is not supported {_SEE}")
+
+
+#: The longest module name or regular expression a peft config read from a file may give.
+MAX_PATTERN_CHARS = 256
+#: The most entries of a list of module names, of ``layers_to_transform`` / ``layers_pattern``,
+#: or of ``rank_pattern`` / ``alpha_pattern``, in a peft config read from a file.
+MAX_NAMES = 1024
+#: The most backtracking the regular expressions of a peft config read from a file may ask
+#: for together: each counts its alternatives (``|`` branches and optional parts, multiplied)
+#: times 64 per repeat (``*``, ``+``, ``{m,n}``), so one pattern may have e.g. three repeats
+#: and 16 alternatives (``.*\.blocks\.\d+\.(q|k|v)_\w+``), or a thousand module names
+#: may each be a ``rank_pattern`` key.
+MAX_PATTERN_WORK = 16 * 64**3
+_REPEAT_WORK = 64
+
+#: How peft matches each option that names modules: a string is a regular expression matched
+#: in full; each ``layers_pattern`` entry and ``rank_pattern`` / ``alpha_pattern`` key is put
+#: into the expression shown (peft's ``check_target_module_exists`` and ``get_pattern_key``).
+_FULL_MATCH = ("target_modules", "exclude_modules", "feedforward_modules")
+_TEMPLATES = {
+    "layers_pattern": r"(?:^|.*?\.){}\.(?P<idx>\d+)\.",
+    "rank_pattern": r"(.*\.)?({})$",
+    "alpha_pattern": r"(.*\.)?({})$",
+}
+_ATOMS = frozenset({"LITERAL", "NOT_LITERAL", "ANY", "IN"})  # one character each
+_REPEATS = frozenset({"MAX_REPEAT", "MIN_REPEAT"})
+
+
+def check_patterns(config: Any, source: str) -> None:
+    r"""Refuse module names and regular expressions of a peft config that could make matching
+    them against a model's module names take exponential (or very long) time.
+
+    For configs read from a file (a saved model's, an adapter directory's): module names and
+    expressions are at most ``MAX_PATTERN_CHARS`` long, lists at most ``MAX_NAMES`` long; an
+    expression may repeat (``*``, ``+``, ``{m,n}``) only a single character or class (no
+    nested quantifiers such as ``(a*)*``), may not use backreferences, and all of them
+    together stay within ``MAX_PATTERN_WORK``.
+
+    Args:
+        config: A peft config object.
+        source: Where the config came from, for messages.
+
+    Raises:
+        ValueError: Naming the option and the pattern refused.
+
+    Examples:
+        >>> from peft import LoraConfig
+        >>> check_patterns(LoraConfig(target_modules=r".*\.blocks\.\d+\.attn\.qkv"), "peft")
+        >>> check_patterns(LoraConfig(target_modules="(.*.*)*X"), "peft")
+        Traceback (most recent call last):
+        ...
+        ValueError: peft: target_modules='(.*.*)*X': refusing a repeated group (a nested quantifier); a saved peft config may repeat only single characters or classes
+    """  # noqa: E501
+    work = 0
+    for option in (*_FULL_MATCH, *_TEMPLATES, "layers_to_transform"):
+        value = getattr(config, option, None)
+        where = f"{source}: {option}"
+        if isinstance(value, str) and option in _FULL_MATCH:
+            work += _regex_work(value, value, where)
+            continue
+        items = [value] if isinstance(value, (str, int)) else list(value or ())
+        if len(items) > MAX_NAMES:
+            raise ValueError(f"{where}: refusing {len(items)} entries (at most {MAX_NAMES})")
+        if option == "layers_to_transform":
+            continue  # numbers, bounded with the rest of the file
+        for item in items:
+            if not isinstance(item, str) or len(item) > MAX_PATTERN_CHARS:
+                raise ValueError(
+                    f"{where}: refusing {item!r} (module names are strings of at most "
+                    f"{MAX_PATTERN_CHARS} characters)"
+                )
+            if option in _TEMPLATES:
+                work += _regex_work(item, _TEMPLATES[option].format(item), where)
+    if work > MAX_PATTERN_WORK:
+        raise ValueError(
+            f"{source}: refusing regular expressions that may backtrack {work:,} ways (at most "
+            f"peftsmoothing.methods.peft_options.MAX_PATTERN_WORK = {MAX_PATTERN_WORK:,})"
+        )
+
+
+def _regex_work(value: str, pattern: str, where: str) -> int:
+    """The backtracking ``pattern`` (the one peft compiles for ``value``) may ask for."""
+    if len(value) > MAX_PATTERN_CHARS:
+        raise ValueError(f"{where}: refusing {len(value)} characters (at most {MAX_PATTERN_CHARS})")
+    try:
+        parsed = _regex_parser().parse(pattern)
+    except (re.error, RecursionError, OverflowError) as err:
+        raise ValueError(f"{where}={value!r} is not a valid regular expression ({err})") from None
+    return _work(parsed, f"{where}={value!r}")
+
+
+def _regex_parser() -> Any:
+    """Python's own regular-expression parser (``re._parser``; ``sre_parse`` before 3.11)."""
+    try:
+        return importlib.import_module("re._parser")
+    except ImportError:  # Python 3.10
+        return importlib.import_module("sre_parse")
+
+
+def _work(parsed: Any, where: str) -> int:
+    """Alternatives times ``_REPEAT_WORK`` per repeat, over a parsed expression."""
+    alternatives, repeats = 1, 0
+    for op, value in parsed:
+        name = str(getattr(op, "name", op))
+        if name in _ATOMS or name == "AT":
+            continue
+        if name in _REPEATS:
+            low, high, body = value
+            if high > 1:
+                if len(body) != 1 or str(getattr(body[0][0], "name", "")) not in _ATOMS:
+                    raise ValueError(
+                        f"{where}: refusing a repeated group (a nested quantifier); a saved peft "
+                        "config may repeat only single characters or classes"
+                    )
+                repeats += 1
+                continue
+            alternatives *= 2 if low == 0 else 1  # optional: matched or skipped
+            inner = [body]
+        elif name == "SUBPATTERN":
+            inner = [value[-1]]
+        elif name in ("ASSERT", "ASSERT_NOT"):
+            inner = [value[1]]
+        elif name == "BRANCH":
+            inner = list(value[1])
+            alternatives *= len(inner)
+        else:  # GROUPREF (backreferences), conditionals, ...
+            raise ValueError(f"{where}: refusing {name.lower()} in a saved peft config")
+        for sub in inner:
+            work = _work(sub, where)
+            alternatives *= work
+    return alternatives * _REPEAT_WORK**repeats
