@@ -1,19 +1,32 @@
 """Fingerprints of model weights: a SHA-256 over the names, dtypes, shapes and values of tensors.
 
 Two uses (docs/design.md, "Trust"): a saved model records the fingerprint of the frozen weights
-it was trained on, so loading it onto other weights is refused; a certification log records the
+it was trained on, so loading it onto other weights is refused (``stored_fingerprint`` says
+which configs may lack it: only those of release 0.1); a certification log records the
 fingerprint of the whole model, so resuming it with another model is refused.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+import os
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import torch
 from torch import nn
 
-__all__ = ["image_fingerprint", "model_fingerprint", "tensors_fingerprint"]
+__all__ = [
+    "FINGERPRINT_SINCE",
+    "image_fingerprint",
+    "model_fingerprint",
+    "stored_fingerprint",
+    "tensors_fingerprint",
+]
+
+#: The first release whose saves always record the frozen-weights fingerprint (0.1 never did).
+FINGERPRINT_SINCE = (0, 2)
 
 
 def tensors_fingerprint(tensors: Iterable[tuple[str, torch.Tensor]]) -> str:
@@ -75,3 +88,72 @@ def image_fingerprint(image: object, label: int) -> str:
     digest = hashlib.sha256(f"{tuple(t.shape)}|{int(label)}|".encode())
     digest.update(t.numpy().tobytes())
     return digest.hexdigest()[:16]
+
+
+def _release(version: object) -> tuple[int, int] | None:
+    """``(major, minor)`` of a version string such as ``"0.1.0.dev0"``, else ``None``."""
+    pattern = r"(\d+)\.(\d+)(\.\d+)*((a|b|rc)\d+)?(\.post\d+)?(\.dev\d+)?(\+[\w.]+)?"
+    found = re.fullmatch(pattern, version) if isinstance(version, str) else None
+    return (int(found[1]), int(found[2])) if found else None
+
+
+def stored_fingerprint(config: Mapping[str, Any], source: str | os.PathLike[str]) -> str | None:
+    """The frozen-weights fingerprint a saved model's config records (``base.fingerprint``).
+
+    Only a config of release 0.1 (format 1, ``peftsmoothing_version`` below
+    ``FINGERPRINT_SINCE``), which never wrote the field, may lack it: the result is then
+    ``None`` (``peftsmoothing.serialization.check_base_fingerprint`` warns). A missing field
+    in a file whose versions say it was written by a release that always records one, a
+    ``null`` or non-string field, or an unreadable version is refused, so that editing the
+    file cannot turn the check off.
+
+    Args:
+        config: The config (``peftsmoothing.serialization.read_config``).
+        source: The config file, for messages.
+
+    Returns:
+        The fingerprint, or ``None`` for a directory of release 0.1.
+
+    Raises:
+        ValueError: If the fingerprint is missing, ``null`` or not a string, except as above.
+
+    Examples:
+        >>> stored_fingerprint({"base": {"fingerprint": "ab12"}}, "m.json")
+        'ab12'
+        >>> stored_fingerprint({"format_version": 1, "peftsmoothing_version": "0.1.0.dev0",
+        ...                     "base": {}}, "m.json") is None
+        True
+        >>> stored_fingerprint({"format_version": 2, "peftsmoothing_version": "0.2.0",
+        ...                     "base": {"fingerprint": None}}, "m.json")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: m.json: base.fingerprint is None, not a fingerprint of the frozen weights: ...
+    """
+    file = os.fspath(source)
+    base = config.get("base")
+    base = base if isinstance(base, Mapping) else {}
+    if "fingerprint" in base:
+        stored = base["fingerprint"]
+        if not isinstance(stored, str):
+            raise ValueError(
+                f"{file}: base.fingerprint is {stored!r}, not a fingerprint of the frozen "
+                "weights: refused, since the base model cannot be checked (only directories "
+                "of peftsmoothing 0.1, which lack the field, load without one)"
+            )
+        return stored
+    version = config.get("peftsmoothing_version")
+    release = _release(version)
+    if release is None:
+        raise ValueError(
+            f"{file} records no fingerprint of its frozen weights and no readable "
+            f"peftsmoothing_version ({version!r}): refused, since the base model cannot be "
+            "checked"
+        )
+    fmt = config.get("format_version")
+    if fmt != 1 or release >= FINGERPRINT_SINCE:
+        raise ValueError(
+            f"{file} records no fingerprint of its frozen weights, but it was written by "
+            f"peftsmoothing {version!r} (format {fmt}), which always records one: refused, "
+            "since the base model cannot be checked"
+        )
+    return None

@@ -28,7 +28,7 @@ from .architecture import TimmCandidate, verify_candidate
 from .methods.base import Method
 from .normalize import Normalize, Resize
 from .params import freeze_frozen_batchnorm, trained_state_dict
-from .serialization import base_record, write_model
+from .serialization import base_record, frozen_fingerprint, write_model
 from .zoo import BASE_ATTR
 
 __all__ = ["PEFTModel", "WrapSpec"]
@@ -100,8 +100,11 @@ class PEFTModel(nn.Module):
         self.method = method
         self.spec = spec
         self.base_parameters = base_parameters
-        #: SHA-256 of the base model's weights as ``wrap`` found them (a reset head left out).
-        self.base_fingerprint = base_fingerprint
+        #: SHA-256 of the frozen weights as ``wrap`` found them (a reset head left out); taken
+        #: here when not given, so that every save records it.
+        self.base_fingerprint = (
+            base_fingerprint if base_fingerprint is not None else frozen_fingerprint(model)
+        )
         self._base_recipe: dict[str, Any] | None = getattr(model, BASE_ATTR, None)
         # A plain timm model records no recipe: what may rebuild it is verified once, on save.
         self._base_candidate = base_candidate if self._base_recipe is None else None
@@ -329,8 +332,8 @@ class PEFTModel(nn.Module):
 
         The directory holds ``peftsmoothing.json`` (method, options, head, normalization, the
         base model's recipe (``base_recipe``) and frozen-weights fingerprint, and your
-        ``metadata``) and ``trainable.pt`` (only trained tensors: kilobytes to a few megabytes
-        for PEFT methods). Files are written atomically. Rebuild with
+        ``metadata``) and ``trainable.safetensors`` (only trained tensors: kilobytes to a few
+        megabytes for PEFT methods). Files are written atomically. Rebuild with
         [`peftsmoothing.load`][peftsmoothing.load].
 
         Args:
@@ -347,7 +350,7 @@ class PEFTModel(nn.Module):
             >>> m = ps.wrap(vit, method="lora", r=4)
             >>> out = m.save(tempfile.mkdtemp())
             >>> sorted(p.name for p in out.iterdir())
-            ['peftsmoothing.json', 'trainable.pt']
+            ['peftsmoothing.json', 'trainable.safetensors']
         """
         # Merged base weights are never saved (only trained tensors are), so saving a merged
         # model is exact too.

@@ -1,11 +1,14 @@
 """The save format of a wrapped model: a directory with a JSON config and the trained tensors.
 
 A saved directory holds ``CONFIG_FILE`` (``peftsmoothing.json``: format name and version,
-the [`WrapSpec`][peftsmoothing.WrapSpec], a record of the base model, the name and shape of
-every saved tensor, and the user's metadata) and ``TENSORS_FILE`` (``trainable.pt``: only
-the tensors training changes). Reading trusts nothing but the directory (docs/security.md):
-files that link out of it are refused, tensors are loaded with ``weights_only=True``, and the
-tensors must fit the rebuilt model exactly.
+the [`WrapSpec`][peftsmoothing.WrapSpec], a record of the base model with the fingerprint of its
+frozen weights, the name and shape of every saved tensor, and the user's metadata) and
+``TENSORS_FILE`` (``trainable.safetensors``: only the tensors training changes). Reading trusts
+nothing but the directory (docs/security.md): files that link out of it are refused, and the
+tensors must be exactly those the rebuilt model trains, checked from the safetensors header
+before any tensor is read. Directories of release 0.1 (``LEGACY_TENSORS_FILE``, a
+``torch.save`` zip) are read with ``weights_only=True`` once the zip directory shows that they
+unpack to no more than the trained tensors take.
 
 This module imports no method and no model class: [`PEFTModel.save`][peftsmoothing.PEFTModel.save]
 and [`peftsmoothing.load`][peftsmoothing.load] call it with plain values.
@@ -23,17 +26,25 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._io import atomic_save, atomic_write
+from ._io import atomic_write
 from ._version import __version__
-from .fingerprint import tensors_fingerprint
+from .fingerprint import stored_fingerprint, tensors_fingerprint
 from .params import trained_keys
 from .recipes import MAX_INPUT_SIDE, check_numbers
+from .tensorfile import (
+    LEGACY_TENSORS_FILE,
+    TENSORS_FILE,
+    read_legacy,
+    read_safetensors,
+    write_tensors,
+)
 
 __all__ = [
     "saved_method_options",
     "CONFIG_FILE",
     "FORMAT",
     "FORMAT_VERSION",
+    "LEGACY_TENSORS_FILE",
     "TENSORS_FILE",
     "base_record",
     "check_base_fingerprint",
@@ -42,16 +53,16 @@ __all__ = [
     "read_config",
     "read_tensors",
     "write_model",
+    "write_tensors",
 ]
 
 #: The JSON config of a saved model.
 CONFIG_FILE = "peftsmoothing.json"
-#: The trained tensors of a saved model (a ``torch.save``-d dict of named tensors).
-TENSORS_FILE = "trainable.pt"
 #: The ``format`` field of ``CONFIG_FILE``.
 FORMAT = "peftsmoothing-wrapped-model"
-#: The newest ``format_version`` this release reads and the one it writes.
-FORMAT_VERSION = 1
+#: The newest ``format_version`` this release reads and the one it writes: 2 since tensors
+#: are saved as safetensors and the frozen-weights fingerprint is always recorded.
+FORMAT_VERSION = 2
 
 
 def base_record(
@@ -111,10 +122,17 @@ def write_model(
 
     Examples:
         >>> import tempfile, torch
-        >>> out = write_model(tempfile.mkdtemp(), spec={}, base={}, tensors={"w": torch.ones(2)})
+        >>> base = {"fingerprint": "0" * 64}
+        >>> out = write_model(tempfile.mkdtemp(), spec={}, base=base, tensors={"w": torch.ones(2)})
         >>> read_config(out)["tensors"]
         {'w': [2]}
+
+    Raises:
+        ValueError: If ``base`` records no fingerprint of the frozen weights (a save always
+            does, so that loading can check the backbone).
     """
+    if not isinstance(base.get("fingerprint"), str):
+        raise ValueError("refusing to save without a fingerprint of the frozen weights")
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
     config = {
@@ -126,7 +144,7 @@ def write_model(
         "tensors": {k: list(v.shape) for k, v in tensors.items()},
         "metadata": dict(metadata) if metadata else {},
     }
-    atomic_save(dict(tensors), out / TENSORS_FILE)
+    write_tensors(out, tensors)
     atomic_write(out / CONFIG_FILE, (json.dumps(config, indent=2) + "\n").encode())
     return out
 
@@ -169,7 +187,10 @@ def read_config(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise ValueError(f"{cfg_path} is corrupt (not valid JSON: {err})") from None
     if not isinstance(config, dict) or config.get("format") != FORMAT:
         raise ValueError(f"{cfg_path} is not a peftsmoothing model config")
-    if int(config.get("format_version", 0)) > FORMAT_VERSION:
+    version = config.get("format_version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise ValueError(f"{cfg_path}: format_version {version!r} is not a version of the format")
+    if version > FORMAT_VERSION:
         raise ValueError(
             f"{cfg_path} was written by a newer peftsmoothing "
             f"({config.get('peftsmoothing_version')}); upgrade to load it"
@@ -182,32 +203,60 @@ def read_config(path: str | os.PathLike[str]) -> dict[str, Any]:
     return config
 
 
-def read_tensors(directory: str | os.PathLike[str], map_location: Any) -> dict[str, torch.Tensor]:
-    """``TENSORS_FILE`` as a dict of tensors, with one-line errors for a bad file.
+def read_tensors(
+    directory: str | os.PathLike[str],
+    map_location: Any,
+    expected: Mapping[str, torch.Tensor],
+) -> dict[str, torch.Tensor]:
+    """The saved trained tensors, read only as far as they fit ``expected``.
+
+    ``TENSORS_FILE`` must name exactly the tensors in ``expected``, each with its dtype and
+    shape, and be as long as its header and their data: checked from the safetensors header
+    before any tensor is read. A 0.1 ``LEGACY_TENSORS_FILE`` is read with
+    ``torch.load(weights_only=True)``, and only when its zip directory shows uncompressed
+    records no larger than the tensors of ``expected`` take (a crafted file could otherwise
+    make ``torch.load`` allocate a storage far larger than the file).
+
+    Args:
+        directory: A saved model or checkpoint directory.
+        map_location: Device to move the tensors to (``None``: the CPU).
+        expected: The tensors the model trains (``trained_state_dict()``): their names,
+            dtypes and shapes.
+
+    Returns:
+        Name -> tensor.
 
     Raises:
-        FileNotFoundError: If the directory holds no ``trainable.pt``.
-        ValueError: If the file links out of the directory, is corrupt, or is not a dict of
-            named tensors.
+        FileNotFoundError: If the directory holds neither file.
+        ValueError: If it holds both, a file links out of the directory, is corrupt, is
+            larger than ``expected`` needs, or (safetensors) does not name exactly the
+            tensors of ``expected``.
 
     Examples:
         >>> import tempfile, torch
-        >>> d = write_model(tempfile.mkdtemp(), spec={}, base={}, tensors={"w": torch.ones(2)})
-        >>> read_tensors(d, "cpu")
+        >>> d = tempfile.mkdtemp(); _ = write_tensors(d, {"w": torch.ones(2)})
+        >>> read_tensors(d, "cpu", {"w": torch.zeros(2)})
         {'w': tensor([1., 1.])}
+        >>> read_tensors(d, "cpu", {"w": torch.zeros(3)})  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: ...: the saved tensors do not fit this base model: w (saved (2,), model (3,))
     """
-    file = _file_in(Path(directory), TENSORS_FILE)
-    if not file.is_file():
+    folder = Path(directory)
+    file, legacy = _file_in(folder, TENSORS_FILE), _file_in(folder, LEGACY_TENSORS_FILE)
+    if os.path.lexists(file) and os.path.lexists(legacy):
+        raise ValueError(
+            f"{folder} holds both {TENSORS_FILE} and {LEGACY_TENSORS_FILE}: ambiguous, refused"
+        )
+    if legacy.is_file():
+        tensors = read_legacy(legacy, expected)
+    elif file.is_file():
+        tensors = read_safetensors(file, expected)
+    else:
         raise FileNotFoundError(f"{directory} holds no {TENSORS_FILE}")
-    try:
-        tensors = torch.load(file, map_location=map_location, weights_only=True)
-    except Exception as err:  # torch raises many types for truncated or foreign files
-        raise ValueError(f"{file} is corrupt or truncated ({type(err).__name__}: {err})") from None
-    if not isinstance(tensors, dict) or not all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in tensors.items()
-    ):
-        raise ValueError(f"{file} does not hold a dict of named tensors")
-    return tensors
+    if map_location is None:
+        return tensors
+    return {k: v.to(map_location) for k, v in tensors.items()}
 
 
 def check_tensors_fit(
@@ -280,7 +329,7 @@ def frozen_fingerprint(model: nn.Module) -> str:
 
 
 def check_base_fingerprint(
-    stored: object,
+    config: Mapping[str, Any],
     actual: str | None,
     path: str | os.PathLike[str],
     origin: str,
@@ -290,23 +339,26 @@ def check_base_fingerprint(
     """Refuse a base model whose frozen weights are not those the saved model was trained on.
 
     Args:
-        stored: The fingerprint in the config (``None`` for directories saved before 0.2,
-            which load with a ``UserWarning``).
+        config: The saved config (``read_config``). Only a directory of release 0.1 may
+            lack the fingerprint (it loads with a ``UserWarning``; see
+            ``peftsmoothing.fingerprint.stored_fingerprint``).
         actual: ``frozen_fingerprint`` of the rebuilt model.
         path: The saved directory, for messages.
         origin: Where the base model came from, for messages.
         stacklevel: Of the warning (default: the caller's caller).
 
     Raises:
-        ValueError: If the fingerprints differ.
+        ValueError: If the fingerprints differ, or the config lacks one (release 0.1 aside).
 
     Examples:
-        >>> check_base_fingerprint("abc", "abc", "model", "the base model you passed")
-        >>> check_base_fingerprint("abc", "abd", "model", "x")  # doctest: +ELLIPSIS
+        >>> config = {"base": {"fingerprint": "abc"}}
+        >>> check_base_fingerprint(config, "abc", "model", "the base model you passed")
+        >>> check_base_fingerprint(config, "abd", "model", "x")  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
         ValueError: model was trained on other frozen weights than those of x: ...
     """
+    stored = stored_fingerprint(config, Path(path) / CONFIG_FILE)
     if stored is None:
         warnings.warn(
             f"{path} was saved without a fingerprint of its frozen weights (peftsmoothing "

@@ -303,14 +303,14 @@ def load(
     registry and architecture options, nothing that fetches or opens other files; a weights
     file is used only when you pass it as ``base_weights``. The frozen weights are checked
     against the fingerprint recorded at save time: another backbone (other weights, same
-    shapes) is refused, whichever source it came from. Directories saved before fingerprints
-    existed load with a warning.
+    shapes) is refused, whichever source it came from. Only directories of release 0.1, which
+    never recorded one, load without it (with a warning).
 
     Args:
         base_model: The original (unwrapped) model, modified in place; or the directory, when
             the base model is to be rebuilt from its recorded recipe.
         path: Directory written by ``save`` (omit when passing it as the first argument).
-        map_location: Passed to ``torch.load``; default: the base model's device.
+        map_location: Device for the saved tensors; default: the base model's device.
         base_weights: A ``state_dict`` file with the base model's weights, loaded into the
             rebuilt (or given) base model before wrapping, e.g. a backbone you pre-trained
             yourself or timm's weights downloaded on another machine.
@@ -444,13 +444,11 @@ def _rewrap(
             f"model has {wrapped.base_parameters:,}"
         )
     # user -> load -> _load_onto / _load_from_recipe -> _rewrap -> check: the warning names user
-    check_base_fingerprint(
-        base.get("fingerprint"), wrapped.base_fingerprint, path, origin, stacklevel=5
-    )
+    check_base_fingerprint(config, wrapped.base_fingerprint, path, origin, stacklevel=5)
     if map_location is None:
         ref = next(wrapped.parameters(), None)
         map_location = ref.device if ref is not None else "cpu"
-    tensors = read_tensors(path, map_location)
+    tensors = read_tensors(path, map_location, wrapped.trained_state_dict())
     check_tensors_fit(
         tensors,
         config.get("tensors"),

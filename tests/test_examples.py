@@ -46,7 +46,7 @@ def test_custom_model(tmp_path: Path) -> None:
     assert "layer1[0].bn1.training = False" in out
     assert "BatchNorm running mean unchanged by training: True" in out
     assert "| ResNet-18 + LoRA |" in out
-    assert (tmp_path / "checkpoint" / "last" / "trainable.pt").is_file()
+    assert (tmp_path / "checkpoint" / "last" / "trainable.safetensors").is_file()
 
 
 def test_certify_existing_model_and_resume(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ import copy
 import loralib
 import pytest
 import torch
+from safetensors.torch import load_file
 from torch import nn
 
 import peftsmoothing as ps
@@ -126,7 +127,7 @@ def test_loralib_state_dict_is_exactly_our_lora_tensors(tmp_path, images: torch.
     theirs = loralib.lora_state_dict(m)
     assert theirs.keys() == ours.keys() and len(ours) == 2 * 2 * 12
     assert all(torch.equal(theirs[k], ours[k]) for k in ours)
-    saved = torch.load(m.save(tmp_path) / "trainable.pt", weights_only=True)
+    saved = load_file(m.save(tmp_path) / "trainable.safetensors")
     assert all(torch.equal(saved[k], v) for k, v in theirs.items())
     fresh = ps.wrap(tiny_vit(), method="lora", r=2, target_modules=["qkv", "fc1"]).eval()
     assert fresh.load_state_dict(theirs, strict=False).unexpected_keys == []

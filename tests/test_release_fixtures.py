@@ -63,6 +63,27 @@ def test_saved_model_loads_with_the_same_outputs() -> None:
     assert torch.allclose(got, expected, atol=1e-6), (got - expected).abs().max()
 
 
+def test_saved_model_without_fingerprint_loads_with_a_warning() -> None:
+    with pytest.warns(UserWarning, match="without a fingerprint of its frozen weights"):
+        ps.load(FIXTURES / "model")
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("fingerprint", None), ("peftsmoothing_version", "0.2.0"), ("format_version", 2)],
+)
+def test_saved_model_claiming_a_newer_writer_needs_a_fingerprint(
+    tmp_path: Path, field: str, value: Any
+) -> None:
+    directory = tmp_path / "model"
+    shutil.copytree(FIXTURES / "model", directory)
+    config = json.loads((directory / "peftsmoothing.json").read_text())
+    (config["base"] if field == "fingerprint" else config)[field] = value
+    (directory / "peftsmoothing.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="fingerprint"):
+        ps.load(directory)
+
+
 def test_certification_log_reads_back() -> None:
     report = ps.CertificationReport.from_log(FIXTURES / "certify.tsv")
     assert len(report) == 4 and report.name == "certify"
@@ -105,6 +126,9 @@ def test_trainer_resumes_the_release_checkpoint(tmp_path: Path) -> None:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         history = trainer.fit(train_loader(), resume=True)
+    # the new checkpoint is written in the current format only
+    assert sorted(p.name for p in (ckpt / "last").iterdir()) == [
+        "peftsmoothing.json", "trainable.safetensors", "trainer_state.pt"]  # fmt: skip
     assert not [w for w in caught if "changed options" in str(w.message)]
 
     assert [h["epoch"] for h in history] == [1, 2] and history[0] == first

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -196,24 +197,180 @@ def test_recorded_weights_file_is_never_opened_without_base_weights(tmp_path: Pa
     assert torch.equal(loaded(x), model(x))
 
 
+def wrapped(seed: int = 0) -> ps.PEFTModel:
+    base = ps.create_model(RECIPE["name"], seed=seed, **RECIPE["kwargs"])  # type: ignore[arg-type]
+    return ps.wrap(base, method="lora", r=2, num_classes=10)
+
+
+def edit_config(directory: Path, **base: Any) -> None:
+    """Set (or, with ``...``, delete) fields of the saved config: ``base`` fields, or the
+    top-level ``format_version`` / ``peftsmoothing_version``."""
+    path = directory / "peftsmoothing.json"
+    config = json.loads(path.read_text())
+    for key, value in base.items():
+        node = config if key in ("format_version", "peftsmoothing_version") else config["base"]
+        if value is ...:
+            node.pop(key, None)
+        else:
+            node[key] = value
+    path.write_text(json.dumps(config))
+
+
+def safetensors_file(path: Path, header: dict[str, Any], data: bytes) -> None:
+    """Write a safetensors file by hand: 8-byte header length, JSON header, data."""
+    raw = json.dumps(header).encode()
+    path.write_bytes(len(raw).to_bytes(8, "little") + raw + data)
+
+
+def recording(calls: list[str], name: str, real: Callable[..., Any]) -> Callable[..., Any]:
+    """``real``, appending ``name`` to ``calls`` on every call."""
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        calls.append(name)
+        return real(*args, **kwargs)
+
+    return spy
+
+
+def read_header(path: Path) -> tuple[dict[str, Any], bytes]:
+    raw = path.read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    return json.loads(raw[8 : 8 + n]), raw[8 + n :]
+
+
 def test_symlink_out_of_the_directory_is_refused(tmp_path: Path) -> None:
     directory = saved(tmp_path)
-    outside = tmp_path / "elsewhere.pt"
-    (directory / "trainable.pt").rename(outside)
-    os.symlink(outside, directory / "trainable.pt")
+    outside = tmp_path / "elsewhere.safetensors"
+    (directory / "trainable.safetensors").rename(outside)
+    os.symlink(outside, directory / "trainable.safetensors")
     with pytest.raises(ValueError, match="outside"):
         ps.load(directory)
 
 
-def test_frozen_backbone_keys_in_trainable_pt_are_refused(tmp_path: Path) -> None:
+def test_save_writes_safetensors_only(tmp_path: Path) -> None:
+    model = wrapped().eval()
+    directory = model.save(tmp_path / "m")
+    assert sorted(p.name for p in directory.iterdir()) == [
+        "peftsmoothing.json", "trainable.safetensors"]  # fmt: skip
+    header, _ = read_header(directory / "trainable.safetensors")
+    expected = model.trained_state_dict()
+    assert set(header) - {"__metadata__"} == set(expected)
+    x = torch.rand(2, 3, 16, 16)
+    assert torch.equal(ps.load(directory).eval()(x), model(x))
+
+
+def test_frozen_backbone_keys_in_the_tensors_file_are_refused(tmp_path: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
     directory = saved(tmp_path)
-    tensors = torch.load(directory / "trainable.pt", weights_only=True)
+    tensors = load_file(directory / "trainable.safetensors")
     tensors["model.blocks.0.attn.qkv.weight"] = torch.zeros(96, 32)  # overwrite the backbone
-    torch.save(tensors, directory / "trainable.pt")
+    save_file(tensors, directory / "trainable.safetensors")
     with pytest.raises(ValueError, match="not a trained tensor"):
         ps.load(directory)
 
 
+def test_tensors_file_beside_a_legacy_one_is_ambiguous(tmp_path: Path) -> None:
+    model = wrapped()
+    directory = model.save(tmp_path / "m")
+    torch.save(model.trained_state_dict(), directory / "trainable.pt")
+    with pytest.raises(ValueError, match="ambiguous"):
+        ps.load(directory)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ("frozen key", "not a trained tensor"),  # the header names a backbone weight
+        ("dtype", r"saved F64, model F32"),
+        ("huge shape", r"saved \(1073741824,\), model \(10,\)"),  # claims 4 GiB
+        ("missing", "lacks trained tensors"),
+        ("huge header", "header of 1099511627776 bytes"),  # 1 TiB of JSON announced
+        ("trailing bytes", "bytes where its header"),
+    ],
+)
+def test_crafted_safetensors_header_is_refused_before_data_is_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, change: str, message: str
+) -> None:
+    import safetensors
+    import safetensors.torch
+
+    directory = saved(tmp_path)
+    file = directory / "trainable.safetensors"
+    header, data = read_header(file)
+    bias = "model.head.bias"
+    if change == "frozen key":
+        header["model.blocks.0.attn.qkv.weight"] = {**header[bias]}
+    elif change == "dtype":
+        header[bias] = {**header[bias], "dtype": "F64"}
+    elif change == "huge shape":
+        start = header[bias]["data_offsets"][0]
+        header[bias] = {"dtype": "F32", "shape": [2**30], "data_offsets": [start, start + 2**32]}
+    elif change == "missing":
+        del header[bias]
+    elif change == "trailing bytes":
+        data += bytes(2**20)
+    safetensors_file(file, header, data)
+    if change == "huge header":
+        raw = file.read_bytes()
+        file.write_bytes((2**40).to_bytes(8, "little") + raw[8:])
+    reads: list[str] = []
+    for module, name in ((safetensors, "safe_open"), (safetensors.torch, "safe_open"),
+                         (safetensors.torch, "load_file"), (safetensors.torch, "load")):
+        monkeypatch.setattr(module, name, recording(reads, name, getattr(module, name)))
+    with pytest.raises(ValueError, match=message):
+        ps.load(directory)
+    assert reads == []  # refused from the header alone: safetensors never opened it
+
+
+def legacy_bomb(model: ps.PEFTModel, directory: Path, compress: bool) -> int:
+    """Write ``trainable.pt`` as release 0.1 did, with ``model.head.bias`` a correctly shaped
+    view into a large storage (64 MiB deflated to ~64 kB, or 4 MiB stored). Returns its size."""
+    import io
+    import zipfile
+
+    tensors = model.trained_state_dict()
+    big = torch.zeros((2**24 if compress else 2**20) + 10)
+    big[-10:] = tensors["model.head.bias"]
+    tensors["model.head.bias"] = big[-10:]
+    (directory / "trainable.safetensors").unlink(missing_ok=True)
+    if not compress:
+        torch.save(tensors, directory / "trainable.pt")
+    else:
+        buffer = io.BytesIO()
+        torch.save(tensors, buffer)
+        plain = zipfile.ZipFile(buffer)
+        with zipfile.ZipFile(directory / "trainable.pt", "w", zipfile.ZIP_DEFLATED) as out:
+            for name in plain.namelist():
+                out.writestr(name, plain.read(name))
+    return (directory / "trainable.pt").stat().st_size
+
+
+@pytest.mark.parametrize("compress", [True, False])
+def test_legacy_tensors_file_with_a_huge_storage_is_refused_before_loading(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, compress: bool
+) -> None:
+    model = wrapped()
+    directory = model.save(tmp_path / "m")
+    size = legacy_bomb(model, directory, compress)
+    assert size < (2**20 if compress else 5 * 2**20)
+    loads: list[str] = []
+    monkeypatch.setattr(torch, "load", recording(loads, "torch.load", torch.load))
+    with pytest.raises(ValueError, match="trainable.pt .*more than the trained tensors"):
+        ps.load(directory)
+    assert loads == []  # refused from the zip directory: no storage was ever allocated
+
+
+def test_legacy_tensors_file_still_loads(tmp_path: Path) -> None:
+    model = wrapped().eval()
+    directory = model.save(tmp_path / "m")
+    (directory / "trainable.safetensors").unlink()
+    torch.save(model.trained_state_dict(), directory / "trainable.pt")
+    x = torch.rand(2, 3, 16, 16)
+    assert torch.equal(ps.load(directory).eval()(x), model(x))
+
+
+# ------------------------------------------------------------------ frozen-weights fingerprint
 def test_other_backbone_with_the_same_shapes_is_refused(tmp_path: Path) -> None:
     directory = saved(tmp_path, seed=0)
     other = ps.create_model(RECIPE["name"], seed=1, **RECIPE["kwargs"])  # type: ignore[arg-type]
@@ -225,26 +382,44 @@ def test_other_backbone_with_the_same_shapes_is_refused(tmp_path: Path) -> None:
         ps.load(directory, base_weights=weights)
 
 
-def test_directory_without_fingerprint_loads_with_a_warning(tmp_path: Path) -> None:
-    directory = saved(tmp_path)
-    config = json.loads((directory / "peftsmoothing.json").read_text())
-    del config["base"]["fingerprint"]
-    (directory / "peftsmoothing.json").write_text(json.dumps(config))
-    with pytest.warns(UserWarning, match="without a fingerprint"):
-        ps.load(directory)
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"fingerprint": None}, r"base.fingerprint is None"),  # the issue: a null fingerprint
+        ({"fingerprint": 42}, r"base.fingerprint is 42"),
+        ({"fingerprint": ...}, r"format 2.* always records one"),  # what this release writes
+        ({"fingerprint": ..., "format_version": 1, "peftsmoothing_version": "0.2.0"},
+         r"peftsmoothing '0.2.0'.* always records one"),
+        ({"fingerprint": ..., "format_version": 1, "peftsmoothing_version": "banana"},
+         r"no readable peftsmoothing_version"),
+        ({"fingerprint": ..., "format_version": 1, "peftsmoothing_version": ...},
+         r"no readable peftsmoothing_version"),
+    ],
+)
+def test_missing_fingerprint_is_refused_unless_written_by_0_1(
+    tmp_path: Path, fields: dict[str, Any], message: str
+) -> None:
+    directory = saved(tmp_path, seed=0)
+    edit_config(directory, **fields)
+    other = ps.create_model(RECIPE["name"], seed=1, **RECIPE["kwargs"])  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=message):
+        ps.load(other, directory)  # another backbone: it must not load
 
 
-@pytest.mark.parametrize("damage", ["truncate", "garbage"])
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "json"])
 def test_corrupt_files_give_one_line_errors(tmp_path: Path, damage: str) -> None:
     directory = saved(tmp_path)
-    tensors = directory / "trainable.pt"
-    config = directory / "peftsmoothing.json"
+    tensors = directory / "trainable.safetensors"
     if damage == "truncate":
         tensors.write_bytes(tensors.read_bytes()[:100])
         with pytest.raises(ValueError, match="corrupt or truncated"):
             ps.load(directory)
+    elif damage == "garbage":
+        tensors.write_bytes(b"\x10" + bytes(7) + b"not a header....")
+        with pytest.raises(ValueError, match="corrupt or truncated"):
+            ps.load(directory)
     else:
-        config.write_text("{not json")
+        (directory / "peftsmoothing.json").write_text("{not json")
         with pytest.raises(ValueError, match="not valid JSON"):
             ps.load(directory)
 
@@ -319,7 +494,9 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path: Path) -> No
     trainer = ps.NoiseTrainer(model, 0.25, epochs=3, progress=False, checkpoint_dir=tmp_path)
     with pytest.raises(FloatingPointError, match="epoch 2, batch 3"):
         trainer.fit(data())
-    saved = torch.load(tmp_path / "last" / "trainable.pt", weights_only=True)
+    from safetensors.torch import load_file
+
+    saved = load_file(tmp_path / "last" / "trainable.safetensors")
     assert all(torch.isfinite(t).all() for t in saved.values())
     state = torch.load(tmp_path / "last" / "trainer_state.pt", weights_only=True)
     assert state["epochs_done"] == 1
@@ -406,7 +583,7 @@ def test_corrupt_last_checkpoint_falls_back_to_best(tmp_path: Path) -> None:
 def test_both_checkpoints_corrupt_is_one_error_naming_both(tmp_path: Path) -> None:
     ckpt = trained_checkpoint(tmp_path)
     for name in ("last", "best"):
-        (ckpt / name / "trainable.pt").write_bytes(b"garbage")
+        (ckpt / name / "trainable.safetensors").write_bytes(b"garbage")
     trainer = ps.NoiseTrainer(Diverges(bad=set()), 0.25, epochs=3, progress=False,
                               checkpoint_dir=ckpt, monitor="train_loss")  # fmt: skip
     with pytest.raises(ValueError, match=r"no readable checkpoint: .*last.*best"):

@@ -7,6 +7,7 @@ import json
 import pytest
 import timm
 import torch
+from safetensors.torch import load_file
 from timm.data import create_transform, resolve_data_config
 from torch import nn
 
@@ -140,14 +141,14 @@ def test_save_load_round_trip_is_bit_identical(method: str, config: dict, tmp_pa
     assert torch.equal(m(x), m2(x))
     cfg = json.loads((out / "peftsmoothing.json").read_text())
     assert cfg["spec"]["method"] == method and cfg["metadata"] == {"note": "test"}
-    saved = torch.load(out / "trainable.pt", weights_only=True)
+    saved = load_file(out / "trainable.safetensors")
     assert set(saved) == {n for n, _ in m.named_trainable_parameters()}
 
 
 def test_saved_file_is_small(tmp_path) -> None:  # type: ignore[no-untyped-def]
     m = ps.wrap(tiny_vit(), method="lora", r=4)
     out = m.save(tmp_path)
-    size = (out / "trainable.pt").stat().st_size
+    size = (out / "trainable.safetensors").stat().st_size
     n_bytes = 4 * ps.parameter_report(m).trainable
     assert size < n_bytes + 64 * 1024  # the trained tensors plus a little container overhead
     assert size < 0.05 * 4 * sum(p.numel() for p in m.parameters())

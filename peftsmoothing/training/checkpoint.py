@@ -1,7 +1,8 @@
 """The trainer's checkpoints: ``last/``, ``best/`` and ``history.jsonl`` in ``checkpoint_dir``.
 
 A checkpoint directory holds the trained tensors (written by the model's own ``save`` when it
-is ``peftsmoothing.trainable.Trainable``, else ``trainable.pt``) and
+is ``peftsmoothing.trainable.Trainable``, else ``trainable.safetensors``; release 0.1's
+``trainable.pt`` is still read) and
 ``trainer_state.pt``: optimizer, scheduler, scaler, RNG states, history and config, tensors and
 plain types only (``torch.load(weights_only=True)``). A directory is written next to its final
 place and swapped in, so a crash leaves the previous checkpoint intact. Only rank 0 writes.
@@ -28,7 +29,7 @@ from torch import nn
 
 from .._io import atomic_save, clean_stale_temporaries, fsync_dir, temporary_prefix
 from ..params import trained_state_dict
-from ..serialization import TENSORS_FILE
+from ..serialization import TENSORS_FILE, read_tensors, write_tensors
 from ..trainable import Trainable
 from .distributed import all_gather_objects, barrier
 from .metrics import EpochState
@@ -136,24 +137,26 @@ def prepare_dir(checkpoint_dir: Path) -> None:
     clean_stale_temporaries(checkpoint_dir, folders=True)
 
 
-def _read(path: Path, device: torch.device) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """The trainer state and trained tensors of checkpoint ``path``, or a one-line error."""
-    out: list[Any] = []
-    for name, location in ((TRAINER_STATE_FILE, "cpu"), (TENSORS_FILE, device)):
-        file = path / name
-        try:
-            obj = torch.load(file, map_location=location, weights_only=True)
-        except FileNotFoundError:
-            raise ValueError(f"{file} is missing") from None
-        except Exception as err:  # torch raises many types for truncated or foreign files
-            raise ValueError(f"{file} is corrupt or truncated ({type(err).__name__})") from None
-        if not isinstance(obj, dict):
-            raise ValueError(f"{file} is corrupt: it holds a {type(obj).__name__}")
-        out.append(obj)
-    state, tensors = out
+def _read(
+    path: Path, device: torch.device, expected: Mapping[str, torch.Tensor]
+) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """The trainer state and trained tensors (exactly ``expected``'s, see
+    ``serialization.read_tensors``) of checkpoint ``path``, or a one-line error."""
+    file = path / TRAINER_STATE_FILE
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ValueError(f"{file} is missing") from None
+    except Exception as err:  # torch raises many types for truncated or foreign files
+        raise ValueError(f"{file} is corrupt or truncated ({type(err).__name__})") from None
+    if not isinstance(state, dict):
+        raise ValueError(f"{file} is corrupt: it holds a {type(state).__name__}")
     if state.get("format") != _STATE_FORMAT:
-        raise ValueError(f"{path / TRAINER_STATE_FILE} is not a NoiseTrainer state")
-    return state, tensors
+        raise ValueError(f"{file} is not a NoiseTrainer state")
+    try:
+        return state, read_tensors(path, device, expected)
+    except FileNotFoundError:
+        raise ValueError(f"{path / TENSORS_FILE} is missing") from None
 
 
 def resume(
@@ -228,7 +231,7 @@ def _write(t: NoiseTrainer, name: str, state: Mapping[str, Any]) -> Path:
         if isinstance(t.module, Trainable):
             t.module.save(tmp, metadata=meta)
         else:
-            atomic_save(trained_state_dict(t.module), tmp / TENSORS_FILE)
+            write_tensors(tmp, trained_state_dict(t.module))
         atomic_save(dict(state), tmp / TRAINER_STATE_FILE)
         fsync_dir(tmp)
         _swap_dir(tmp, root / name)
@@ -366,7 +369,7 @@ def load_checkpoint(t: NoiseTrainer, path: Path) -> dict[str, Any]:
         ValueError: Not a (readable) trainer state, or tensors that do not fit the model.
     """
     try:
-        state, tensors = _read(path, t.device)
+        state, tensors = _read(path, t.device, trained_state_dict(t.module))
     except ValueError as err:
         raise _Unreadable(str(err)) from None
     current = t.module.state_dict()
