@@ -30,8 +30,13 @@ import numpy as np
 import torch
 
 import peftsmoothing as ps
-from peftsmoothing.seeds import derive_seed
-from peftsmoothing.sequential import MaxRadiusPolicy, Schedule, SequentialPolicy, TargetRadiusPolicy
+from peftsmoothing.certify.sequential import (
+    MaxRadiusPolicy,
+    Schedule,
+    SequentialPolicy,
+    TargetRadiusPolicy,
+)
+from peftsmoothing.core.seeds import derive_seed
 
 
 def finetune(model: Any, sigma: float, epochs: int) -> None:

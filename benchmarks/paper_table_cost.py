@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 import peftsmoothing as ps
-from peftsmoothing.zoo import DEMO_VIT_KWARGS
+from peftsmoothing.backbones.zoo import DEMO_VIT_KWARGS
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -133,8 +133,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 import peftsmoothing as ps
-from peftsmoothing.datasets import ArrayDataset, load_cifar
-from peftsmoothing.report import CertificationReport
+from peftsmoothing.data.datasets import ArrayDataset, load_cifar
+from peftsmoothing.report.accuracy import CertificationReport
 
 METHODS = ("linear", "full", "lora", "prompt", "prompt-deep", "adapter", "denoiser")
 SIGMAS = (0.25, 0.5, 1.0)

@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F
 
 import peftsmoothing as ps
-from peftsmoothing.datasets import ArrayDataset, load_cifar
-from peftsmoothing.zoo import DEMO_VIT_KWARGS
+from peftsmoothing.backbones.zoo import DEMO_VIT_KWARGS
+from peftsmoothing.data.datasets import ArrayDataset, load_cifar
 
 ASSETS = Path(__file__).resolve().parents[1] / "peftsmoothing" / "assets"
 

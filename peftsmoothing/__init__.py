@@ -19,20 +19,22 @@ from __future__ import annotations
 
 import importlib
 import sys
-import types
 from typing import TYPE_CHECKING, Any
 
 from ._version import __version__
 
 if TYPE_CHECKING:
-    from . import datasets, zoo
-    from .losses import (
-        LossContext,
-        LossOutput,
-        UnknownLossError,
-        available_losses,
-        register_loss,
+    from .backbones import zoo
+    from .backbones.zoo import create_model
+    from .certify.smoothing import ABSTAIN, Certificate, SmoothedClassifier
+    from .core.params import ModuleCount, ParameterReport, parameter_report
+    from .core.stats import (
+        binomial_pvalue,
+        certified_radius,
+        clopper_pearson_lower,
+        predict_from_counts,
     )
+    from .data import datasets
     from .methods.base import (
         ENTRY_POINT_GROUP,
         Method,
@@ -44,49 +46,48 @@ if TYPE_CHECKING:
         method_descriptions,
         register_method,
     )
-    from .normalize import Normalize
-    from .params import ModuleCount, ParameterReport, parameter_report
-    from .report import CertificationReport, PairedDifference, plot_certified_accuracy
-    from .smoothing import ABSTAIN, Certificate, SmoothedClassifier
-    from .stats import (
-        binomial_pvalue,
-        certified_radius,
-        clopper_pearson_lower,
-        predict_from_counts,
-    )
+    from .model.normalize import Normalize
+    from .model.wrapping import PEFTModel, WrapSpec, load, wrap
+    from .report.accuracy import CertificationReport, PairedDifference, plot_certified_accuracy
     from .training import Callback, NoiseTrainer, TrainerConfig
-    from .wrap import PEFTModel, WrapSpec, load, wrap
-    from .zoo import create_model
+    from .training.losses import (
+        LossContext,
+        LossOutput,
+        UnknownLossError,
+        available_losses,
+        register_loss,
+    )
 
 #: The public names that are submodules themselves (``ps.datasets``).
 _MODULES = frozenset({"datasets", "zoo"})
 
 #: Where each public name lives: name -> module (relative to this package).
 _LAZY: dict[str, str] = {
-    "datasets": ".datasets",
-    "zoo": ".zoo",
+    "datasets": ".data.datasets",
+    "zoo": ".backbones.zoo",
     **dict.fromkeys(
         ["LossContext", "LossOutput", "UnknownLossError", "available_losses", "register_loss"],
-        ".losses",
+        ".training.losses",
     ),
     **dict.fromkeys(
         ["ENTRY_POINT_GROUP", "Method", "MethodConfig", "MethodContext", "UnknownMethodError",
          "available_methods", "get_method", "method_descriptions", "register_method"],
         ".methods.base",
     ),
-    "Normalize": ".normalize",
-    **dict.fromkeys(["ModuleCount", "ParameterReport", "parameter_report"], ".params"),
+    "Normalize": ".model.normalize",
+    **dict.fromkeys(["ModuleCount", "ParameterReport", "parameter_report"], ".core.params"),
     **dict.fromkeys(
-        ["CertificationReport", "PairedDifference", "plot_certified_accuracy"], ".report"
+        ["CertificationReport", "PairedDifference", "plot_certified_accuracy"],
+        ".report.accuracy",
     ),
-    **dict.fromkeys(["ABSTAIN", "Certificate", "SmoothedClassifier"], ".smoothing"),
+    **dict.fromkeys(["ABSTAIN", "Certificate", "SmoothedClassifier"], ".certify.smoothing"),
     **dict.fromkeys(
         ["binomial_pvalue", "certified_radius", "clopper_pearson_lower", "predict_from_counts"],
-        ".stats",
+        ".core.stats",
     ),
     **dict.fromkeys(["Callback", "NoiseTrainer", "TrainerConfig"], ".training"),
-    **dict.fromkeys(["PEFTModel", "WrapSpec", "load", "wrap"], ".wrap"),
-    "create_model": ".zoo",
+    **dict.fromkeys(["PEFTModel", "WrapSpec", "load", "wrap"], ".model.wrapping"),
+    "create_model": ".backbones.zoo",
 }
 
 __all__ = [
@@ -155,18 +156,3 @@ def __getattr__(name: str) -> Any:
 def __dir__() -> list[str]:
     """The module's attributes, the not-yet-imported public names included."""
     return sorted(set(globals()) | set(__all__))
-
-
-class _Package(types.ModuleType):
-    """This package's module type: importing the submodule ``peftsmoothing.wrap`` must not
-    replace the public function ``ps.wrap`` (the import system sets the submodule as an
-    attribute of its package; eager imports used to overwrite it right after)."""
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if isinstance(value, types.ModuleType) and name in _LAZY and name not in _MODULES:
-            self.__dict__.pop(name, None)  # leave the public name to __getattr__
-            return
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package

@@ -1,8 +1,9 @@
 """The end-to-end demo: pretrained ViT -> LoRA -> noise training -> certificates, offline.
 
 Uses only what ships inside the package: a small ViT pre-trained on clean CIFAR-10
-([`peftsmoothing.zoo.demo_vit`][peftsmoothing.zoo.demo_vit]) and a real CIFAR-10 sample
-(``peftsmoothing.datasets.cifar10_sample``). Run it with ``make demo`` or
+([`peftsmoothing.backbones.zoo.demo_vit`][peftsmoothing.backbones.zoo.demo_vit]) and a real
+CIFAR-10 sample
+(``peftsmoothing.data.datasets.cifar10_sample``). Run it with ``make demo`` or
 ``peftsmoothing demo``.
 """
 
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .report import CertificationReport
+    from .report.accuracy import CertificationReport
 
 __all__ = ["DemoConfig", "run_demo"]
 
@@ -92,13 +93,13 @@ def run_demo(config: DemoConfig | None = None, *, train_limit: int | None = None
     import torch
     from torch.utils.data import DataLoader, Subset
 
-    from .datasets import cifar10_sample
-    from .params import parameter_report
-    from .report import certified_accuracy_table, plot_certified_accuracy
-    from .smoothing import SmoothedClassifier
+    from .backbones.zoo import demo_vit
+    from .certify.smoothing import SmoothedClassifier
+    from .core.params import parameter_report
+    from .data.datasets import cifar10_sample
+    from .model.wrapping import wrap
+    from .report.accuracy import certified_accuracy_table, plot_certified_accuracy
     from .training import NoiseTrainer
-    from .wrap import wrap
-    from .zoo import demo_vit
 
     cfg = config or DemoConfig()
     out = Path(cfg.out)

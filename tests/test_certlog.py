@@ -15,9 +15,16 @@ import pytest
 import torch
 
 import peftsmoothing as ps
-from peftsmoothing.certlog import COHEN_COLUMNS, LOG_COLUMNS, LOG_COLUMNS_V1, _lock_log, parse_log
 from peftsmoothing.cli import main
-from peftsmoothing.fingerprint import image_fingerprint
+from peftsmoothing.core.fingerprint import image_fingerprint
+from peftsmoothing.report.certlog import (
+    COHEN_COLUMNS,
+    LOG_COLUMNS,
+    LOG_COLUMNS_V1,
+    _lock_log,
+    parse_log,
+    validate_rows,
+)
 from tests.test_release_fixtures import CERTIFY, FIXTURES, SIGMA, certify_data, load_quietly
 from tests.test_smoothing import images, random_linear
 
@@ -170,7 +177,7 @@ def test_cohen_logs_are_read(
 
 
 def test_only_cohen_rows_may_lack_counts() -> None:
-    from peftsmoothing.certlog import LogRow
+    from peftsmoothing.report.certlog import LogRow
 
     assert LogRow.from_line("0\t1\t1\t0.5\t1\t0.25").n == 0
     with pytest.raises(ValueError, match="inconsistent"):
@@ -291,7 +298,7 @@ def test_rows_consistent_with_themselves_but_not_with_the_settings_are_refused(
     tmp_path: Path,
 ) -> None:
     """A row may be a valid Clopper-Pearson bound at another alpha or n than the run used."""
-    from peftsmoothing.stats import certified_radius, clopper_pearson_lower
+    from peftsmoothing.core.stats import certified_radius, clopper_pearson_lower
 
     log = tmp_path / "certify.tsv"
     run(log)
@@ -317,7 +324,7 @@ def test_a_prediction_below_one_half_and_an_unknown_class_are_refused(tmp_path: 
     row = parse_log((tmp_path / "b.tsv").read_bytes())[0][line - 2]
     rows = [row.__class__(**{**row.__dict__, "pa_lower": 0.3, "radius": 0.0})]
     with pytest.raises(ValueError, match=r"needs pa_lower >= 0.5"):
-        ps.certlog.validate_rows(rows, "x")
+        validate_rows(rows, "x")
 
 
 # ------------------------------------------------------------------------------ temporaries
@@ -340,7 +347,7 @@ def test_opening_a_log_never_removes_what_the_library_did_not_write(tmp_path: Pa
 def test_opening_a_log_removes_only_its_own_stale_settings_temporaries(tmp_path: Path) -> None:
     import os
 
-    from peftsmoothing._io import temporary_prefix
+    from peftsmoothing.core.files import temporary_prefix
 
     def temporary(name: str, pid: int) -> Path:
         return tmp_path / f"{temporary_prefix(name, pid=pid)}k2j3h4g5.tmp"
@@ -411,7 +418,7 @@ def test_impossible_cohen_rows_are_refused_with_a_settings_file(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """No row of n=40 at alpha=0.01 and sigma 0.5 certifies beyond 0.5 * Phi^-1(0.01^(1/40))."""
-    from peftsmoothing.stats import certified_radius
+    from peftsmoothing.core.stats import certified_radius
 
     log = tmp_path / "cohen.tsv"
     run(log, log_format="cohen")

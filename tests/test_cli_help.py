@@ -58,8 +58,8 @@ def test_import_is_lazy_and_public_names_resolve() -> None:
 import sys
 import peftsmoothing as ps
 assert "torch" not in sys.modules
-import peftsmoothing.wrap  # the submodule must not shadow the function
-assert callable(ps.wrap) and ps.wrap.__module__ == "peftsmoothing.wrap"
+import peftsmoothing.model.wrapping  # the module is not named like the function
+assert callable(ps.wrap) and ps.wrap.__module__ == "peftsmoothing.model.wrapping"
 from peftsmoothing import NoiseTrainer, datasets
 assert set(ps.__all__) <= set(dir(ps))
 print(ps.ABSTAIN, type(datasets).__name__, NoiseTrainer.__name__)
@@ -82,7 +82,7 @@ def test_every_flag_has_help_and_shows_its_default() -> None:
 
 
 def test_closed_sets_are_choices() -> None:
-    from peftsmoothing.names import DATASET_NAMES, PRECISIONS, loss_names, method_names
+    from peftsmoothing.core.names import DATASET_NAMES, PRECISIONS, loss_names, method_names
 
     parsers = subparsers()
     for command in ("train", "predict"):
@@ -99,9 +99,9 @@ def test_closed_sets_are_choices() -> None:
 
 def test_builtin_names_match_the_registries() -> None:
     import peftsmoothing as ps
-    from peftsmoothing import names
-    from peftsmoothing.losses import LOSSES
+    from peftsmoothing.core import names
     from peftsmoothing.methods.base import METHODS
+    from peftsmoothing.training.losses import LOSSES
 
     def builtin(registry: Any, package: str) -> set[str]:
         return {n for n in registry.names()
@@ -111,14 +111,14 @@ def test_builtin_names_match_the_registries() -> None:
     optional = {"peft"} if importlib.util.find_spec("peft") is not None else set()
     assert {*names.BUILTIN_METHODS, *optional} == builtin(METHODS, "peftsmoothing.methods")
     assert set(names.BUILTIN_LOSSES) <= set(ps.available_losses())
-    assert set(names.BUILTIN_LOSSES) == builtin(LOSSES, "peftsmoothing.losses")
+    assert set(names.BUILTIN_LOSSES) == builtin(LOSSES, "peftsmoothing.training.losses")
     assert tuple(ps.datasets.DATASETS) == names.DATASET_NAMES
     assert names.METHOD_ENTRY_POINT_GROUP == ps.ENTRY_POINT_GROUP
 
 
 def test_trainer_options_are_the_config_fields() -> None:
     from peftsmoothing import TrainerConfig
-    from peftsmoothing.trainer_options import TRAINER_OPTIONS
+    from peftsmoothing.core.trainer_options import TRAINER_OPTIONS
 
     fields = dataclasses.fields(TrainerConfig)
     assert [f.name for f in fields] == [o.name for o in TRAINER_OPTIONS]

@@ -8,10 +8,10 @@ from typing import Any
 import pytest
 
 import peftsmoothing as ps
-from peftsmoothing.certlog import LOG_COLUMNS
 from peftsmoothing.cli import main
 from peftsmoothing.commands.predict import COLUMNS
-from peftsmoothing.seeds import derive_seed
+from peftsmoothing.core.seeds import derive_seed
+from peftsmoothing.report.certlog import LOG_COLUMNS
 
 
 def test_predict_writes_one_row_per_image(
@@ -84,7 +84,7 @@ def test_predict_never_replaces_a_file_that_is_not_its_output(
 SLOW_PREDICT = r"""
 import pathlib, sys, time, torch
 import peftsmoothing as ps
-from peftsmoothing.certlog import LOG_COLUMNS
+from peftsmoothing.report.certlog import LOG_COLUMNS
 from peftsmoothing.cli import main
 
 ready = pathlib.Path(sys.argv[1])

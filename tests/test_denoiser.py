@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 import peftsmoothing as ps
-from peftsmoothing.losses import LossContext, mse_loss
 from peftsmoothing.methods.denoiser import DnCNN
+from peftsmoothing.training.losses import LossContext, mse_loss
 from tests.conftest import tiny_vit
 
 

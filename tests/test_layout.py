@@ -178,12 +178,14 @@ def test_no_import_cycles() -> None:
 @pytest.mark.parametrize(
     ("source", "expected"),
     [
-        ("from . import stats\n", ["peftsmoothing.stats"]),
-        ("def f():\n    from .smoothing import ABSTAIN\n", ["peftsmoothing.smoothing"]),
-        ("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import peftsmoothing.report\n",
-         ["peftsmoothing.report"]),
-        ("import importlib\nimportlib.import_module('peftsmoothing.datasets')\n",
-         ["peftsmoothing.datasets"]),
+        ("from .core import stats\n", ["peftsmoothing.core.stats"]),
+        ("def f():\n    from .certify.smoothing import ABSTAIN\n",
+         ["peftsmoothing.certify.smoothing"]),
+        ("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
+         "    import peftsmoothing.report.accuracy\n",
+         ["peftsmoothing.report.accuracy"]),
+        ("import importlib\nimportlib.import_module('peftsmoothing.data.datasets')\n",
+         ["peftsmoothing.data.datasets"]),
     ],
 )
 def test_the_parser_sees_every_kind_of_import(

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import peftsmoothing as ps
-from peftsmoothing.losses import (
+from peftsmoothing.training.losses import (
     LossContext,
     consistency_loss,
     cross_entropy_loss,

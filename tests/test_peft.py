@@ -291,7 +291,7 @@ def test_merge_configs_cover_every_accepted_config_class() -> None:
 def test_merge_then_unmerge_leaves_every_tensor_bit_identical(
     kind: str, images: torch.Tensor
 ) -> None:
-    from peftsmoothing.fingerprint import model_fingerprint
+    from peftsmoothing.core.fingerprint import model_fingerprint
 
     m = ps.wrap(small_vit(), method="peft", config=MERGE_CONFIGS[kind](), num_classes=3).eval()
     g = torch.Generator().manual_seed(0)

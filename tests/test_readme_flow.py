@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 import peftsmoothing as ps
-from peftsmoothing.architecture import timm_candidate, verify_candidate
+from peftsmoothing.backbones.architecture import timm_candidate, verify_candidate
 
 NAME = "vit_tiny_patch16_224"
 KWARGS: dict[str, Any] = {"img_size": 16, "patch_size": 4, "depth": 1, "embed_dim": 32,

@@ -14,8 +14,8 @@ import torch
 from torch import nn
 
 import peftsmoothing as ps
-from peftsmoothing.losses import LOSSES, get_loss
 from peftsmoothing.methods.base import METHODS
+from peftsmoothing.training.losses import LOSSES, get_loss
 from tests.conftest import tiny_vit
 
 PLUGIN = Path(__file__).resolve().parents[1] / "examples" / "custom_method_plugin"
@@ -169,7 +169,7 @@ def test_loss_plugin_through_entry_point(tmp_path: Path,
             return ps.LossOutput(0.5 * F.cross_entropy(logits, labels), logits)
         """))
     fake_distribution(tmp_path, "ps-loss-plugin",
-                      "[peftsmoothing.losses]\nhalf_ce = ps_loss_plugin:half_ce\n")
+                      "[peftsmoothing.training.losses]\nhalf_ce = ps_loss_plugin:half_ce\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setattr(LOSSES, "_discovered", False)
     try:

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 import peftsmoothing as ps
-from peftsmoothing.certlog import LOG_COLUMNS_V1
-from peftsmoothing.report import certified_accuracy_table
-from peftsmoothing.smoothing import LogRow
+from peftsmoothing.certify.smoothing import LogRow
+from peftsmoothing.report.accuracy import certified_accuracy_table
+from peftsmoothing.report.certlog import LOG_COLUMNS_V1
 
 HEADER = "\t".join(LOG_COLUMNS_V1) + "\n"  # format 1: still read
 # idx label predict radius correct pa_lower count n seconds
@@ -208,7 +208,7 @@ def test_report_plot_never_replaces_a_file_that_is_not_its_plot(
 
 FULL_DISK_PLOT = r"""
 import resource, signal, sys
-import matplotlib.backends.backend_agg, matplotlib.figure, peftsmoothing.report
+import matplotlib.backends.backend_agg, matplotlib.figure, peftsmoothing.report.accuracy
 from peftsmoothing.cli import main
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))  # the disk is full from now on

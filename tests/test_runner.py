@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import peftsmoothing as ps
-from peftsmoothing.certlog import LOG_COLUMNS, LogRow, parse_log
+from peftsmoothing.report.certlog import LOG_COLUMNS, LogRow, parse_log
 from tests.test_smoothing import SHAPE, images, random_linear
 
 
@@ -175,7 +175,7 @@ def test_shards_are_disjoint_and_their_union_is_the_full_run(tmp_path: Path) -> 
 
 
 def test_two_processes_cannot_append_to_one_log(tmp_path: Path) -> None:
-    from peftsmoothing.certlog import _lock_log
+    from peftsmoothing.report.certlog import _lock_log
 
     log = tmp_path / "certify.tsv"
     held = _lock_log(log)  # stands in for another process certifying into the same log

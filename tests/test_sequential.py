@@ -16,7 +16,7 @@ from numpy.typing import NDArray
 from scipy.stats import beta as beta_dist
 from scipy.stats import binomtest, norm
 
-from peftsmoothing.sequential import (
+from peftsmoothing.certify.sequential import (
     DEFAULT_FINAL_SHARE,
     Decision,
     MaxRadiusPolicy,
@@ -29,7 +29,7 @@ from peftsmoothing.sequential import (
     run_sequential,
     spend_alpha,
 )
-from peftsmoothing.stats import certified_radius, clopper_pearson_lower
+from peftsmoothing.core.stats import certified_radius, clopper_pearson_lower
 
 # ----------------------------------------------------------------------------- schedule
 

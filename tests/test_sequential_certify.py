@@ -17,8 +17,9 @@ from scipy.stats import binomtest
 from torch import nn
 
 import peftsmoothing as ps
-from peftsmoothing.certlog import parse_log, read_settings
-from peftsmoothing.sequential import Schedule
+from peftsmoothing.certify.sequential import Schedule, sequential_policy
+from peftsmoothing.core.seeds import derive_seed
+from peftsmoothing.report.certlog import parse_log, read_settings
 
 SIGMA = RADIUS = 0.5
 ALPHA = 0.05
@@ -127,7 +128,7 @@ def test_packing_does_not_change_an_images_noise(mode: dict[str, object]) -> Non
     report = smoothed.certify_dataset(data, n0=30, n=3000, alpha=0.01, batch_size=700, **mode)
     alone = [
         smoothed.certify(
-            x, n0=30, n=3000, alpha=0.01, batch_size=700, seed=ps.seeds.derive_seed(0, i),
+            x, n0=30, n=3000, alpha=0.01, batch_size=700, seed=derive_seed(0, i),
             **mode,  # type: ignore[arg-type]
         )
         for i, (x, _) in enumerate(data)
@@ -215,7 +216,7 @@ def test_packed_equals_alone_for_images_of_different_shapes(mode: dict[str, obje
         for shape in _MIXED_SHAPES
     ]
     images[3] = images[3].double()  # another dtype: converted to the noise dtype, as alone
-    policy = ps.sequential.sequential_policy(0.25, 2000, 0.01, **mode)  # type: ignore[arg-type]
+    policy = sequential_policy(0.25, 2000, 0.01, **mode)  # type: ignore[arg-type]
     assert policy is not None
     items = [(i, x, 100 + i) for i, x in enumerate(images)]
     packed = dict(smoothed.certify_many(items, 50, policy, batch_size=900))
@@ -235,7 +236,7 @@ def test_a_gray_image_packed_behind_a_color_one_keeps_its_radius() -> None:
     smoothed = ps.SmoothedClassifier(_MeanAbove(), 2, sigma=0.25)
     gray = torch.full((1, 8, 8), 0.5 + 0.3 / 8)  # mean 0.5375: distance 0.3 to the boundary
     color = torch.full((3, 8, 8), 0.9)
-    policy = ps.sequential.sequential_policy(0.25, 20_000, 0.001, early_stop=True)
+    policy = sequential_policy(0.25, 20_000, 0.001, early_stop=True)
     assert policy is not None
     packed = dict(smoothed.certify_many([(0, color, 1), (1, gray, 2)], 100, policy, 20_000))
     alone = smoothed.certify(gray, n0=100, n=20_000, alpha=0.001, batch_size=20_000, seed=2,
@@ -249,7 +250,7 @@ def test_certify_many_leaves_no_inference_state_to_its_caller() -> None:
     lin = nn.Linear(48, 3)
     model = ps.wrap(nn.Sequential(nn.Flatten(), lin), method="full", normalize=None).train()
     smoothed = ps.SmoothedClassifier(model, 3, sigma=0.25)
-    policy = ps.sequential.sequential_policy(0.25, 1000, 0.01, early_stop=True)
+    policy = sequential_policy(0.25, 1000, 0.01, early_stop=True)
     assert policy is not None
     data = _data(4)
     seen = []

@@ -9,7 +9,7 @@ import pytest
 import torch
 from scipy.stats import binom, norm
 
-from peftsmoothing.stats import (
+from peftsmoothing.core.stats import (
     binomial_pvalue,
     certified_radius,
     check_alpha,

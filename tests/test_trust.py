@@ -21,9 +21,9 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import peftsmoothing as ps
-from peftsmoothing._io import temporary_prefix
 from peftsmoothing.cli import main
-from peftsmoothing.datasets import load_cifar
+from peftsmoothing.core.files import temporary_prefix
+from peftsmoothing.data.datasets import load_cifar
 
 RECIPE = {"name": "vit_tiny_patch16_224", "pretrained": False, "seed": 0,
           "kwargs": {"img_size": 16, "patch_size": 4, "depth": 1, "embed_dim": 32,
@@ -110,17 +110,17 @@ def test_recipe_for_a_huge_model_is_sized_on_meta_and_refused(
         ps.zoo.check_recipe(beit)
     assert devices and all(d.type == "meta" for d in devices)
     # the limit is a module attribute a user who trusts the directory can raise
-    from peftsmoothing import recipes
+    from peftsmoothing.backbones import recipes
 
     monkeypatch.setattr(recipes, "MAX_BYTES", 100)
-    with pytest.raises(ValueError, match="more than peftsmoothing.recipes.MAX_BYTES = 100"):
+    with pytest.raises(ValueError, match="than peftsmoothing.backbones.recipes.MAX_BYTES = 100"):
         ps.zoo.check_recipe(RECIPE)
 
 
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"depth": 4096}, "more than peftsmoothing.recipes.MAX_DEPTH"),  # slow even on meta
+        ({"depth": 4096}, "than peftsmoothing.backbones.recipes.MAX_DEPTH"),  # slow even on meta
         ({"depths": [200, 200]}, "MAX_DEPTH"),
         ({"mlp_ratio": "9"}, "refusing value '9'"),  # a number in disguise: 8 * "9" = 99999999
         ({"embed_dim": "wide"}, "refusing value 'wide'"),  # a string where a number goes
@@ -135,7 +135,7 @@ def test_recipe_options_are_bounded_before_timm_is_called(
 
 
 def test_recipe_that_cannot_be_sized_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    from peftsmoothing import recipes
+    from peftsmoothing.backbones import recipes
 
     recipe = {"name": "convnext_atto", "kwargs": {"norm_layer": "frozenbatchnorm2d"}}
     with pytest.raises(ValueError, match="cannot size 'convnext_atto' .*MAX_BYTES = None"):

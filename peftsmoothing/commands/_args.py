@@ -1,4 +1,4 @@
-"""argparse ``type=`` functions built on ``peftsmoothing.validation``: an impossible number is
+"""argparse ``type=`` functions built on ``peftsmoothing.core.validation``: an impossible number is
 a one-line error when the command line is parsed, before any model or data is loaded."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from ..validation import check_alpha, check_int, check_real, check_sigma
+from ..core.validation import check_alpha, check_int, check_real, check_sigma
 
 __all__ = [
     "add_model_arguments",

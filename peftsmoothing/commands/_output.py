@@ -1,7 +1,8 @@
 """The files a command writes: checked before any work, never over a file that is not its own.
 
 A command's output (``predict --out``, ``report --plot``) is written atomically
-(``peftsmoothing._io.atomic_write``), so a kill leaves the previous file whole. Before any work
+(``peftsmoothing.core.files.atomic_write``), so a kill leaves the previous file whole. Before any
+work
 the command checks the path with ``check_output``: a file that is recognisably the command's
 own earlier output is replaced, anything else (a certification log, a user's image) only with
 ``--overwrite``.
@@ -52,7 +53,7 @@ def check_output(
         ...
         FileExistsError: --out .../log.tsv exists and is not a predict output; pass ...
     """
-    from .._io import clean_stale_temporaries
+    from ..core.files import clean_stale_temporaries
 
     target = Path(path)
     if target.is_dir():

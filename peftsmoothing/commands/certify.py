@@ -80,9 +80,9 @@ USER_ERRORS: tuple[type[Exception], ...] = (
 
 def run(args: argparse.Namespace) -> int:
     """Certify ``args.model`` on ``args.dataset``; print the summary; return the exit status."""
-    from ..smoothing import SmoothedClassifier
+    from ..certify.smoothing import SmoothedClassifier
 
-    datasets: Any = importlib.import_module("peftsmoothing.datasets")
+    datasets: Any = importlib.import_module("peftsmoothing.data.datasets")
     shard = parse_shard(args.shard) if args.shard else None
     log = shard_log_path(args.out, shard)
     device = args.device or default_device(args.shard)
@@ -124,10 +124,10 @@ def run(args: argparse.Namespace) -> int:
 
 def register(subparsers: Any) -> None:
     """Add the ``certify`` sub-command."""
-    from ..certlog import LOG_FORMATS
-    from ..names import DATASET_NAMES, PRECISIONS
-    from ..report import DEFAULT_RADII
-    from ..validation import check_real, check_sigma
+    from ..core.names import DATASET_NAMES, PRECISIONS
+    from ..core.validation import check_real, check_sigma
+    from ..report.accuracy import DEFAULT_RADII
+    from ..report.certlog import LOG_FORMATS
 
     def nonnegative(name: str) -> Any:
         return checked(float, name, lambda v: check_real(v, name, low=0.0))

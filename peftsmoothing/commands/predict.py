@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterator
 from typing import IO, Any
 
-from ..names import DATASET_NAMES, PRECISIONS
+from ..core.names import DATASET_NAMES, PRECISIONS
 from ._args import (
     add_model_arguments,
     default_device,
@@ -63,18 +63,18 @@ def _indices(size: int, skip: int, maximum: int | None) -> Iterator[int]:
 
 def run(args: argparse.Namespace) -> int:
     """Predict every ``--skip``-th image of ``args.dataset``; write ``args.out``; returns 0."""
-    from .._io import atomic_write
-    from ..seeds import derive_seed
-    from ..smoothing import SmoothedClassifier
-    from ..stats import ABSTAIN, predict_from_counts
-    from ..validation import check_positive_int
+    from ..certify.smoothing import SmoothedClassifier
+    from ..core.files import atomic_write
+    from ..core.seeds import derive_seed
+    from ..core.stats import ABSTAIN, predict_from_counts
+    from ..core.validation import check_positive_int
     from ._output import check_output, starts_with
 
     skip = check_positive_int(args.skip, "skip")
     # before any work: never over a file that is not an earlier predict output
     out = check_output(args.out, own=starts_with(HEADER), overwrite=args.overwrite,
                        flag="--out", what="a predict output")  # fmt: skip
-    datasets: Any = importlib.import_module("peftsmoothing.datasets")
+    datasets: Any = importlib.import_module("peftsmoothing.data.datasets")
     device = args.device or default_device()
     model = load_model(args)
     dataset = datasets.load_dataset(

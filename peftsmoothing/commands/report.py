@@ -20,7 +20,7 @@ def run(args: argparse.Namespace) -> int:
 
     Examples:
         >>> import argparse, os, tempfile
-        >>> from peftsmoothing.certlog import LOG_COLUMNS_V1 as LOG_COLUMNS
+        >>> from peftsmoothing.report.certlog import LOG_COLUMNS_V1 as LOG_COLUMNS
         >>> path = os.path.join(tempfile.mkdtemp(), "certify.tsv")
         >>> with open(path, "w") as f:
         ...     _ = f.write("\\t".join(LOG_COLUMNS) + "\\n")
@@ -32,8 +32,8 @@ def run(args: argparse.Namespace) -> int:
         certify,1.0,1.0,0.5,0.0,1
         0
     """
-    from ..plots import _is_own_plot, plot_certified_accuracy
-    from ..report import CertificationReport, certified_accuracy_table
+    from ..report.accuracy import CertificationReport, certified_accuracy_table
+    from ..report.plots import _is_own_plot, plot_certified_accuracy
     from ._output import check_output
 
     if args.plot:  # before any work: never over a file that is not an earlier plot
@@ -102,8 +102,8 @@ def paired_differences(reports: dict[str, Any], radii: list[float]) -> str:
     """Markdown table: every report minus the first, image by image, at each radius.
 
     Examples:
-        >>> from peftsmoothing.certlog import LogRow
-        >>> from peftsmoothing.report import CertificationReport
+        >>> from peftsmoothing.report.certlog import LogRow
+        >>> from peftsmoothing.report.accuracy import CertificationReport
         >>> a = CertificationReport([LogRow(i, 0, 0, 0.5, 1, 0.9, 90, 100, 1) for i in range(4)])
         >>> b = CertificationReport([LogRow(i, 0, 1, 0.5, 0, 0.9, 90, 100, 1) for i in range(4)])
         >>> print(paired_differences({"a": a, "b": b}, [0.0]).splitlines()[-1])
@@ -132,7 +132,7 @@ def paired_differences(reports: dict[str, Any], radii: list[float]) -> str:
 
 def register(subparsers: Any) -> None:
     """Add the ``report`` sub-command."""
-    from ..report import DEFAULT_RADII
+    from ..report.accuracy import DEFAULT_RADII
 
     p = subparsers.add_parser(
         "report",

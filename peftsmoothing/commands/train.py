@@ -14,8 +14,8 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from ..names import DATASET_NAMES, method_names
-from ..trainer_options import LOSS_OPTION_ALIASES, TRAINER_OPTIONS
+from ..core.names import DATASET_NAMES, method_names
+from ..core.trainer_options import LOSS_OPTION_ALIASES, TRAINER_OPTIONS
 from ._args import fraction, int_at_least
 
 if TYPE_CHECKING:
@@ -72,19 +72,19 @@ def parse_options(items: Sequence[str] | None) -> dict[str, Any]:
 
 
 def _load_dataset(name: str, root: str, train: bool, image_size: int | None) -> Any:
-    from .. import datasets
+    from ..data import datasets
 
     return datasets.load_dataset(name, root, train, image_size=image_size)
 
 
 def _num_classes(name: str, root: str) -> int:
-    from .. import datasets
+    from ..data import datasets
 
     return int(datasets.num_classes(name, root))
 
 
 def _create_model(name: str, pretrained: bool, seed: int, kwargs: dict[str, Any]) -> Any:
-    from ..zoo import create_model
+    from ..backbones.zoo import create_model
 
     return create_model(name, pretrained, seed=None if pretrained else seed, **kwargs)
 
@@ -181,7 +181,7 @@ def check_method_options(method: str, options: dict[str, Any]) -> None:
     import inspect
 
     from ..methods.base import get_method
-    from ..wrap import wrap
+    from ..model.wrapping import wrap
 
     own = set(inspect.signature(wrap).parameters)
     method_options = {k: v for k, v in options.items() if k not in own}
@@ -242,7 +242,7 @@ def _with_default(text: str) -> str:
 def add_trainer_options(parser: argparse.ArgumentParser) -> None:
     """Add one flag per trainer option (``--grad-accum`` for ``grad_accum``), with the help,
     type and choices declared in
-    [`TRAINER_OPTIONS`][peftsmoothing.trainer_options.TRAINER_OPTIONS] (imports no torch),
+    [`TRAINER_OPTIONS`][peftsmoothing.core.trainer_options.TRAINER_OPTIONS] (imports no torch),
     and one per loss option alias (``--consistency-weight``).
 
     Examples:

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..validation import is_int
+from ..core.validation import is_int
 from .base import Method, MethodConfig, MethodContext, register_method
 from .targets import as_patterns, match_modules
 

@@ -8,7 +8,7 @@ third-party packages through the entry-point group ``peftsmoothing.methods`` (di
 first time a name is looked up or the list of methods is requested; a plug-in that fails to import
 is skipped with a warning). The core of the library never names a method.
 
-This module imports only leaves (``peftsmoothing.registry``); built-in methods import it.
+This module imports only leaves (``peftsmoothing.core.registry``); built-in methods import it.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from typing import Any, ClassVar, TypeVar
 
 from torch import nn
 
-from ..names import METHOD_ENTRY_POINT_GROUP
-from ..registry import Registry, closest_name, did_you_mean
+from ..core.names import METHOD_ENTRY_POINT_GROUP
+from ..core.registry import Registry, closest_name, did_you_mean
 
 __all__ = [
     "ENTRY_POINT_GROUP",

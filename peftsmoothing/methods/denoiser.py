@@ -6,7 +6,7 @@ DnCNN (Zhang et al. 2017) as used by Salman et al.: it predicts the noise and su
 last convolution starts at zero, so a freshly wrapped model computes exactly what the frozen
 classifier did. Train it with ``NoiseTrainer(loss="mse")`` (reconstruct the clean image) or
 ``loss="stability"`` (match the frozen classifier's prediction on the clean image); both losses
-live in ``peftsmoothing.losses`` (a method never imports a loss).
+live in ``peftsmoothing.training.losses`` (a method never imports a loss).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..validation import check_int
+from ..core.validation import check_int
 from .base import Method, MethodConfig, MethodContext, register_method
 
 __all__ = ["DnCNN", "Denoiser", "DenoiserConfig"]

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from typing_extensions import override
 
-from ..validation import is_int
+from ..core.validation import is_int
 from .base import Method, MethodConfig, MethodContext, register_method
 from .targets import as_patterns, match_modules, replace_module
 

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .. import recipes
+from ..backbones import recipes
 from .base import Method, MethodConfig, MethodContext, register_method
 from .peft_options import check_patterns, check_reviewed_options
 
@@ -53,7 +53,7 @@ ADAPTER_CONFIG_FILE = "adapter_config.json"
 ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"
 #: An adapter read from a file (a saved model's config, an adapter directory) may hold as many
 #: bytes as the model it adapts, and at least this many, but never more than
-#: ``peftsmoothing.recipes.MAX_BYTES`` (``None`` there: not sized at all).
+#: ``peftsmoothing.backbones.recipes.MAX_BYTES`` (``None`` there: not sized at all).
 MIN_ADAPTER_BYTES = 64 * 2**20
 _ADAPTER = "default"
 _PREFIX = "base_model.model."  # what a PeftModel puts in front of its model's keys
@@ -407,14 +407,14 @@ def _check_adapter_size(config: Any, model: nn.Module, source: str) -> None:
     except (TypeError, RuntimeError, NotImplementedError, AssertionError) as err:
         raise ValueError(
             f"{source}: cannot size the adapter on the meta device ({err}); set "
-            "peftsmoothing.recipes.MAX_BYTES = None to build it unsized, if you trust it"
+            "peftsmoothing.backbones.recipes.MAX_BYTES = None to build it unsized, if you trust it"
         ) from None
     size = _bytes(skeleton) - base
     if size > limit:
         raise ValueError(
             f"{source}: refusing an adapter of {size:,} bytes (more than {limit:,}: the size of "
             f"the model it adapts, at least {MIN_ADAPTER_BYTES:,}, at most "
-            "peftsmoothing.recipes.MAX_BYTES); set that to None if you trust this file"
+            "peftsmoothing.backbones.recipes.MAX_BYTES); set that to None if you trust this file"
         )
 
 

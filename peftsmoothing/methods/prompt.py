@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..validation import is_int
+from ..core.validation import is_int
 from .base import Method, MethodConfig, MethodContext, register_method
 
 __all__ = ["Prompt", "PromptConfig", "VisualPrompts"]

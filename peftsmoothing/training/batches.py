@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..precision import autocast
+from ..core.precision import autocast
 
 __all__ = ["BatchGuard", "check_images", "check_labels", "output_width", "split_batch"]
 

@@ -13,7 +13,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from ..trainable import Trainable
+from ..core.trainable import Trainable
 from .config import TrainerConfig
 
 __all__ = [

@@ -1,7 +1,7 @@
 """The trainer's checkpoints: ``last/``, ``best/`` and ``history.jsonl`` in ``checkpoint_dir``.
 
 A checkpoint directory holds the trained tensors (written by the model's own ``save`` when it
-is ``peftsmoothing.trainable.Trainable``, else ``trainable.safetensors``; release 0.1's
+is ``peftsmoothing.core.trainable.Trainable``, else ``trainable.safetensors``; release 0.1's
 ``trainable.pt`` is still read) and
 ``trainer_state.pt``: optimizer, scheduler, scaler, RNG states, history and config, tensors and
 plain types only (``torch.load(weights_only=True)``). A directory is written next to its final
@@ -27,10 +27,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from .._io import atomic_save, clean_stale_temporaries, fsync_dir, temporary_prefix
-from ..params import trained_state_dict
-from ..serialization import TENSORS_FILE, read_tensors, write_tensors
-from ..trainable import Trainable
+from ..core.files import atomic_save, clean_stale_temporaries, fsync_dir, temporary_prefix
+from ..core.params import trained_state_dict
+from ..core.trainable import Trainable
+from ..model.serialization import TENSORS_FILE, read_tensors, write_tensors
 from .distributed import all_gather_objects, barrier
 from .metrics import EpochState
 from .nonfinite import TrainedBuffers

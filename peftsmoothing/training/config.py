@@ -1,12 +1,14 @@
 """The trainer's options as one validated value: [`TrainerConfig`][peftsmoothing.TrainerConfig].
 
 Every option is declared once, without torch, in
-[`peftsmoothing.trainer_options`][peftsmoothing.trainer_options] (name, default, help text,
+[`peftsmoothing.core.trainer_options`][peftsmoothing.core.trainer_options] (name, default, help
+text,
 command-line spelling); [`TrainerConfig`][peftsmoothing.TrainerConfig]'s fields are built from
 those declarations and carry them in ``field.metadata``. ``peftsmoothing train`` generates its
 trainer flags from the same declarations, and ``NoiseTrainer``'s keywords are checked against
 the fields. A loss's own options (``loss_options``) belong to the loss
-([`peftsmoothing.losses`][peftsmoothing.losses]); the trainer never names one. The only
+([`peftsmoothing.training.losses`][peftsmoothing.training.losses]); the trainer never names one.
+The only
 exception is the alias table ``LOSS_OPTION_ALIASES`` (``consistency_weight=`` kept for
 compatibility).
 """
@@ -19,9 +21,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from ..losses import get_loss
-from ..names import PRECISIONS
-from ..trainer_options import (
+from ..core.names import PRECISIONS
+from ..core.trainer_options import (
     LOSS_OPTION_ALIASES,
     NONFINITE,
     OPTIMIZERS,
@@ -29,7 +30,8 @@ from ..trainer_options import (
     TRAINER_OPTIONS,
     trainer_option,
 )
-from ..validation import check_choice, check_int, check_positive_int, check_real
+from ..core.validation import check_choice, check_int, check_positive_int, check_real
+from .losses import get_loss
 
 __all__ = [
     "LOSS_OPTION_ALIASES",
@@ -47,7 +49,7 @@ CUSTOM_OPTIMIZER: Final[str] = "custom"  # the config of a trainer given an opti
 
 def _option(name: str) -> Any:
     """The dataclass field of the trainer option ``name``, from its declaration in
-    [`peftsmoothing.trainer_options`][peftsmoothing.trainer_options]."""
+    [`peftsmoothing.core.trainer_options`][peftsmoothing.core.trainer_options]."""
     spec = trainer_option(name)
     if spec.default_factory is not None:
         return field(default_factory=spec.default_factory, metadata=spec.metadata())

@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from ..precision import autocast
-from ..seeds import derive_seed
+from ..core.precision import autocast
+from ..core.seeds import derive_seed
 from .distributed import sum_over_ranks
 
 if TYPE_CHECKING:

@@ -3,14 +3,14 @@
 The model takes images in [0, 1] (docs/design.md, invariant 1); the trainer adds
 ``sigma * randn`` to them on the model's device and optimises only the parameters with
 ``requires_grad`` (docs/design.md, invariant 3: the frozen backbone gets no gradient and no
-optimizer state). Losses come from ``peftsmoothing.losses``; the options from
+optimizer state). Losses come from ``peftsmoothing.training.losses``; the options from
 [`TrainerConfig`][peftsmoothing.TrainerConfig]. Checkpoints
 (``checkpoint``) are atomic and resumable; ``torchrun`` support is
 in ``distributed``.
 
 This module depends neither on the methods nor on smoothing: a
 [`peftsmoothing.PEFTModel`][peftsmoothing.PEFTModel] is recognised by the
-``peftsmoothing.trainable.Trainable`` protocol.
+``peftsmoothing.core.trainable.Trainable`` protocol.
 """
 
 from __future__ import annotations
@@ -29,9 +29,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..losses import LossContext, LossOutput, LossSpec, get_loss
-from ..params import freeze_frozen_batchnorm
-from ..precision import autocast
+from ..core.params import freeze_frozen_batchnorm
+from ..core.precision import autocast
 from . import checkpoint as ckpt
 from .batches import BatchGuard
 from .build import (
@@ -51,6 +50,7 @@ from .distributed import (
     wrap_ddp,
 )
 from .evaluate import evaluate as _evaluate
+from .losses import LossContext, LossOutput, LossSpec, get_loss
 from .metrics import EpochState, Window, batch_metrics, epoch_record
 from .noise import NoiseSource
 from .nonfinite import NonfiniteGuard

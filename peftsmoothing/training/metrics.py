@@ -12,8 +12,8 @@ from typing import Any
 
 import torch
 
-from ..losses import LossOutput
 from .distributed import Topology, sum_over_ranks
+from .losses import LossOutput
 
 __all__ = ["EpochState", "Window", "batch_metrics", "epoch_record"]
 
@@ -107,7 +107,7 @@ def batch_metrics(out: LossOutput, y: torch.Tensor, batch: int) -> BatchSums:
     """A batch's loss, correct predictions (when the loss returns logits), counts and terms.
 
     Examples:
-        >>> from peftsmoothing.losses import LossOutput
+        >>> from peftsmoothing.training.losses import LossOutput
         >>> out = LossOutput(torch.tensor(0.5), logits=torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
         >>> batch_metrics(out, torch.tensor([0, 0]), 2)[1:4]
         (tensor(1., dtype=torch.float64), 2, 2)

@@ -1,6 +1,6 @@
 """The training noise: which sigma a batch gets and the noisy copies ``x + sigma * randn``.
 
-Both are functions of ``(seed, rank, epoch, batch)`` alone (``peftsmoothing.seeds``), so a
+Both are functions of ``(seed, rank, epoch, batch)`` alone (``peftsmoothing.core.seeds``), so a
 resumed run draws the same noise as an uninterrupted one and the global RNG is untouched.
 """
 
@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ..seeds import derive_seed
+from ..core.seeds import derive_seed
 
 __all__ = ["NoiseSource"]
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..params import trained_keys
+from ..core.params import trained_keys
 from .build import nonfinite_gradients
 from .distributed import Topology, any_rank
 

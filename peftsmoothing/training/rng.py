@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..seeds import derive_seed
+from ..core.seeds import derive_seed
 
 __all__ = ["loader_generators", "rng_state", "seed_everything", "set_rng_state"]
 

@@ -1,0 +1,3 @@
+"""Randomized-smoothing certification: noise sampling, the one certification engine, sequential
+policies, dataset runs and the ``SmoothedClassifier`` facade.
+"""

@@ -1,0 +1,405 @@
+"""Stopping policies of sequential CERTIFY (see ``peftsmoothing.certify.sequential``).
+
+A policy looks at the cumulative count of votes for ``c_A`` at each look of a
+``Schedule`` and says whether to stop; the bound it
+reports is valid at whichever look sampling stops (a union bound over the looks).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+from scipy.stats import norm
+
+from ...core.stats import (
+    abstains,
+    certify_bound,
+    clopper_pearson_upper,
+)
+from ...core.validation import check_alpha, check_int, check_real, check_sigma
+from .schedule import Schedule
+
+__all__ = [
+    "Decision",
+    "MaxRadiusPolicy",
+    "Reason",
+    "SequentialPolicy",
+    "TargetRadiusPolicy",
+    "run_sequential",
+]
+
+Reason = Literal["continue", "certified", "futile", "final", "max_radius", "converged"]
+"""Why a policy continued or stopped at a look."""
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What a policy says at one look, and the certificate if sampling stops there.
+
+    Attributes:
+        stop: Whether to stop sampling now.
+        reason: ``"continue"``; or why it stops: ``"certified"`` (target radius reached),
+            ``"futile"`` (target not reachable within ``n_max``), ``"final"`` (last look),
+            ``"max_radius"`` (cap reached) or ``"converged"`` (more samples would add less
+            than the tolerance).
+        look: Index of the look.
+        n: Estimation samples drawn so far (``schedule.looks[look]``).
+        count: Votes for ``c_A`` among them.
+        pa_lower: Clopper-Pearson lower bound of ``pA`` at level ``alpha_spent``. Valid
+            whatever look sampling stops at: all looks' bounds hold simultaneously with
+            probability ``>= 1 - schedule.alpha``.
+        radius: ``certified_radius(sigma, pa_lower)``; 0.0 when abstaining.
+        alpha_spent: ``alpha_k`` of this look.
+
+    Examples:
+        >>> d = Decision(True, "final", 0, 100, 100, 0.933254, 0.75, 0.001)
+        >>> d.abstain
+        False
+    """
+
+    stop: bool
+    reason: Reason
+    look: int
+    n: int
+    count: int
+    pa_lower: float
+    radius: float
+    alpha_spent: float
+
+    @property
+    def abstain(self) -> bool:
+        """Whether CERTIFY abstains if it stops here (``stats.abstains``: ``pa_lower < 0.5``)."""
+        return abstains(self.pa_lower)
+
+
+def _decision(
+    schedule: Schedule, look: int, count: int, pa_lower: float, radius: float, reason: Reason
+) -> Decision:
+    """The ``Decision`` at ``look`` (it stops unless ``reason`` is ``"continue"``)."""
+    return Decision(
+        stop=reason != "continue",
+        reason=reason,
+        look=look,
+        n=schedule.looks[look],
+        count=count,
+        pa_lower=pa_lower,
+        radius=radius,
+        alpha_spent=schedule.alphas[look],
+    )
+
+
+def _bound(sigma: float, schedule: Schedule, look: int, count: int) -> tuple[float, float]:
+    """``(pa_lower, radius)`` at a look (``certify_bound`` at the look's alpha)."""
+    return certify_bound(sigma, count, schedule.looks[look], schedule.alphas[look])
+
+
+class SequentialPolicy(Protocol):
+    """What ``run_sequential`` (and a scheduler) needs from a policy."""
+
+    @property
+    def schedule(self) -> Schedule:
+        """The looks and their alphas."""
+        ...
+
+    def decide(self, look: int, count: int) -> Decision:
+        """The decision at ``look`` given the cumulative ``count`` of votes for ``c_A``."""
+        ...
+
+
+@dataclass(frozen=True)
+class TargetRadiusPolicy:
+    """Certify a fixed radius ``r`` with as few samples as possible (Horváth et al., 2022).
+
+    At look ``k`` with ``count`` votes out of ``n_k``:
+
+    * **certified** if ``pa_lower = CP_lower(count, n_k, alpha_k)`` gives a non-abstaining
+      radius ``>= r`` (the same comparison as ``certify(...).radius >= r``);
+    * **futile** (not certifiable within ``n_max``) if the Clopper-Pearson *upper* bound at
+      level ``beta_k`` is below ``Phi(r / sigma)``, or if even ``n_max - n_k`` further votes
+      could not certify at the final look;
+    * otherwise **continue**; the final look stops with ``"certified"`` or ``"final"``.
+
+    Futility stops never certify (they only stop early with a radius below ``r``), so they
+    cannot cause a wrong certificate: soundness rests only on ``sum(alpha_k) <= alpha``. The
+    futility budget ``beta`` (split evenly over the non-final looks) bounds the probability of
+    giving up on a point whose ``pA >= Phi(r / sigma)``.
+
+    Args:
+        sigma: Noise standard deviation, > 0.
+        radius: The target L2 radius ``r >= 0`` (``r = 0``: certify the prediction only).
+        schedule: Looks and alphas.
+        beta: Total futility budget in (0, 1); ``None``: ``schedule.alpha``.
+
+    Examples:
+        >>> policy = TargetRadiusPolicy(0.5, 0.25, Schedule.create(10_000, 0.001, first=1000))
+        >>> d = policy.decide(0, 990)
+        >>> d.stop, d.reason, d.n, d.radius >= 0.25
+        (True, 'certified', 1000, True)
+        >>> policy.decide(0, 600).reason
+        'futile'
+        >>> policy.decide(0, 720).reason
+        'continue'
+    """
+
+    sigma: float
+    radius: float
+    schedule: Schedule
+    beta: float | None = None
+    _final_min: int = field(init=False, repr=False, compare=False, default=0)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sigma", check_sigma(self.sigma))
+        object.__setattr__(self, "radius", check_real(self.radius, "radius", low=0.0))
+        if not isinstance(self.schedule, Schedule):
+            raise TypeError(f"schedule must be a Schedule, got {type(self.schedule).__name__}")
+        b = self.schedule.alpha if self.beta is None else check_alpha(self.beta)
+        object.__setattr__(self, "beta", b)
+        last = self.schedule.n_looks - 1
+        object.__setattr__(
+            self, "_final_min", _first_true(lambda c: self._certifies(last, c), self.n_max)
+        )
+
+    @property
+    def n_max(self) -> int:
+        """The final look's sample count."""
+        return self.schedule.n_max
+
+    @property
+    def p_target(self) -> float:
+        """``Phi(r / sigma)``: the ``pA`` that certifies exactly radius ``r``."""
+        return float(norm.cdf(self.radius / self.sigma))
+
+    @property
+    def betas(self) -> tuple[float, ...]:
+        """Futility level of each look (0.0 at the final look, which never tests futility)."""
+        k = self.schedule.n_looks
+        if k == 1:
+            return (0.0,)
+        b = float(self.beta) / (k - 1)  # type: ignore[arg-type]
+        return (b,) * (k - 1) + (0.0,)
+
+    @property
+    def reachable(self) -> bool:
+        """Whether ``n_max`` samples can certify ``r`` at all (else every look is futile)."""
+        return self._final_min <= self.n_max
+
+    def _certifies(self, look: int, count: int) -> bool:
+        pa_lower, radius = _bound(self.sigma, self.schedule, look, count)
+        return not abstains(pa_lower) and radius >= self.radius
+
+    def _futile(self, look: int, count: int) -> bool:
+        n_k = self.schedule.looks[look]
+        if count + (self.n_max - n_k) < self._final_min:
+            return True  # even all remaining samples voting for c_A would not certify
+        upper = clopper_pearson_upper(count, n_k, self.betas[look])
+        return upper < self.p_target
+
+    def decide(self, look: int, count: int) -> Decision:
+        """The decision after ``look`` (0-based) with ``count`` of its ``looks[look]`` votes.
+
+        Args:
+            look: Index into ``schedule.looks``.
+            count: Cumulative votes for ``c_A`` among the first ``looks[look]`` estimation
+                samples.
+
+        Returns:
+            The ``Decision``; its ``pa_lower`` and ``radius`` are valid whether or not
+            the caller stops here.
+
+        Raises:
+            ValueError: For a look index out of range or a count outside ``[0, n_k]``.
+
+        Examples:
+            >>> p = TargetRadiusPolicy(1.0, 1.0, Schedule.create(1000, 0.01, first=500))
+            >>> p.decide(1, 800).reason, p.decide(1, 900).reason
+            ('final', 'certified')
+        """
+        k, c = self.schedule.check_look(look, count)
+        pa_lower, radius = _bound(self.sigma, self.schedule, k, c)
+        last = k == self.schedule.n_looks - 1
+        if self._certifies(k, c):
+            reason: Reason = "certified"
+        elif last:
+            reason = "final"
+        elif self._futile(k, c):
+            reason = "futile"
+        else:
+            reason = "continue"
+        return _decision(self.schedule, k, c, pa_lower, radius, reason)
+
+    def thresholds(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """Integer form of ``decide``, for a vectorised (e.g. on-GPU) scheduler.
+
+        At look ``k``, ``decide`` certifies iff ``count >= certify_at[k]`` and stops as futile
+        iff ``count <= futile_at[k]`` (and it does not certify). ``certify_at[k] = n_k + 1``
+        means it cannot certify at that look; ``futile_at[k] = -1`` that it never gives up.
+
+        Returns:
+            ``(certify_at, futile_at)``, one entry per look.
+
+        Examples:
+            >>> p = TargetRadiusPolicy(0.5, 0.25, Schedule.create(10_000, 0.001, first=1000))
+            >>> certify_at, futile_at = p.thresholds()
+            >>> p.decide(0, certify_at[0]).reason, p.decide(0, certify_at[0] - 1).reason
+            ('certified', 'continue')
+            >>> futile_at[-1]
+            -1
+        """
+        certify_at: list[int] = []
+        futile_at: list[int] = []
+        for k, n_k in enumerate(self.schedule.looks):
+            cert = _first_true(lambda c, k=k: self._certifies(k, c), n_k)  # type: ignore[misc]
+            certify_at.append(cert)
+            if k == self.schedule.n_looks - 1:
+                futile_at.append(-1)
+            else:
+                not_futile = _first_true(
+                    lambda c, k=k: not self._futile(k, c),  # type: ignore[misc]
+                    n_k,
+                )
+                futile_at.append(min(not_futile, cert) - 1)
+        return tuple(certify_at), tuple(futile_at)
+
+
+def _first_true(predicate: Callable[[int], bool], n: int) -> int:
+    """Smallest ``c`` in ``[0, n]`` with ``predicate(c)`` (monotone in ``c``); ``n + 1`` if none."""
+    lo, hi = 0, n + 1
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if predicate(mid):
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
+@dataclass(frozen=True)
+class MaxRadiusPolicy:
+    """Certify the largest radius, stopping early when more samples would add little.
+
+    At look ``k`` the radius is ``certified_radius(sigma, CP_lower(count, n_k, alpha_k))``.
+    Sampling stops at the final look, when the radius reaches ``max_radius``, or when a
+    projection says that continuing to ``n_max`` would raise it by less than ``tolerance``:
+    the projected radius is that of the Clopper-Pearson bound at the final look's alpha with
+    the count ``n_max * p_hat``, ``p_hat = count / n_k`` (the point estimate carried forward).
+    The projection is only a heuristic for *when* to stop; whatever it decides, the reported
+    radius is sound, by the same union bound over looks.
+
+    Args:
+        sigma: Noise standard deviation, > 0.
+        schedule: Looks and alphas.
+        max_radius: Stop as soon as the radius is at least this (e.g. ``2 * sigma``);
+            ``None``: no cap.
+        tolerance: Smallest worthwhile radius gain; ``None``: ``0.05 * sigma``.
+
+    Examples:
+        >>> s = Schedule.create(100_000, 0.001, first=1000)
+        >>> policy = MaxRadiusPolicy(0.25, s, max_radius=0.5)
+        >>> policy.decide(0, 1000).reason  # radius 0.59 >= the cap
+        'max_radius'
+        >>> policy.decide(0, 400).reason  # p_hat = 0.4: abstains at any n
+        'converged'
+        >>> policy.decide(0, 900).reason  # 0.27 now, 0.32 projected: gain > 0.0125
+        'continue'
+    """
+
+    sigma: float
+    schedule: Schedule
+    max_radius: float | None = None
+    tolerance: float | None = None
+
+    def __post_init__(self) -> None:
+        s = check_sigma(self.sigma)
+        object.__setattr__(self, "sigma", s)
+        if not isinstance(self.schedule, Schedule):
+            raise TypeError(f"schedule must be a Schedule, got {type(self.schedule).__name__}")
+        cap = (
+            math.inf
+            if self.max_radius is None
+            else check_real(self.max_radius, "max_radius", low=0.0, low_open=True)
+        )
+        object.__setattr__(self, "max_radius", cap)
+        tol = (
+            0.05 * s if self.tolerance is None else check_real(self.tolerance, "tolerance", low=0.0)
+        )
+        object.__setattr__(self, "tolerance", tol)
+
+    def projected_radius(self, look: int, count: int) -> float:
+        """Radius the final look would certify if the vote share stayed ``count / n_k``.
+
+        Examples:
+            >>> p = MaxRadiusPolicy(1.0, Schedule.create(100_000, 0.001, first=1000))
+            >>> round(p.projected_radius(0, 1000), 4)  # all votes: Phi^-1(0.0005 ** 1e-5)
+            3.7878
+        """
+        k, c = self.schedule.check_look(look, count)
+        n_max = self.schedule.n_max
+        projected = min(n_max, round(c / self.schedule.looks[k] * n_max))
+        return certify_bound(self.sigma, projected, n_max, self.schedule.alphas[-1])[1]
+
+    def decide(self, look: int, count: int) -> Decision:
+        """The decision after ``look`` (0-based) with ``count`` of its ``looks[look]`` votes.
+
+        Args:
+            look: Index into ``schedule.looks``.
+            count: Cumulative votes for ``c_A`` among the first ``looks[look]`` samples.
+
+        Returns:
+            The ``Decision``.
+
+        Raises:
+            ValueError: For a look index out of range or a count outside ``[0, n_k]``.
+
+        Examples:
+            >>> p = MaxRadiusPolicy(1.0, Schedule.create(1000, 0.01, first=500))
+            >>> d = p.decide(1, 900)
+            >>> d.stop, d.reason, round(d.radius, 3)
+            (True, 'final', 1.141)
+        """
+        k, c = self.schedule.check_look(look, count)
+        pa_lower, radius = _bound(self.sigma, self.schedule, k, c)
+        if k == self.schedule.n_looks - 1:
+            reason: Reason = "final"
+        elif radius >= float(self.max_radius):  # type: ignore[arg-type]
+            reason = "max_radius"
+        elif self.projected_radius(k, c) - radius < float(self.tolerance):  # type: ignore[arg-type]
+            reason = "converged"
+        else:
+            reason = "continue"
+        return _decision(self.schedule, k, c, pa_lower, radius, reason)
+
+
+def run_sequential(policy: SequentialPolicy, draw: Callable[[int], int]) -> Decision:
+    """Drive a policy: draw the samples up to each look, accumulate the count, ask, repeat.
+
+    Args:
+        policy: A ``TargetRadiusPolicy``, ``MaxRadiusPolicy`` or compatible object.
+        draw: ``draw(m)`` returns how many of ``m`` *fresh* estimation samples (independent of
+            the selection samples that chose ``c_A`` and of earlier draws) vote for ``c_A``.
+
+    Returns:
+        The decision at the look where the policy stopped.
+
+    Raises:
+        ValueError: If ``draw`` returns a count outside ``[0, m]``.
+
+    Examples:
+        >>> policy = TargetRadiusPolicy(0.5, 0.5, Schedule.create(100_000, 0.001))
+        >>> d = run_sequential(policy, lambda m: m)  # every sample votes for c_A
+        >>> d.reason, d.n
+        ('certified', 256)
+    """
+    count, drawn = 0, 0
+    decision: Decision | None = None
+    for look, n_k in enumerate(policy.schedule.looks):
+        m = n_k - drawn
+        votes = check_int(draw(m), "draw(m)", minimum=0, maximum=m)
+        count, drawn = count + votes, n_k
+        decision = policy.decide(look, count)
+        if decision.stop:
+            return decision
+    assert decision is not None  # the final look always stops
+    return decision

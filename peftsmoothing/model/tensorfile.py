@@ -1,0 +1,227 @@
+"""The file of a saved model's trained tensors: written as safetensors, read only as far as
+they fit the model.
+
+``TENSORS_FILE`` (``trainable.safetensors``) holds a JSON header (each tensor's name, dtype,
+shape and byte range) and the raw data: reading it runs no code, and the header is checked
+against the tensors the model trains before any data is read, so a file cannot make the reader
+allocate more than those tensors take. Release 0.1 wrote ``LEGACY_TENSORS_FILE``
+(``trainable.pt``, a ``torch.save`` zip); it is still read, with ``weights_only=True``, once its
+zip directory shows that it unpacks to no more than the trained tensors take: ``torch.load``
+allocates each storage whole, so a small file could otherwise hold a correctly shaped view into
+a storage of gigabytes. Used by ``serialization`` (saved models) and ``training`` (checkpoints
+of plain modules).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import safetensors.torch
+import torch
+
+from ..core.files import atomic_write
+
+__all__ = [
+    "LEGACY_TENSORS_FILE",
+    "TENSORS_FILE",
+    "read_legacy",
+    "read_safetensors",
+    "write_tensors",
+]
+
+#: The trained tensors of a saved model (safetensors: a JSON header and raw bytes, no pickle).
+TENSORS_FILE = "trainable.safetensors"
+#: The trained tensors as release 0.1 saved them (``torch.save``); read, never written.
+LEGACY_TENSORS_FILE = "trainable.pt"
+
+#: safetensors' names of the dtypes a trained tensor may have.
+_DTYPE_NAMES = {
+    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+    torch.float8_e4m3fn: "F8_E4M3", torch.float8_e5m2: "F8_E5M2", torch.int64: "I64",
+    torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8", torch.bool: "BOOL",
+}  # fmt: skip
+#: Bytes a file may hold beyond the trained tensors' data: 64 KiB, plus 1 KiB and the name per
+#: tensor (safetensors header, or the pickle and zip records of a 0.1 ``trainable.pt``).
+_OVERHEAD = 64 * 1024
+
+
+def write_tensors(directory: str | os.PathLike[str], tensors: Mapping[str, torch.Tensor]) -> Path:
+    """Write ``TENSORS_FILE`` (safetensors, on the CPU) into ``directory``, atomically.
+
+    Returns:
+        The file written.
+
+    Examples:
+        >>> import tempfile, torch
+        >>> write_tensors(tempfile.mkdtemp(), {"w": torch.ones(2)}).name
+        'trainable.safetensors'
+    """
+    # a copy of each: safetensors refuses tensors that share storage (views, tied weights)
+    plain = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in tensors.items()}
+    file = Path(directory) / TENSORS_FILE
+    atomic_write(file, safetensors.torch.save(plain, metadata={"format": "pt"}))
+    return file
+
+
+def _size_limit(expected: Mapping[str, torch.Tensor]) -> tuple[int, int]:
+    """(bytes of the tensors' data, bytes a file holding them may take at most)."""
+    data = sum(t.numel() * t.element_size() for t in expected.values())
+    return data, data + _OVERHEAD + sum(1024 + len(k.encode()) for k in expected)
+
+
+def read_safetensors(file: Path, expected: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file that holds exactly ``expected``'s.
+
+    The header must name exactly the tensors of ``expected``, each with its dtype and shape,
+    and the file must be exactly as long as its header and their data: all checked before
+    safetensors opens the file, so it never reads (or allocates) more than they take.
+
+    Args:
+        file: The file.
+        expected: The tensors the model trains: names, dtypes and shapes (values unused).
+
+    Returns:
+        Name -> tensor, on the CPU.
+
+    Raises:
+        ValueError: One line naming the file: a header that announces more bytes than the
+            names need, is not JSON, names other tensors (a frozen weight, say) or other
+            dtypes or shapes, lacks a tensor, or a file of another length.
+
+    Examples:
+        >>> import tempfile, torch
+        >>> f = write_tensors(tempfile.mkdtemp(), {"w": torch.ones(2)})
+        >>> read_safetensors(f, {"w": torch.zeros(2)})
+        {'w': tensor([1., 1.])}
+        >>> read_safetensors(f, {"w": torch.zeros(2, dtype=torch.float64)})  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: ...: the saved tensors do not fit this base model: w (saved F32, model F64)
+    """
+    data, limit = _size_limit(expected)
+    with file.open("rb") as f:
+        prefix = f.read(8)
+        length = int.from_bytes(prefix, "little")
+        if length > limit - data:
+            raise ValueError(
+                f"{file} announces a header of {length} bytes, more than the trained tensors' "
+                f"names take (at most {limit - data}): refused"
+            )
+        raw = f.read(length)
+    try:
+        header = json.loads(raw) if len(prefix) == 8 and len(raw) == length else None
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        header = None
+    if not isinstance(header, dict):
+        raise ValueError(f"{file} is corrupt or truncated (no safetensors header)")
+    header.pop("__metadata__", None)
+    if not all(isinstance(v, dict) and isinstance(v.get("shape"), list) for v in header.values()):
+        raise ValueError(f"{file} is corrupt (a safetensors header entry without a shape)")
+    saved = {k: (str(v.get("dtype")), tuple(v["shape"])) for k, v in header.items()}
+    _check_exact(file, saved, expected)
+    size = file.stat().st_size
+    if size != 8 + length + data:
+        raise ValueError(
+            f"{file} holds {size:,} bytes where its header and the trained tensors take "
+            f"{8 + length + data:,}: refused"
+        )
+    try:
+        return safetensors.torch.load_file(file)
+    except Exception as err:  # safetensors raises its own types for inconsistent offsets
+        raise ValueError(f"{file} is corrupt or truncated ({type(err).__name__}: {err})") from None
+
+
+def _check_exact(
+    file: Path,
+    saved: Mapping[str, tuple[str, tuple[Any, ...]]],
+    expected: Mapping[str, torch.Tensor],
+) -> None:
+    """Refuse a header whose names, dtypes or shapes are not exactly ``expected``'s."""
+    problems = []
+    for name, (dtype, shape) in saved.items():
+        want = expected.get(name)
+        wanted_dtype = _DTYPE_NAMES.get(want.dtype, str(want.dtype)) if want is not None else ""
+        if want is None:
+            problems.append(f"{name} (not a trained tensor of this model: frozen weights are "
+                            "never saved)")  # fmt: skip
+        elif shape != tuple(want.shape):
+            problems.append(f"{name} (saved {shape}, model {tuple(want.shape)})")
+        elif dtype != wanted_dtype:
+            problems.append(f"{name} (saved {dtype}, model {wanted_dtype})")
+    if problems:
+        raise ValueError(
+            f"{file}: the saved tensors do not fit this base model: {', '.join(problems[:10])}"
+        )
+    missing = [n for n in expected if n not in saved]
+    if missing:
+        raise ValueError(
+            f"{file}: the saved model lacks trained tensors: {', '.join(missing[:10])}"
+        )
+
+
+def read_legacy(file: Path, expected: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The tensors of a ``torch.save`` zip (release 0.1's ``trainable.pt``), read only when
+    it is no larger than ``expected``'s tensors take.
+
+    The file's size and its zip directory (uncompressed, as ``torch.save`` writes it) must
+    show at most the bytes of ``expected``'s tensors plus their records before
+    ``torch.load(weights_only=True)`` reads it. Which tensors it holds is checked by the
+    caller (``serialization.check_tensors_fit``).
+
+    Args:
+        file: The file.
+        expected: The tensors the model trains: names, dtypes and shapes (values unused).
+
+    Returns:
+        Name -> tensor, on the CPU.
+
+    Raises:
+        ValueError: One line naming the file: larger than the tensors take, compressed
+            records, not a zip, corrupt, or not a dict of named tensors.
+
+    Examples:
+        >>> import tempfile, torch
+        >>> f = Path(tempfile.mkdtemp()) / LEGACY_TENSORS_FILE
+        >>> torch.save({"w": torch.ones(2)}, f)
+        >>> read_legacy(f, {"w": torch.zeros(2)})
+        {'w': tensor([1., 1.])}
+        >>> torch.save({"w": torch.ones(10**5)[:2]}, f)  # a view into a larger storage
+        >>> read_legacy(f, {"w": torch.zeros(2)})  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: ... bytes, more than the trained tensors take (8 bytes and their records)...
+    """
+    data, limit = _size_limit(expected)
+    size = file.stat().st_size
+    if size > limit:
+        raise ValueError(
+            f"{file} holds {size:,} bytes, more than the trained tensors take ({data:,} bytes "
+            "and their records): refused"
+        )
+    try:
+        with zipfile.ZipFile(file) as archive:
+            records = archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError) as err:
+        raise ValueError(f"{file} is corrupt or truncated (not a zip: {err})") from None
+    unpacked = sum(r.file_size for r in records)
+    if unpacked > limit:
+        raise ValueError(
+            f"{file} unpacks to {unpacked:,} bytes, more than the trained tensors take "
+            f"({data:,} bytes and their records): refused"
+        )
+    if any(r.compress_type != zipfile.ZIP_STORED for r in records):
+        raise ValueError(f"{file} holds compressed records, which torch.save never writes: refused")
+    try:
+        tensors = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for truncated or foreign files
+        raise ValueError(f"{file} is corrupt or truncated ({type(err).__name__}: {err})") from None
+    if not isinstance(tensors, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in tensors.items()
+    ):
+        raise ValueError(f"{file} does not hold a dict of named tensors")
+    return tensors

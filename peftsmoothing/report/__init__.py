@@ -1,0 +1,3 @@
+"""Reading what certification wrote: the log format, certified accuracy, paired comparisons and
+plots.
+"""
