@@ -21,7 +21,7 @@ from peftsmoothing.report.certlog import (
     COHEN_COLUMNS,
     LOG_COLUMNS,
     LOG_COLUMNS_V1,
-    _lock_log,
+    lock_log,
     parse_log,
     validate_rows,
 )
@@ -97,13 +97,13 @@ def test_a_link_to_a_log_reaches_its_lock_and_its_settings(tmp_path: Path) -> No
     run(log, indices=[0, 1])
     link = tmp_path / "link.tsv"
     link.symlink_to(log)
-    held = _lock_log(log)  # another process certifying into the log
+    held = lock_log(log)  # another process certifying into the log
     try:
         with pytest.raises(RuntimeError, match="another process is certifying into"):
             run(link)
     finally:
         held.close()
-    held = _lock_log(link)  # ... or into the link
+    held = lock_log(link)  # ... or into the link
     try:
         with pytest.raises(RuntimeError, match="another process is certifying into"):
             run(log)

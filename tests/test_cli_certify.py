@@ -98,10 +98,10 @@ def test_shard_helpers(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_certify_into_a_log_in_use_is_a_clear_error(
     saved_model: Path, fake_cifar: list[Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from peftsmoothing.report.certlog import _lock_log
+    from peftsmoothing.report.certlog import lock_log
 
     out = tmp_path / "busy.tsv"
-    held = _lock_log(out)  # another process certifying into the same log
+    held = lock_log(out)  # another process certifying into the same log
     if held is None:
         pytest.skip("no fcntl on this platform")
     try:

@@ -152,11 +152,9 @@ def test_imports_only_go_down() -> None:
 
 
 def test_no_import_cycles() -> None:
-    """No cycle among the imports that run: at module level or inside functions. (An
-    annotation-only import under ``TYPE_CHECKING`` may name a class of its own package, e.g.
-    ``training/checkpoint.py`` annotating the ``NoiseTrainer`` it checkpoints; it must still
-    respect the layers, which ``test_imports_only_go_down`` checks.)"""
-    deps = {name: sorted({t for t, _ in targets}) for name, targets in graph(True).items()}
+    """No cycle among the imports of any kind: at module level, inside functions and
+    annotation-only ones under ``TYPE_CHECKING`` alike."""
+    deps = {name: sorted({t for t, _ in targets}) for name, targets in graph().items()}
     state: dict[str, int] = {}
     cycles: list[list[str]] = []
 
@@ -208,3 +206,43 @@ def test_module_size_limit() -> None:
         if (n := len(p.read_text().splitlines())) > 470 and str(p.relative_to(ROOT)) not in allowed
     ]
     assert not big, f"modules over ~450 lines (split, or say why in docs/design.md): {big}"
+
+
+def _private_names_defined(tree: ast.AST) -> set[str]:
+    """Private names a module defines: functions, classes, module names, attributes it sets."""
+    out: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            out.add(node.name)
+        elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            out.add(node.id)
+        elif isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store):
+            out.add(node.attr)
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            out.add(node.target.id)
+    return {n for n in out if n.startswith("_") and not n.startswith("__")}
+
+
+def test_no_module_reaches_another_modules_private_names() -> None:
+    """A ``_name`` is its module's own: no other module imports it or reads it off an object
+    (``trainer._state``), so a module can change its private parts alone."""
+    modules = all_modules()
+    trees = {name: ast.parse(path.read_text()) for name, path in modules.items()}
+    defined = {name: _private_names_defined(tree) for name, tree in trees.items()}
+    everywhere = set().union(*defined.values())
+    bad = []
+    for name, tree in trees.items():
+        path = modules[name]
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom):
+                base = resolve(name, path.name == "__init__.py", node.level, node.module)
+                if base == "peftsmoothing" or base.startswith("peftsmoothing."):
+                    bad += [f"{name}:{node.lineno} imports {a.name} from {base}"
+                            for a in node.names
+                            if a.name.startswith("_") and not a.name.startswith("__")]
+            elif (isinstance(node, ast.Attribute) and node.attr.startswith("_")
+                  and not node.attr.startswith("__") and node.attr in everywhere
+                  and node.attr not in defined[name]
+                  and not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls"))):
+                bad.append(f"{name}:{node.lineno} reads {ast.unparse(node)}")
+    assert not bad, "private names of other modules:\n" + "\n".join(bad)

@@ -175,10 +175,10 @@ def test_shards_are_disjoint_and_their_union_is_the_full_run(tmp_path: Path) -> 
 
 
 def test_two_processes_cannot_append_to_one_log(tmp_path: Path) -> None:
-    from peftsmoothing.report.certlog import _lock_log
+    from peftsmoothing.report.certlog import lock_log
 
     log = tmp_path / "certify.tsv"
-    held = _lock_log(log)  # stands in for another process certifying into the same log
+    held = lock_log(log)  # stands in for another process certifying into the same log
     if held is None:
         pytest.skip("no fcntl on this platform")
     try:

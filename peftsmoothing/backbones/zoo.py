@@ -95,7 +95,7 @@ def rebuild_base_model(
         clean = {**clean, "pretrained": False, "file": None}
     model = build_base_model(clean)
     if base_weights is not None:
-        _load_weights(model, base_weights)
+        load_weights(model, base_weights)
         setattr(model, BASE_ATTR, {**clean, "file": os.path.abspath(base_weights)})
     return model
 
@@ -166,7 +166,19 @@ def check_weights_choice(
     )
 
 
-def _load_weights(model: nn.Module, file: str | os.PathLike[str]) -> None:
+def load_weights(model: nn.Module, file: str | os.PathLike[str]) -> None:
+    """Load the ``state_dict`` in ``file`` (read with ``weights_only=True``) into ``model``.
+
+    Raises:
+        FileNotFoundError: If ``file`` does not exist.
+        ValueError: If it holds no readable ``state_dict``, or one that does not fit.
+
+    Examples:
+        >>> load_weights(nn.Linear(2, 2), "no/such/file.pt")
+        Traceback (most recent call last):
+        ...
+        FileNotFoundError: base model weights file not found: no/such/file.pt
+    """
     if not os.path.isfile(file):
         raise FileNotFoundError(f"base model weights file not found: {file}")
     try:
@@ -276,7 +288,7 @@ def build_base_model(spec: Mapping[str, Any]) -> nn.Module:
             torch.manual_seed(int(seed))
         model = timm.create_model(str(name), pretrained=pretrained, **kwargs)
     if file is not None:
-        _load_weights(model, file)
+        load_weights(model, file)
     setattr(model, BASE_ATTR, {**dict(spec), "kwargs": kwargs})
     return model
 

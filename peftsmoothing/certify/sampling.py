@@ -20,6 +20,7 @@ from typing import Final, NamedTuple
 import torch
 from torch import nn
 
+from ..core.noise import add_noise
 from ..core.precision import PRECISIONS, autocast
 from ..core.seeds import derive_seed
 from ..core.validation import check_choice, check_int, check_seed, check_sigma
@@ -30,7 +31,6 @@ __all__ = [
     "STREAM_SELECTION",
     "Chunk",
     "NoiseSampler",
-    "add_noise",
     "resolve_seed",
 ]
 
@@ -42,33 +42,6 @@ STREAM_PREDICTION: Final[int] = 2
 
 # Inputs further than this outside [0, 1] are "clearly" not pixel-space images.
 _RANGE_TOLERANCE: Final[float] = 1e-3
-
-
-def add_noise(
-    out: torch.Tensor, x: torch.Tensor, sigma: float, generator: torch.Generator | None = None
-) -> torch.Tensor:
-    """Fill ``out`` (copies of ``x``'s shape) with ``x + N(0, sigma^2)`` noise, in place.
-
-    The one place Gaussian noise is drawn, for certification, PREDICT, training and evaluation
-    alike: ``out.normal_(0, sigma)`` then ``+ x``, so a seeded generator gives the same noise
-    whoever draws it.
-
-    Args:
-        out: The tensor to fill, shape ``(copies, *x.shape)`` (or ``x.shape``).
-        x: The clean image(s), broadcast over ``out``.
-        sigma: Noise standard deviation.
-        generator: Where the noise comes from (``None``: torch's global generator).
-
-    Returns:
-        ``out``.
-
-    Examples:
-        >>> gen = torch.Generator().manual_seed(0)
-        >>> noisy = add_noise(torch.empty(2, 3), torch.zeros(3), 0.0, gen)
-        >>> noisy.tolist()
-        [[0.0, 0.0, 0.0], [0.0, 0.0, 0.0]]
-    """
-    return out.normal_(0.0, sigma, generator=generator).add_(x)
 
 
 def resolve_seed(seed: object) -> int:

@@ -33,11 +33,11 @@ def run(args: argparse.Namespace) -> int:
         0
     """
     from ..report.accuracy import CertificationReport, certified_accuracy_table
-    from ..report.plots import _is_own_plot, plot_certified_accuracy
+    from ..report.plots import is_own_plot, plot_certified_accuracy
     from ._output import check_output
 
     if args.plot:  # before any work: never over a file that is not an earlier plot
-        check_output(args.plot, own=_is_own_plot, overwrite=args.overwrite, flag="--plot",
+        check_output(args.plot, own=is_own_plot, overwrite=args.overwrite, flag="--plot",
                      what="a plot written by peftsmoothing")  # fmt: skip
     if args.compare:
         reports = {

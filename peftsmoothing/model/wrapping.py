@@ -24,9 +24,9 @@ from torch import nn
 from ..backbones.architecture import timm_candidate
 from ..backbones.zoo import (
     BASE_ATTR,
-    _load_weights,
     check_recipe,
     check_weights_choice,
+    load_weights,
     rebuild_base_model,
 )
 from ..core.validation import is_int
@@ -404,7 +404,7 @@ def _load_onto(
     """``load(base_model, path)``: wrap the given base model (with ``base_weights`` loaded)."""
     config = read_config(path)
     if base_weights is not None:
-        _load_weights(base_model, base_weights)
+        load_weights(base_model, base_weights)
         origin = f"the weights file you passed (base_weights={os.fspath(base_weights)!r})"
     else:
         origin = "the base model you passed (ps.load(base_model, path))"

@@ -27,7 +27,7 @@ from ..core.stats import ABSTAIN
 from ..core.validation import check_choice, check_real
 from .certlog import LogRow, check_same_settings, parse_log, read_settings, validate_rows
 from .paired import PairedDifference, paired_difference
-from .plots import _default_max_radius, plot_certified_accuracy
+from .plots import default_max_radius, plot_certified_accuracy
 
 __all__ = [
     "DEFAULT_RADII",
@@ -373,7 +373,7 @@ class CertificationReport:
             ([0.0, 0.5, 1.0], [1.0, 1.0, 0.0])
         """
         self._require_rows()
-        top = max_radius if max_radius is not None else _default_max_radius([self])
+        top = max_radius if max_radius is not None else default_max_radius([self])
         grid = np.linspace(0.0, float(top), int(points))
         good = np.sort(self.radius[self.correct])
         # number of correct certificates with radius >= r, for every r in the grid

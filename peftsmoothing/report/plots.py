@@ -43,8 +43,13 @@ class Curve(Protocol):
     def curve(self, max_radius: float | None = None, points: int = 401) -> tuple[Any, Any]: ...
 
 
-def _default_max_radius(reports: Iterable[Curve]) -> float:
-    """A little beyond the largest certified radius of ``reports`` (1.0 if there is none)."""
+def default_max_radius(reports: Iterable[Curve]) -> float:
+    """A little beyond the largest certified radius of ``reports`` (1.0 if there is none).
+
+    Examples:
+        >>> default_max_radius([])
+        1.0
+    """
     largest = max((float(np.max(r.radius)) for r in reports if len(r)), default=0.0)
     return largest * 1.05 if largest > 0 else 1.0
 
@@ -97,7 +102,7 @@ def plot_certified_accuracy(
         reports = {reports.name or "smoothed classifier": reports}
     if not reports or not any(len(r) for r in reports.values()):
         raise ValueError("nothing to plot: no report holds certificates")
-    top = max_radius if max_radius is not None else _default_max_radius(reports.values())
+    top = max_radius if max_radius is not None else default_max_radius(reports.values())
     fig = Figure(figsize=(6.0, 4.0), layout="constrained")
     ax = fig.add_subplot()
     for label, report in reports.items():
@@ -121,7 +126,7 @@ def plot_certified_accuracy(
     return out
 
 
-def _is_own_plot(path: str | os.PathLike[str]) -> bool:
+def is_own_plot(path: str | os.PathLike[str]) -> bool:
     """Whether ``path`` is a plot ``plot_certified_accuracy`` wrote (PNG, PDF, SVG, PS, EPS:
     the formats that record ``PLOT_CREATOR``).
 
@@ -129,7 +134,7 @@ def _is_own_plot(path: str | os.PathLike[str]) -> bool:
         >>> import pathlib, tempfile
         >>> p = pathlib.Path(tempfile.mkdtemp()) / "photo.png"
         >>> _ = p.write_bytes(b"a user's photo")
-        >>> _is_own_plot(p)
+        >>> is_own_plot(p)
         False
     """
     try:

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from .loop import NoiseTrainer
+from typing import Any
 
 __all__ = ["Callback", "call_hook"]
 
@@ -13,7 +10,8 @@ __all__ = ["Callback", "call_hook"]
 class Callback:
     """Base class for training callbacks; override the hooks you need.
 
-    A callback may set ``trainer.should_stop = True``: training then stops after the current
+    Each hook gets the [`NoiseTrainer`][peftsmoothing.NoiseTrainer]. A callback may set
+    ``trainer.should_stop = True``: training then stops after the current
     optimizer step, writes a checkpoint (when ``checkpoint_dir`` is set) and ``fit`` returns;
     ``fit(..., resume=True)`` continues from there.
 
@@ -26,16 +24,16 @@ class Callback:
         ...             trainer.should_stop = True
     """
 
-    def on_fit_start(self, trainer: NoiseTrainer) -> None:
+    def on_fit_start(self, trainer: Any) -> None:
         """Called once when ``fit`` starts (after resuming)."""
 
-    def on_step_end(self, trainer: NoiseTrainer) -> None:
+    def on_step_end(self, trainer: Any) -> None:
         """Called after every optimizer step (``trainer.step`` counts them)."""
 
-    def on_epoch_end(self, trainer: NoiseTrainer, record: dict[str, Any]) -> None:
+    def on_epoch_end(self, trainer: Any, record: dict[str, Any]) -> None:
         """Called with the epoch's history record."""
 
-    def on_fit_end(self, trainer: NoiseTrainer, history: list[dict[str, Any]]) -> None:
+    def on_fit_end(self, trainer: Any, history: list[dict[str, Any]]) -> None:
         """Called once when ``fit`` returns normally."""
 
 

@@ -22,7 +22,7 @@ import threading
 import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -31,13 +31,12 @@ from ..core.files import atomic_save, clean_stale_temporaries, fsync_dir, tempor
 from ..core.params import trained_state_dict
 from ..core.trainable import Trainable
 from ..model.serialization import TENSORS_FILE, read_tensors, write_tensors
-from .distributed import all_gather_objects, barrier
+from .config import TrainerConfig
+from .distributed import Topology, all_gather_objects, barrier
 from .metrics import EpochState
 from .nonfinite import TrainedBuffers
 from .rng import rng_state, seed_everything, set_rng_state
-
-if TYPE_CHECKING:
-    from .loop import NoiseTrainer
+from .state import TrainState
 
 __all__ = [
     "HISTORY_FILE",
@@ -52,6 +51,27 @@ __all__ = [
     "sigint_guard",
     "write_history",
 ]
+
+class Checkpointed(Protocol):
+    """What checkpointing uses of a trainer (``NoiseTrainer`` is one): its public parts and
+    its ``TrainState``."""
+
+    state: TrainState
+    module: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR | None
+    scaler: torch.amp.GradScaler | None
+    config: TrainerConfig
+    checkpoint_dir: Path | None
+    metadata: dict[str, Any]
+    topology: Topology
+    device: torch.device
+    rank: int
+    world_size: int
+
+    @property
+    def is_main(self) -> bool: ...
+
 
 TRAINER_STATE_FILE = "trainer_state.pt"
 HISTORY_FILE = "history.jsonl"
@@ -160,7 +180,7 @@ def _read(
 
 
 def resume(
-    t: NoiseTrainer, resume: bool | str | os.PathLike[str], *, quiet: bool
+    trainer: Checkpointed, resume: bool | str | os.PathLike[str], *, quiet: bool
 ) -> dict[str, Any] | None:
     """Load the checkpoint ``fit(resume=...)`` continues from; ``None`` to start fresh.
 
@@ -170,17 +190,17 @@ def resume(
     Raises:
         ValueError: No readable checkpoint where one must be, or one that does not fit.
     """
-    path = find_checkpoint(resume, t.checkpoint_dir, quiet=quiet)
+    path = find_checkpoint(resume, trainer.checkpoint_dir, quiet=quiet)
     if path is None:
         return None
     try:
-        return load_checkpoint(t, path)
+        return load_checkpoint(trainer, path)
     except _Unreadable as err:
         best = path.parent / "best"
         if resume is not True or not (best / TRAINER_STATE_FILE).is_file():
             raise ValueError(str(err)) from None
         try:
-            state = load_checkpoint(t, best)
+            state = load_checkpoint(trainer, best)
         except _Unreadable as err2:
             raise ValueError(f"no readable checkpoint: {err}; and {err2}") from None
         warnings.warn(f"{err}; resuming from {best} instead", UserWarning, stacklevel=3)
@@ -192,46 +212,46 @@ class _Unreadable(ValueError):
 
 
 def _trainer_state(
-    t: NoiseTrainer, *, rng: list[Any], epoch_start_rng: Any, partial: Any
+    trainer: Checkpointed, *, rng: list[Any], epoch_start_rng: Any, partial: Any
 ) -> dict[str, Any]:
-    assert t.scheduler is not None
+    assert trainer.scheduler is not None
     return {
         "format": _STATE_FORMAT,
         "format_version": _STATE_VERSION,
-        "epochs_done": t.epoch,
-        "batches_done": t._batches_done,
-        "step": t.step,
-        "optimizer": t.optimizer.state_dict(),
-        "scheduler": t.scheduler.state_dict(),
-        "scaler": t.scaler.state_dict() if t.scaler is not None else None,
+        "epochs_done": trainer.state.epoch,
+        "batches_done": trainer.state.batches_done,
+        "step": trainer.state.step,
+        "optimizer": trainer.optimizer.state_dict(),
+        "scheduler": trainer.scheduler.state_dict(),
+        "scaler": trainer.scaler.state_dict() if trainer.scaler is not None else None,
         "rng": rng,
         "epoch_start_rng": epoch_start_rng,
         "partial_epoch": partial,
-        "history": t.history,
-        "best": t.best,
-        "config": t.config.to_dict(),
-        "world_size": t.world_size,
+        "history": trainer.state.history,
+        "best": trainer.state.best,
+        "config": trainer.config.to_dict(),
+        "world_size": trainer.world_size,
     }
 
 
-def _write(t: NoiseTrainer, name: str, state: Mapping[str, Any]) -> Path:
-    assert t.checkpoint_dir is not None
-    root = t.checkpoint_dir
+def _write(trainer: Checkpointed, name: str, state: Mapping[str, Any]) -> Path:
+    assert trainer.checkpoint_dir is not None
+    root = trainer.checkpoint_dir
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=temporary_prefix(name), suffix=".tmp"))
     try:
-        meta = dict(t.metadata)
+        meta = dict(trainer.metadata)
         meta["training"] = {
-            "epochs_done": t.epoch,
-            "step": t.step,
-            "sigma": t.config.to_dict()["sigma"],
-            "loss": t.config.loss,
-            "last": t.history[-1] if t.history else None,
+            "epochs_done": trainer.state.epoch,
+            "step": trainer.state.step,
+            "sigma": trainer.config.to_dict()["sigma"],
+            "loss": trainer.config.loss,
+            "last": trainer.state.history[-1] if trainer.state.history else None,
         }
-        if isinstance(t.module, Trainable):
-            t.module.save(tmp, metadata=meta)
+        if isinstance(trainer.module, Trainable):
+            trainer.module.save(tmp, metadata=meta)
         else:
-            write_tensors(tmp, trained_state_dict(t.module))
+            write_tensors(tmp, trained_state_dict(trainer.module))
         atomic_save(dict(state), tmp / TRAINER_STATE_FILE)
         fsync_dir(tmp)
         _swap_dir(tmp, root / name)
@@ -254,14 +274,15 @@ def write_history(checkpoint_dir: Path, history: list[dict[str, Any]]) -> None:
     atomic_save(text.encode(), checkpoint_dir / HISTORY_FILE)
 
 
-def _update_best(t: NoiseTrainer, record: Mapping[str, Any]) -> bool:
-    key = t.config.monitor or ("val_noisy_acc" if "val_noisy_acc" in record else "train_acc")
+def _update_best(trainer: Checkpointed, record: Mapping[str, Any]) -> bool:
+    key = trainer.config.monitor or ("val_noisy_acc" if "val_noisy_acc" in record else "train_acc")
     value = record.get(key)
     if value is None:
         return False
     minimise = "loss" in key
-    if t.best is None or (value < t.best["value"] if minimise else value > t.best["value"]):
-        t.best = {"metric": key, "value": float(value), "epoch": record["epoch"]}
+    best = trainer.state.best
+    if best is None or (value < best["value"] if minimise else value > best["value"]):
+        trainer.state.best = {"metric": key, "value": float(value), "epoch": record["epoch"]}
         return True
     return False
 
@@ -290,65 +311,67 @@ def check_finite_weights(module: nn.Module, epoch: int) -> None:
         )
 
 
-def save_epoch(t: NoiseTrainer, loader: Any, record: Mapping[str, Any]) -> None:
+def save_epoch(trainer: Checkpointed, loader: Any, record: Mapping[str, Any]) -> None:
     """End-of-epoch checkpoint: ``last/``, ``best/`` when the monitored value improved, and
     the history; a collective call (every rank gathers its RNG state to rank 0)."""
-    check_finite_weights(t.module, t.epoch)
-    gather = t.checkpoint_dir is not None  # the same on every rank: a collective or none
-    rng = all_gather_objects(rng_state(loader), t.topology) if gather else []
-    improved = _update_best(t, record)
-    if t.checkpoint_dir is None or not t.is_main:
-        barrier(t.topology)
+    check_finite_weights(trainer.module, trainer.state.epoch)
+    gather = trainer.checkpoint_dir is not None  # the same on every rank: a collective or none
+    rng = all_gather_objects(rng_state(loader), trainer.topology) if gather else []
+    improved = _update_best(trainer, record)
+    if trainer.checkpoint_dir is None or not trainer.is_main:
+        barrier(trainer.topology)
         return
-    state = _trainer_state(t, rng=rng, epoch_start_rng=None, partial=None)
-    last = _write(t, "last", state)
+    state = _trainer_state(trainer, rng=rng, epoch_start_rng=None, partial=None)
+    last = _write(trainer, "last", state)
     if improved:
-        tmp = Path(tempfile.mkdtemp(dir=t.checkpoint_dir, prefix=temporary_prefix("best"),
+        tmp = Path(tempfile.mkdtemp(dir=trainer.checkpoint_dir, prefix=temporary_prefix("best"),
                                     suffix=".tmp"))  # fmt: skip
         shutil.rmtree(tmp)
         shutil.copytree(last, tmp)
-        _swap_dir(tmp, t.checkpoint_dir / "best")
-    write_history(t.checkpoint_dir, t.history)
-    barrier(t.topology)
+        _swap_dir(tmp, trainer.checkpoint_dir / "best")
+    write_history(trainer.checkpoint_dir, trainer.state.history)
+    barrier(trainer.topology)
 
 
-def save_interrupt(t: NoiseTrainer, loader: Any) -> None:
+def save_interrupt(trainer: Checkpointed, loader: Any) -> None:
     """Checkpoint at the last completed optimizer step (rank 0 only, no collectives)."""
-    if t.checkpoint_dir is None or not t.is_main or t.scheduler is None:
+    if trainer.checkpoint_dir is None or not trainer.is_main or trainer.scheduler is None:
         return
-    if t._updating:
+    if trainer.state.updating:
         warnings.warn("interrupted during an optimizer step: no checkpoint written",
                       stacklevel=3)
         return
     try:
-        check_finite_weights(t.module, t.epoch)
+        check_finite_weights(trainer.module, trainer.state.epoch)
     except FloatingPointError as err:
         warnings.warn(f"{err}; no checkpoint written", stacklevel=3)
         return
-    partial = t._epoch_state.to_dict() if t._epoch_state is not None else None
-    rng = [t._boundary_rng if t._boundary_rng is not None else rng_state(loader)]
-    state = _trainer_state(t, rng=rng, epoch_start_rng=t._epoch_start_rng, partial=partial)
-    path = _write(t, "last", state)
-    write_history(t.checkpoint_dir, t.history)
-    print(f"checkpoint written to {path} (epoch {t.epoch + 1}, "
-          f"{t._batches_done} batches done); resume with fit(..., resume=True)",
+    run = trainer.state
+    partial = run.epoch_sums.to_dict() if run.epoch_sums is not None else None
+    rng = [run.boundary_rng if run.boundary_rng is not None else rng_state(loader)]
+    state = _trainer_state(trainer, rng=rng, epoch_start_rng=run.epoch_start_rng, partial=partial)
+    path = _write(trainer, "last", state)
+    write_history(trainer.checkpoint_dir, run.history)
+    print(f"checkpoint written to {path} (epoch {trainer.state.epoch + 1}, "
+          f"{trainer.state.batches_done} batches done); resume with fit(..., resume=True)",
           file=sys.stderr, flush=True)
 
 
 @contextlib.contextmanager
-def sigint_guard(t: NoiseTrainer) -> Iterator[None]:
-    """First Ctrl-C: set ``t._sigint`` (the loop finishes the optimizer step, checkpoints and
-    raises KeyboardInterrupt). Second Ctrl-C: raise at once. Only in the main thread."""
+def sigint_guard(trainer: Checkpointed) -> Iterator[None]:
+    """First Ctrl-C: set ``trainer.state.interrupted`` (the loop finishes the optimizer step,
+    checkpoints and raises KeyboardInterrupt). Second Ctrl-C: raise at once. Only in the main
+    thread."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     previous = signal.getsignal(signal.SIGINT)
 
     def handler(signum: int, frame: Any) -> None:
-        if t._sigint:
+        if trainer.state.interrupted:
             signal.signal(signal.SIGINT, previous)
             raise KeyboardInterrupt
-        t._sigint = True
+        trainer.state.interrupted = True
 
     signal.signal(signal.SIGINT, handler)
     try:
@@ -357,7 +380,7 @@ def sigint_guard(t: NoiseTrainer) -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
 
 
-def load_checkpoint(t: NoiseTrainer, path: Path) -> dict[str, Any]:
+def load_checkpoint(trainer: Checkpointed, path: Path) -> dict[str, Any]:
     """Load the checkpoint at ``path`` into the trainer (weights, optimizer, counters).
 
     Warns when the options differ from the checkpoint's (other than ``epochs``).
@@ -369,47 +392,52 @@ def load_checkpoint(t: NoiseTrainer, path: Path) -> dict[str, Any]:
         ValueError: Not a (readable) trainer state, or tensors that do not fit the model.
     """
     try:
-        state, tensors = _read(path, t.device, trained_state_dict(t.module))
+        state, tensors = _read(path, trainer.device, trained_state_dict(trainer.module))
     except ValueError as err:
         raise _Unreadable(str(err)) from None
-    current = t.module.state_dict()
+    current = trainer.module.state_dict()
     bad = [k for k in tensors if k not in current or current[k].shape != tensors[k].shape]
-    missing = [n for n, p in t.module.named_parameters() if p.requires_grad and n not in tensors]
+    missing = [
+        n for n, p in trainer.module.named_parameters() if p.requires_grad and n not in tensors
+    ]
     if bad or missing:
         raise ValueError(
             f"the checkpoint {path} does not fit this model: " + ", ".join((bad + missing)[:10])
         )
-    t.module.load_state_dict(tensors, strict=False)
-    t.optimizer.load_state_dict(state["optimizer"])
-    assert t.scheduler is not None
-    t.scheduler.load_state_dict(state["scheduler"])
-    if t.scaler is not None and state.get("scaler") is not None:
-        t.scaler.load_state_dict(state["scaler"])
+    trainer.module.load_state_dict(tensors, strict=False)
+    trainer.optimizer.load_state_dict(state["optimizer"])
+    assert trainer.scheduler is not None
+    trainer.scheduler.load_state_dict(state["scheduler"])
+    if trainer.scaler is not None and state.get("scaler") is not None:
+        trainer.scaler.load_state_dict(state["scaler"])
     saved = dict(state.get("config", {}))
-    now = t.config.to_dict()
+    now = trainer.config.to_dict()
     changed = [k for k in now if k not in ("epochs",) and saved.get(k, now[k]) != now[k]]
-    if changed and t.is_main:
+    if changed and trainer.is_main:
         warnings.warn(
             f"resuming with changed options: {', '.join(changed)} (checkpoint: "
             + ", ".join(f"{k}={saved.get(k)!r}" for k in changed) + ")",
             stacklevel=4,
         )
-    t.epoch = int(state["epochs_done"])
-    t.step = int(state["step"])
-    t._batches_done = int(state["batches_done"])
-    t.history = list(state.get("history", []))
-    t.best = state.get("best")
+    trainer.state.epoch = int(state["epochs_done"])
+    trainer.state.step = int(state["step"])
+    trainer.state.batches_done = int(state["batches_done"])
+    trainer.state.history = list(state.get("history", []))
+    trainer.state.best = state.get("best")
     partial = state.get("partial_epoch")
-    t._epoch_state = EpochState.from_dict(partial, t.device) if partial is not None else None
+    trainer.state.epoch_sums = (
+        EpochState.from_dict(partial, trainer.device) if partial is not None else None
+    )
     return state
 
 
-def restore_rng(t: NoiseTrainer, state: Mapping[str, Any], loader: Any) -> None:
+def restore_rng(trainer: Checkpointed, state: Mapping[str, Any], loader: Any) -> None:
     """Continue this rank's random streams from a checkpoint (reseeded reproducibly from
     ``(seed, rank, "resume", step)`` when an interrupt under torchrun saved only rank 0's)."""
     rngs = state.get("rng") or []
-    mine = rngs[t.rank] if t.rank < len(rngs) and rngs[t.rank] is not None else None
+    rank = trainer.rank
+    mine = rngs[rank] if rank < len(rngs) and rngs[rank] is not None else None
     if mine is None:
-        seed_everything(t.config.seed, t.rank, "resume", t.step)
+        seed_everything(trainer.config.seed, trainer.rank, "resume", trainer.state.step)
         return
     set_rng_state(mine, loader)

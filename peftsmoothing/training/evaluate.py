@@ -8,34 +8,47 @@ training random state is untouched.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
+from torch import nn
 
+from ..core.noise import add_noise
 from ..core.precision import autocast
 from ..core.seeds import derive_seed
-from .distributed import sum_over_ranks
-
-if TYPE_CHECKING:
-    from .loop import NoiseTrainer
+from .distributed import Topology, sum_over_ranks
 
 __all__ = ["evaluate"]
 
 
 @torch.no_grad()
 def evaluate(
-    trainer: NoiseTrainer, loader: Iterable[Any], sigma: float | None = None
+    module: nn.Module,
+    loader: Iterable[Any],
+    *,
+    sigma: float,
+    prepare_batch: Callable[..., tuple[torch.Tensor, torch.Tensor]],
+    precision: str = "fp32",
+    seed: int = 0,
+    rank: int = 0,
+    topology: Topology | None = None,
 ) -> dict[str, float]:
-    """Clean and noisy accuracy and loss of ``trainer``'s model on ``loader``.
+    """Clean and noisy accuracy and loss of ``module`` on ``loader``.
 
     Args:
-        trainer: The trainer (its model, device, precision, seed and ranks).
-        loader: Yields ``(images, labels)`` with images in [0, 1]; under torch.distributed a
-            plain DataLoader is sharded and the results are summed over the ranks.
-        sigma: Noise level; default: the largest training sigma.
+        module: The model (images in [0, 1] in, logits out); put in eval mode while it runs.
+        loader: Yields batches that ``prepare_batch`` turns into ``(images, labels)`` on the
+            model's device; under torch.distributed, this rank's shard (the results are summed
+            over the ranks).
+        sigma: Noise level, >= 0.
+        prepare_batch: ``prepare_batch(batch, first=...)``: the trainer's batch checks.
+        precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` autocast.
+        seed: The noise of batch ``b`` on rank ``r`` is seeded ``(seed, "eval", r, b)``.
+        rank: This process's rank.
+        topology: Sum the results over this process group (the loader is this rank's
+            shard); ``None``: no sum.
 
     Returns:
         ``clean_acc``, ``noisy_acc``, ``clean_loss``, ``noisy_loss``, ``sigma``, ``n``.
@@ -44,30 +57,27 @@ def evaluate(
         ValueError: For ``sigma < 0``.
 
     Examples:
-        >>> import peftsmoothing as ps
         >>> from torch import nn
         >>> data = [(torch.rand(4, 3, 2, 2), torch.tensor([0, 1, 0, 1]))]
-        >>> t = ps.NoiseTrainer(nn.Sequential(nn.Flatten(), nn.Linear(12, 2)), progress=False)
-        >>> evaluate(t, data, sigma=0.0)["sigma"]
-        0.0
+        >>> model = nn.Sequential(nn.Flatten(), nn.Linear(12, 2))
+        >>> evaluate(model, data, sigma=0.0, prepare_batch=lambda b, first: b)["n"]
+        4.0
     """
-    s = float(max(trainer.sigmas)) if sigma is None else float(sigma)
+    s = float(sigma)
     if s < 0:
         raise ValueError(f"sigma must be >= 0, got {s}")
-    sharded = trainer.world_size > 1 and isinstance(loader, DataLoader)
-    loader = trainer._prepare_loader(loader, train=False)
-    module, device = trainer.module, trainer.device
+    device = next((p.device for p in module.parameters()), torch.device("cpu"))
     modes = [(m, m.training) for m in module.modules()]
     module.eval()
     gen = torch.Generator(device=device)
     sums = torch.zeros(5, dtype=torch.float64, device=device)
     try:
         for b, batch in enumerate(loader):
-            x, y = trainer._prepare_batch(batch, first=b == 0)
-            gen.manual_seed(derive_seed(trainer.config.seed, "eval", trainer.rank, b))
-            noise = torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
-            with autocast(device, trainer.config.precision):
-                logits = module(torch.cat([x, noise.mul_(s).add_(x)])).float()
+            x, y = prepare_batch(batch, first=b == 0)
+            gen.manual_seed(derive_seed(seed, "eval", rank, b))
+            noisy = add_noise(torch.empty_like(x), x, s, gen)
+            with autocast(device, precision):
+                logits = module(torch.cat([x, noisy])).float()
             clean, noisy = logits.chunk(2)
             sums += torch.stack([
                 F.cross_entropy(clean, y, reduction="sum").double(),
@@ -79,8 +89,8 @@ def evaluate(
     finally:
         for m, mode in modes:
             m.training = mode
-    if sharded:
-        sums = sum_over_ranks(sums, trainer.topology)
+    if topology is not None:
+        sums = sum_over_ranks(sums, topology)
     cl, nl, cc, nc, n = sums.tolist()
     n_ = max(n, 1.0)
     return {

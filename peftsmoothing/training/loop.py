@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 
 from ..core.params import freeze_frozen_batchnorm
 from ..core.precision import autocast
@@ -56,6 +57,7 @@ from .noise import NoiseSource
 from .nonfinite import NonfiniteGuard
 from .progress import epoch_line, make_bar, set_postfix
 from .rng import rng_state, seed_everything, set_rng_state
+from .state import TrainState
 
 __all__ = ["NoiseTrainer"]
 
@@ -204,22 +206,33 @@ class NoiseTrainer:
         self.progress = progress
         self.metadata = dict(metadata or {})
 
-        self.epoch = 0  # completed epochs
-        self.step = 0  # optimizer steps
-        self.history: list[dict[str, Any]] = []
+        self.state = TrainState()  # what checkpoints save and restore
         self.should_stop = False
-        self.best: dict[str, Any] | None = None
-        self._sigint = False
-        self._updating = False
-        self._batches_done = 0
-        self._boundary_rng: dict[str, Any] | None = None
-        self._epoch_start_rng: dict[str, Any] | None = None
-        self._epoch_state: EpochState | None = None
         self._noise = NoiseSource(self.sigmas, self.config.seed, self.device)
         dtype = self.params[0].dtype if self.params[0].is_floating_point() else torch.float32
         self._prepare_batch = BatchGuard(self.module, self.device, dtype, self.config.precision)
 
     # ------------------------------------------------------------------ small helpers
+    @property
+    def epoch(self) -> int:
+        """Completed epochs (``state.epoch``)."""
+        return self.state.epoch
+
+    @property
+    def step(self) -> int:
+        """Optimizer steps taken (``state.step``)."""
+        return self.state.step
+
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        """One record per completed epoch (``state.history``)."""
+        return self.state.history
+
+    @property
+    def best(self) -> dict[str, Any] | None:
+        """The monitored metric's best value so far (``state.best``)."""
+        return self.state.best
+
     @property
     def is_main(self) -> bool:
         """Whether this process logs and writes files (rank 0)."""
@@ -281,15 +294,13 @@ class NoiseTrainer:
         if resume:
             quiet = not self.is_main or self.progress is False
             resume_state = ckpt.resume(self, resume, quiet=quiet)
-            if resume_state is not None and not self._batches_done:
+            if resume_state is not None and self.state.at_epoch_boundary:
                 ckpt.restore_rng(self, resume_state, loader)  # at an epoch boundary
         if resume_state is None:
             seed_everything(c.seed, self.rank)
-            self.epoch, self.step, self.history, self.best = 0, 0, [], None
-            self._batches_done = 0
-            self._epoch_state = None
+            self.state = TrainState()
         self.should_stop = False
-        self._sigint = False
+        self.state.interrupted = False
         call_hook(self.callbacks, "on_fit_start", self)
 
         with ckpt.sigint_guard(self):
@@ -303,10 +314,7 @@ class NoiseTrainer:
                     if val is not None:
                         metrics = self.evaluate(val)
                         record.update({f"val_{k}": v for k, v in metrics.items() if k != "n"})
-                    self.history.append(record)
-                    self.epoch += 1
-                    self._batches_done = 0
-                    self._epoch_state = None
+                    self.state.end_epoch(record)
                     if self.is_main and self.progress is not False:
                         print(epoch_line(record, c.epochs), file=sys.stderr, flush=True)
                     call_hook(self.callbacks, "on_epoch_end", self, record)
@@ -325,19 +333,20 @@ class NoiseTrainer:
         sampler = getattr(loader, "sampler", None)
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(self.epoch)  # type: ignore[union-attr]
-        skip = self._batches_done
+        state = self.state
+        skip = state.batches_done
         if skip and resume_state is not None and resume_state.get("epoch_start_rng") is not None:
             set_rng_state(resume_state["epoch_start_rng"], loader)
-        self._epoch_start_rng = rng_state(loader)
+        state.epoch_start_rng = rng_state(loader)
         it = iter(loader)
         for _ in range(skip):  # resume mid-epoch: replay the loader order up to the stop
             next(it)
         if skip and resume_state is not None:
             ckpt.restore_rng(self, resume_state, loader)
-        st = self._epoch_state if self._epoch_state is not None else EpochState(self.device)
-        self._epoch_state = st
+        st = state.epoch_sums if state.epoch_sums is not None else EpochState(self.device)
+        state.epoch_sums = st
         window = Window()
-        self._boundary_rng = rng_state(loader)
+        state.boundary_rng = rng_state(loader)
         self.model.train()
         freeze_frozen_batchnorm(self.module)
         self._nonfinite.start()
@@ -377,16 +386,16 @@ class NoiseTrainer:
                     self._optimizer_step()
                     window.fold_into(st)
                 step_bad.zero_()
-                self._batches_done = b + 1
-                self._boundary_rng = rng_state(loader)
+                state.batches_done = b + 1
+                state.boundary_rng = rng_state(loader)
                 if bar is not None:
                     bar.update(size)
                     if self.step % c.log_every == 0:
                         set_postfix(bar, st, elapsed0 + time.perf_counter() - t0)
                 call_hook(self.callbacks, "on_step_end", self)
-                if self._sigint:
+                if state.interrupted:
                     raise KeyboardInterrupt
-                if self.should_stop and self._batches_done < n_batches:
+                if self.should_stop and state.batches_done < n_batches:
                     st.elapsed = elapsed0 + time.perf_counter() - t0
                     return None
         finally:
@@ -402,11 +411,11 @@ class NoiseTrainer:
 
     def _optimizer_step(self) -> None:
         assert self.scheduler is not None
-        self._updating = True
+        self.state.updating = True
         optimizer_step(self.optimizer, self.scheduler, self.scaler, self.params,
                        self.config.max_grad_norm)  # fmt: skip
-        self.step += 1
-        self._updating = False
+        self.state.step += 1
+        self.state.updating = False
 
     # ------------------------------------------------------------------ evaluation, close
     def evaluate(self, loader: Iterable[Any], *, sigma: float | None = None) -> dict[str, float]:
@@ -431,7 +440,13 @@ class NoiseTrainer:
             >>> ps.NoiseTrainer(model, sigma=0.5, progress=False).evaluate(data)["n"]
             4.0
         """
-        return _evaluate(self, loader, sigma)
+        sharded = self.world_size > 1 and isinstance(loader, DataLoader)
+        return _evaluate(
+            self.module, self._prepare_loader(loader, train=False),
+            sigma=float(max(self.sigmas)) if sigma is None else float(sigma),
+            prepare_batch=self._prepare_batch, precision=self.config.precision,
+            seed=self.config.seed, rank=self.rank, topology=self.topology if sharded else None,
+        )  # fmt: skip
 
     def close(self) -> None:
         """Release ``DistributedDataParallel`` and, if the trainer created it, the process group.

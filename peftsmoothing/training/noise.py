@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 import torch
 
+from ..core.noise import add_noise
 from ..core.seeds import derive_seed
 
 __all__ = ["NoiseSource"]
@@ -50,7 +51,5 @@ class NoiseSource:
               batch: int) -> list[torch.Tensor]:
         """``copies`` noisy versions ``x + sigma * randn`` drawn on x's device, in x's dtype."""
         self._gen.manual_seed(derive_seed(self.seed, rank, epoch, batch))
-        noise = torch.randn((copies, *x.shape), generator=self._gen, device=x.device,
-                            dtype=x.dtype)
-        noise.mul_(sigma).add_(x)
-        return list(noise.unbind(0))
+        noisy = torch.empty((copies, *x.shape), device=x.device, dtype=x.dtype)
+        return list(add_noise(noisy, x, sigma, self._gen).unbind(0))

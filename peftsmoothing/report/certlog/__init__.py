@@ -21,7 +21,7 @@ Changing a layout is a versioned change, not a refactoring.
 
 
 from .resume import OpenLog, check_identity, open_log
-from .resume import _lock_log as _lock_log  # tests stand in for another process with it
+from .resume import lock_log as lock_log  # tests stand in for another process with it
 from .rows import COHEN_COLUMNS, LOG_COLUMNS, LOG_COLUMNS_V1, LogRow, parse_log, validate_rows
 from .settings import (
     FORMAT_VERSION,

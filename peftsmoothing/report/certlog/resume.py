@@ -15,21 +15,30 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from ...core.files import atomic_write, clean_stale_temporaries, fsync_dir
-from .rows import _HEADERS, LogRow, _parse
+from .rows import HEADERS, LogRow, parse_rows
 from .settings import (
-    _V1_KEYS,
     FORMAT_VERSION,
     SETTINGS_FORMAT,
+    V1_KEYS,
     read_settings,
     settings_diff,
     settings_path,
 )
 
 
-def _lock_log(path: Path) -> BinaryIO:
+def lock_log(path: Path) -> BinaryIO:
     """Open the log (created if missing) and take an exclusive ``flock`` on that descriptor,
     held until it is closed, so that two processes never append to one log, also through a
-    symbolic link (POSIX; no lock where ``fcntl`` is missing)."""
+    symbolic link (POSIX; no lock where ``fcntl`` is missing).
+
+    Raises:
+        RuntimeError: If another process holds the lock.
+
+    Examples:
+        >>> import tempfile
+        >>> handle = lock_log(Path(tempfile.mkdtemp()) / "log.tsv")
+        >>> handle.close()
+    """
     real = Path(os.path.realpath(path))
     real.parent.mkdir(parents=True, exist_ok=True)
     handle = open(real, "a+b")  # noqa: SIM115
@@ -77,7 +86,7 @@ def open_log(
 ) -> OpenLog:
     """Lock, check and open a log for appending rows certified with ``settings``.
 
-    - The lock is taken first (``_lock_log``); everything below happens under it.
+    - The lock is taken first (``lock_log``); everything below happens under it.
     - A log with rows must have its settings file, and they must equal ``settings``; a log with
       only a header (or nothing) takes the new settings.
     - A format-1 log (settings without ``format_version``) is compared on format 1's keys and
@@ -95,7 +104,7 @@ def open_log(
         RuntimeError: If another process holds the log.
     """
     existed = os.path.exists(path)
-    handle = _lock_log(Path(path))
+    handle = lock_log(Path(path))
     try:
         return _open_locked(Path(path), handle, settings, resume, stacklevel + 1)
     except BaseException:
@@ -118,7 +127,7 @@ def _open_locked(
         raise FileExistsError(
             f"{path} exists; pass resume=True to continue it, or choose another log"
         )
-    found, rows, valid = _parse(data, str(path))
+    found, rows, valid = parse_rows(data, str(path))
     new_layout = "cohen" if meta["columns"] == "cohen" else "v2"
     layout = new_layout
     if rows:
@@ -131,7 +140,7 @@ def _open_locked(
         if "format_version" not in old:  # format 1 (release 0.1)
             if found != "v1" or meta["columns"] != "peftsmoothing":
                 raise ValueError(f"{path} is a format-1 log: it can only be resumed as one")
-            diff = settings_diff(old, {k: meta[k] for k in _V1_KEYS}, ignore=("format",))
+            diff = settings_diff(old, {k: meta[k] for k in V1_KEYS}, ignore=("format",))
             layout = "v1"
         elif old["format_version"] == FORMAT_VERSION:
             diff = settings_diff(old, meta)
@@ -172,7 +181,7 @@ def _open_locked(
         os.fsync(handle.fileno())
     handle.seek(0, os.SEEK_END)
     if handle.tell() == 0:
-        handle.write(_HEADERS[layout])
+        handle.write(HEADERS[layout])
         handle.flush()
         os.fsync(handle.fileno())
         fsync_dir(real.parent)

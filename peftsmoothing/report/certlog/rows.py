@@ -29,7 +29,7 @@ COHEN_COLUMNS: Final[tuple[str, ...]] = ("idx", "label", "predict", "radius", "c
 _LAYOUTS: Final[dict[str, tuple[str, ...]]] = {
     "v2": LOG_COLUMNS, "v1": LOG_COLUMNS_V1, "cohen": COHEN_COLUMNS,
 }  # fmt: skip
-_HEADERS: Final[dict[str, bytes]] = {k: ("\t".join(v) + "\n").encode() for k, v in _LAYOUTS.items()}
+HEADERS: Final[dict[str, bytes]] = {k: ("\t".join(v) + "\n").encode() for k, v in _LAYOUTS.items()}
 _SHA_RE: Final = re.compile(r"[0-9a-f]{16}")
 _INT64_MAX: Final[int] = 2**63 - 1  # reports hold the integer columns as int64
 _TIMEDELTA_RE: Final = re.compile(r"(?:(-?\d+) days?, )?(\d+):(\d\d):(\d\d(?:\.\d+)?)")
@@ -155,21 +155,26 @@ class LogRow:
             raise ValueError("alpha out of range")
 
 
-def _parse(data: bytes, name: str) -> tuple[str | None, list[LogRow], int]:
+def parse_rows(data: bytes, name: str) -> tuple[str | None, list[LogRow], int]:
     """``(layout, rows, valid_length)`` of a log's bytes (layout ``None``: empty or torn
-    header); see ``parse_log``."""
-    layout = next((k for k, h in _HEADERS.items() if data.startswith(h)), None)
+    header); see ``parse_log``.
+
+    Examples:
+        >>> parse_rows(b"", "log.tsv")
+        (None, [], 0)
+    """
+    layout = next((k for k, h in HEADERS.items() if data.startswith(h)), None)
     if layout is None:
-        if any(h.startswith(data) for h in _HEADERS.values()):
+        if any(h.startswith(data) for h in HEADERS.values()):
             return None, [], 0  # empty, or killed while writing the header
         first = data.split(b"\n", 1)[0].decode(errors="replace")
         raise ValueError(
             f"{name} is not a certification log: header {first!r}, expected "
-            f"{_HEADERS['v2'].decode().strip()!r} (or format 1's, or Cohen et al.'s "
-            f"{_HEADERS['cohen'].decode().strip()!r})"
+            f"{HEADERS['v2'].decode().strip()!r} (or format 1's, or Cohen et al.'s "
+            f"{HEADERS['cohen'].decode().strip()!r})"
         )
     rows: list[LogRow] = []
-    pos = len(_HEADERS[layout])
+    pos = len(HEADERS[layout])
     lines = data[pos:].split(b"\n")
     complete, tail = lines[:-1], lines[-1]
     for number, raw in enumerate(complete):
@@ -217,7 +222,7 @@ def parse_log(data: bytes, name: str = "log") -> tuple[list[LogRow], int]:
         >>> [(r.predict, r.seconds, r.n) for r in parse_log(cohen.encode())[0]]
         [(-1, 2.5, 0)]
     """
-    return _parse(data, name)[1:]
+    return parse_rows(data, name)[1:]
 
 def validate_rows(
     rows: Sequence[LogRow],

@@ -23,7 +23,7 @@ MODES: Final[tuple[str, ...]] = ("fixed", "target", "max_radius")
 SETTINGS_FORMAT: Final[str] = "peftsmoothing-certify-log"
 """The ``"format"`` entry of a log's settings file (``<log>.json``)."""
 
-_V1_KEYS: Final[tuple[str, ...]] = (
+V1_KEYS: Final[tuple[str, ...]] = (
     "sigma", "n0", "n", "alpha", "seed", "num_classes", "precision", "model_sha256",
 )  # fmt: skip
 
