@@ -6,4 +6,4 @@ callable taking the parsed ``argparse.Namespace`` and returning an exit status) 
 ``peftsmoothing COMMAND: error: ...`` message and exit status 1 instead of a traceback.
 """
 
-COMMANDS = ("methods", "train", "certify", "predict", "report", "demo")
+COMMANDS = ("methods", "train", "certify", "predict", "report", "card", "demo")

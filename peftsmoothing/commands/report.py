@@ -27,13 +27,14 @@ def run(args: argparse.Namespace) -> int:
         ...     _ = f.write("0\\t3\\t3\\t0.5\\t1\\t0.84\\t99\\t100\\t2\\n")
         >>> run(argparse.Namespace(logs=[path], radii=[0.0, 0.5], format="csv", plot=None,
         ...                        compare=False, max_radius=None, allow_mixed=False,
-        ...                        overwrite=False))
+        ...                        overwrite=False, confidence=0.95, alpha=None))
         name,0.0,0.5,acr,abstain_rate,images
         certify,1.0,1.0,0.5,0.0,1
         0
     """
     from ..report.accuracy import CertificationReport, certified_accuracy_table
     from ..report.plots import is_own_plot, plot_certified_accuracy
+    from ..report.tables import bound_table
     from ._output import check_output
 
     if args.plot:  # before any work: never over a file that is not an earlier plot
@@ -61,6 +62,15 @@ def run(args: argparse.Namespace) -> int:
             )
         print()
         print(certified_accuracy_table(reports, args.radii, format="markdown"))
+        print()
+        print(
+            "Lower bound on the smoothed classifier's certified accuracy on these images "
+            f"(Cohen et al. 2019), holding at all radii at once with probability >= "
+            f"{args.confidence:g} per row, given that each certificate is wrong with probability "
+            "<= the run's alpha:"
+        )
+        print()
+        print(bound_table(reports, args.radii, args.confidence, args.alpha))
         if args.compare and len(reports) > 1:
             print()
             print(paired_differences(reports, args.radii))
@@ -132,7 +142,9 @@ def paired_differences(reports: dict[str, Any], radii: list[float]) -> str:
 
 def register(subparsers: Any) -> None:
     """Add the ``report`` sub-command."""
-    from ..report.accuracy import DEFAULT_RADII
+    from ..core.validation import check_real
+    from ..report.tables import DEFAULT_RADII
+    from ._args import checked, probability
 
     p = subparsers.add_parser(
         "report",
@@ -150,6 +162,17 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--format", choices=("markdown", "csv"), default="markdown",
                    help="output format of the table")
+    p.add_argument(
+        "--confidence", default=0.95,
+        type=checked(float, "confidence", lambda v: check_real(
+            v, "confidence", low=0.0, high=1.0, low_open=True, high_open=True)),
+        help="probability with which the lower bound on certified accuracy holds",
+    )  # fmt: skip
+    p.add_argument(
+        "--alpha", type=probability(), default=None,
+        help="the run's alpha, for logs that do not record it (Cohen et al.'s layout); "
+        "default: from the log's settings file",
+    )  # fmt: skip
     p.add_argument(
         "--plot", default=None, metavar="PNG",
         help="save certified accuracy vs radius to this image file (format from the "

@@ -19,7 +19,7 @@ import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -31,6 +31,9 @@ from ..core.params import freeze_frozen_batchnorm, trained_state_dict
 from ..methods.base import Method
 from .normalize import Normalize, Resize
 from .serialization import base_record, frozen_fingerprint, write_model
+
+if TYPE_CHECKING:
+    from ..report.accuracy import CertificationReport
 
 __all__ = ["PEFTModel", "WrapSpec"]
 
@@ -328,7 +331,12 @@ class PEFTModel(nn.Module):
         """
         return trained_state_dict(self)
 
-    def save(self, path: str | os.PathLike[str], metadata: Mapping[str, Any] | None = None) -> Path:
+    def save(
+        self,
+        path: str | os.PathLike[str],
+        metadata: Mapping[str, Any] | None = None,
+        report: CertificationReport | None = None,
+    ) -> Path:
         """Save the trained tensors and a JSON config to the directory ``path``.
 
         The directory holds ``peftsmoothing.json`` (method, options, head, normalization, the
@@ -340,6 +348,12 @@ class PEFTModel(nn.Module):
         Args:
             path: Output directory (created if needed).
             metadata: Extra JSON-serialisable information stored in the config.
+            report: A certification of this model, read from a log with its settings file
+                ([`CertificationReport.from_log`][peftsmoothing.CertificationReport.from_log]):
+                also write the certification card ``README.md`` (``peftsmoothing.model.card``).
+
+        Raises:
+            ValueError: If ``report`` certified another model, or lacks its settings.
 
         Returns:
             The directory path.
@@ -361,13 +375,26 @@ class PEFTModel(nn.Module):
             fingerprint=self.base_fingerprint,
             recipe=self.base_recipe,
         )
-        return write_model(
+        if report is not None:
+            from ..core.fingerprint import model_fingerprint
+
+            if (report.settings or {}).get("model_sha256") != model_fingerprint(self):
+                raise ValueError(
+                    "the report certified another model (its log's model_sha256 differs), or "
+                    "has no settings: pass CertificationReport.from_log(...) of this model"
+                )
+        out = write_model(
             path,
             spec=asdict(self.spec),
             base=base,
             tensors=self.trained_state_dict(),
             metadata=metadata,
         )
+        if report is not None:
+            from .card import write_card
+
+            write_card(out, {report.name or "certification": report})
+        return out
 
     @override
     def extra_repr(self) -> str:

@@ -17,17 +17,18 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..core.stats import ABSTAIN
-from ..core.validation import check_choice, check_real
 from .certlog import LogRow, check_same_settings, parse_log, read_settings, validate_rows
+from .confidence import certified_accuracy_bound
 from .paired import PairedDifference, paired_difference
 from .plots import default_max_radius, plot_certified_accuracy
+from .tables import DEFAULT_RADII, certified_accuracy_table, check_radii
 
 __all__ = [
     "DEFAULT_RADII",
@@ -37,19 +38,6 @@ __all__ = [
     "plot_certified_accuracy",
     "validate_rows",
 ]
-
-DEFAULT_RADII: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
-"""Radii of the certified-accuracy table when none are given."""
-
-_FORMATS = ("markdown", "csv")
-
-
-def _check_radii(radii: Iterable[float] | None) -> list[float]:
-    out = [check_real(r, "radii", low=0.0) for r in (DEFAULT_RADII if radii is None else radii)]
-    if not out:
-        raise ValueError("radii must not be empty")
-    return out
-
 
 class CertificationReport:
     """Certified accuracy, ACR, abstain rate and clean accuracy of a set of certificates.
@@ -208,7 +196,7 @@ class CertificationReport:
             check_same_settings([(str(p), r.settings) for p, r in zip(paths, reports, strict=True)])
         rows = [row for report in reports for row in report.rows]
         merged = cls(rows, name=Path(paths[0]).stem if name is None else name)
-        if len(reports) == 1:
+        if len(reports) == 1 or not allow_mixed:  # the same settings (checked above)
             merged.settings = reports[0].settings
         return merged
 
@@ -240,10 +228,39 @@ class CertificationReport:
             >>> CertificationReport(rows).certified_accuracy([0, 0.3, 0.31])
             {0.0: 0.5, 0.3: 0.5, 0.31: 0.0}
         """
-        values = _check_radii(radii)
+        values = check_radii(radii)
         self._require_rows()
         total = len(self)
         return {r: float(np.sum(self.correct & (self.radius >= r))) / total for r in values}
+
+    def certified_accuracy_bound(
+        self,
+        radii: Iterable[float] | None = None,
+        confidence: float = 0.95,
+        alpha: float | None = None,
+    ) -> dict[float, float]:
+        """Lower bound on the smoothed classifier's certified accuracy, holding at all radii at
+        once with probability ``>= confidence`` (Cohen et al. 2019; fixed-``n`` and sequential
+        runs alike: ``peftsmoothing.report.confidence``).
+
+        Args:
+            radii: Radii (>= 0); default ``DEFAULT_RADII``.
+            confidence: Probability that the bound holds.
+            alpha: The run's alpha; default: from the log's settings file.
+
+        Returns:
+            ``{radius: lower bound}``.
+
+        Raises:
+            ValueError: For an empty report, invalid radii, or an unknown alpha.
+
+        Examples:
+            >>> from peftsmoothing.report.certlog import LogRow
+            >>> rows = [LogRow(i, 0, 0, 0.5, 1, 0.9, 95, 100, 1.0) for i in range(100)]
+            >>> CertificationReport(rows).certified_accuracy_bound([0.0, 0.6], alpha=0.01)
+            {0.0: 0.97, 0.6: 0.0}
+        """
+        return certified_accuracy_bound(self, check_radii(radii), confidence, alpha)
 
     @property
     def acr(self) -> float:
@@ -295,7 +312,7 @@ class CertificationReport:
             >>> d.difference, d.better, d.worse, round(d.p_value, 6)  # 2 * 0.5 ** 10
             (0.5, 10, 0, 0.001953)
         """
-        values = _check_radii(radii)
+        values = check_radii(radii)
         self._require_rows()
         other._require_rows()
         shared, mine, theirs = np.intersect1d(self.idx, other.idx, return_indices=True)
@@ -411,59 +428,3 @@ class CertificationReport:
         return plot_certified_accuracy(
             {self.name or "smoothed classifier": self}, path, max_radius=max_radius, title=title
         )
-
-
-def certified_accuracy_table(
-    reports: Mapping[str, CertificationReport],
-    radii: Iterable[float] | None = None,
-    format: str = "markdown",
-) -> str:
-    """Cohen et al.'s approximate certified-accuracy table, one row per report.
-
-    Columns: the certified accuracy at each radius, then ACR, abstain rate and number of images.
-
-    Args:
-        reports: ``{row name: report}``.
-        radii: Columns; default ``DEFAULT_RADII``.
-        format: ``"markdown"`` or ``"csv"``.
-
-    Returns:
-        The table text (no trailing newline).
-
-    Raises:
-        ValueError: For an unknown format, invalid radii, or an empty report.
-
-    Examples:
-        >>> from peftsmoothing.report.certlog import LogRow
-        >>> a = CertificationReport([LogRow(0, 1, 1, 0.6, 1, 0.9, 9, 10, 1.0)])
-        >>> b = CertificationReport([LogRow(0, 1, -1, 0.0, 0, 0.4, 4, 10, 1.0)])
-        >>> print(certified_accuracy_table({"lora": a, "prompt": b}, [0.0, 0.5]))
-        | | r = 0.0 | r = 0.5 | ACR | abstain | images |
-        |---|---:|---:|---:|---:|---:|
-        | lora | 1.000 | 1.000 | 0.600 | 0.000 | 1 |
-        | prompt | 0.000 | 0.000 | 0.000 | 1.000 | 1 |
-    """
-    check_choice(format, "format", _FORMATS)
-    values = _check_radii(radii)
-    if format == "csv":
-        lines = [",".join(["name", *(repr(r) for r in values), "acr", "abstain_rate", "images"])]
-        for name, report in reports.items():
-            acc = report.certified_accuracy(values)
-            cells = [_csv_cell(name), *(repr(acc[r]) for r in values)]
-            cells += [repr(report.acr), repr(report.abstain_rate), str(len(report))]
-            lines.append(",".join(cells))
-        return "\n".join(lines)
-    header = "| | " + " | ".join(f"r = {r!r}" for r in values) + " | ACR | abstain | images |"
-    lines = [header, "|---|" + "---:|" * (len(values) + 3)]
-    for name, report in reports.items():
-        acc = report.certified_accuracy(values)
-        cells = [f"{acc[r]:.3f}" for r in values]
-        cells += [f"{report.acr:.3f}", f"{report.abstain_rate:.3f}", str(len(report))]
-        lines.append(f"| {name.replace('|', '/')} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def _csv_cell(text: str) -> str:
-    if any(c in text for c in ',"\n'):
-        return '"' + text.replace('"', '""') + '"'
-    return text

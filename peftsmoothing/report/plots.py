@@ -34,6 +34,7 @@ class Curve(Protocol):
 
     name: str | None
     radius: np.ndarray
+    pa_lower: np.ndarray
 
     @property
     def acr(self) -> float: ...
@@ -61,7 +62,8 @@ def plot_certified_accuracy(
     max_radius: float | None = None,
     title: str | None = None,
 ) -> Path:
-    """Plot certified accuracy vs. radius of one or several reports on one figure.
+    """Plot certified accuracy vs. radius of one or several reports on one figure, with the
+    distribution of ``pa_lower`` below (for logs that record it).
 
     Needs matplotlib (``pip install peftsmoothing[plot]``); no display is used. The file is
     written atomically (a kill leaves the previous one whole) and, in PNG, PDF, SVG, PS and
@@ -103,8 +105,17 @@ def plot_certified_accuracy(
     if not reports or not any(len(r) for r in reports.values()):
         raise ValueError("nothing to plot: no report holds certificates")
     top = max_radius if max_radius is not None else default_max_radius(reports.values())
-    fig = Figure(figsize=(6.0, 4.0), layout="constrained")
-    ax = fig.add_subplot()
+    bounds = {k: r.pa_lower[np.isfinite(r.pa_lower)] for k, r in reports.items() if len(r)}
+    bounds = {k: v for k, v in bounds.items() if v.size}  # Cohen et al.'s logs have none
+    fig = Figure(figsize=(6.0, 6.5 if bounds else 4.0), layout="constrained")
+    ax, hist = fig.subplots(2, 1, height_ratios=(3, 2)) if bounds else (fig.add_subplot(), None)
+    if hist is not None:
+        for label, values in bounds.items():
+            hist.hist(values, bins=40, range=(0.0, 1.0), histtype="step", label=label)
+        hist.axvline(0.5, color="grey", linestyle=":", linewidth=1.0)  # below: abstain
+        hist.set_xlabel("pa_lower (lower confidence bound of the top class's probability)")
+        hist.set_ylabel("images")
+        hist.set_xlim(0.0, 1.0)
     for label, report in reports.items():
         if len(report):
             radii, accuracy = report.curve(max_radius=top)

@@ -247,6 +247,7 @@ def _write(trainer: Checkpointed, name: str, state: Mapping[str, Any]) -> Path:
             "sigma": trainer.config.to_dict()["sigma"],
             "loss": trainer.config.loss,
             "last": trainer.state.history[-1] if trainer.state.history else None,
+            "config": trainer.config.to_dict(),  # the whole recipe, for the card
         }
         if isinstance(trainer.module, Trainable):
             trainer.module.save(tmp, metadata=meta)
