@@ -20,6 +20,9 @@ def run(args: argparse.Namespace) -> int:
     from ._args import load_model
     from .report import log_names
 
+    if args.model.startswith("hf-hub:"):
+        raise ValueError("card writes MODEL/README.md: give a local directory (push_to_hub "
+                         "uploads a model with its card)")
     reports = {}
     for name, path in zip(log_names(args.logs), args.logs, strict=True):
         report = CertificationReport.from_log(path)

@@ -396,6 +396,55 @@ class PEFTModel(nn.Module):
             write_card(out, {report.name or "certification": report})
         return out
 
+    def push_to_hub(
+        self,
+        repo_id: str,
+        report: CertificationReport | None = None,
+        *,
+        private: bool = False,
+        token: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> str:
+        """Save the model with its certification card and upload it to the Hugging Face Hub.
+
+        ``ps.load("hf-hub:" + repo_id)`` loads it back through every check of a local
+        directory. Needs ``pip install 'peftsmoothing[hub]'`` and a Hub login (or ``token``).
+
+        Args:
+            repo_id: ``user/name`` (created if it does not exist).
+            report: A certification of this model read from its log (the card's tables).
+            private: Create the repository private.
+            token: A Hub token.
+            metadata: As for ``save``.
+
+        Returns:
+            The commit's URL.
+
+        Raises:
+            ValueError: If ``report`` certified another model.
+            ImportError: If ``huggingface_hub`` is not installed.
+
+        Examples:
+            >>> import peftsmoothing as ps
+            >>> from torch import nn
+            >>> m = ps.wrap(nn.Linear(4, 2), method="full", normalize=None)
+            >>> m.push_to_hub("not a repo name")
+            Traceback (most recent call last):
+            ...
+            ValueError: 'not a repo name': a Hub model is hf-hub:user/name[@revision]
+        """
+        import tempfile
+
+        from .card import write_card
+        from .hub import hub_repo, upload_directory
+
+        hub_repo(repo_id)  # a malformed name fails before anything is written
+        with tempfile.TemporaryDirectory() as folder:
+            out = self.save(folder, metadata=metadata, report=report)
+            if report is None:
+                write_card(out, {})
+            return upload_directory(out, repo_id, private=private, token=token)
+
     @override
     def extra_repr(self) -> str:
         return f"method={self.spec.method!r}, merged={self._merged}"

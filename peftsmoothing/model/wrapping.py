@@ -32,6 +32,7 @@ from ..backbones.zoo import (
 from ..core.validation import is_int
 from ..methods.base import MethodContext, get_method
 from ..methods.targets import get_submodule, replace_module
+from .hub import local_directory
 from .normalize import Normalize, Resize, timm_mean_std
 from .peft_model import PEFTModel, WrapSpec
 from .serialization import (
@@ -300,16 +301,16 @@ def load(
       is refused unless ``base_weights`` is given.
 
     Loading reads only the directory (docs/security.md): the recipe may name a model in timm's
-    registry and architecture options, nothing that fetches or opens other files; a weights
-    file is used only when you pass it as ``base_weights``. The frozen weights are checked
-    against the fingerprint recorded at save time: another backbone (other weights, same
-    shapes) is refused, whichever source it came from. Only directories of release 0.1, which
-    never recorded one, load without it (with a warning).
+    registry and architecture options, nothing that fetches or opens other files. The frozen
+    weights are checked against the fingerprint recorded at save time (another backbone is
+    refused); only directories of release 0.1, which never recorded one, load without it.
 
     Args:
         base_model: The original (unwrapped) model, modified in place; or the directory, when
             the base model is to be rebuilt from its recorded recipe.
-        path: Directory written by ``save`` (omit when passing it as the first argument).
+        path: Directory written by ``save`` (omit when passing it as the first argument), or
+            ``"hf-hub:user/name[@revision]"``: its copy on the Hugging Face Hub, downloaded
+            (``model/hub.py``) and then checked exactly as a local directory.
         map_location: Device for the saved tensors; default: the base model's device.
         base_weights: A ``state_dict`` file with the base model's weights, loaded into the
             rebuilt (or given) base model before wrapping, e.g. a backbone you pre-trained
@@ -349,9 +350,8 @@ def load(
     if path is None:  # load(path): rebuild the base model from the recorded recipe
         if isinstance(base_model, nn.Module):
             raise TypeError("load(base_model, path): path is missing")
-        return _load_from_recipe(
-            base_model, map_location, base_weights, pretrained, method_overrides
-        )
+        return _load_from_recipe(local_directory(base_model), map_location, base_weights,
+                                 pretrained, method_overrides)  # fmt: skip
     if not isinstance(base_model, nn.Module):
         raise TypeError(f"base_model must be an nn.Module, got {type(base_model).__name__}")
     if pretrained is not None:
@@ -359,7 +359,8 @@ def load(
             "pretrained= chooses the weights of a base model rebuilt by load(path); "
             "load(base_model, path) uses the base model you pass"
         )
-    return _load_onto(base_model, path, map_location, base_weights, method_overrides)
+    return _load_onto(base_model, local_directory(path), map_location, base_weights,
+                      method_overrides)  # fmt: skip
 
 
 def _load_from_recipe(
