@@ -180,14 +180,14 @@ class SmoothedClassifier:
             >>> smoothed.vote_counts(torch.rand(1, 4, 4), n=50, seed=0).tolist()
             [0, 50]
         """
-        n_ = check_positive_int(n, "n")
-        b = check_positive_int(batch_size, "batch_size")
+        n = check_positive_int(n, "n")
+        batch_size = check_positive_int(batch_size, "batch_size")
         sampler = self.sampler
         gen = sampler.generator(resolve_seed(seed), STREAM_PREDICTION)
         x_dev = sampler.prepare(x)
         with sampler.inference():
             counts = torch.zeros(self.num_classes + 1, dtype=torch.long, device=x_dev.device)
-            for size in chunk_sizes(n_, b):
+            for size in chunk_sizes(n, batch_size):
                 counts += sampler.count([Chunk(x_dev, size, gen)])[0]
             host = counts.cpu()  # the one host synchronisation
         return sampler.class_counts(host)
@@ -231,8 +231,8 @@ class SmoothedClassifier:
             1
         """
         check_positive_int(n, "n")  # n, then alpha: refused before any sample is drawn
-        a = check_alpha(alpha)
-        return predict_from_counts(self.vote_counts(x, n, batch_size, seed), a)
+        alpha = check_alpha(alpha)
+        return predict_from_counts(self.vote_counts(x, n, batch_size, seed), alpha)
 
     def certify(
         self,
@@ -315,19 +315,20 @@ class SmoothedClassifier:
             >>> cert.radius >= 0.5, cert.n, cert.reason  # certified at the first look
             (True, 256, 'certified')
         """
-        n0_ = check_positive_int(n0, "n0")
-        n_ = check_positive_int(n, "n")
-        a = check_alpha(alpha)
-        b = check_positive_int(batch_size, "batch_size")
-        s = resolve_seed(seed)
+        n0 = check_positive_int(n0, "n0")
+        n = check_positive_int(n, "n")
+        alpha = check_alpha(alpha)
+        batch_size = check_positive_int(batch_size, "batch_size")
         policy = sequential_policy(
-            self.sigma, n_, a, radius=radius, early_stop=early_stop, max_radius=max_radius,
+            self.sigma, n, alpha, radius=radius, early_stop=early_stop, max_radius=max_radius,
             tolerance=tolerance, schedule=schedule,
         )  # fmt: skip
-        fixed = policy is None
+        item = (0, x, resolve_seed(seed))
         with self.sampler.inference():
-            ((_, cert),) = self._certify_many([(0, x, s)], n0_, policy or fixed_policy(
-                self.sigma, n_, a), b, fixed=fixed)  # fmt: skip
+            ((_, cert),) = self._certify_many(
+                [item], n0, policy or fixed_policy(self.sigma, n, alpha), batch_size,
+                fixed=policy is None,
+            )  # fmt: skip
         return cert
 
     def certify_many(
@@ -372,14 +373,14 @@ class SmoothedClassifier:
             >>> sorted(key for key, cert in smoothed.certify_many(items, 50, policy, 500))
             [0, 1, 2, 3]
         """
-        n0_ = check_positive_int(n0, "n0")
-        b = check_positive_int(batch_size, "batch_size")
+        n0 = check_positive_int(n0, "n0")
+        batch_size = check_positive_int(batch_size, "batch_size")
         if getattr(policy, "sigma", self.sigma) != self.sigma:
             raise ValueError(
                 f"the policy is for sigma={getattr(policy, 'sigma', None)}, this classifier "
                 f"smooths with sigma={self.sigma}"
             )
-        return self._certify_many(items, n0_, policy, b)
+        return self._certify_many(items, n0, policy, batch_size)
 
     def _certify_many(
         self,
@@ -494,32 +495,32 @@ class SmoothedClassifier:
             >>> len(report), report.idx.tolist()
             (2, [0, 2])
         """
-        n0_ = check_positive_int(n0, "n0")
-        n_ = check_positive_int(n, "n")
-        a = check_alpha(alpha)
-        b = check_positive_int(batch_size, "batch_size")
-        skip_ = check_positive_int(skip, "skip")
+        n0 = check_positive_int(n0, "n0")
+        n = check_positive_int(n, "n")
+        alpha = check_alpha(alpha)
+        batch_size = check_positive_int(batch_size, "batch_size")
+        skip = check_positive_int(skip, "skip")
         master = check_seed(seed, allow_none=False)
         assert master is not None
         columns = check_choice(log_format, "log_format", LOG_FORMATS)
-        selected = runner.select_indices(dataset, indices, skip_, shard)
+        selected = runner.select_indices(dataset, indices, skip, shard)
         info = runner.dataset_info(dataset, dataset_info)
         policy = sequential_policy(
-            self.sigma, n_, a, radius=radius, early_stop=early_stop, max_radius=max_radius,
+            self.sigma, n, alpha, radius=radius, early_stop=early_stop, max_radius=max_radius,
             tolerance=tolerance,
         )  # fmt: skip
         mode, params = ("fixed", None) if policy is None else policy_settings(policy)
         settings: dict[str, Any] = {"mode": mode, "sequential": params}
         if log is not None:
             settings = log_settings(
-                sigma=self.sigma, n0=n0_, n=n_, alpha=a, seed=master,
+                sigma=self.sigma, n0=n0, n=n, alpha=alpha, seed=master,
                 num_classes=self.num_classes, precision=self.precision,
                 model_sha256=model_fingerprint(self.base), columns=columns, dataset=info,
                 mode=mode, sequential=params,
             )  # fmt: skip
         run = runner.DatasetRun(
-            indices=selected, seed=master, n0=n0_, batch_size=b,
-            policy=policy or fixed_policy(self.sigma, n_, a), settings=settings, log=log,
+            indices=selected, seed=master, n0=n0, batch_size=batch_size,
+            policy=policy or fixed_policy(self.sigma, n, alpha), settings=settings, log=log,
             resume=resume, progress=progress,
         )  # fmt: skip
         # stacklevel 3: the log's warnings point at the user's call of this method

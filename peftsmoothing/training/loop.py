@@ -53,7 +53,7 @@ from .distributed import (
 from .evaluate import evaluate as _evaluate
 from .losses import LossContext, LossOutput, LossSpec, get_loss
 from .metrics import EpochState, Window, batch_metrics, epoch_record
-from .noise import NoiseSource
+from .noise import TrainingNoise
 from .nonfinite import NonfiniteGuard
 from .progress import epoch_line, make_bar, set_postfix
 from .rng import rng_state, seed_everything, set_rng_state
@@ -208,7 +208,7 @@ class NoiseTrainer:
 
         self.state = TrainState()  # what checkpoints save and restore
         self.should_stop = False
-        self._noise = NoiseSource(self.sigmas, self.config.seed, self.device)
+        self._noise = TrainingNoise(self.sigmas, self.config.seed, self.device)
         dtype = self.params[0].dtype if self.params[0].is_floating_point() else torch.float32
         self._prepare_batch = BatchGuard(self.module, self.device, dtype, self.config.precision)
 

@@ -14,10 +14,10 @@ import torch
 from ..core.noise import add_noise
 from ..core.seeds import derive_seed
 
-__all__ = ["NoiseSource"]
+__all__ = ["TrainingNoise"]
 
 
-class NoiseSource:
+class TrainingNoise:
     """Seeded Gaussian noise in pixel space for the batches of a training run.
 
     Args:
@@ -26,7 +26,7 @@ class NoiseSource:
         device: Where the noise is drawn (the model's device).
 
     Examples:
-        >>> noise = NoiseSource((0.25, 0.5), seed=0, device=torch.device("cpu"))
+        >>> noise = TrainingNoise((0.25, 0.5), seed=0, device=torch.device("cpu"))
         >>> noise.sigma(0, 0, 3) in (0.25, 0.5)
         True
         >>> x = torch.zeros(2, 3, 4, 4)
