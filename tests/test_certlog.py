@@ -466,3 +466,170 @@ def test_a_cohen_time_beyond_range_is_a_one_line_error(
     assert main(["report", str(path)]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "line 2 is malformed" in err
+
+
+# ------------------------------------------------------------------------------ what a log is
+NOT_A_LOG = r"""
+import resource, sys
+resource.setrlimit(resource.RLIMIT_AS, (2**31, 2**31))  # a read without bound fails fast
+from peftsmoothing.cli import main
+from peftsmoothing.report.accuracy import CertificationReport
+from peftsmoothing.report.certlog import log_settings, open_log
+settings = log_settings(sigma=0.5, n0=10, n=100, alpha=0.001, seed=0, num_classes=10,
+                        precision="fp32", model_sha256="0" * 64)
+for read in (lambda: CertificationReport.from_log(sys.argv[1]),
+             lambda: open_log(sys.argv[1], settings, resume=True)):
+    try:
+        read()
+    except BaseException as err:
+        print(type(err).__name__, str(err).replace("\n", " "))
+sys.exit(main(["report", sys.argv[1]]))
+"""
+
+
+@pytest.mark.parametrize("kind", ["dev-zero", "fifo", "folder", "over 2 GiB"])
+def test_a_log_that_is_not_a_regular_file_is_refused_before_it_is_read(
+    tmp_path: Path, kind: str
+) -> None:
+    """A link to /dev/zero would be read without end, a FIFO would block, a sparse file of
+    2 GiB would be read whole: each is refused before any read, in one line (red-team #2)."""
+    import os
+    import subprocess
+    import sys
+
+    log = tmp_path / "shard1.tsv"
+    if kind == "dev-zero":
+        log.symlink_to("/dev/zero")
+    elif kind == "fifo":
+        os.mkfifo(log)
+    elif kind == "folder":
+        log.mkdir()
+    else:
+        with log.open("wb") as f:
+            f.write(b"\t".join(c.encode() for c in LOG_COLUMNS) + b"\n")
+            f.truncate(2**31 + 1)  # sparse: no disk used
+    script = tmp_path / "read.py"
+    script.write_text(NOT_A_LOG)
+    out = subprocess.run([sys.executable, str(script), str(log)],
+                         capture_output=True, text=True, timeout=20)  # fmt: skip
+    message = "is larger than 2 GiB" if kind == "over 2 GiB" else "is not a regular file"
+    lines = out.stdout.splitlines()
+    assert len(lines) == 2 and all(line.startswith("ValueError") for line in lines), out
+    assert all(message in line for line in lines), out
+    assert out.returncode == 1 and out.stderr.count("\n") == 1 and message in out.stderr
+    assert not (tmp_path / "shard1.tsv.json").exists()
+
+
+# ------------------------------------------------------------------------------ settings types
+HONEST = {
+    "format": "peftsmoothing-certify-log", "format_version": 2, "mode": "fixed",
+    "columns": "peftsmoothing", "sigma": 0.25, "n0": 100, "n": 1000, "alpha": 0.001, "seed": 0,
+    "num_classes": 10, "precision": "fp32", "model_sha256": "0" * 64, "dataset": {"size": 100},
+}  # fmt: skip
+#: Rows no run of ``HONEST`` can write: a radius of 1000 (at most 0.616), pa_lower 0.99 from
+#: one vote in 1000, label 99 of 10 classes, idx 100000 of 100 images.
+IMPOSSIBLE = {
+    "radius": "0\t1\t1\t1000.0\t1\t{cp!r}\t1000\t1000\t1.0\n",
+    "pa": "0\t1\t1\t0.5\t1\t0.99\t1\t1000\t1.0\n",
+    "label": "0\t99\t99\t0.1\t1\t{cp!r}\t1000\t1000\t1.0\n",
+    "idx": "100000\t1\t1\t0.1\t1\t{cp!r}\t1000\t1000\t1.0\n",
+}
+SEQUENTIAL = {"mode": "target", "sequential": {"n_max": 1000, "looks": [1000],
+                                               "look_alphas": [0.001], "radius": 0.1}}  # fmt: skip
+
+
+def settings_log(tmp_path: Path, row: str, settings: str | dict[str, Any]) -> Path:
+    from peftsmoothing.core.stats import clopper_pearson_lower
+
+    log = tmp_path / "c.tsv"
+    cp = clopper_pearson_lower(1000, 1000, 0.001)
+    log.write_text("\t".join(LOG_COLUMNS_V1) + "\n" + IMPOSSIBLE[row].format(cp=cp))
+    text = settings if isinstance(settings, str) else json.dumps(settings)
+    (tmp_path / "c.tsv.json").write_text(text)
+    return log
+
+
+@pytest.mark.parametrize(
+    ("row", "change", "message"),
+    [
+        ("radius", {"sigma": "0.25"}, "sigma must be a finite number above 0, got '0.25'"),
+        ("radius", {"sigma": float("nan")}, "sigma must be a finite number above 0, got nan"),
+        ("radius", {"sigma": [0.25]}, r"sigma must be a finite number above 0, got \[0.25\]"),
+        ("radius", {"sigma": ...}, "sigma is missing"),
+        ("pa", {"n": "1000"}, "n must be an integer of at least 1, got '1000'"),
+        ("pa", {"n": 1000.0}, "n must be an integer of at least 1, got 1000.0"),
+        ("pa", {"alpha": 1.5}, "alpha must be a number in"),
+        ("pa", {"seed": True}, "seed must be an integer"),
+        ("label", {"num_classes": "10"}, "num_classes must be an integer of at least 1"),
+        ("idx", {"dataset": "100"}, "dataset must be a JSON object"),
+        ("idx", {"dataset": {"size": 1e9}}, r"dataset\.size must be an integer"),
+        ("radius", {**SEQUENTIAL, "sequential": {"looks": [float("inf")], "look_alphas": [0.001]}},
+         r"sequential\.looks must be a list of integers of at least 1"),
+        ("radius", {**SEQUENTIAL, "sequential": {"looks": None, "look_alphas": [0.001]}},
+         r"sequential\.looks must be a list"),
+        ("radius", {**SEQUENTIAL, "sequential": {"looks": [1000], "look_alphas": [{}]}},
+         r"sequential\.look_alphas must be a list of numbers in \(0, 1\)"),
+        ("radius", {**SEQUENTIAL, "sequential": {"looks": [1000], "look_alphas": []}},
+         r"sequential\.look_alphas must have one entry per look"),
+        ("radius", {"mode": "fixed", "sequential": "x"}, "sequential must be a JSON object"),
+        ("radius", {"extra": [[[[[[[[[1]]]]]]]]]}, "nested more than 8 levels"),
+    ],
+)  # fmt: skip
+def test_settings_of_the_wrong_types_are_refused(
+    tmp_path: Path, row: str, change: dict[str, Any], message: str
+) -> None:
+    """Strings that read like numbers, or numbers of the wrong kind, would switch the row
+    checks off (red-team #4): the settings file is refused, naming it and the key."""
+    settings = {k: v for k, v in {**HONEST, **change}.items() if v is not ...}
+    log = settings_log(tmp_path, row, settings)
+    with pytest.raises(ValueError, match=rf"c\.tsv\.json: {message}"):
+        ps.CertificationReport.from_log(log)
+
+
+@pytest.mark.parametrize("row", sorted(IMPOSSIBLE))
+def test_impossible_rows_are_refused_with_honest_settings(tmp_path: Path, row: str) -> None:
+    message = {"radius": "exceeds", "pa": "not the Clopper-Pearson", "label": "outside the 10",
+               "idx": "idx 100000 is outside the 100 images"}[row]  # fmt: skip
+    with pytest.raises(ValueError, match=message):
+        ps.CertificationReport.from_log(settings_log(tmp_path, row, HONEST))
+
+
+@pytest.mark.parametrize("settings", ["[" * 100_000 + "]" * 100_000, '{"a": ' * 100_000])
+def test_deeply_nested_settings_are_a_one_line_error(
+    tmp_path: Path, settings: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    log = settings_log(tmp_path, "radius", settings)
+    assert main(["report", str(log)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "c.tsv.json is not valid JSON (nested too deeply)" in err
+
+
+def test_a_failed_open_removes_only_the_log_it_created(tmp_path: Path) -> None:
+    """``missing/../keep.tsv`` reaches a user's existing empty file: a failing open must not
+    take it for a log it created and remove it (red-team #7)."""
+    from peftsmoothing.report.certlog import log_settings, open_log
+
+    settings = log_settings(sigma=0.5, n0=10, n=100, alpha=0.001, seed=0, num_classes=10,
+                            precision="fp32", model_sha256="0" * 64)  # fmt: skip
+    keep = tmp_path / "keep.tsv"
+    keep.write_bytes(b"")  # a user's placeholder
+    (tmp_path / "keep.tsv.json").write_text('{"user": "config"}')  # makes the open fail
+    with pytest.raises(FileExistsError, match="is not the settings file"):
+        open_log(tmp_path / "missing" / ".." / "keep.tsv", settings, resume=True)
+    assert keep.exists()
+    (tmp_path / "new.tsv.json").write_text('{"user": "config"}')
+    with pytest.raises(FileExistsError, match="is not the settings file"):
+        open_log(tmp_path / "missing" / ".." / "new.tsv", settings, resume=True)
+    assert not (tmp_path / "new.tsv").exists()  # the log it created is gone again
+
+
+def test_a_deeply_nested_file_where_new_settings_go_is_kept_in_one_line(tmp_path: Path) -> None:
+    from peftsmoothing.report.certlog import log_settings, open_log
+
+    settings = log_settings(sigma=0.5, n0=10, n=100, alpha=0.001, seed=0, num_classes=10,
+                            precision="fp32", model_sha256="0" * 64)  # fmt: skip
+    theirs = tmp_path / "new.tsv.json"
+    theirs.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(FileExistsError, match="is not the settings file"):
+        open_log(tmp_path / "new.tsv", settings, resume=False)
+    assert theirs.stat().st_size == 200_000 and not (tmp_path / "new.tsv").exists()

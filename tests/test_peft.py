@@ -473,3 +473,54 @@ def test_an_adapter_from_a_file_is_sized_before_it_is_built(tmp_path: Path) -> N
     path.write_text(json.dumps(config))
     with pytest.raises(ValueError, match=refused):
         ps.load(small_vit(), saved)
+
+
+def test_oft_neumann_terms_from_a_file_are_bounded(tmp_path: Path) -> None:
+    """65,536 Cayley-Neumann terms would make every merge run 65,534 matrix products per
+    adapted layer (red-team #3): a file may ask for at most 64; your own config is warned."""
+    oft = peft.OFTConfig(r=0, oft_block_size=8, target_modules=["qkv"])
+    saved = ps.wrap(small_vit(), method="peft", config=oft).save(tmp_path / "saved")
+    path = saved / "peftsmoothing.json"
+    values = json.loads(path.read_text())
+    for terms, loads in ((64, True), (65, False), (65_536, False)):
+        values["spec"]["method_config"]["config"]["num_cayley_neumann_terms"] = terms
+        path.write_text(json.dumps(values))
+        if loads:
+            ps.load(small_vit(), saved)
+            continue
+        with pytest.raises(ValueError, match=rf"num_cayley_neumann_terms={terms}: refusing .*64"):
+            ps.load(small_vit(), saved)
+    many = peft.OFTConfig(r=0, oft_block_size=8, target_modules=["qkv"],
+                          num_cayley_neumann_terms=100)  # fmt: skip
+    with pytest.warns(UserWarning, match="num_cayley_neumann_terms=100.*a saved copy of this"):
+        ps.wrap(small_vit(), method="peft", config=many)
+
+
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        ({"rank_pattern": ["qkv"]}, "rank_pattern must be a JSON object of module name -> int"),
+        ({"rank_pattern": {"qkv": True}}, "rank_pattern must be a JSON object"),
+        ({"alpha_pattern": ["qkv"]}, "alpha_pattern must be a JSON object of module name -> num"),
+        ({"layers_to_transform": 1.5, "layers_pattern": "blocks"},
+         "layers_to_transform must be an integer or a list of integers, got 1.5"),
+    ],
+)  # fmt: skip
+def test_peft_options_of_the_wrong_shape_in_a_file_are_one_line_errors(
+    tmp_path: Path, options: dict[str, Any], match: str
+) -> None:
+    """peft would fail on these with a traceback (red-team #8)."""
+    saved = ps.wrap(small_vit(), method="peft", config=CONFIGS["lora"]()).save(tmp_path / "s")
+    path = saved / "peftsmoothing.json"
+    values = json.loads(path.read_text())
+    values["spec"]["method_config"]["config"].update(options)
+    path.write_text(json.dumps(values))
+    with pytest.raises(ValueError, match=match):
+        ps.load(small_vit(), saved)
+
+
+def test_a_deeply_nested_adapter_config_is_a_one_line_error(tmp_path: Path) -> None:
+    adapter, _ = _peft_adapter_dir(tmp_path)
+    (adapter / "adapter_config.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ValueError, match=r"adapter_config\.json is corrupt \(nested too deeply"):
+        ps.wrap(small_vit(), method="peft", adapter=adapter)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -234,3 +235,59 @@ def test_a_failing_plot_write_leaves_the_previous_plot_whole(tmp_path: Path) -> 
     assert out.stderr.count("\n") == 1
     assert png.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["curve.png", "full.py", "lora.tsv"]
+
+
+MARKER = b"peftsmoothing certified-accuracy plot"
+#: Files of users that hold the plot's marker text, but not as the plot's metadata.
+NOT_OUR_PLOTS = {
+    "caption.svg": b'<svg xmlns="http://www.w3.org/2000/svg"><!-- caption: ' + MARKER
+    + b", hand-edited --></svg>\n",
+    "title.svg": b'<?xml version="1.0"?>\n<svg xmlns="http://www.w3.org/2000/svg"><title>' + MARKER
+    + b"</title></svg>\n",
+    "comment.png": b"\x89PNG\r\n\x1a\n" + (len(b"Comment\0" + MARKER)).to_bytes(4, "big")
+    + b"tEXtComment\0" + MARKER + b"\0\0\0\0",
+    "raw.png": b"\x89PNG\r\n\x1a\n a user's photo, " + MARKER,
+    "title.pdf": b"%PDF-1.4\n1 0 obj\n<< /Title (" + MARKER + b") /Creator (LaTeX) >>\nendobj\n"
+    b"trailer\n<< /Info 1 0 R >>\n%%EOF\n",
+    "body.pdf": b"%PDF-1.4\n% " + MARKER + b"\n%%EOF\n",
+    "title.ps": b"%!PS-Adobe-3.0\n%%Title: " + MARKER + b"\n%%EndComments\n",
+    "late.eps": b"%!PS-Adobe-3.0 EPSF-3.0\n%%Creator: me\n%%EndComments\n%%Creator: " + MARKER
+    + b"\n",
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", sorted(NOT_OUR_PLOTS))
+def test_a_file_that_merely_contains_the_plot_marker_is_not_replaced(
+    tmp_path: Path, name: str
+) -> None:
+    """The marker counts only as the metadata entry our plots write (red-team #5)."""
+    from peftsmoothing.report.plots import is_own_plot
+
+    path = tmp_path / name
+    path.write_bytes(NOT_OUR_PLOTS[name])
+    assert not is_own_plot(path)
+
+
+def test_report_plot_keeps_a_users_svg_with_the_marker_in_a_comment(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from peftsmoothing.cli import main
+
+    log = write_log(tmp_path / "lora.tsv", ROWS)
+    mine = tmp_path / "mine.svg"
+    mine.write_bytes(NOT_OUR_PLOTS["caption.svg"])
+    assert main(["report", str(log), "--plot", str(mine)]) == 1
+    assert "exists and is not a plot written by peftsmoothing" in capsys.readouterr().err
+    assert mine.read_bytes() == NOT_OUR_PLOTS["caption.svg"]
+
+
+@pytest.mark.parametrize("suffix", ["png", "pdf", "svg", "ps", "eps"])
+def test_our_plots_are_recognised_in_every_format(
+    report: ps.CertificationReport, tmp_path: Path, suffix: str
+) -> None:
+    pytest.importorskip("matplotlib")
+    from peftsmoothing.report.plots import is_own_plot
+
+    with warnings.catch_warnings():  # PostScript has no transparency
+        warnings.simplefilter("ignore")
+        assert is_own_plot(report.plot(tmp_path / f"curve.{suffix}"))

@@ -361,6 +361,89 @@ def test_legacy_tensors_file_with_a_huge_storage_is_refused_before_loading(
     assert loads == []  # refused from the zip directory: no storage was ever allocated
 
 
+def two_directories(model: ps.PEFTModel, directory: Path, zip64: bool) -> None:
+    """Write ``trainable.pt`` whose zip holds two central directories (red-team #1): torch's
+    reader follows the end record's offsets to deflated records of a 16 MiB storage, while
+    Python's ``zipfile`` finds a decoy directory of tiny stored records just before the end
+    record (``zip64``: through a zip64 end record, whose locator torch follows and Python not)."""
+    import io
+    import struct
+    import zipfile
+
+    legacy_bomb(model, directory, compress=True)  # local records + the real directory
+    real = (directory / "trainable.pt").read_bytes()
+    end = real.rindex(b"PK\x05\x06")
+    count, cd_size, cd_offset = struct.unpack("<2xHLL", real[end + 8 : end + 20])
+    body = real[:end]
+    names = zipfile.ZipFile(io.BytesIO(real)).namelist()
+    decoy = b"".join(
+        struct.pack("<4s6H3L5H2L", b"PK\x01\x02", 20, 20, 0, 0, 0, 0, 0, 1, 1, len(n), 0, 0, 0,
+                    0, 0, 0) + n.encode()
+        for n in names
+    )  # fmt: skip
+    if not zip64:  # same size as the real one: Python re-bases the offsets onto the decoy
+        decoy += b"x" * (cd_size - len(decoy))
+        tail = struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, count, count, cd_size, cd_offset, 0)
+        (directory / "trainable.pt").write_bytes(body + decoy + tail)
+        return
+    record = b"PK\x06\x06" + struct.pack("<QHHLL4Q", 44, 45, 45, 0, 0, count, count, cd_size,
+                                         cd_offset)  # fmt: skip
+    decoy_at = len(body) + len(record)
+    fake = b"PK\x06\x06" + struct.pack("<QHHLL4Q", 44, 45, 45, 0, 0, count, count, len(decoy),
+                                       decoy_at)  # fmt: skip
+    locator = struct.pack("<4sLQL", b"PK\x06\x07", 0, len(body), 1)  # torch: the real record
+    tail = struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, 0xFFFF, 0xFFFF, 2**32 - 1, 2**32 - 1, 0)
+    (directory / "trainable.pt").write_bytes(body + record + decoy + fake + locator + tail)
+
+
+@pytest.mark.parametrize("zip64", [False, True])
+def test_legacy_tensors_file_with_two_zip_directories_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, zip64: bool
+) -> None:
+    model = wrapped()
+    directory = model.save(tmp_path / "m")
+    two_directories(model, directory, zip64)
+    loads: list[str] = []
+    monkeypatch.setattr(torch, "load", recording(loads, "torch.load", torch.load))
+    with pytest.raises(ValueError, match=r"trainable\.pt: an ambiguous zip directory"):
+        ps.load(directory)
+    assert loads == []
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ("prefix", "ambiguous zip directory"),  # Python re-bases the offsets, torch does not
+        ("comment", "no end record at its end"),
+        ("second end record", "more than one"),
+        ("count", "where its end record counts"),
+    ],
+)
+def test_legacy_zip_layouts_readers_may_see_differently_are_refused(
+    tmp_path: Path, change: str, message: str
+) -> None:
+    from peftsmoothing.model.tensorfile import read_legacy
+
+    file = tmp_path / "trainable.pt"
+    torch.save({"w": torch.ones(2)}, file)
+    raw = file.read_bytes()
+    if change == "prefix":
+        raw = bytes(64) + raw
+    elif change == "comment":
+        raw = raw[:-2] + b"\x04\x00note"
+    elif change == "second end record":
+        raw = raw[:-22] + raw[-22:-2] + b"\x16\x00" + raw[-22:]
+    else:  # one entry more than the central directory holds, in both end records
+        more = int.from_bytes(raw[-14:-12], "little") + 1
+        edited = bytearray(raw)
+        edited[-14:-10] = more.to_bytes(2, "little") * 2
+        edited[-98 + 24 : -98 + 40] = more.to_bytes(8, "little") * 2  # the zip64 end record
+        raw = bytes(edited)
+    file.write_bytes(raw)
+    with pytest.raises(ValueError, match=message):
+        read_legacy(file, {"w": torch.zeros(2)})
+
+
 def test_legacy_tensors_file_still_loads(tmp_path: Path) -> None:
     model = wrapped().eval()
     directory = model.save(tmp_path / "m")
@@ -423,6 +506,51 @@ def test_corrupt_files_give_one_line_errors(tmp_path: Path, damage: str) -> None
         with pytest.raises(ValueError, match="not valid JSON"):
             ps.load(directory)
 
+
+
+@pytest.mark.parametrize(
+    ("section", "value", "message"),
+    [
+        ("base", "x", "base must be a JSON object, got 'x'"),
+        ("base", None, "base must be a JSON object, got None"),
+        ("base", [1], r"base must be a JSON object, got \[1\]"),
+        ("spec", None, "spec must be a JSON object, got None"),
+        ("spec", {"num_classes": 10}, "spec.method is missing"),
+        ("spec", {"method": 5}, "spec.method must be a string, got 5"),
+        ("metadata", "x", "metadata must be a JSON object, got 'x'"),
+        ("tensors", [], r"tensors must be a JSON object, got \[\]"),
+        ("spec", {"method": "lora", "method_config": "x"}, "spec.method_config must be a JSON"),
+        ("base", {"recipe": "x"}, "base.recipe must be a JSON object"),
+    ],
+)
+def test_config_sections_of_the_wrong_shape_are_one_line_errors(
+    tmp_path: Path, section: str, value: Any, message: str
+) -> None:
+    """Each would otherwise end in an AttributeError or TypeError traceback (red-team #8)."""
+    directory = saved(tmp_path)
+    path = directory / "peftsmoothing.json"
+    config = json.loads(path.read_text())
+    config[section] = value
+    path.write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=rf"peftsmoothing\.json: {message}"):
+        ps.load(directory)
+    with pytest.raises(ValueError, match=rf"peftsmoothing\.json: {message}"):
+        ps.load(ps.create_model(RECIPE["name"], seed=0, **RECIPE["kwargs"]), directory)  # type: ignore[arg-type]
+
+
+def test_a_malformed_or_deep_config_is_a_one_line_cli_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    directory = saved(tmp_path)
+    path = directory / "peftsmoothing.json"
+    config = json.loads(path.read_text())
+    for text in (json.dumps({**config, "base": "x"}), "[" * 100_000 + "]" * 100_000):
+        path.write_text(text)
+        code = main(["certify", "--model", str(directory), "--root", str(tmp_path), "--sigma",
+                     "0.25", "--out", str(tmp_path / "log.tsv"), "--device", "cpu"])  # fmt: skip
+        err = capsys.readouterr().err
+        assert code == 1 and err.count("\n") == 1 and "Traceback" not in err, err
+        assert "base must be a JSON object" in err or "nested too deeply" in err
 
 # ------------------------------------------------------------------ no vote from a NaN logit
 class PartlyNaN(nn.Module):

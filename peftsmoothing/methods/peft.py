@@ -32,7 +32,7 @@ from torch import nn
 
 from ..backbones import recipes
 from .base import Method, MethodConfig, MethodContext, register_method
-from .peft_options import check_patterns, check_reviewed_options
+from .peft_options import check_patterns, check_reviewed_options, check_work
 
 __all__ = [
     "ADAPTER_CONFIG_FILE",
@@ -127,7 +127,8 @@ def config_from_dict(
     ``ALLOWED_CONFIGS``; keys that are not options of that class are dropped with a warning
     (as peft itself does for configs of newer versions). The values are checked as read from
     a file: numbers are bounded (``recipes.check_numbers``), module names and regular
-    expressions too (``peft_options.check_patterns``).
+    expressions too (``peft_options.check_patterns``), and so is the work each merge repeats
+    (``peft_options.check_work``).
 
     Args:
         values: The config's options.
@@ -173,6 +174,7 @@ def config_from_dict(
         raise ValueError(f"{source}: invalid {class_name}: {err}") from None
     config = _check_options(config, source)
     check_patterns(config, source)
+    check_work(config, source)
     return config
 
 
@@ -224,6 +226,8 @@ def read_adapter_config(directory: str | os.PathLike[str]) -> Any:
     path = _adapter_file(Path(directory), ADAPTER_CONFIG_FILE)
     try:
         values = json.loads(path.read_text())
+    except RecursionError:
+        raise ValueError(f"{path} is corrupt (nested too deeply)") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ValueError(f"{path} is corrupt (not valid JSON: {err})") from None
     return config_from_dict(values, None, str(path))
@@ -274,6 +278,7 @@ class PeftMethodConfig(MethodConfig):
             config = _check_options(self.config, "peft: config")
             try:  # your own config is trusted, but a saved copy is checked when loaded
                 check_patterns(config, "peft: config")
+                check_work(config, "peft: config")
             except ValueError as err:
                 # stack: __post_init__ <- __init__ <- from_kwargs <- wrap <- your code
                 warnings.warn(f"{err}; a saved copy of this model will not load", stacklevel=5)

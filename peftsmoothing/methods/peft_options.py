@@ -11,7 +11,8 @@ option must keep its default value, and a few reviewed options are limited to re
 Metadata (``peft_type``, ``peft_version``, ``base_model_name_or_path``, ...) is never used to
 fetch or build anything here (``inject_adapter_in_model`` is given our model) and may be anything.
 ``check_patterns`` bounds the module names and regular expressions of a config read from a file,
-so that matching them against the model's module names cannot take exponential time.
+so that matching them against the model's module names cannot take exponential time, and
+``check_work`` the options that set how much work each forward pass or merge does.
 
 Examples:
     >>> from peft import LoraConfig
@@ -30,8 +31,9 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["MAX_NAMES", "MAX_PATTERN_CHARS", "MAX_PATTERN_WORK", "METADATA", "REVIEWED",
-           "REVIEWED_VALUES", "check_patterns", "check_reviewed_options"]  # fmt: skip
+__all__ = ["MAX_NAMES", "MAX_PATTERN_CHARS", "MAX_PATTERN_WORK", "MAX_WORK", "METADATA",
+           "REVIEWED", "REVIEWED_VALUES", "check_patterns", "check_reviewed_options",
+           "check_work"]  # fmt: skip
 
 #: Options that only describe a config (no effect on what ``inject_adapter_in_model`` builds
 #: here); ``inference_mode`` is set to ``False`` by the method itself.
@@ -127,6 +129,41 @@ def check_reviewed_options(config: Any, source: str) -> None:
             raise ValueError(f"{source}: {name} option {option}={value!r} is not supported {_SEE}")
 
 
+#: The reviewed options that repeat work on every forward pass or merge, and the most a peft
+#: config read from a file may ask for: OFT's Cayley-Neumann series runs one batched matrix
+#: product per term and adapted layer (peft's default is 5 terms; beyond a few dozen the
+#: series gains nothing). The other reviewed options shape the adapter, whose size is bounded
+#: on the meta device, or are probabilities and flags.
+MAX_WORK: Mapping[str, int] = {"num_cayley_neumann_terms": 64}
+
+
+def check_work(config: Any, source: str) -> None:
+    """Refuse a peft config read from a file that repeats work beyond ``MAX_WORK``.
+
+    Args:
+        config: A peft config object.
+        source: Where the config came from, for messages.
+
+    Raises:
+        ValueError: Naming the option, its value and the bound.
+
+    Examples:
+        >>> from peft import OFTConfig
+        >>> check_work(OFTConfig(oft_block_size=8, num_cayley_neumann_terms=8), "f")
+        >>> check_work(OFTConfig(oft_block_size=8, num_cayley_neumann_terms=65536), "f")
+        Traceback (most recent call last):
+        ...
+        ValueError: f: num_cayley_neumann_terms=65536: refusing more than 64 (each one is a matrix product per adapted layer on every merge)
+    """  # noqa: E501
+    for option, most in MAX_WORK.items():
+        value = getattr(config, option, None)
+        if isinstance(value, int) and value > most:
+            raise ValueError(
+                f"{source}: {option}={value}: refusing more than {most} (each one is a matrix "
+                "product per adapted layer on every merge)"
+            )
+
+
 #: The longest module name or regular expression a peft config read from a file may give.
 MAX_PATTERN_CHARS = 256
 #: The most entries of a list of module names, of ``layers_to_transform`` / ``layers_pattern``,
@@ -178,6 +215,7 @@ def check_patterns(config: Any, source: str) -> None:
         ...
         ValueError: peft: target_modules='(.*.*)*X': refusing a repeated group (a nested quantifier); a saved peft config may repeat only single characters or classes
     """  # noqa: E501
+    _check_shapes(config, source)
     work = 0
     for option in (*_FULL_MATCH, *_TEMPLATES, "layers_to_transform"):
         value = getattr(config, option, None)
@@ -202,6 +240,38 @@ def check_patterns(config: Any, source: str) -> None:
         raise ValueError(
             f"{source}: refusing regular expressions that may backtrack {work:,} ways (at most "
             f"peftsmoothing.methods.peft_options.MAX_PATTERN_WORK = {MAX_PATTERN_WORK:,})"
+        )
+
+
+def _integer(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_shapes(config: Any, source: str) -> None:
+    """Refuse ``rank_pattern`` / ``alpha_pattern`` that are not objects of module name ->
+    rank (integer) / alpha (number), and ``layers_to_transform`` that is not an integer or a
+    list of them: peft would fail on them with a traceback."""
+    for option, what, test in (
+        ("rank_pattern", "integer", _integer),
+        ("alpha_pattern", "number", lambda v: _integer(v) or isinstance(v, float)),
+    ):
+        value = getattr(config, option, None)
+        if value is None:
+            continue
+        if not isinstance(value, Mapping) or not all(
+            isinstance(k, str) and test(v) for k, v in value.items()
+        ):
+            raise ValueError(
+                f"{source}: {option} must be a JSON object of module name -> {what}, got "
+                f"{value!r:.80}"
+            )
+    layers = getattr(config, "layers_to_transform", None)
+    if layers is not None and not (
+        _integer(layers) or (isinstance(layers, list) and all(map(_integer, layers)))
+    ):
+        raise ValueError(
+            f"{source}: layers_to_transform must be an integer or a list of integers, got "
+            f"{layers!r:.80}"
         )
 
 

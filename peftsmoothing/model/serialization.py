@@ -122,8 +122,8 @@ def write_model(
 
     Examples:
         >>> import tempfile, torch
-        >>> base = {"fingerprint": "0" * 64}
-        >>> out = write_model(tempfile.mkdtemp(), spec={}, base=base, tensors={"w": torch.ones(2)})
+        >>> base, spec, w = {"fingerprint": "0" * 64}, {"method": "lora"}, torch.ones(2)
+        >>> out = write_model(tempfile.mkdtemp(), spec=spec, base=base, tensors={"w": w})
         >>> read_config(out)["tensors"]
         {'w': [2]}
 
@@ -183,6 +183,8 @@ def read_config(path: str | os.PathLike[str]) -> dict[str, Any]:
         )
     try:
         config = json.loads(cfg_path.read_text())
+    except RecursionError:
+        raise ValueError(f"{cfg_path} is corrupt (not valid JSON: nested too deeply)") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ValueError(f"{cfg_path} is corrupt (not valid JSON: {err})") from None
     if not isinstance(config, dict) or config.get("format") != FORMAT:
@@ -195,12 +197,38 @@ def read_config(path: str | os.PathLike[str]) -> dict[str, Any]:
             f"{cfg_path} was written by a newer peftsmoothing "
             f"({config.get('peftsmoothing_version')}); upgrade to load it"
         )
-    spec = config.get("spec")
-    check_numbers(spec, f"{cfg_path}: spec")  # classes, input size, method options: bounded
-    side = spec.get("input_size") if isinstance(spec, dict) else None
+    _check_sections(config, cfg_path)
+    spec = config["spec"]
+    try:
+        check_numbers(spec, f"{cfg_path}: spec")  # classes, input size, method options: bounded
+    except RecursionError:
+        raise ValueError(f"{cfg_path}: spec is nested too deeply") from None
+    side = spec.get("input_size")
     if side is not None:
         check_numbers(side, f"{cfg_path}: spec.input_size", limit=MAX_INPUT_SIDE)
     return config
+
+
+def _check_sections(config: Mapping[str, Any], path: Path) -> None:
+    """Refuse a config whose sections are not JSON objects, or that lacks ``spec``, ``base``
+    or ``spec.method``: one line naming the file and the section, not a traceback later."""
+    for name in ("spec", "base"):
+        if name not in config:
+            raise ValueError(f"{path}: {name} is missing")
+    for name in ("spec", "base", "tensors", "metadata"):
+        if name in config and not isinstance(config[name], dict):
+            raise ValueError(f"{path}: {name} must be a JSON object, got {config[name]!r:.60}")
+    for section, key in (("spec", "method_config"), ("base", "recipe"), ("metadata", "base_model")):
+        value = config.get(section, {}).get(key)
+        if value is not None and not isinstance(value, dict):
+            raise ValueError(
+                f"{path}: {section}.{key} must be a JSON object or null, got {value!r:.60}"
+            )
+    method = config["spec"].get("method")
+    if method is None:
+        raise ValueError(f"{path}: spec.method is missing")
+    if not isinstance(method, str):
+        raise ValueError(f"{path}: spec.method must be a string, got {method!r:.60}")
 
 
 def read_tensors(

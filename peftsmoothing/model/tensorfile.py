@@ -8,14 +8,16 @@ allocate more than those tensors take. Release 0.1 wrote ``LEGACY_TENSORS_FILE``
 (``trainable.pt``, a ``torch.save`` zip); it is still read, with ``weights_only=True``, once its
 zip directory shows that it unpacks to no more than the trained tensors take: ``torch.load``
 allocates each storage whole, so a small file could otherwise hold a correctly shaped view into
-a storage of gigabytes. Used by ``serialization`` (saved models) and ``training`` (checkpoints
-of plain modules).
+a storage of gigabytes. That zip directory is parsed here, as torch's reader (miniz) finds it,
+and a layout that another zip reader could see differently is refused. Used by
+``serialization`` (saved models) and ``training`` (checkpoints of plain modules).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import struct
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -170,8 +172,9 @@ def read_legacy(file: Path, expected: Mapping[str, torch.Tensor]) -> dict[str, t
 
     The file's size and its zip directory (uncompressed, as ``torch.save`` writes it) must
     show at most the bytes of ``expected``'s tensors plus their records before
-    ``torch.load(weights_only=True)`` reads it. Which tensors it holds is checked by the
-    caller (``serialization.check_tensors_fit``).
+    ``torch.load(weights_only=True)`` reads it. The directory is the one torch reads, and
+    must be the only one any zip reader can find (``_zip_records``). Which tensors it holds is
+    checked by the caller (``serialization.check_tensors_fit``).
 
     Args:
         file: The file.
@@ -182,7 +185,8 @@ def read_legacy(file: Path, expected: Mapping[str, torch.Tensor]) -> dict[str, t
 
     Raises:
         ValueError: One line naming the file: larger than the tensors take, compressed
-            records, not a zip, corrupt, or not a dict of named tensors.
+            records, not a zip, an ambiguous zip directory, corrupt, or not a dict of named
+            tensors.
 
     Examples:
         >>> import tempfile, torch
@@ -203,18 +207,14 @@ def read_legacy(file: Path, expected: Mapping[str, torch.Tensor]) -> dict[str, t
             f"{file} holds {size:,} bytes, more than the trained tensors take ({data:,} bytes "
             "and their records): refused"
         )
-    try:
-        with zipfile.ZipFile(file) as archive:
-            records = archive.infolist()
-    except (zipfile.BadZipFile, OSError, ValueError) as err:
-        raise ValueError(f"{file} is corrupt or truncated (not a zip: {err})") from None
-    unpacked = sum(r.file_size for r in records)
+    records = _zip_records(file)
+    unpacked = sum(size for _, _, _, size, _ in records)
     if unpacked > limit:
         raise ValueError(
             f"{file} unpacks to {unpacked:,} bytes, more than the trained tensors take "
             f"({data:,} bytes and their records): refused"
         )
-    if any(r.compress_type != zipfile.ZIP_STORED for r in records):
+    if any(method != 0 or packed != size for _, method, packed, size, _ in records):
         raise ValueError(f"{file} holds compressed records, which torch.save never writes: refused")
     try:
         tensors = torch.load(file, map_location="cpu", weights_only=True)
@@ -225,3 +225,131 @@ def read_legacy(file: Path, expected: Mapping[str, torch.Tensor]) -> dict[str, t
     ):
         raise ValueError(f"{file} does not hold a dict of named tensors")
     return tensors
+
+
+#: A zip's end record, zip64 end record and locator, central directory entry and local record.
+_END, _END64, _LOCATOR = b"PK\x05\x06", b"PK\x06\x06", b"PK\x06\x07"
+_ENTRY, _LOCAL = b"PK\x01\x02", b"PK\x03\x04"
+_END_SIZE, _END64_SIZE, _LOCATOR_SIZE, _ENTRY_SIZE, _LOCAL_SIZE = 22, 56, 20, 46, 30
+#: How far back from a zip's end its readers look for the end record (a comment of 64 KiB).
+_TAIL = 0xFFFF + _END_SIZE
+#: (name, method, compressed size, size, offset of the local header) of one zip record.
+_Record = tuple[bytes, int, int, int, int]
+
+
+def _zip_records(file: Path) -> list[_Record]:
+    """The records of ``file``'s zip directory, as torch's reader (miniz) finds them.
+
+    Zip readers differ in where they look: Python's ``zipfile`` re-bases a directory that
+    does not sit right before the end record, and ignores the zip64 locator's offset, while
+    miniz follows both offsets. So the file must have the one layout they agree on, as
+    ``torch.save`` writes it: one end record, at the very end (no comment); the zip64 end
+    record, if any, right before its locator; the central directory right before those,
+    after every local record, holding exactly the entries the end record counts, at the
+    offsets Python's ``zipfile`` sees too. Anything else is refused as ambiguous.
+
+    Raises:
+        ValueError: One line naming the file and what is wrong with its zip directory.
+
+    Examples:
+        >>> import tempfile, torch
+        >>> f = Path(tempfile.mkdtemp()) / LEGACY_TENSORS_FILE
+        >>> torch.save({"w": torch.ones(2)}, f)
+        >>> _zip_records(f)[0][0]
+        b'trainable/data.pkl'
+        >>> _ = f.write_bytes(f.read_bytes() + b"trailing")
+        >>> _zip_records(f)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: ...: not a zip, or an ambiguous zip directory (no end record at its end...
+    """
+    size = file.stat().st_size
+    with file.open("rb") as f:
+
+        def read(offset: int, length: int) -> bytes:
+            f.seek(max(offset, 0))
+            raw = f.read(length)
+            if offset < 0 or len(raw) != length:
+                raise ValueError(f"{file}: its zip directory points outside the file: refused")
+            return raw
+
+        end = size - _END_SIZE
+        tail = read(max(0, size - _TAIL), min(size, _TAIL))
+        at_end = tail.rfind(_END) == len(tail) - _END_SIZE and tail[-2:] == b"\0\0"  # no comment
+        if end < 0 or tail.count(_END) != 1 or not at_end:
+            raise ValueError(
+                f"{file}: not a zip, or an ambiguous zip directory (no end record at its end, "
+                "or more than one): refused"
+            )
+        # (this disk, the directory's disk, entries here, entries, directory size, offset)
+        fields = struct.unpack("<4HLL", tail[-18:-2])
+        directory_end = end
+        if end >= _END64_SIZE + _LOCATOR_SIZE and read(end - _LOCATOR_SIZE, 4) == _LOCATOR:
+            directory_end = end - _LOCATOR_SIZE - _END64_SIZE
+            _, _, located, disks = struct.unpack("<4sLQL", read(end - _LOCATOR_SIZE, 20))
+            sig, length, _, _, *fields64 = struct.unpack(
+                "<4sQ2H2L4Q", read(directory_end, _END64_SIZE)
+            )
+            unset = (0xFFFF,) * 4 + (0xFFFFFFFF,) * 2
+            if (sig, length, located, disks) != (_END64, 44, directory_end, 1) or not all(
+                value in (value64, top)
+                for value, value64, top in zip(fields, fields64, unset, strict=True)
+            ):
+                raise ValueError(
+                    f"{file}: an ambiguous zip directory (a zip64 end record that is not right "
+                    "before its locator, or disagrees with the end record): refused"
+                )
+            fields = tuple(fields64)
+        disk, start_disk, here, count, dir_size, dir_offset = fields
+        if (disk, start_disk, here) != (0, 0, count) or dir_offset + dir_size != directory_end:
+            raise ValueError(
+                f"{file}: an ambiguous zip directory (its central directory does not end where "
+                "its end record begins): refused"
+            )
+        records = _central_directory(file, read(dir_offset, dir_size), count)
+        for name, _, packed, _, offset in records:
+            local = read(offset, _LOCAL_SIZE)
+            name_length, extra_length = struct.unpack("<HH", local[26:30])
+            if local[:4] != _LOCAL or (
+                offset + _LOCAL_SIZE + name_length + extra_length + packed > dir_offset
+            ):
+                raise ValueError(
+                    f"{file}: an ambiguous zip directory (record {name!r} is not a local record "
+                    "before the central directory): refused"
+                )
+    try:
+        with zipfile.ZipFile(file) as archive:
+            seen = [r.header_offset for r in archive.infolist()]
+    except (zipfile.BadZipFile, OSError, ValueError) as err:
+        raise ValueError(f"{file} is corrupt or truncated (not a zip: {err})") from None
+    if seen != [offset for _, _, _, _, offset in records]:
+        raise ValueError(
+            f"{file}: an ambiguous zip directory (Python's zip reader sees other records): refused"
+        )
+    return records
+
+
+def _central_directory(file: Path, raw: bytes, count: int) -> list[_Record]:
+    """The ``count`` entries of central directory ``raw``, which they must fill exactly."""
+    records: list[_Record] = []
+    at = 0
+    while at < len(raw) and len(records) <= count:
+        entry = raw[at : at + _ENTRY_SIZE].ljust(_ENTRY_SIZE, b"\0")
+        sig, method, packed, size = entry[:4], *struct.unpack("<H8xLL", entry[10:28])
+        name_length, extra_length, comment_length = struct.unpack("<3H", entry[28:34])
+        (offset,) = struct.unpack("<L", entry[42:46])
+        name = raw[at + _ENTRY_SIZE : at + _ENTRY_SIZE + name_length]
+        at += _ENTRY_SIZE + name_length + extra_length + comment_length
+        if sig != _ENTRY or at > len(raw) or 0xFFFFFFFF in (packed, size, offset):
+            raise ValueError(
+                f"{file}: a corrupt zip directory (entry {len(records)} is truncated, or a "
+                "zip64 entry, which a file of trained tensors never needs): refused"
+            )
+        records.append((name, method, packed, size, offset))
+    names = [r[0] for r in records]
+    if len(records) != count or at != len(raw) or len(set(names)) != len(names):
+        raise ValueError(
+            f"{file}: an ambiguous zip directory ({len(records)} entries, or repeated names, "
+            f"where its end record counts {count}): refused"
+        )
+    return records

@@ -24,7 +24,14 @@ from typing import Any
 import numpy as np
 
 from ..core.stats import ABSTAIN
-from .certlog import LogRow, check_same_settings, parse_log, read_settings, validate_rows
+from .certlog import (
+    LogRow,
+    check_same_settings,
+    parse_log,
+    read_log,
+    read_settings,
+    validate_rows,
+)
 from .confidence import certified_accuracy_bound
 from .paired import PairedDifference, paired_difference
 from .plots import default_max_radius, plot_certified_accuracy
@@ -120,8 +127,9 @@ class CertificationReport:
 
         Raises:
             FileNotFoundError: If ``path`` does not exist.
-            ValueError: If the file is not a certification log, is corrupted, or holds an
-                impossible row.
+            ValueError: If the file is not a certification log, is not a regular file (a
+                link to a device, a FIFO) or larger than 2 GiB (``certlog.MAX_LOG_BYTES``), is
+                corrupted, or holds an impossible row.
 
         Examples:
             >>> import os, tempfile
@@ -135,7 +143,7 @@ class CertificationReport:
             ('certify', 1, 0.5)
         """
         p = Path(path)
-        data = p.read_bytes()
+        data = read_log(p)
         rows, valid = parse_log(data, str(p))
         if valid < len(data):
             warnings.warn(

@@ -8,6 +8,9 @@ name, an ACR, certified radii and a [`curve`][peftsmoothing.CertificationReport.
 from __future__ import annotations
 
 import os
+import re
+import struct
+import zlib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Final, Protocol
@@ -141,6 +144,9 @@ def is_own_plot(path: str | os.PathLike[str]) -> bool:
     """Whether ``path`` is a plot ``plot_certified_accuracy`` wrote (PNG, PDF, SVG, PS, EPS:
     the formats that record ``PLOT_CREATOR``).
 
+    Only the metadata entry itself counts, where matplotlib writes it (``plot_creator``): the
+    marker's text anywhere else (a caption, a comment, an image's pixels) does not.
+
     Examples:
         >>> import pathlib, tempfile
         >>> p = pathlib.Path(tempfile.mkdtemp()) / "photo.png"
@@ -153,4 +159,77 @@ def is_own_plot(path: str | os.PathLike[str]) -> bool:
             data = f.read(_MAX_PLOT_BYTES + 1)
     except OSError:
         return False
-    return len(data) <= _MAX_PLOT_BYTES and PLOT_CREATOR.encode() in data
+    return len(data) <= _MAX_PLOT_BYTES and plot_creator(data) == PLOT_CREATOR
+
+
+_PNG: Final[bytes] = b"\x89PNG\r\n\x1a\n"
+_PDF_INFO: Final = re.compile(rb"trailer\s*<<[^>]*?/Info\s+(\d+)\s+(\d+)\s+R")
+_PDF_CREATOR: Final = re.compile(rb"/Creator\s*\(((?:[^()\\]|\\.)*)\)")
+_SVG: Final = re.compile(
+    rb"\A\s*(?:<\?xml[^>]*>\s*)?(?:<!DOCTYPE[^>]*>\s*)?<svg\b[^>]*>\s*<metadata>\s*"
+    rb"<rdf:RDF\b[^>]*>\s*<cc:Work>(.*?)</cc:Work>",
+    re.DOTALL,
+)
+_SVG_CREATOR: Final = re.compile(rb"<dc:creator>\s*<cc:Agent>\s*<dc:title>([^<]*)</dc:title>")
+
+
+def plot_creator(data: bytes) -> str | None:
+    """The creator a plot file records, where matplotlib writes it; ``None`` if there is none.
+
+    PNG: a ``tEXt`` or ``iTXt`` chunk with the key ``Software`` (found by walking the
+    chunks); PDF: ``/Creator`` of the trailer's ``/Info`` dictionary; SVG: the
+    ``<dc:creator>`` of the ``<metadata>`` element that opens the ``<svg>``; PS and EPS: the
+    ``%%Creator:`` line of the header comments.
+
+    Examples:
+        >>> plot_creator(b"%!PS-Adobe-3.0\\n%%Creator: me\\n%%EndComments\\n")
+        'me'
+        >>> plot_creator(b"%!PS-Adobe-3.0\\n%%EndComments\\n%%Creator: me\\n") is None
+        True
+    """
+    if data.startswith(_PNG):
+        return _png_text(data, b"Software")
+    if data.startswith(b"%PDF-"):
+        trailers = _PDF_INFO.findall(data)
+        if not trailers:
+            return None
+        number, generation = trailers[-1]  # the last trailer: that of the latest update
+        start = re.compile(rb"(?:^|[\r\n])" + number + rb"\s+" + generation + rb"\s+obj\s*<<")
+        objects = list(start.finditer(data))
+        end = data.find(b">>", objects[-1].end()) if objects else -1
+        creator = _PDF_CREATOR.search(data, objects[-1].end(), end) if end >= 0 else None
+        return creator[1].decode("latin-1") if creator else None
+    if data.startswith(b"%!PS-Adobe"):
+        for line in data[: 64 * 1024].splitlines()[1:]:  # the header comments come first
+            if not line.startswith(b"%%") or line.startswith(b"%%EndComments"):
+                return None
+            if line.startswith(b"%%Creator:"):
+                return line[len(b"%%Creator:") :].strip().decode("latin-1")
+        return None
+    work = _SVG.match(data)
+    creator = _SVG_CREATOR.search(work[1]) if work else None
+    return creator[1].decode("utf-8", "replace") if creator else None
+
+
+def _png_text(data: bytes, key: bytes) -> str | None:
+    """The text of the first ``tEXt`` / ``iTXt`` chunk named ``key`` of a PNG file."""
+    at = len(_PNG)
+    while at + 8 <= len(data):
+        length, kind = struct.unpack(">I4s", data[at : at + 8])
+        body = data[at + 8 : at + 8 + length]
+        at += 12 + length  # length, type, data, CRC
+        if len(body) != length or kind == b"IEND":
+            return None
+        name, _, text = body.partition(b"\0")
+        if name != key:
+            continue
+        if kind == b"tEXt":
+            return text.decode("latin-1")
+        if kind == b"iTXt":  # compressed flag, method, language, translated key, text
+            compressed, rest = text[:1], text[2:]
+            value = rest.split(b"\0", 2)[-1]
+            try:
+                return (zlib.decompress(value) if compressed == b"\1" else value).decode()
+            except (zlib.error, UnicodeDecodeError):
+                return None
+    return None

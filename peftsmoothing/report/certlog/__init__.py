@@ -22,13 +22,23 @@ Changing a layout is a versioned change, not a refactoring.
 
 from .resume import OpenLog, check_identity, open_log
 from .resume import lock_log as lock_log  # tests stand in for another process with it
-from .rows import COHEN_COLUMNS, LOG_COLUMNS, LOG_COLUMNS_V1, LogRow, parse_log, validate_rows
+from .rows import (
+    COHEN_COLUMNS,
+    LOG_COLUMNS,
+    LOG_COLUMNS_V1,
+    MAX_LOG_BYTES,
+    LogRow,
+    parse_log,
+    read_log,
+    validate_rows,
+)
 from .settings import (
     FORMAT_VERSION,
     LOG_FORMATS,
     MODES,
     SETTINGS_FORMAT,
     check_same_settings,
+    check_settings,
     log_settings,
     read_settings,
     settings_diff,
@@ -41,15 +51,18 @@ __all__ = [
     "LOG_COLUMNS",
     "LOG_COLUMNS_V1",
     "LOG_FORMATS",
+    "MAX_LOG_BYTES",
     "MODES",
     "SETTINGS_FORMAT",
     "LogRow",
     "OpenLog",
     "check_identity",
     "check_same_settings",
+    "check_settings",
     "log_settings",
     "open_log",
     "parse_log",
+    "read_log",
     "read_settings",
     "settings_diff",
     "settings_path",

@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from ...core.files import atomic_write, clean_stale_temporaries, fsync_dir
-from .rows import HEADERS, LogRow, parse_rows
+from .rows import HEADERS, MAX_LOG_BYTES, LogRow, check_log_file, parse_rows
 from .settings import (
     FORMAT_VERSION,
+    MAX_SETTINGS_BYTES,
     SETTINGS_FORMAT,
     V1_KEYS,
     read_settings,
@@ -33,19 +34,39 @@ def lock_log(path: Path) -> BinaryIO:
 
     Raises:
         RuntimeError: If another process holds the lock.
+        ValueError: If the log is not a regular file, or too large (``check_log_file``).
 
     Examples:
         >>> import tempfile
         >>> handle = lock_log(Path(tempfile.mkdtemp()) / "log.tsv")
         >>> handle.close()
     """
+    return _lock(path)[0]
+
+
+def _lock(path: Path) -> tuple[BinaryIO, Path, bool]:
+    """``lock_log``'s handle, the resolved path it opened, and whether this call created
+    that file (``O_EXCL``: told by the kernel, not guessed from the path as given)."""
     real = Path(os.path.realpath(path))
     real.parent.mkdir(parents=True, exist_ok=True)
-    handle = open(real, "a+b")  # noqa: SIM115
+    if os.path.lexists(real):  # never open a device, a FIFO or a folder
+        check_log_file(path, os.stat(real))
+    try:
+        descriptor = os.open(real, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_EXCL, 0o666)
+        created = True
+    except FileExistsError:
+        descriptor = os.open(real, os.O_RDWR | os.O_APPEND)
+        created = False
+    handle = os.fdopen(descriptor, "a+b")
+    try:
+        check_log_file(path, os.fstat(handle.fileno()))  # what was opened
+    except ValueError:
+        handle.close()
+        raise
     try:
         import fcntl
     except ImportError:  # pragma: no cover - Windows
-        return handle
+        return handle, real, created
     try:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -54,7 +75,7 @@ def lock_log(path: Path) -> BinaryIO:
             f"another process is certifying into {path}; give each process its own log "
             "(e.g. shard=(i, k) with one log per shard)"
         ) from None
-    return handle
+    return handle, real, created
 
 
 @dataclass
@@ -103,14 +124,15 @@ def open_log(
         ValueError: For other settings, a missing settings file, or a corrupted log.
         RuntimeError: If another process holds the log.
     """
-    existed = os.path.exists(path)
-    handle = lock_log(Path(path))
+    handle, real, created = _lock(Path(path))
     try:
         return _open_locked(Path(path), handle, settings, resume, stacklevel + 1)
     except BaseException:
-        if not existed and os.fstat(handle.fileno()).st_size == 0:
-            with contextlib.suppress(OSError):  # the empty log this call created: not left
-                os.unlink(os.path.realpath(path))
+        opened = os.fstat(handle.fileno())
+        with contextlib.suppress(OSError):  # the empty log this call created: not left
+            now = os.stat(real)
+            if created and opened.st_size == 0 and os.path.samestat(now, opened):
+                os.unlink(real)
         handle.close()
         raise
 
@@ -122,7 +144,7 @@ def _open_locked(
     meta_path = settings_path(real)
     clean_stale_temporaries(real.parent, [meta_path.name])  # settings half-written by kills
     handle.seek(0)
-    data = handle.read()
+    data = handle.read(MAX_LOG_BYTES)
     if data and not resume:
         raise FileExistsError(
             f"{path} exists; pass resume=True to continue it, or choose another log"
@@ -195,8 +217,9 @@ def _check_replaceable(meta_path: Path) -> None:
     if not os.path.lexists(meta_path):
         return
     value = None
-    if meta_path.is_file() and not meta_path.is_symlink():
-        with contextlib.suppress(OSError, ValueError, UnicodeDecodeError):
+    small = meta_path.is_file() and meta_path.stat().st_size <= MAX_SETTINGS_BYTES  # else: theirs
+    if small and not meta_path.is_symlink():
+        with contextlib.suppress(OSError, ValueError, UnicodeDecodeError, RecursionError):
             value = json.loads(meta_path.read_bytes())
     if not isinstance(value, dict) or value.get("format") != SETTINGS_FORMAT:
         raise FileExistsError(

@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import datetime
 import math
+import os
 import re
+import stat
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, Final
 
 from ...core.stats import ABSTAIN, certified_radius, clopper_pearson_lower
+from .settings import check_settings
 
 LOG_COLUMNS: Final[tuple[str, ...]] = (
     "idx", "label", "predict", "radius", "correct", "pa_lower", "count", "n", "seconds",
@@ -30,6 +33,9 @@ _LAYOUTS: Final[dict[str, tuple[str, ...]]] = {
     "v2": LOG_COLUMNS, "v1": LOG_COLUMNS_V1, "cohen": COHEN_COLUMNS,
 }  # fmt: skip
 HEADERS: Final[dict[str, bytes]] = {k: ("\t".join(v) + "\n").encode() for k, v in _LAYOUTS.items()}
+MAX_LOG_BYTES: Final[int] = 2 * 2**30
+"""The largest log that is read (2 GiB, some 20 million rows); a larger one is refused unread."""
+
 _SHA_RE: Final = re.compile(r"[0-9a-f]{16}")
 _INT64_MAX: Final[int] = 2**63 - 1  # reports hold the integer columns as int64
 _TIMEDELTA_RE: Final = re.compile(r"(?:(-?\d+) days?, )?(\d+):(\d\d):(\d\d(?:\.\d+)?)")
@@ -155,6 +161,55 @@ class LogRow:
             raise ValueError("alpha out of range")
 
 
+def check_log_file(path: str | os.PathLike[str], status: os.stat_result) -> None:
+    """Refuse a log that is not a regular file (``status``: its ``stat``, links followed), or
+    that is larger than ``MAX_LOG_BYTES``: a link to ``/dev/zero`` would be read without end,
+    a FIFO would block.
+
+    Raises:
+        ValueError: One line naming the file and what it is.
+
+    Examples:
+        >>> import os
+        >>> check_log_file("/dev/null", os.stat("/dev/null"))
+        Traceback (most recent call last):
+        ...
+        ValueError: /dev/null is not a regular file (a device): a certification log is one
+    """
+    if not stat.S_ISREG(status.st_mode):
+        kinds = {stat.S_ISDIR: "a folder", stat.S_ISFIFO: "a FIFO", stat.S_ISSOCK: "a socket"}
+        kind = next((k for test, k in kinds.items() if test(status.st_mode)), "a device")
+        raise ValueError(f"{path} is not a regular file ({kind}): a certification log is one")
+    if status.st_size > MAX_LOG_BYTES:
+        raise ValueError(
+            f"{path} is larger than 2 GiB ({status.st_size:,} bytes), more than a certification "
+            "log holds (peftsmoothing.report.certlog.MAX_LOG_BYTES): refused"
+        )
+
+
+def read_log(path: str | os.PathLike[str]) -> bytes:
+    """The bytes of a log, read only once it shows to be a regular file of at most
+    ``MAX_LOG_BYTES`` (``check_log_file``; checked before it is opened, and on what was
+    opened).
+
+    Raises:
+        FileNotFoundError: If ``path`` does not exist.
+        ValueError: One line naming the file: not a regular file, or too large.
+
+    Examples:
+        >>> import os, tempfile
+        >>> path = os.path.join(tempfile.mkdtemp(), "log.tsv")
+        >>> _ = open(path, "wb").write(HEADERS["v2"])
+        >>> read_log(path) == HEADERS["v2"]
+        True
+    """
+    check_log_file(path, os.stat(path))
+    descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    with os.fdopen(descriptor, "rb") as file:
+        check_log_file(path, os.fstat(descriptor))  # what was opened, if it changed meanwhile
+        return file.read(MAX_LOG_BYTES)  # a log that grows meanwhile: its new last line is torn
+
+
 def parse_rows(data: bytes, name: str) -> tuple[str | None, list[LogRow], int]:
     """``(layout, rows, valid_length)`` of a log's bytes (layout ``None``: empty or torn
     header); see ``parse_log``.
@@ -236,8 +291,10 @@ def validate_rows(
     radius 0; with ``sigma`` known, ``radius <= sigma * Phi^-1(pa_lower)`` (relative tolerance
     1e-9); ``pa_lower`` is the Clopper-Pearson bound of ``count`` in ``n`` at the row's
     ``alpha`` (relative tolerance 1e-9) and a prediction has ``pa_lower >= 0.5`` (CERTIFY
-    abstains below). With the log's ``settings``: sigma comes from them, labels and
-    predictions lie below ``num_classes``, and each row's ``(n, alpha)`` is one the settings
+    abstains below). With the log's ``settings`` (their entries of their types,
+    ``check_settings``): sigma comes from them, labels and predictions lie below
+    ``num_classes``, indices below the dataset's ``size``, and each row's ``(n, alpha)`` is one
+    the settings
     allow (fixed mode: their ``n`` and ``alpha``; sequential modes: one look's sample count and
     alpha). Rows that do not record alpha (format 1) are checked at the settings' alpha for
     their ``n``; rows of Cohen et al.'s layout (no counts) by the first two rules and, with
@@ -260,12 +317,18 @@ def validate_rows(
         ValueError: v1.tsv, line 2: pa_lower 1.0 is not the Clopper-Pearson bound of count 10 ...
     """
     settings = settings or {}
+    check_settings(settings, f"{name}'s settings")
     if sigma is None and isinstance(settings.get("sigma"), (int, float)):
         sigma = float(settings["sigma"])
     classes = settings.get("num_classes")
+    size = (settings.get("dataset") or {}).get("size")
     allowed = _allowed_looks(settings)
     for number, row in enumerate(rows, start=2):
         where = f"{name}, line {number}"
+        if isinstance(size, int) and row.idx >= size:
+            raise ValueError(
+                f"{where}: idx {row.idx} is outside the {size} images of the settings' dataset"
+            )
         if isinstance(classes, int) and not (
             0 <= row.label < classes and -1 <= row.predict < classes
         ):

@@ -6,8 +6,9 @@ See ``peftsmoothing.report.certlog`` for the format as a whole.
 from __future__ import annotations
 
 import json
+import math
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -26,6 +27,12 @@ SETTINGS_FORMAT: Final[str] = "peftsmoothing-certify-log"
 V1_KEYS: Final[tuple[str, ...]] = (
     "sigma", "n0", "n", "alpha", "seed", "num_classes", "precision", "model_sha256",
 )  # fmt: skip
+
+MAX_SETTINGS_BYTES: Final[int] = 2**20
+"""The largest settings file that is read (1 MiB; ours take a few hundred bytes)."""
+
+MAX_DEPTH: Final[int] = 8
+"""The deepest nesting of JSON objects and lists a settings file may have (ours: 3)."""
 
 
 def log_settings(
@@ -134,19 +141,153 @@ def settings_path(log: str | os.PathLike[str]) -> Path:
 def read_settings(log: str | os.PathLike[str]) -> dict[str, Any] | None:
     """The settings of a log (``settings_path``), or ``None`` when it has no settings file.
 
+    The file must be a JSON object of our format, at most ``MAX_SETTINGS_BYTES`` long, with
+    every entry ``log_settings`` writes (format 1: ``V1_KEYS``) of its type
+    (``check_settings``): a string that reads like a number would switch the row checks off.
+
     Raises:
-        ValueError: If the file is not a JSON object of our format.
+        ValueError: One line naming the file, and the key when one is wrong.
+
+    Examples:
+        >>> import tempfile
+        >>> log = Path(tempfile.mkdtemp()) / "log.tsv"
+        >>> read_settings(log) is None
+        True
+        >>> _ = settings_path(log).write_text('{"format": "%s", "sigma": "0.5"}' % SETTINGS_FORMAT)
+        >>> read_settings(log)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: .../log.tsv.json: sigma must be a finite number above 0, got '0.5'
     """
     path = settings_path(log)
     if not path.is_file():
         return None
+    if path.stat().st_size > MAX_SETTINGS_BYTES:
+        raise ValueError(f"{path} is larger than a log's settings file may be (1 MiB): refused")
     try:
         value = json.loads(path.read_bytes())
+    except RecursionError:
+        raise ValueError(f"{path} is not valid JSON (nested too deeply)") from None
     except (ValueError, UnicodeDecodeError) as err:
         raise ValueError(f"{path} is not valid JSON ({err})") from None
     if not isinstance(value, dict) or value.get("format") != SETTINGS_FORMAT:
         raise ValueError(f"{path} is not the settings file of a certification log")
+    check_settings(value, str(path), complete=True)
     return value
+
+
+def _integer(value: Any) -> bool:
+    return type(value) is int  # JSON's integers: not a bool, not 1000.0
+
+
+def _count(value: Any) -> bool:
+    return _integer(value) and value >= 1
+
+
+def _size(value: Any) -> bool:
+    return value is None or (_integer(value) and value >= 0)
+
+
+def _real(value: Any) -> bool:
+    return type(value) in (int, float) and math.isfinite(value)
+
+
+def _optional_real(value: Any) -> bool:
+    return value is None or _real(value)
+
+
+def _level(value: Any) -> bool:
+    return _real(value) and 0 < value < 1
+
+
+def _counts(value: Any) -> bool:
+    return isinstance(value, list) and all(map(_count, value))
+
+
+def _levels(value: Any) -> bool:
+    return isinstance(value, list) and all(map(_level, value))
+
+
+def _one_of(names: Sequence[str]) -> tuple[str, Callable[[Any], bool]]:
+    return f"one of {', '.join(names)}", lambda v: isinstance(v, str) and v in names
+
+
+#: Each entry of a log's settings: what it must be, and the test of it.
+_TYPES: Final[dict[str, tuple[str, Callable[[Any], bool]]]] = {
+    "format_version": ("an integer", _integer),
+    "mode": _one_of(MODES),
+    "columns": _one_of(LOG_FORMATS),
+    "sigma": ("a finite number above 0", lambda v: _real(v) and v > 0),
+    "n0": ("an integer of at least 1", _count),
+    "n": ("an integer of at least 1", _count),
+    "alpha": ("a number in (0, 1)", _level),
+    "seed": ("an integer", _integer),
+    "num_classes": ("an integer of at least 1", _count),
+    "precision": ("a string", lambda v: isinstance(v, str)),
+    "model_sha256": ("a string", lambda v: isinstance(v, str)),
+    "dataset": ("a JSON object", lambda v: isinstance(v, dict)),
+    "dataset.size": ("an integer of at least 0, or null", _size),
+    "sequential": ("a JSON object, or null", lambda v: v is None or isinstance(v, dict)),
+    "sequential.n_max": ("an integer of at least 1", _count),
+    "sequential.looks": ("a list of integers of at least 1", _counts),
+    "sequential.look_alphas": ("a list of numbers in (0, 1)", _levels),
+    "sequential.radius": ("a finite number, or null", _optional_real),
+    "sequential.beta": ("a finite number, or null", _optional_real),
+    "sequential.max_radius": ("a finite number, or null", _optional_real),
+    "sequential.tolerance": ("a finite number, or null", _optional_real),
+}  # fmt: skip
+
+
+def check_settings(settings: Mapping[str, Any], where: str, complete: bool = False) -> None:
+    """Refuse settings whose entries are not of their types (``_TYPES``), or nested deeper
+    than ``MAX_DEPTH``; ``complete``: also those that lack an entry ``log_settings`` writes
+    (format 1: one of ``V1_KEYS``).
+
+    Args:
+        settings: The settings, as read from a file (or given by a caller).
+        where: The file, for messages.
+        complete: Require every entry (settings read from a file).
+
+    Raises:
+        ValueError: One line naming ``where`` and the first wrong or missing key.
+
+    Examples:
+        >>> check_settings({"n": 100, "sigma": 0.5}, "log.tsv.json")
+        >>> check_settings({"n": 1000.0}, "log.tsv.json")
+        Traceback (most recent call last):
+        ...
+        ValueError: log.tsv.json: n must be an integer of at least 1, got 1000.0
+    """
+    _check_depth(settings, where)
+    required = list(V1_KEYS)
+    if "format_version" in settings:
+        required += ["mode", "columns", "dataset"]
+        if settings.get("mode", "fixed") != "fixed":
+            required += ["sequential", "sequential.looks", "sequential.look_alphas"]
+    for key, (what, test) in _TYPES.items():
+        parent, _, child = key.rpartition(".")
+        node = settings.get(parent) if parent else settings
+        if not isinstance(node, Mapping) or child not in node:
+            if complete and key in required:
+                raise ValueError(f"{where}: {key} is missing (every log's settings record it)")
+            continue
+        if not test(node[child]):
+            raise ValueError(f"{where}: {key} must be {what}, got {node[child]!r:.80}")
+    sequential = settings.get("sequential")
+    if isinstance(sequential, Mapping):
+        looks, alphas = sequential.get("looks"), sequential.get("look_alphas")
+        if looks is not None and len(looks) != len(alphas or ()):
+            raise ValueError(f"{where}: sequential.look_alphas must have one entry per look")
+
+
+def _check_depth(value: Any, where: str) -> None:
+    """Refuse JSON objects and lists nested more than ``MAX_DEPTH`` levels (no recursion)."""
+    level: list[Any] = [value]
+    for _ in range(MAX_DEPTH):
+        level = [v for node in level if isinstance(node, (Mapping, list))
+                 for v in (node.values() if isinstance(node, Mapping) else node)]  # fmt: skip
+    if any(isinstance(node, (Mapping, list)) for node in level):
+        raise ValueError(f"{where}: nested more than {MAX_DEPTH} levels (ours: 3)")
 
 
 def check_same_settings(logs: Sequence[tuple[str, Mapping[str, Any] | None]]) -> None:
