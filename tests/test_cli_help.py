@@ -114,18 +114,30 @@ def test_builtin_names_match_the_registries() -> None:
     assert set(names.BUILTIN_LOSSES) == builtin(LOSSES, "peftsmoothing.training.losses")
     assert tuple(ps.datasets.DATASETS) == names.DATASET_NAMES
     assert names.METHOD_ENTRY_POINT_GROUP == ps.ENTRY_POINT_GROUP
+    # the groups third-party packages declare their plug-ins in: a public contract
+    assert (names.METHOD_ENTRY_POINT_GROUP, names.LOSS_ENTRY_POINT_GROUP) == (
+        "peftsmoothing.methods", "peftsmoothing.losses")  # fmt: skip
 
 
-def test_trainer_options_are_the_config_fields() -> None:
-    from peftsmoothing import TrainerConfig
-    from peftsmoothing.core.trainer_options import TRAINER_OPTIONS
+def test_the_trainer_options_are_declared_once() -> None:
+    """TrainerConfig's fields are the declaration: every field is a flag of ``train`` and a
+    keyword of NoiseTrainer's signature, with the same default; nothing else declares them."""
+    import inspect
 
-    fields = dataclasses.fields(TrainerConfig)
-    assert [f.name for f in fields] == [o.name for o in TRAINER_OPTIONS]
+    from peftsmoothing import NoiseTrainer, TrainerConfig
+    from peftsmoothing.commands.train import add_trainer_options
+
+    parser = argparse.ArgumentParser()
+    add_trainer_options(parser)
+    flags = {a.dest: a for a in parser._actions}
+    signature = inspect.signature(NoiseTrainer).parameters
     config = TrainerConfig()
-    for f, spec in zip(fields, TRAINER_OPTIONS, strict=True):
-        assert f.metadata["help"] == spec.help
-        assert getattr(config, f.name) == spec.default_value()
+    for f in dataclasses.fields(TrainerConfig):
+        assert f.metadata["help"] and f.name in flags, f.name
+        assert flags[f.name].default == getattr(config, f.name) or f.name == "sigma"
+        assert f.name in signature
+        assert signature[f.name].default in (getattr(config, f.name), None)
+    assert not importlib.util.find_spec("peftsmoothing.core.trainer_options")
 
 
 # --------------------------------------------------------------------------- help examples

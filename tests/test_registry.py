@@ -169,7 +169,7 @@ def test_loss_plugin_through_entry_point(tmp_path: Path,
             return ps.LossOutput(0.5 * F.cross_entropy(logits, labels), logits)
         """))
     fake_distribution(tmp_path, "ps-loss-plugin",
-                      "[peftsmoothing.training.losses]\nhalf_ce = ps_loss_plugin:half_ce\n")
+                      "[peftsmoothing.losses]\nhalf_ce = ps_loss_plugin:half_ce\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setattr(LOSSES, "_discovered", False)
     try:

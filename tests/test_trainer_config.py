@@ -62,3 +62,17 @@ def test_config_validation_messages() -> None:
     with pytest.raises(TypeError, match="entropy_weight"):
         ps.TrainerConfig(loss="consistency", loss_options={"eta": 1})
     assert ps.TrainerConfig(sigma=[0.25, 0.5]).sigma == (0.25, 0.5)
+
+
+def test_an_unknown_trainer_keyword_is_named_with_a_hint() -> None:
+    """Options are keywords built from TrainerConfig's fields; a misspelt one is refused."""
+    import pytest
+    from torch import nn
+
+    import peftsmoothing as ps
+
+    with pytest.raises(TypeError, match=r"unexpected keyword\(s\): epoch \(did you mean 'epochs'"):
+        ps.NoiseTrainer(nn.Linear(2, 2), epoch=3)
+    trainer = ps.NoiseTrainer(nn.Linear(2, 2), 0.25, grad_accum=2, loss_options=None)
+    assert (trainer.config.sigma, trainer.config.grad_accum, trainer.config.loss_options) == (
+        0.25, 2, {})  # fmt: skip

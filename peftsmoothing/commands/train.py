@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import argparse
 import ast
+import dataclasses
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..core.names import DATASET_NAMES, method_names
-from ..core.trainer_options import LOSS_OPTION_ALIASES, TRAINER_OPTIONS
 from ._args import fraction, int_at_least
 
 if TYPE_CHECKING:
@@ -240,10 +240,9 @@ def _with_default(text: str) -> str:
 
 
 def add_trainer_options(parser: argparse.ArgumentParser) -> None:
-    """Add one flag per trainer option (``--grad-accum`` for ``grad_accum``), with the help,
-    type and choices declared in
-    [`TRAINER_OPTIONS`][peftsmoothing.core.trainer_options.TRAINER_OPTIONS] (imports no torch),
-    and one per loss option alias (``--consistency-weight``).
+    """Add one flag per [`TrainerConfig`][peftsmoothing.TrainerConfig] field (``--grad-accum``
+    for ``grad_accum``), with the help, type and choices its declaration carries (imports no
+    torch), and one per loss option alias (``--consistency-weight``).
 
     Examples:
         >>> p = argparse.ArgumentParser()
@@ -252,20 +251,22 @@ def add_trainer_options(parser: argparse.ArgumentParser) -> None:
         >>> a.grad_accum, a.sigma, a.precision
         (2, [0.25, 0.5], 'fp32')
     """
+    from ..training.config import LOSS_OPTION_ALIASES, TrainerConfig, flag
+
     group = parser.add_argument_group(
         "training options", "the fields of peftsmoothing.TrainerConfig")
-    for spec in TRAINER_OPTIONS:
-        kwargs: dict[str, Any] = {"dest": spec.name, "default": spec.default_value(),
-                                  "help": _with_default(spec.help)}
-        for key in ("type", "choices", "nargs", "metavar"):
-            if getattr(spec, key) is not None:
-                kwargs[key] = getattr(spec, key)
-        if spec.cli_choices is not None:
-            kwargs["choices"] = list(spec.cli_choices())
-        group.add_argument(spec.flag, **kwargs)
+    for f in dataclasses.fields(TrainerConfig):
+        meta = f.metadata
+        default = {} if f.default is dataclasses.MISSING else f.default
+        kwargs: dict[str, Any] = {"dest": f.name, "default": default,
+                                  "help": _with_default(meta["help"])}
+        kwargs.update({k: meta[k] for k in ("type", "choices", "nargs", "metavar") if k in meta})
+        if "cli_choices" in meta:
+            kwargs["choices"] = list(meta["cli_choices"]())
+        group.add_argument(flag(f.name), **kwargs)
     for alias, (option, convert) in LOSS_OPTION_ALIASES.items():
-        group.add_argument("--" + alias.replace("_", "-"), dest=alias, type=convert,
-                           default=None, metavar="VALUE",
+        group.add_argument(flag(alias), dest=alias, type=convert, default=None,
+                           metavar="VALUE",
                            help=_with_default(f"shortcut for --loss-options {option}=VALUE"))
 
 
@@ -289,15 +290,15 @@ def trainer_config(args: argparse.Namespace) -> TrainerConfig:
         >>> c.sigma, c.loss_options
         ((0.25, 0.5), {'entropy_weight': 1, 'consistency_weight': 20.0})
     """
-    from ..training.config import config_from_keywords
+    from ..training.config import LOSS_OPTION_ALIASES, TrainerConfig, config_from_keywords
 
     values: dict[str, Any] = {}
-    for spec in TRAINER_OPTIONS:
-        value = getattr(args, spec.name)
-        if spec.mapping and not isinstance(value, dict):
+    for f in dataclasses.fields(TrainerConfig):
+        value = getattr(args, f.name)
+        if f.metadata.get("mapping") and not isinstance(value, dict):
             value = parse_options(value)
         elif isinstance(value, list):
             value = value[0] if len(value) == 1 else tuple(value)
-        values[spec.name] = value
+        values[f.name] = value
     aliases = {alias: getattr(args, alias, None) for alias in LOSS_OPTION_ALIASES}
     return config_from_keywords({**values, **aliases}, {})

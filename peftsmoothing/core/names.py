@@ -34,7 +34,7 @@ __all__ = [
 #: The entry-point group third-party methods are declared in.
 METHOD_ENTRY_POINT_GROUP: Final[str] = "peftsmoothing.methods"
 #: The entry-point group third-party training losses are declared in.
-LOSS_ENTRY_POINT_GROUP: Final[str] = "peftsmoothing.training.losses"
+LOSS_ENTRY_POINT_GROUP: Final[str] = "peftsmoothing.losses"
 
 #: The methods ``peftsmoothing.methods`` registers (one module each).
 BUILTIN_METHODS: Final[tuple[str, ...]] = (

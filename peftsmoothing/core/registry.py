@@ -3,13 +3,13 @@
 Methods (``peftsmoothing.methods.base``) and training losses (``peftsmoothing.training.losses``)
 are both held by a ``Registry``. Built-in entries register when their module is imported;
 third-party packages declare theirs in an entry-point group (``peftsmoothing.methods``,
-``peftsmoothing.training.losses``), imported lazily the first time a name is looked up or listed. A
+``peftsmoothing.losses``), imported lazily the first time a name is looked up or listed. A
 plug-in that fails to import is skipped with a warning naming it, so one broken package does
 not break every command.
 
-This module is a leaf: it imports no method and no loss. The method protocol that used to live
-here (``Method``, ``MethodConfig``, ``MethodContext``, ``register_method``, ...) is in
-``peftsmoothing.methods.base``; the old names still resolve from here.
+This module is a leaf: it imports no method and no loss. The method protocol (``Method``,
+``MethodConfig``, ``MethodContext``, ``register_method``, ...) is in
+``peftsmoothing.methods.base``.
 """
 
 from __future__ import annotations

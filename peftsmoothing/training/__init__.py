@@ -3,21 +3,22 @@
 
 The package's modules, each with one concern:
 
-* ``config``: [`TrainerConfig`][peftsmoothing.TrainerConfig], the one declaration of every option
-(with the help
-  text and flag that ``peftsmoothing train`` generates its command line from);
-* ``loop``: [`NoiseTrainer`][peftsmoothing.NoiseTrainer] (fit, the epoch loop, the optimizer step,
-non-finite
-  losses, the progress bar);
-* ``checkpoint``: the trainer-state format, atomic writing, finding and loading
-  checkpoints, ``history.jsonl``; ``rng``: the random streams saved for exact resume;
+* ``config``: [`TrainerConfig`][peftsmoothing.TrainerConfig], the one declaration of every
+  option (the help text and flag ``peftsmoothing train`` builds its command line from, and
+  ``NoiseTrainer``'s signature); importing it needs no torch;
+* ``loop``: [`NoiseTrainer`][peftsmoothing.NoiseTrainer] (fit, the epoch loop, the optimizer
+  step); ``state``: ``TrainState``, what a run has done (what checkpoints save);
+* ``checkpoint``: the trainer-state format, atomic writing, finding and loading checkpoints,
+  ``history.jsonl``; ``rng``: the random streams saved for exact resume;
+* ``nonfinite``: what nan/inf losses, gradients and buffers do; ``noise``: the training noise;
 * ``distributed``: ``torchrun`` / DDP set-up, sharded loaders, collectives;
 * ``evaluate``: clean and noisy accuracy; ``metrics``: the epoch's running sums;
-  ``batches``: checks of the loader's batches; ``callbacks``: [`Callback`][peftsmoothing.Callback].
+  ``batches``: checks of the loader's batches; ``callbacks``: [`Callback`][peftsmoothing.Callback];
+  ``losses``: the training losses and their registry.
 
-Training imports only the leaf modules of the package (``losses``, ``params``, ``trainable``,
-``precision``, ``seeds``, ``validation``, ``_io``), never the methods or smoothing
-(docs/design.md, "Contracts").
+Training imports ``core/`` and, for checkpoints, the save format (``model/serialization.py``,
+``model/tensorfile.py``); never the methods, ``wrap``/``load`` or certification
+(docs/design.md, "Allowed import directions").
 
 Examples:
     >>> from peftsmoothing.training import NoiseTrainer, TrainerConfig
@@ -27,11 +28,14 @@ Examples:
 
 from __future__ import annotations
 
-from .build import lr_factor as _lr_factor
-from .callbacks import Callback
-from .checkpoint import HISTORY_FILE, TRAINER_STATE_FILE
-from .config import NONFINITE, OPTIMIZERS, PRECISIONS, SCHEDULES, TrainerConfig
-from .loop import NoiseTrainer
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .callbacks import Callback
+    from .checkpoint import HISTORY_FILE, TRAINER_STATE_FILE
+    from .config import NONFINITE, OPTIMIZERS, PRECISIONS, SCHEDULES, TrainerConfig
+    from .loop import NoiseTrainer
 
 __all__ = [
     "HISTORY_FILE",
@@ -45,4 +49,32 @@ __all__ = [
     "TrainerConfig",
 ]
 
-_ = _lr_factor  # kept importable: ``from peftsmoothing.training import _lr_factor``
+#: Where each name lives; imported on first use (PEP 562), so that ``training.config`` (the
+#: options, torch-free) can be imported without the trainer (torch).
+_LAZY: dict[str, tuple[str, str]] = {
+    **{n: (".config", n) for n in ("NONFINITE", "OPTIMIZERS", "PRECISIONS", "SCHEDULES",
+                                    "TrainerConfig")},
+    **{n: (".checkpoint", n) for n in ("HISTORY_FILE", "TRAINER_STATE_FILE")},
+    "Callback": (".callbacks", "Callback"),
+    "NoiseTrainer": (".loop", "NoiseTrainer"),
+    "_lr_factor": (".build", "lr_factor"),  # kept importable for tests of the schedule
+}  # fmt: skip
+
+
+def __getattr__(name: str) -> Any:
+    """Import the module of ``name`` on first access (PEP 562).
+
+    Raises:
+        AttributeError: For a name this package does not have.
+
+    Examples:
+        >>> from peftsmoothing.training import TrainerConfig
+        >>> TrainerConfig().epochs
+        10
+    """
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    module, attr = _LAZY[name]
+    value = getattr(importlib.import_module(module, __name__), attr)
+    globals()[name] = value
+    return value

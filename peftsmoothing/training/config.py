@@ -1,15 +1,12 @@
-"""The trainer's options as one validated value: [`TrainerConfig`][peftsmoothing.TrainerConfig].
+"""The trainer's options, declared once: [`TrainerConfig`][peftsmoothing.TrainerConfig].
 
-Every option is declared once, without torch, in
-[`peftsmoothing.core.trainer_options`][peftsmoothing.core.trainer_options] (name, default, help
-text,
-command-line spelling); [`TrainerConfig`][peftsmoothing.TrainerConfig]'s fields are built from
-those declarations and carry them in ``field.metadata``. ``peftsmoothing train`` generates its
-trainer flags from the same declarations, and ``NoiseTrainer``'s keywords are checked against
-the fields. A loss's own options (``loss_options``) belong to the loss
-([`peftsmoothing.training.losses`][peftsmoothing.training.losses]); the trainer never names one.
-The only
-exception is the alias table ``LOSS_OPTION_ALIASES`` (``consistency_weight=`` kept for
+Each field carries its help text and command-line spelling in ``field.metadata`` (``option``);
+``peftsmoothing train`` builds its flags from the fields and ``NoiseTrainer``'s signature is
+built from them too, so an option is added in exactly one place. Importing this module needs
+no torch (the losses are imported only to check a config), so ``peftsmoothing train --help``
+stays fast. A loss's own options (``loss_options``) belong to the loss
+([`peftsmoothing.training.losses`][peftsmoothing.training.losses]); the trainer never names
+one, except the alias table ``LOSS_OPTION_ALIASES`` (``consistency_weight=`` kept for
 compatibility).
 """
 
@@ -21,39 +18,69 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from ..core.names import PRECISIONS
-from ..core.trainer_options import (
-    LOSS_OPTION_ALIASES,
-    NONFINITE,
-    OPTIMIZERS,
-    SCHEDULES,
-    TRAINER_OPTIONS,
-    trainer_option,
-)
+from ..core.names import PRECISIONS, loss_names
 from ..core.validation import check_choice, check_int, check_positive_int, check_real
-from .losses import get_loss
 
 __all__ = [
     "LOSS_OPTION_ALIASES",
     "NONFINITE",
+    "OPTION_NAMES",
     "OPTIMIZERS",
     "PRECISIONS",
     "SCHEDULES",
     "TrainerConfig",
     "config_from_keywords",
-    "option_defaults",
+    "flag",
+    "keyword_defaults",
+    "option",
+    "trainer_signature",
 ]
 
+OPTIMIZERS: Final[tuple[str, ...]] = ("adamw", "adam", "sgd")
+SCHEDULES: Final[tuple[str, ...]] = ("cosine", "linear", "constant")
+NONFINITE: Final[tuple[str, ...]] = ("stop", "skip")
 CUSTOM_OPTIMIZER: Final[str] = "custom"  # the config of a trainer given an optimizer factory
 
+#: Trainer keywords that are really a loss option: keyword -> (option name, conversion).
+#: ``NoiseTrainer(consistency_weight=w)`` means ``loss_options={"consistency_weight": w}`` and
+#: is an error for a loss without that option.
+LOSS_OPTION_ALIASES: Final[Mapping[str, tuple[str, Callable[[Any], Any]]]] = {
+    "consistency_weight": ("consistency_weight", float),
+}
 
-def _option(name: str) -> Any:
-    """The dataclass field of the trainer option ``name``, from its declaration in
-    [`peftsmoothing.core.trainer_options`][peftsmoothing.core.trainer_options]."""
-    spec = trainer_option(name)
-    if spec.default_factory is not None:
-        return field(default_factory=spec.default_factory, metadata=spec.metadata())
-    return field(default=spec.default, metadata=spec.metadata())
+
+def _float_or_none(text: str) -> float | None:
+    return None if text.lower() in ("none", "null") else float(text)
+
+
+def _int_or_none(text: str) -> int | None:
+    return None if text.lower() in ("none", "null") else int(text)
+
+
+def option(default: Any, help: str, **cli: Any) -> Any:
+    """A [`TrainerConfig`][peftsmoothing.TrainerConfig] field: its default, its ``--help`` line
+    and how the command line parses it (``type``, ``choices``, ``nargs``, ``metavar``,
+    ``mapping`` for ``KEY=VALUE`` items, ``cli_choices`` for names registered at run time).
+
+    Examples:
+        >>> f = option(10, "number of passes", type=int)
+        >>> f.default, f.metadata["help"]
+        (10, 'number of passes')
+    """
+    metadata = {"help": help, **cli}
+    if isinstance(default, dict):
+        return field(default_factory=dict, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def flag(name: str) -> str:
+    """The command-line flag of an option: ``--grad-accum`` for ``grad_accum``.
+
+    Examples:
+        >>> flag("grad_accum")
+        '--grad-accum'
+    """
+    return "--" + name.replace("_", "-")
 
 
 @dataclass(frozen=True)
@@ -101,23 +128,40 @@ class TrainerConfig:
         'number of passes over the training data'
     """
 
-    sigma: float | tuple[float, ...] = _option("sigma")
-    epochs: int = _option("epochs")
-    lr: float = _option("lr")
-    weight_decay: float = _option("weight_decay")
-    optimizer: str = _option("optimizer")
-    schedule: str = _option("schedule")
-    warmup_steps: int = _option("warmup_steps")
-    grad_accum: int = _option("grad_accum")
-    max_grad_norm: float | None = _option("max_grad_norm")
-    precision: str = _option("precision")
-    loss: str = _option("loss")
-    loss_options: Mapping[str, Any] = _option("loss_options")
-    num_noise: int | None = _option("num_noise")
-    seed: int = _option("seed")
-    log_every: int = _option("log_every")
-    monitor: str | None = _option("monitor")
-    nonfinite: str = _option("nonfinite")
+    sigma: float | tuple[float, ...] = option(
+        0.5, "noise level(s) in pixel units; several: one drawn per batch", type=float,
+        nargs="+")
+    epochs: int = option(10, "number of passes over the training data", type=int)
+    lr: float = option(1e-3, "peak learning rate", type=float)
+    weight_decay: float = option(
+        0.0, "weight decay (decoupled for adamw, L2 for adam and sgd)", type=float)
+    optimizer: str = option(
+        "adamw", "optimizer of the trained parameters (sgd: momentum 0.9)", choices=OPTIMIZERS)
+    schedule: str = option(
+        "cosine", "learning-rate schedule after the warmup", choices=SCHEDULES)
+    warmup_steps: int = option(0, "optimizer steps of linear warmup", type=int)
+    grad_accum: int = option(1, "batches accumulated per optimizer step", type=int)
+    max_grad_norm: float | None = option(
+        None, "clip the gradient norm to this value (None: no clipping)", type=_float_or_none)
+    precision: str = option(
+        "fp32", "fp32, or bf16 / fp16 autocast (fp16 with a gradient scaler)",
+        choices=PRECISIONS)
+    loss: str = option(
+        "ce", "a registered training loss (see peftsmoothing.available_losses())",
+        cli_choices=loss_names)
+    loss_options: Mapping[str, Any] = option(
+        {}, "options of the loss, e.g. `--loss consistency --loss-options entropy_weight=1`",
+        nargs="*", metavar="KEY=VALUE", mapping=True)
+    num_noise: int | None = option(
+        None, "noisy copies per image (None: the loss's default)", type=_int_or_none)
+    seed: int = option(0, "seed of the noise, the shuffling and torch/numpy/random", type=int)
+    log_every: int = option(50, "progress-bar refresh interval, optimizer steps", type=int)
+    monitor: str | None = option(
+        None, "history key that selects best/ (None: val_noisy_acc with validation data, else "
+        "train_acc; keys with 'loss' are minimised)")
+    nonfinite: str = option(
+        "stop", "on a nan/inf loss, gradient or trained buffer: stop (error, nothing saved over "
+        "the last good checkpoint) or skip that optimizer step", choices=NONFINITE)  # fmt: skip
 
     def __post_init__(self) -> None:
         sigma: Any = self.sigma
@@ -146,6 +190,8 @@ class TrainerConfig:
                 extra = (CUSTOM_OPTIMIZER,) if f.name == "optimizer" else ()
                 check_choice(getattr(self, f.name), f.name, (*f.metadata["choices"], *extra))
         # an unknown name raises UnknownLossError (a ValueError); unknown options a TypeError
+        from .losses import get_loss  # here: importing this module needs no torch
+
         get_loss(self.loss).resolve_options(self.loss_options)
 
     def _sigma_values(self) -> tuple[Any, ...]:
@@ -175,8 +221,6 @@ class TrainerConfig:
         return out
 
 
-if [f.name for f in dataclasses.fields(TrainerConfig)] != [o.name for o in TRAINER_OPTIONS]:
-    raise RuntimeError("TrainerConfig's fields must be those of trainer_options.TRAINER_OPTIONS")
 
 
 def _differs(value: Any, default: Any) -> bool:
@@ -240,6 +284,8 @@ def config_from_keywords(
         if value is None and f.default is not None:
             continue  # None: the field's default
         values[name] = value
+    from .losses import get_loss
+
     loss = values.get("loss", fields["loss"].default)
     options = dict(values.get("loss_options", {}))
     for alias, (option, convert) in LOSS_OPTION_ALIASES.items():
@@ -254,25 +300,56 @@ def config_from_keywords(
     return TrainerConfig(**values)
 
 
+OPTION_NAMES: Final[frozenset[str]] = frozenset(f.name for f in dataclasses.fields(TrainerConfig))
+"""The names of the options (TrainerConfig's fields)."""
 
-def option_defaults(init: Callable[..., Any]) -> dict[str, Any]:
-    """The defaults of the option keywords (config fields and aliases) of ``init``.
+#: NoiseTrainer's own keywords (not options), each shown after the option it follows.
+_KEYWORDS_AFTER: Final[dict[str, tuple[str, ...]]] = {
+    "loss": ("consistency_weight",),
+    "num_noise": ("device",),
+    "seed": ("checkpoint_dir",),
+    "log_every": ("callbacks", "progress", "metadata", "reference_model"),
+}
 
-    Raises:
-        TypeError: When a [`TrainerConfig`][peftsmoothing.TrainerConfig] field is not a keyword of
-            ``init`` (a new option must also be added to ``NoiseTrainer``'s signature).
+
+def _keyword_default(f: dataclasses.Field[Any]) -> Any:
+    return None if f.default is dataclasses.MISSING else f.default  # loss_options: None
+
+
+def keyword_defaults(init: Callable[..., Any]) -> dict[str, Any]:
+    """The default of every option keyword of ``NoiseTrainer.__init__`` (``init``): the
+    fields' defaults (``None`` for ``loss_options``) and the named keywords' own.
 
     Examples:
-        >>> def f(sigma=0.5, epochs=10, **rest): ...
-        >>> option_defaults(f)
-        Traceback (most recent call last):
-        ...
-        TypeError: f has no keyword for consistency_weight, grad_accum, ...
+        >>> def init(self, model, sigma=0.5, *, optimizer="adamw", consistency_weight=None,
+        ...          **options): ...
+        >>> keyword_defaults(init)["grad_accum"], keyword_defaults(init)["sigma"]
+        (1, 0.5)
     """
-    names = {f.name for f in dataclasses.fields(TrainerConfig)} | set(LOSS_OPTION_ALIASES)
-    params = inspect.signature(init).parameters
-    missing = sorted(names - set(params))
-    if missing:
-        shown = ", ".join(missing[:2]) + (", ..." if len(missing) > 2 else "")
-        raise TypeError(f"{init.__qualname__} has no keyword for {shown}")
-    return {n: params[n].default for n in names}
+    own = inspect.signature(init).parameters
+    out = {f.name: _keyword_default(f) for f in dataclasses.fields(TrainerConfig)}
+    return {**out, **{n: own[n].default for n in ("sigma", "optimizer", "consistency_weight")}}
+
+
+def trainer_signature(init: Callable[..., Any]) -> inspect.Signature:
+    """``NoiseTrainer.__init__``'s full signature, built from the fields: every option a
+    keyword with its default, in the fields' order, so ``help(NoiseTrainer)`` and
+    ``inspect.signature`` show them all while they are declared only here.
+
+    Examples:
+        >>> def init(self, model, sigma=0.5, *, optimizer="adamw", consistency_weight=None,
+        ...          device=None, checkpoint_dir=None, callbacks=(), progress=None,
+        ...          metadata=None, reference_model=None, config=None, **options): ...
+        >>> list(trainer_signature(init).parameters)[:4]
+        ['self', 'model', 'sigma', 'epochs']
+    """
+    own = inspect.signature(init).parameters
+    params = [own["self"], own["model"]]
+    for f in dataclasses.fields(TrainerConfig):
+        if f.name in own:
+            params.append(own[f.name])
+        else:
+            params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY,
+                                            default=_keyword_default(f), annotation=f.type))
+        params += [own[name] for name in _KEYWORDS_AFTER.get(f.name, ())]
+    return inspect.Signature([*params, own["config"]], return_annotation=None)

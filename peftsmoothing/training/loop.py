@@ -3,14 +3,12 @@
 The model takes images in [0, 1] (docs/design.md, invariant 1); the trainer adds
 ``sigma * randn`` to them on the model's device and optimises only the parameters with
 ``requires_grad`` (docs/design.md, invariant 3: the frozen backbone gets no gradient and no
-optimizer state). Losses come from ``peftsmoothing.training.losses``; the options from
-[`TrainerConfig`][peftsmoothing.TrainerConfig]. Checkpoints
-(``checkpoint``) are atomic and resumable; ``torchrun`` support is
-in ``distributed``.
+optimizer state). Losses come from ``training/losses.py``, the options from
+[`TrainerConfig`][peftsmoothing.TrainerConfig]; checkpoints (``checkpoint``) are atomic and
+resumable; ``torchrun`` support is in ``distributed``.
 
-This module depends neither on the methods nor on smoothing: a
-[`peftsmoothing.PEFTModel`][peftsmoothing.PEFTModel] is recognised by the
-``peftsmoothing.core.trainable.Trainable`` protocol.
+It depends neither on the methods nor on smoothing: a [`PEFTModel`][peftsmoothing.PEFTModel]
+is recognised by the ``peftsmoothing.core.trainable.Trainable`` protocol.
 """
 
 from __future__ import annotations
@@ -32,6 +30,7 @@ from torch.utils.data import DataLoader
 
 from ..core.params import freeze_frozen_batchnorm
 from ..core.precision import autocast
+from ..core.registry import did_you_mean
 from . import checkpoint as ckpt
 from .batches import BatchGuard
 from .build import (
@@ -42,7 +41,14 @@ from .build import (
     optimizer_step,
 )
 from .callbacks import call_hook
-from .config import CUSTOM_OPTIMIZER, TrainerConfig, config_from_keywords, option_defaults
+from .config import (
+    CUSTOM_OPTIMIZER,
+    OPTION_NAMES,
+    TrainerConfig,
+    config_from_keywords,
+    keyword_defaults,
+    trainer_signature,
+)
 from .distributed import (
     Topology,
     init_process_group,
@@ -65,13 +71,12 @@ __all__ = ["NoiseTrainer"]
 class NoiseTrainer:
     """Fine-tune a model's trainable parameters on Gaussian-noised images.
 
-    Every batch ``x`` (float images in [0, 1]) is moved to the device and
-    ``x + sigma * randn`` is fed to the model; only parameters with ``requires_grad`` are
-    optimised. Works with any ``nn.Module`` that takes [0, 1] images and returns logits, and
-    with [`peftsmoothing.PEFTModel`][peftsmoothing.PEFTModel] (whose checkpoints are then loadable
-    with [`peftsmoothing.load`][peftsmoothing.load]). Under ``torchrun`` (``RANK`` / ``WORLD_SIZE``
-    set) it initialises ``torch.distributed`` (gloo on CPU, nccl on CUDA), wraps the model in
-    ``DistributedDataParallel`` and shards the loaders; only rank 0 logs and writes files.
+    Every batch ``x`` (float images in [0, 1]) is moved to the device and ``x + sigma * randn``
+    is fed to the model; only parameters with ``requires_grad`` are optimised. Works with any
+    ``nn.Module`` that takes [0, 1] images and returns logits, and with a
+    [`PEFTModel`][peftsmoothing.PEFTModel] (checkpoints load with ``ps.load``). Under torchrun
+    (``RANK`` / ``WORLD_SIZE`` set) it initialises ``torch.distributed`` (gloo on CPU, nccl on
+    CUDA), wraps the model in DDP and shards the loaders; only rank 0 logs and writes files.
 
     The options (``sigma``, ``epochs``, ``lr``, ``weight_decay``, ``optimizer``, ``schedule``,
     ``warmup_steps``, ``grad_accum``, ``max_grad_norm``, ``precision``, ``loss``,
@@ -86,7 +91,6 @@ class NoiseTrainer:
             ``params -> torch.optim.Optimizer`` (then ``config.optimizer`` is ``"custom"``).
         consistency_weight: The consistency loss's lambda (an alias of
             ``loss_options={"consistency_weight": ...}``; default 10, as in the paper).
-        loss_options: Options of the loss (e.g. ``{"entropy_weight": 0.5}``; ``None``: none).
         device: Default: ``cuda:<LOCAL_RANK>`` if CUDA is available, else the CPU.
         checkpoint_dir: Where ``last/``, ``best/`` and ``history.jsonl`` go (``None``: nowhere).
         callbacks: [`Callback`][peftsmoothing.Callback] objects (any object with some of its
@@ -99,6 +103,8 @@ class NoiseTrainer:
             a frozen copy of the model as it is now.
         config: All the options as a [`TrainerConfig`][peftsmoothing.TrainerConfig]; the option
             keywords must then keep their defaults.
+        **options: The options of [`TrainerConfig`][peftsmoothing.TrainerConfig] as keywords
+            (``epochs=``, ``lr=``, ``loss_options=``, ...; ``None``: the option's default).
 
     Raises:
         ValueError: For a model with nothing trainable, sigma < 0, or an unknown loss,
@@ -127,33 +133,24 @@ class NoiseTrainer:
         model: nn.Module,
         sigma: float | Sequence[float] = 0.5,
         *,
-        epochs: int = 10,
-        lr: float = 1e-3,
-        weight_decay: float = 0.0,
         optimizer: str | OptimizerFactory = "adamw",
-        schedule: str = "cosine",
-        warmup_steps: int = 0,
-        grad_accum: int = 1,
-        max_grad_norm: float | None = None,
-        precision: str = "fp32",
-        loss: str = "ce",
         consistency_weight: float | None = None,
-        loss_options: Mapping[str, Any] | None = None,
-        num_noise: int | None = None,
         device: str | torch.device | None = None,
-        seed: int = 0,
         checkpoint_dir: str | os.PathLike[str] | None = None,
-        log_every: int = 50,
         callbacks: Sequence[Any] = (),
         progress: bool | None = None,
         metadata: Mapping[str, Any] | None = None,
         reference_model: nn.Module | None = None,
-        monitor: str | None = None,
-        nonfinite: str = "stop",
         config: TrainerConfig | None = None,
+        **options: Any,
     ) -> None:
-        defaults = _option_defaults()
-        keywords = {k: v for k, v in locals().items() if k in defaults}
+        unknown = sorted(set(options) - OPTION_NAMES)
+        if unknown:
+            hint = did_you_mean(unknown[0], OPTION_NAMES)
+            raise TypeError(f"NoiseTrainer got unexpected keyword(s): {', '.join(unknown)}{hint}")
+        keywords = {**options, "sigma": sigma, "optimizer": optimizer,
+                    "consistency_weight": consistency_weight}  # fmt: skip
+        defaults = _keyword_defaults()
         self._owns_process_group = False
         if not isinstance(model, nn.Module):
             raise TypeError(f"NoiseTrainer expects an nn.Module, got {type(model).__name__}")
@@ -464,5 +461,10 @@ class NoiseTrainer:
 
 
 @functools.cache
-def _option_defaults() -> dict[str, Any]:
-    return option_defaults(NoiseTrainer.__init__)
+def _keyword_defaults() -> dict[str, Any]:
+    return keyword_defaults(NoiseTrainer.__init__)
+
+
+NoiseTrainer.__init__.__signature__ = trainer_signature(  # type: ignore[attr-defined]
+    NoiseTrainer.__init__
+)

@@ -15,7 +15,7 @@ frozen reference
 It returns the scalar loss and, if it has them, the logits on the noisy copies (used for the
 running accuracy). Losses register with [`register_loss`][peftsmoothing.register_loss], so a new
 objective (e.g. the MSE loss for a denoiser) is added without touching the trainer; third-party
-packages declare theirs in the entry-point group ``peftsmoothing.training.losses``
+packages declare theirs in the entry-point group ``peftsmoothing.losses``
 (``LOSS_ENTRY_POINT_GROUP``), imported lazily like plug-in methods.
 """
 
