@@ -141,3 +141,14 @@ def test_report_prints_the_bound_and_plots_pa_lower(
 class _Constant(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.tensor([0.0, 1.0]).repeat(len(x), 1)
+
+
+def test_a_run_without_a_log_knows_its_alpha() -> None:
+    """certify_dataset without a log (fixed or sequential): the bound needs no alpha= either."""
+    smoothed = ps.SmoothedClassifier(_Constant(), 2, sigma=SIGMA)
+    data = [(torch.rand(1, 2, 2), 1) for _ in range(10)]
+    q = wrong_certificates_at_most(10, 0.01, 0.95)
+    for mode in ({}, {"radius": 0.1}, {"early_stop": True}):
+        report = smoothed.certify_dataset(data, n0=10, n=300, alpha=0.01, batch_size=300,
+                                          **mode)  # type: ignore[arg-type]  # fmt: skip
+        assert report.certified_accuracy_bound([0.0]) == {0.0: (10 - q) / 10}

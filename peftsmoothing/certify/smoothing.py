@@ -510,7 +510,7 @@ class SmoothedClassifier:
             tolerance=tolerance,
         )  # fmt: skip
         mode, params = ("fixed", None) if policy is None else policy_settings(policy)
-        settings: dict[str, Any] = {"mode": mode, "sequential": params}
+        settings: dict[str, Any] = {"mode": mode, "sequential": params, "alpha": alpha}
         if log is not None:
             settings = log_settings(
                 sigma=self.sigma, n0=n0, n=n, alpha=alpha, seed=master,
