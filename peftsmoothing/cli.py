@@ -2,9 +2,8 @@
 
 Building the parser imports neither torch nor scipy (nor timm): every command module imports
 what it runs inside its ``run()``, and the closed sets its flags offer (methods, losses,
-datasets, precisions) come from the torch-free
-[`peftsmoothing.core.names`][peftsmoothing.core.names].
-So ``peftsmoothing --help`` and ``peftsmoothing COMMAND --help`` answer at once.
+datasets, precisions) come from the torch-free [`core.names`][peftsmoothing.core.names]. So
+``peftsmoothing --help`` and ``peftsmoothing COMMAND --help`` answer at once.
 """
 
 from __future__ import annotations

@@ -1,8 +1,7 @@
 """The end-to-end demo: pretrained ViT -> LoRA -> noise training -> certificates, offline.
 
 Uses only what ships inside the package: a small ViT pre-trained on clean CIFAR-10
-([`peftsmoothing.backbones.zoo.demo_vit`][peftsmoothing.backbones.zoo.demo_vit]) and a real
-CIFAR-10 sample
+([`demo_vit`][peftsmoothing.backbones.zoo.demo_vit]) and a real CIFAR-10 sample
 (``peftsmoothing.data.datasets.cifar10_sample``). Run it with ``make demo`` or
 ``peftsmoothing demo``.
 """

@@ -141,8 +141,8 @@ def check_weights_choice(
     if base_weights is not None or pretrained:
         return
     if recipe.get("pretrained"):  # a download happens only on the caller's say
-        why = "pretrained=False forbids them" if pretrained is False else "loading never "
-        why += "" if pretrained is False else "downloads on a saved file's say"
+        why = ("pretrained=False forbids them" if pretrained is False
+               else "loading never downloads on a saved file's say")  # fmt: skip
         raise ValueError(
             f"{path}: its base model {name} holds timm's registry weights, and {why}: pass "
             "pretrained=True (timm's registry weights, downloaded on first use; CLI: "

@@ -21,12 +21,10 @@ What it may change: the model's outputs can differ in the last bits with the com
 the batch (matrix kernels pick their blocking by batch size), which can flip a vote whose top
 two logits are within rounding.
 
-Fixed-``n`` CERTIFY is the one-look schedule (``peftsmoothing.certify.sequential.fixed_policy``),
-run
-by this same engine: its noise and chunks are those of Cohen et al.'s CERTIFY drawn in
-``batch_size`` pieces. Counts stay on the device until a look needs a decision, so fixed
-``n`` costs one host synchronisation per image, a sequential mode one per batch that ends a
-look.
+Fixed-``n`` CERTIFY is the one-look schedule (``certify.sequential.fixed_policy``), run by
+this same engine: its noise and chunks are those of Cohen et al.'s CERTIFY drawn in
+``batch_size`` pieces. Counts stay on the device until a look needs a decision, so fixed ``n``
+costs one host synchronisation per image, a sequential mode one per batch that ends a look.
 """
 
 from __future__ import annotations
@@ -180,10 +178,9 @@ def certify_packed(
     ``batch_size`` samples before their next decisions (so fixed-``n`` CERTIFY, whose one
     decision comes after ``n0 + n`` samples, certifies about one image at a time, and the
     sequential modes keep several in flight); each batch takes whole chunks, oldest images
-    first, of the
-    images with the oldest image's shape, dtype and device only (images of other shapes wait
-    for a batch of their own, so every image is smoothed at its own shape). The caller
-    enters ``sampler.inference()`` around each step of the iteration.
+    first, of the images with the oldest image's shape, dtype and device only (images of other
+    shapes wait for a batch of their own, so every image is smoothed at its own shape). The
+    caller enters ``sampler.inference()`` around each step of the iteration.
 
     Args:
         sampler: The model, sigma and counting.

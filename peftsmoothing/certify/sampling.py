@@ -116,6 +116,7 @@ class NoiseSampler:
         if self._device is not None:
             base.to(self._device)
         self._depth = 0
+        self._buffer: torch.Tensor | None = None  # kept while ``inference()`` is entered
 
     # ----------------------------------------------------------------------- device, dtype
     @property
@@ -185,6 +186,7 @@ class NoiseSampler:
                 yield
             finally:
                 self._depth = 0
+                self._buffer = None  # a large batch is not held after sampling
                 stack.close()
                 for p in restore_format:
                     p.data = p.data.contiguous()
@@ -286,12 +288,7 @@ class NoiseSampler:
         width = self.num_classes + 1
         sizes = [c.size for c in chunks]
         total = sum(sizes)
-        memory_format = (
-            torch.channels_last if self._use_channels_last() else torch.contiguous_format
-        )
-        batch = torch.empty(
-            (total, *first.shape), dtype=first.dtype, device=device, memory_format=memory_format
-        )
+        batch = self._batch((total, *first.shape), first.dtype, device)
         offset = 0
         for x, size, gen in chunks:
             add_noise(batch[offset : offset + size], x, self.sigma, gen)
@@ -312,6 +309,25 @@ class NoiseSampler:
         # index_add_, not bincount: CUDA's bincount reads min/max on the host (a sync).
         counts.index_add_(0, predictions, torch.ones_like(predictions))
         return counts.view(len(chunks), width)
+
+    def _batch(
+        self, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device
+    ) -> torch.Tensor:
+        """A batch to draw noise into: a prefix of the buffer kept while ``inference()`` is
+        entered (allocated again only when a batch is larger or of another kind), so the hot
+        loop does not allocate a batch per forward pass."""
+        memory_format = (
+            torch.channels_last if self._use_channels_last() else torch.contiguous_format
+        )
+        buffer = self._buffer
+        if (buffer is None or buffer.shape[0] < shape[0] or buffer.shape[1:] != shape[1:]
+                or buffer.dtype != dtype or buffer.device != device
+                or not buffer.is_contiguous(memory_format=memory_format)
+                or buffer.is_inference() != torch.is_inference_mode_enabled()):  # fmt: skip
+            buffer = torch.empty(shape, dtype=dtype, device=device, memory_format=memory_format)
+            if self._depth:
+                self._buffer = buffer
+        return buffer[: shape[0]]
 
     def class_counts(self, counts: torch.Tensor) -> torch.Tensor:
         """The per-class part of one row of ``count``'s result, on the host.

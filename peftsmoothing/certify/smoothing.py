@@ -13,9 +13,9 @@ drawn independently; the bound is the exact one-sided Clopper-Pearson bound
 (``peftsmoothing.core.stats``).
 
 ``SmoothedClassifier`` is the facade: sampling is ``sampling.NoiseSampler`` (noise and counts
-on the device), every CERTIFY mode runs on the one engine ``packing.certify_packed`` (fixed
-``n`` is the one-look policy), datasets are ``runner`` and logs ``certlog`` (whose names stay
-importable from here).
+on the device), every CERTIFY mode runs on the one engine ``engine.certify_packed`` (fixed
+``n`` is the one-look policy), datasets are ``runner`` and logs ``report.certlog`` (whose
+names stay importable from here).
 """
 
 from __future__ import annotations

@@ -1,11 +1,10 @@
 """The files a command writes: checked before any work, never over a file that is not its own.
 
 A command's output (``predict --out``, ``report --plot``) is written atomically
-(``peftsmoothing.core.files.atomic_write``), so a kill leaves the previous file whole. Before any
-work
-the command checks the path with ``check_output``: a file that is recognisably the command's
-own earlier output is replaced, anything else (a certification log, a user's image) only with
-``--overwrite``.
+(``peftsmoothing.core.files.atomic_write``), so a kill leaves the previous file whole. Before
+any work the command checks the path with ``check_output``: a file that is recognisably the
+command's own earlier output is replaced, anything else (a certification log, a user's image)
+only with ``--overwrite``.
 """
 
 from __future__ import annotations

@@ -1,9 +1,8 @@
 """Numeric precision of a forward pass: ``"fp32"``, or ``"bf16"`` / ``"fp16"`` autocast.
 
 The names ([`PRECISIONS`][peftsmoothing.core.names.PRECISIONS]) are declared in the torch-free
-[`peftsmoothing.core.names`][peftsmoothing.core.names] and used by training, certification and the
-CLI;
-torch is imported only when a precision is applied.
+[`peftsmoothing.core.names`][peftsmoothing.core.names] and used by training, certification
+and the CLI; torch is imported only when a precision is applied.
 """
 
 from __future__ import annotations

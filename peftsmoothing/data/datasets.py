@@ -332,9 +332,8 @@ def cifar10_sample(
             certified radii at the native 32x32 resolution).
 
     Returns:
-        An [`ArrayDataset`][peftsmoothing.data.datasets.ArrayDataset] of ``(float CHW tensor in [0,
-        1],
-        int label)``.
+        An [`ArrayDataset`][peftsmoothing.data.datasets.ArrayDataset] of
+        ``(float CHW tensor in [0, 1], int label)``.
 
     Examples:
         >>> test = cifar10_sample(train=False)

@@ -5,10 +5,10 @@ A [`PEFTModel`][peftsmoothing.PEFTModel] is ``pixel`` (a method's pixel-space mo
 denoiser; usually empty) -> ``resize`` (optional, e.g. 32 -> 224 px) -> ``normalize`` (mean/std, so
 the model takes [0, 1] images; docs/design.md, "Normalization lives in the model") -> ``model`` (the
 original network, modified in place by the method). It is built by
-[`peftsmoothing.wrap`][peftsmoothing.wrap]; this module holds the class itself: trainable
-parameters, merging, the frozen reference of the ``stability`` loss, and saving (the format is in
-``peftsmoothing.model.serialization``). It does not import
-[`peftsmoothing.wrap`][peftsmoothing.wrap].
+[`peftsmoothing.wrap`][peftsmoothing.wrap] (``model/wrapping.py``, which this module does not
+import); this module holds the class itself: trainable parameters, merging, the frozen
+reference of the ``stability`` loss, saving (the format is in ``model/serialization.py``) and
+``push_to_hub``.
 """
 
 from __future__ import annotations

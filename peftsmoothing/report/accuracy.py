@@ -9,8 +9,9 @@ classifier's clean accuracy.
 
 Logs of format 2 and 1 and Cohen et al.'s are read, each row checked before it counts
 (``peftsmoothing.report.certlog``); paired comparisons of two reports are
-``peftsmoothing.report.paired``
-and plots ``peftsmoothing.report.plots`` (both re-exported here).
+``peftsmoothing.report.paired`` and plots ``peftsmoothing.report.plots`` (both re-exported
+here); the tables and the lower bound on certified accuracy are ``report.tables`` and
+``report.confidence``.
 """
 
 from __future__ import annotations

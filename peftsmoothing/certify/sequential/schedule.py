@@ -1,5 +1,4 @@
-"""Look schedules and alpha spending of sequential CERTIFY (see
-``peftsmoothing.certify.sequential``).
+"""Look schedules and alpha spending of sequential CERTIFY (see ``certify.sequential``).
 
 A ``Schedule`` holds the cumulative estimation-sample counts at which a policy is
 consulted and the share ``alpha_k`` of ``alpha`` each look may spend (``sum <= alpha``).
