@@ -50,6 +50,12 @@ class DatasetRun:
         log: The log file, or ``None``.
         resume: Continue an existing log.
         progress: Show a progress bar; ``None``: when stderr is a terminal.
+
+    Examples:
+        >>> from peftsmoothing.certify.sequential import fixed_policy
+        >>> run = DatasetRun([0, 2], 0, 10, 100, fixed_policy(0.25, 100, 0.001), {})
+        >>> run.policy.schedule.looks, run.resume
+        ((100,), True)
     """
 
     indices: Sequence[int]
