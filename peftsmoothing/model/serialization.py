@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import os
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +48,6 @@ __all__ = [
     "TENSORS_FILE",
     "base_record",
     "check_base_fingerprint",
-    "check_tensors_fit",
     "frozen_fingerprint",
     "read_config",
     "read_tensors",
@@ -287,53 +286,6 @@ def read_tensors(
     return {k: v.to(map_location) for k, v in tensors.items()}
 
 
-def check_tensors_fit(
-    tensors: Mapping[str, torch.Tensor],
-    listed: object,
-    trained: Mapping[str, torch.Tensor],
-    trainable: Iterable[str],
-) -> None:
-    """Refuse saved tensors that do not fit the rebuilt model exactly.
-
-    Every saved tensor must be a trained tensor of the model and listed in the config (frozen
-    weights are never saved, so a frozen key is refused), with the model's shape; every
-    trainable parameter must be saved.
-
-    Args:
-        tensors: The saved tensors (``read_tensors``).
-        listed: The config's ``tensors`` section (a dict of name -> shape; ignored otherwise).
-        trained: The rebuilt model's trained tensors (``PEFTModel.trained_state_dict()``).
-        trainable: Names of the rebuilt model's trainable parameters.
-
-    Raises:
-        ValueError: Naming up to ten keys that do not fit, or that are missing.
-
-    Examples:
-        >>> import torch
-        >>> check_tensors_fit({"w": torch.ones(2)}, {"w": [2]}, {"w": torch.zeros(3)}, ["w"])
-        Traceback (most recent call last):
-        ...
-        ValueError: the saved tensors do not fit this base model: w (saved (2,), model (3,))
-    """
-    problems = [
-        f"{k} (not a trained tensor of this model: frozen weights are never saved)"
-        for k in tensors
-        if k not in trained or (isinstance(listed, dict) and k not in listed)
-    ]
-    problems += [
-        f"{k} (saved {tuple(v.shape)}, model {tuple(trained[k].shape)})"
-        for k, v in tensors.items()
-        if k in trained and trained[k].shape != v.shape
-    ]
-    if problems:
-        raise ValueError(
-            "the saved tensors do not fit this base model: " + ", ".join(problems[:10])
-        )
-    missing = [n for n in trainable if n not in tensors]
-    if missing:
-        raise ValueError(f"the saved model lacks trained tensors: {', '.join(missing[:10])}")
-
-
 def frozen_fingerprint(model: nn.Module) -> str:
     """Fingerprint of a model's frozen tensors: every ``state_dict`` entry training leaves
     alone (see ``peftsmoothing.core.params.trained_keys``).
@@ -361,8 +313,6 @@ def check_base_fingerprint(
     actual: str | None,
     path: str | os.PathLike[str],
     origin: str,
-    *,
-    stacklevel: int = 3,
 ) -> None:
     """Refuse a base model whose frozen weights are not those the saved model was trained on.
 
@@ -373,7 +323,6 @@ def check_base_fingerprint(
         actual: ``frozen_fingerprint`` of the rebuilt model.
         path: The saved directory, for messages.
         origin: Where the base model came from, for messages.
-        stacklevel: Of the warning (default: the caller's caller).
 
     Raises:
         ValueError: If the fingerprints differ, or the config lacks one (release 0.1 aside).
@@ -392,13 +341,13 @@ def check_base_fingerprint(
             f"{path} was saved without a fingerprint of its frozen weights (peftsmoothing "
             "< 0.2), so whether this base model is the one it was trained on cannot be checked",
             UserWarning,
-            stacklevel=stacklevel,
+            stacklevel=3,  # the caller's caller: load()'s user
         )
         return
     if stored != actual:
         raise ValueError(
             f"{path} was trained on other frozen weights than those of {origin}: the "
-            f"fingerprints differ (saved {str(stored)[:12]}..., given "
+            f"fingerprints differ (saved {stored[:12]}..., given "
             f"{str(actual)[:12]}...). Its adapters would run on the wrong "
             "backbone; pass the base model (or base_weights=) it was trained on"
         )

@@ -19,9 +19,8 @@ import json
 import os
 import struct
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
 
 import safetensors.torch
 import torch
@@ -31,6 +30,7 @@ from ..core.files import atomic_write
 __all__ = [
     "LEGACY_TENSORS_FILE",
     "TENSORS_FILE",
+    "check_tensors_fit",
     "read_legacy",
     "read_safetensors",
     "write_tensors",
@@ -125,7 +125,7 @@ def read_safetensors(file: Path, expected: Mapping[str, torch.Tensor]) -> dict[s
     if not all(isinstance(v, dict) and isinstance(v.get("shape"), list) for v in header.values()):
         raise ValueError(f"{file} is corrupt (a safetensors header entry without a shape)")
     saved = {k: (str(v.get("dtype")), tuple(v["shape"])) for k, v in header.items()}
-    _check_exact(file, saved, expected)
+    check_tensors_fit(saved, expected, expected, f"{file}: ")
     size = file.stat().st_size
     if size != 8 + length + data:
         raise ValueError(
@@ -138,31 +138,54 @@ def read_safetensors(file: Path, expected: Mapping[str, torch.Tensor]) -> dict[s
         raise ValueError(f"{file} is corrupt or truncated ({type(err).__name__}: {err})") from None
 
 
-def _check_exact(
-    file: Path,
-    saved: Mapping[str, tuple[str, tuple[Any, ...]]],
+def check_tensors_fit(
+    saved: Mapping[str, tuple[str | None, tuple[int, ...]]],
     expected: Mapping[str, torch.Tensor],
+    required: Iterable[str],
+    prefix: str = "",
 ) -> None:
-    """Refuse a header whose names, dtypes or shapes are not exactly ``expected``'s."""
+    """Refuse saved tensors that do not fit the model exactly.
+
+    Every saved tensor must be one of ``expected`` (frozen weights are never saved, so a frozen
+    key is refused), with its shape and, where the saved dtype is known, its dtype; every name
+    in ``required`` must be saved.
+
+    Args:
+        saved: Name -> (safetensors dtype name, or ``None`` if unknown; shape) of what is saved.
+        expected: The model's trained tensors (``PEFTModel.trained_state_dict()``).
+        required: The names that must be saved.
+        prefix: The start of the messages (e.g. the file's name).
+
+    Raises:
+        ValueError: Naming up to ten keys that do not fit, or that are missing.
+
+    Examples:
+        >>> import torch
+        >>> check_tensors_fit({"w": (None, (2,))}, {"w": torch.zeros(3)}, ["w"])
+        Traceback (most recent call last):
+        ...
+        ValueError: the saved tensors do not fit this base model: w (saved (2,), model (3,))
+    """
     problems = []
     for name, (dtype, shape) in saved.items():
         want = expected.get(name)
         wanted_dtype = _DTYPE_NAMES.get(want.dtype, str(want.dtype)) if want is not None else ""
         if want is None:
-            problems.append(f"{name} (not a trained tensor of this model: frozen weights are "
-                            "never saved)")  # fmt: skip
+            problems.append(
+                f"{name} (not a trained tensor of this model: frozen weights are never saved)"
+            )
         elif shape != tuple(want.shape):
             problems.append(f"{name} (saved {shape}, model {tuple(want.shape)})")
-        elif dtype != wanted_dtype:
+        elif dtype is not None and dtype != wanted_dtype:
             problems.append(f"{name} (saved {dtype}, model {wanted_dtype})")
     if problems:
         raise ValueError(
-            f"{file}: the saved tensors do not fit this base model: {', '.join(problems[:10])}"
+            f"{prefix}the saved tensors do not fit this base model: {', '.join(problems[:10])}"
         )
-    missing = [n for n in expected if n not in saved]
+    missing = [n for n in required if n not in saved]
     if missing:
         raise ValueError(
-            f"{file}: the saved model lacks trained tensors: {', '.join(missing[:10])}"
+            f"{prefix}the saved model lacks trained tensors: {', '.join(missing[:10])}"
         )
 
 
