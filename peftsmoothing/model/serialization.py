@@ -151,11 +151,9 @@ def write_model(
 def _file_in(directory: Path, name: str) -> Path:
     """``directory / name``, refusing a symlink that leads out of the directory."""
     path = directory / name
-    if path.is_symlink() or path.exists():
-        inside = directory.resolve()
-        target = path.resolve()
-        if target != inside / name and inside not in target.parents:
-            raise ValueError(f"{path} is a link to {target}, outside {directory}: refused")
+    target = path.resolve()  # the path itself, unless it is a link
+    if directory.resolve() not in target.parents:
+        raise ValueError(f"{path} is a link to {target}, outside {directory}: refused")
     return path
 
 
@@ -182,35 +180,28 @@ def read_config(path: str | os.PathLike[str]) -> dict[str, Any]:
         )
     try:
         config = json.loads(cfg_path.read_text())
-    except RecursionError:
-        raise ValueError(f"{cfg_path} is corrupt (not valid JSON: nested too deeply)") from None
+        _check_config(config, cfg_path)
+    except RecursionError:  # JSON, or a spec, nested deeper than Python's recursion limit
+        raise ValueError(f"{cfg_path} is corrupt (nested too deeply)") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ValueError(f"{cfg_path} is corrupt (not valid JSON: {err})") from None
-    if not isinstance(config, dict) or config.get("format") != FORMAT:
-        raise ValueError(f"{cfg_path} is not a peftsmoothing model config")
-    version = config.get("format_version")
-    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-        raise ValueError(f"{cfg_path}: format_version {version!r} is not a version of the format")
-    if version > FORMAT_VERSION:
-        raise ValueError(
-            f"{cfg_path} was written by a newer peftsmoothing "
-            f"({config.get('peftsmoothing_version')}); upgrade to load it"
-        )
-    _check_sections(config, cfg_path)
-    spec = config["spec"]
-    try:
-        check_numbers(spec, f"{cfg_path}: spec")  # classes, input size, method options: bounded
-    except RecursionError:
-        raise ValueError(f"{cfg_path}: spec is nested too deeply") from None
-    side = spec.get("input_size")
-    if side is not None:
-        check_numbers(side, f"{cfg_path}: spec.input_size", limit=MAX_INPUT_SIDE)
     return config
 
 
-def _check_sections(config: Mapping[str, Any], path: Path) -> None:
-    """Refuse a config whose sections are not JSON objects, or that lacks ``spec``, ``base``
-    or ``spec.method``: one line naming the file and the section, not a traceback later."""
+def _check_config(config: Any, path: Path) -> None:
+    """Refuse a config of another format or a newer version, whose sections are not JSON
+    objects, that lacks ``spec``, ``base`` or ``spec.method``, or with a number out of bounds
+    in ``spec``: one line naming the file and the section, not a traceback later."""
+    if not isinstance(config, dict) or config.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a peftsmoothing model config")
+    version = config.get("format_version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise ValueError(f"{path}: format_version {version!r} is not a version of the format")
+    if version > FORMAT_VERSION:
+        raise ValueError(
+            f"{path} was written by a newer peftsmoothing "
+            f"({config.get('peftsmoothing_version')}); upgrade to load it"
+        )
     for name in ("spec", "base"):
         if name not in config:
             raise ValueError(f"{path}: {name} is missing")
@@ -223,11 +214,13 @@ def _check_sections(config: Mapping[str, Any], path: Path) -> None:
             raise ValueError(
                 f"{path}: {section}.{key} must be a JSON object or null, got {value!r:.60}"
             )
-    method = config["spec"].get("method")
-    if method is None:
+    spec = config["spec"]
+    if spec.get("method") is None:
         raise ValueError(f"{path}: spec.method is missing")
-    if not isinstance(method, str):
-        raise ValueError(f"{path}: spec.method must be a string, got {method!r:.60}")
+    if not isinstance(spec["method"], str):
+        raise ValueError(f"{path}: spec.method must be a string, got {spec['method']!r:.60}")
+    check_numbers(spec, f"{path}: spec")  # classes, input size, method options: bounded
+    check_numbers(spec.get("input_size"), f"{path}: spec.input_size", limit=MAX_INPUT_SIDE)
 
 
 def read_tensors(
@@ -368,7 +361,7 @@ def saved_method_options(
         >>> saved_method_options({"spec": {"method_config": {"r": 4}}}, "d", frozenset({"r"}))
         {'r': 4}
     """
-    saved = dict(config.get("spec", {}).get("method_config") or {})
+    saved = dict(config["spec"].get("method_config") or {})
     unexpected = sorted(set(saved) - allowed)
     if unexpected:
         raise ValueError(

@@ -197,7 +197,7 @@ def read_legacy(file: Path, expected: Mapping[str, torch.Tensor]) -> dict[str, t
     show at most the bytes of ``expected``'s tensors plus their records before
     ``torch.load(weights_only=True)`` reads it. The directory is the one torch reads, and
     must be the only one any zip reader can find (``_zip_records``). Which tensors it holds is
-    checked by the caller (``serialization.check_tensors_fit``).
+    checked by the caller (``check_tensors_fit``).
 
     Args:
         file: The file.
