@@ -204,9 +204,7 @@ class PEFTModel(nn.Module):
             >>> [n for n, _ in m.named_trainable_parameters()]
             ['model.weight', 'model.bias']
         """
-        for name, p in self.named_parameters():
-            if p.requires_grad:
-                yield name, p
+        yield from ((name, p) for name, p in self.named_parameters() if p.requires_grad)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """The parameters that training updates (pass them to an optimizer).

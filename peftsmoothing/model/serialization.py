@@ -274,9 +274,7 @@ def read_tensors(
         tensors = read_safetensors(file, expected)
     else:
         raise FileNotFoundError(f"{directory} holds no {TENSORS_FILE}")
-    if map_location is None:
-        return tensors
-    return {k: v.to(map_location) for k, v in tensors.items()}
+    return {k: v.to(map_location or "cpu") for k, v in tensors.items()}
 
 
 def frozen_fingerprint(model: nn.Module) -> str:
