@@ -224,19 +224,14 @@ def read_legacy(file: Path, expected: Mapping[str, torch.Tensor]) -> dict[str, t
         ValueError: ... bytes, more than the trained tensors take (8 bytes and their records)...
     """
     data, limit = _size_limit(expected)
+    too_large = f"more than the trained tensors take ({data:,} bytes and their records): refused"
     size = file.stat().st_size
     if size > limit:
-        raise ValueError(
-            f"{file} holds {size:,} bytes, more than the trained tensors take ({data:,} bytes "
-            "and their records): refused"
-        )
+        raise ValueError(f"{file} holds {size:,} bytes, {too_large}")
     records = _zip_records(file)
     unpacked = sum(size for _, _, _, size, _ in records)
     if unpacked > limit:
-        raise ValueError(
-            f"{file} unpacks to {unpacked:,} bytes, more than the trained tensors take "
-            f"({data:,} bytes and their records): refused"
-        )
+        raise ValueError(f"{file} unpacks to {unpacked:,} bytes, {too_large}")
     if any(method != 0 or packed != size for _, method, packed, size, _ in records):
         raise ValueError(f"{file} holds compressed records, which torch.save never writes: refused")
     try:
