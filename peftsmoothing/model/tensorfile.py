@@ -117,7 +117,7 @@ def read_safetensors(file: Path, expected: Mapping[str, torch.Tensor]) -> dict[s
         raw = f.read(length)
     try:
         header = json.loads(raw) if len(prefix) == 8 and len(raw) == length else None
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         header = None
     if not isinstance(header, dict):
         raise ValueError(f"{file} is corrupt or truncated (no safetensors header)")
