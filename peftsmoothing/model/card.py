@@ -45,10 +45,9 @@ def _command(settings: Mapping[str, Any]) -> str:
     data = settings.get("dataset") or {}
     words = ["peftsmoothing certify --model MODEL_DIR",
              f"--dataset {data.get('name', 'DATASET')} --root DATA_DIR"]  # fmt: skip
-    if data.get("split"):
-        words.append(f"--split {data['split']}")
-    if data.get("image_size"):
-        words.append(f"--image-size {data['image_size']}")
+    for key in ("split", "image_size"):  # --split, --image-size
+        if data.get(key):
+            words.append(f"--{key.replace('_', '-')} {data[key]}")
     words += [f"--sigma {settings['sigma']!r}", f"--n0 {settings['n0']}", f"--n {settings['n']}",
               f"--alpha {settings['alpha']!r}", f"--seed {settings['seed']}",
               f"--precision {settings['precision']}"]  # fmt: skip

@@ -40,8 +40,7 @@ def hub_repo(location: str) -> tuple[str, str | None]:
         >>> hub_repo("hf-hub:me/lora-cifar10@v1")
         ('me/lora-cifar10', 'v1')
     """
-    body = location[len(HUB_PREFIX):] if location.startswith(HUB_PREFIX) else location
-    repo, _, revision = body.partition("@")
+    repo, _, revision = location.removeprefix(HUB_PREFIX).partition("@")
     if not _REPO.fullmatch(repo) or ".." in repo:
         raise ValueError(f"{location!r}: a Hub model is hf-hub:user/name[@revision]")
     if revision and (not _REVISION.fullmatch(revision) or ".." in revision):

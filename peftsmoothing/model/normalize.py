@@ -135,9 +135,7 @@ def timm_mean_std(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...
         ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
     """
     cfg = getattr(model, "pretrained_cfg", None)
-    if not isinstance(cfg, dict):
-        return None
-    mean, std = cfg.get("mean"), cfg.get("std")
+    mean, std = (cfg.get("mean"), cfg.get("std")) if isinstance(cfg, dict) else (None, None)
     if mean is None or std is None:
         return None
     return tuple(float(m) for m in mean), tuple(float(s) for s in std)

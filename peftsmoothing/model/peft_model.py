@@ -204,9 +204,7 @@ class PEFTModel(nn.Module):
             >>> [n for n, _ in m.named_trainable_parameters()]
             ['model.weight', 'model.bias']
         """
-        for name, p in self.named_parameters():
-            if p.requires_grad:
-                yield name, p
+        yield from ((name, p) for name, p in self.named_parameters() if p.requires_grad)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """The parameters that training updates (pass them to an optimizer).
@@ -267,12 +265,7 @@ class PEFTModel(nn.Module):
             >>> torch.allclose(m.merge()(x), y, atol=1e-5), m.merged
             (True, True)
         """
-        if not self.supports_merge:
-            raise NotImplementedError(f"method {self.spec.method!r} does not support merge()")
-        if not self._merged:
-            self.method.merge(self.model)
-            self._merged = True
-        return self
+        return self._set_merged(True)
 
     def unmerge(self) -> Self:
         """Undo [`merge`][peftsmoothing.PEFTModel.merge] (restores the base weights up to float
@@ -285,11 +278,15 @@ class PEFTModel(nn.Module):
             >>> ps.wrap(vit, method="lora").merge().unmerge().merged
             False
         """
+        return self._set_merged(False)
+
+    def _set_merged(self, merged: bool) -> Self:
         if not self.supports_merge:
-            raise NotImplementedError(f"method {self.spec.method!r} does not support unmerge()")
-        if self._merged:
-            self.method.unmerge(self.model)
-            self._merged = False
+            name = "merge" if merged else "unmerge"
+            raise NotImplementedError(f"method {self.spec.method!r} does not support {name}()")
+        if merged != self._merged:
+            (self.method.merge if merged else self.method.unmerge)(self.model)
+            self._merged = merged
         return self
 
     @contextlib.contextmanager
@@ -307,13 +304,13 @@ class PEFTModel(nn.Module):
             >>> m.merged
             False
         """
-        was_merged = self._merged
-        if self.supports_merge:
+        unmerge_after = self.supports_merge and not self._merged
+        if unmerge_after:
             self.merge()
         try:
             yield self
         finally:
-            if self.supports_merge and not was_merged:
+            if unmerge_after:
                 self.unmerge()
 
     # ------------------------------------------------------------------------ saving

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import os
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +48,6 @@ __all__ = [
     "TENSORS_FILE",
     "base_record",
     "check_base_fingerprint",
-    "check_tensors_fit",
     "frozen_fingerprint",
     "read_config",
     "read_tensors",
@@ -152,11 +151,9 @@ def write_model(
 def _file_in(directory: Path, name: str) -> Path:
     """``directory / name``, refusing a symlink that leads out of the directory."""
     path = directory / name
-    if path.is_symlink() or path.exists():
-        inside = directory.resolve()
-        target = path.resolve()
-        if target != inside / name and inside not in target.parents:
-            raise ValueError(f"{path} is a link to {target}, outside {directory}: refused")
+    target = path.resolve()  # the path itself, unless it is a link
+    if directory.resolve() not in target.parents:
+        raise ValueError(f"{path} is a link to {target}, outside {directory}: refused")
     return path
 
 
@@ -183,35 +180,28 @@ def read_config(path: str | os.PathLike[str]) -> dict[str, Any]:
         )
     try:
         config = json.loads(cfg_path.read_text())
-    except RecursionError:
-        raise ValueError(f"{cfg_path} is corrupt (not valid JSON: nested too deeply)") from None
+        _check_config(config, cfg_path)
+    except RecursionError:  # JSON, or a spec, nested deeper than Python's recursion limit
+        raise ValueError(f"{cfg_path} is corrupt (nested too deeply)") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ValueError(f"{cfg_path} is corrupt (not valid JSON: {err})") from None
-    if not isinstance(config, dict) or config.get("format") != FORMAT:
-        raise ValueError(f"{cfg_path} is not a peftsmoothing model config")
-    version = config.get("format_version")
-    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-        raise ValueError(f"{cfg_path}: format_version {version!r} is not a version of the format")
-    if version > FORMAT_VERSION:
-        raise ValueError(
-            f"{cfg_path} was written by a newer peftsmoothing "
-            f"({config.get('peftsmoothing_version')}); upgrade to load it"
-        )
-    _check_sections(config, cfg_path)
-    spec = config["spec"]
-    try:
-        check_numbers(spec, f"{cfg_path}: spec")  # classes, input size, method options: bounded
-    except RecursionError:
-        raise ValueError(f"{cfg_path}: spec is nested too deeply") from None
-    side = spec.get("input_size")
-    if side is not None:
-        check_numbers(side, f"{cfg_path}: spec.input_size", limit=MAX_INPUT_SIDE)
     return config
 
 
-def _check_sections(config: Mapping[str, Any], path: Path) -> None:
-    """Refuse a config whose sections are not JSON objects, or that lacks ``spec``, ``base``
-    or ``spec.method``: one line naming the file and the section, not a traceback later."""
+def _check_config(config: Any, path: Path) -> None:
+    """Refuse a config of another format or a newer version, whose sections are not JSON
+    objects, that lacks ``spec``, ``base`` or ``spec.method``, or with a number out of bounds
+    in ``spec``: one line naming the file and the section, not a traceback later."""
+    if not isinstance(config, dict) or config.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a peftsmoothing model config")
+    version = config.get("format_version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise ValueError(f"{path}: format_version {version!r} is not a version of the format")
+    if version > FORMAT_VERSION:
+        raise ValueError(
+            f"{path} was written by a newer peftsmoothing "
+            f"({config.get('peftsmoothing_version')}); upgrade to load it"
+        )
     for name in ("spec", "base"):
         if name not in config:
             raise ValueError(f"{path}: {name} is missing")
@@ -224,11 +214,13 @@ def _check_sections(config: Mapping[str, Any], path: Path) -> None:
             raise ValueError(
                 f"{path}: {section}.{key} must be a JSON object or null, got {value!r:.60}"
             )
-    method = config["spec"].get("method")
-    if method is None:
+    spec = config["spec"]
+    if spec.get("method") is None:
         raise ValueError(f"{path}: spec.method is missing")
-    if not isinstance(method, str):
-        raise ValueError(f"{path}: spec.method must be a string, got {method!r:.60}")
+    if not isinstance(spec["method"], str):
+        raise ValueError(f"{path}: spec.method must be a string, got {spec['method']!r:.60}")
+    check_numbers(spec, f"{path}: spec")  # classes, input size, method options: bounded
+    check_numbers(spec.get("input_size"), f"{path}: spec.input_size", limit=MAX_INPUT_SIDE)
 
 
 def read_tensors(
@@ -282,56 +274,7 @@ def read_tensors(
         tensors = read_safetensors(file, expected)
     else:
         raise FileNotFoundError(f"{directory} holds no {TENSORS_FILE}")
-    if map_location is None:
-        return tensors
-    return {k: v.to(map_location) for k, v in tensors.items()}
-
-
-def check_tensors_fit(
-    tensors: Mapping[str, torch.Tensor],
-    listed: object,
-    trained: Mapping[str, torch.Tensor],
-    trainable: Iterable[str],
-) -> None:
-    """Refuse saved tensors that do not fit the rebuilt model exactly.
-
-    Every saved tensor must be a trained tensor of the model and listed in the config (frozen
-    weights are never saved, so a frozen key is refused), with the model's shape; every
-    trainable parameter must be saved.
-
-    Args:
-        tensors: The saved tensors (``read_tensors``).
-        listed: The config's ``tensors`` section (a dict of name -> shape; ignored otherwise).
-        trained: The rebuilt model's trained tensors (``PEFTModel.trained_state_dict()``).
-        trainable: Names of the rebuilt model's trainable parameters.
-
-    Raises:
-        ValueError: Naming up to ten keys that do not fit, or that are missing.
-
-    Examples:
-        >>> import torch
-        >>> check_tensors_fit({"w": torch.ones(2)}, {"w": [2]}, {"w": torch.zeros(3)}, ["w"])
-        Traceback (most recent call last):
-        ...
-        ValueError: the saved tensors do not fit this base model: w (saved (2,), model (3,))
-    """
-    problems = [
-        f"{k} (not a trained tensor of this model: frozen weights are never saved)"
-        for k in tensors
-        if k not in trained or (isinstance(listed, dict) and k not in listed)
-    ]
-    problems += [
-        f"{k} (saved {tuple(v.shape)}, model {tuple(trained[k].shape)})"
-        for k, v in tensors.items()
-        if k in trained and trained[k].shape != v.shape
-    ]
-    if problems:
-        raise ValueError(
-            "the saved tensors do not fit this base model: " + ", ".join(problems[:10])
-        )
-    missing = [n for n in trainable if n not in tensors]
-    if missing:
-        raise ValueError(f"the saved model lacks trained tensors: {', '.join(missing[:10])}")
+    return {k: v.to(map_location or "cpu") for k, v in tensors.items()}
 
 
 def frozen_fingerprint(model: nn.Module) -> str:
@@ -361,8 +304,6 @@ def check_base_fingerprint(
     actual: str | None,
     path: str | os.PathLike[str],
     origin: str,
-    *,
-    stacklevel: int = 3,
 ) -> None:
     """Refuse a base model whose frozen weights are not those the saved model was trained on.
 
@@ -373,7 +314,6 @@ def check_base_fingerprint(
         actual: ``frozen_fingerprint`` of the rebuilt model.
         path: The saved directory, for messages.
         origin: Where the base model came from, for messages.
-        stacklevel: Of the warning (default: the caller's caller).
 
     Raises:
         ValueError: If the fingerprints differ, or the config lacks one (release 0.1 aside).
@@ -392,13 +332,13 @@ def check_base_fingerprint(
             f"{path} was saved without a fingerprint of its frozen weights (peftsmoothing "
             "< 0.2), so whether this base model is the one it was trained on cannot be checked",
             UserWarning,
-            stacklevel=stacklevel,
+            stacklevel=3,  # the caller's caller: load()'s user
         )
         return
     if stored != actual:
         raise ValueError(
             f"{path} was trained on other frozen weights than those of {origin}: the "
-            f"fingerprints differ (saved {str(stored)[:12]}..., given "
+            f"fingerprints differ (saved {stored[:12]}..., given "
             f"{str(actual)[:12]}...). Its adapters would run on the wrong "
             "backbone; pass the base model (or base_weights=) it was trained on"
         )
@@ -419,7 +359,7 @@ def saved_method_options(
         >>> saved_method_options({"spec": {"method_config": {"r": 4}}}, "d", frozenset({"r"}))
         {'r': 4}
     """
-    saved = dict(config.get("spec", {}).get("method_config") or {})
+    saved = dict(config["spec"].get("method_config") or {})
     unexpected = sorted(set(saved) - allowed)
     if unexpected:
         raise ValueError(

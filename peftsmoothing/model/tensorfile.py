@@ -19,9 +19,8 @@ import json
 import os
 import struct
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
 
 import safetensors.torch
 import torch
@@ -31,6 +30,7 @@ from ..core.files import atomic_write
 __all__ = [
     "LEGACY_TENSORS_FILE",
     "TENSORS_FILE",
+    "check_tensors_fit",
     "read_legacy",
     "read_safetensors",
     "write_tensors",
@@ -117,7 +117,7 @@ def read_safetensors(file: Path, expected: Mapping[str, torch.Tensor]) -> dict[s
         raw = f.read(length)
     try:
         header = json.loads(raw) if len(prefix) == 8 and len(raw) == length else None
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         header = None
     if not isinstance(header, dict):
         raise ValueError(f"{file} is corrupt or truncated (no safetensors header)")
@@ -125,7 +125,7 @@ def read_safetensors(file: Path, expected: Mapping[str, torch.Tensor]) -> dict[s
     if not all(isinstance(v, dict) and isinstance(v.get("shape"), list) for v in header.values()):
         raise ValueError(f"{file} is corrupt (a safetensors header entry without a shape)")
     saved = {k: (str(v.get("dtype")), tuple(v["shape"])) for k, v in header.items()}
-    _check_exact(file, saved, expected)
+    check_tensors_fit(saved, expected, expected, f"{file}: ")
     size = file.stat().st_size
     if size != 8 + length + data:
         raise ValueError(
@@ -138,31 +138,54 @@ def read_safetensors(file: Path, expected: Mapping[str, torch.Tensor]) -> dict[s
         raise ValueError(f"{file} is corrupt or truncated ({type(err).__name__}: {err})") from None
 
 
-def _check_exact(
-    file: Path,
-    saved: Mapping[str, tuple[str, tuple[Any, ...]]],
+def check_tensors_fit(
+    saved: Mapping[str, tuple[str | None, tuple[int, ...]]],
     expected: Mapping[str, torch.Tensor],
+    required: Iterable[str],
+    prefix: str = "",
 ) -> None:
-    """Refuse a header whose names, dtypes or shapes are not exactly ``expected``'s."""
+    """Refuse saved tensors that do not fit the model exactly.
+
+    Every saved tensor must be one of ``expected`` (frozen weights are never saved, so a frozen
+    key is refused), with its shape and, where the saved dtype is known, its dtype; every name
+    in ``required`` must be saved.
+
+    Args:
+        saved: Name -> (safetensors dtype name, or ``None`` if unknown; shape) of what is saved.
+        expected: The model's trained tensors (``PEFTModel.trained_state_dict()``).
+        required: The names that must be saved.
+        prefix: The start of the messages (e.g. the file's name).
+
+    Raises:
+        ValueError: Naming up to ten keys that do not fit, or that are missing.
+
+    Examples:
+        >>> import torch
+        >>> check_tensors_fit({"w": (None, (2,))}, {"w": torch.zeros(3)}, ["w"])
+        Traceback (most recent call last):
+        ...
+        ValueError: the saved tensors do not fit this base model: w (saved (2,), model (3,))
+    """
     problems = []
     for name, (dtype, shape) in saved.items():
         want = expected.get(name)
         wanted_dtype = _DTYPE_NAMES.get(want.dtype, str(want.dtype)) if want is not None else ""
         if want is None:
-            problems.append(f"{name} (not a trained tensor of this model: frozen weights are "
-                            "never saved)")  # fmt: skip
+            problems.append(
+                f"{name} (not a trained tensor of this model: frozen weights are never saved)"
+            )
         elif shape != tuple(want.shape):
             problems.append(f"{name} (saved {shape}, model {tuple(want.shape)})")
-        elif dtype != wanted_dtype:
+        elif dtype is not None and dtype != wanted_dtype:
             problems.append(f"{name} (saved {dtype}, model {wanted_dtype})")
     if problems:
         raise ValueError(
-            f"{file}: the saved tensors do not fit this base model: {', '.join(problems[:10])}"
+            f"{prefix}the saved tensors do not fit this base model: {', '.join(problems[:10])}"
         )
-    missing = [n for n in expected if n not in saved]
+    missing = [n for n in required if n not in saved]
     if missing:
         raise ValueError(
-            f"{file}: the saved model lacks trained tensors: {', '.join(missing[:10])}"
+            f"{prefix}the saved model lacks trained tensors: {', '.join(missing[:10])}"
         )
 
 
@@ -174,7 +197,7 @@ def read_legacy(file: Path, expected: Mapping[str, torch.Tensor]) -> dict[str, t
     show at most the bytes of ``expected``'s tensors plus their records before
     ``torch.load(weights_only=True)`` reads it. The directory is the one torch reads, and
     must be the only one any zip reader can find (``_zip_records``). Which tensors it holds is
-    checked by the caller (``serialization.check_tensors_fit``).
+    checked by the caller (``check_tensors_fit``).
 
     Args:
         file: The file.
@@ -201,19 +224,14 @@ def read_legacy(file: Path, expected: Mapping[str, torch.Tensor]) -> dict[str, t
         ValueError: ... bytes, more than the trained tensors take (8 bytes and their records)...
     """
     data, limit = _size_limit(expected)
+    too_large = f"more than the trained tensors take ({data:,} bytes and their records): refused"
     size = file.stat().st_size
     if size > limit:
-        raise ValueError(
-            f"{file} holds {size:,} bytes, more than the trained tensors take ({data:,} bytes "
-            "and their records): refused"
-        )
+        raise ValueError(f"{file} holds {size:,} bytes, {too_large}")
     records = _zip_records(file)
     unpacked = sum(size for _, _, _, size, _ in records)
     if unpacked > limit:
-        raise ValueError(
-            f"{file} unpacks to {unpacked:,} bytes, more than the trained tensors take "
-            f"({data:,} bytes and their records): refused"
-        )
+        raise ValueError(f"{file} unpacks to {unpacked:,} bytes, {too_large}")
     if any(method != 0 or packed != size for _, method, packed, size, _ in records):
         raise ValueError(f"{file} holds compressed records, which torch.save never writes: refused")
     try:

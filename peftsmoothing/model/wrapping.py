@@ -39,12 +39,11 @@ from .serialization import (
     CONFIG_FILE,
     TENSORS_FILE,
     check_base_fingerprint,
-    check_tensors_fit,
-    frozen_fingerprint,
     read_config,
     read_tensors,
     saved_method_options,
 )
+from .tensorfile import check_tensors_fit
 
 __all__ = ["CONFIG_FILE", "TENSORS_FILE", "PEFTModel", "WrapSpec", "load", "read_config", "wrap"]
 
@@ -87,21 +86,9 @@ def _head_names(model: nn.Module) -> list[str]:
     if not callable(get_classifier):
         return []
     found = get_classifier()
-    classifiers = list(found) if isinstance(found, (tuple, list)) else [found]
-    return [
-        name
-        for c in classifiers
-        for name, module in model.named_modules()
-        if module is c and name and isinstance(c, nn.Module)
-    ]
-
-
-def _find_head(model: nn.Module, head: str | None) -> str | None:
-    if head is not None:
-        get_submodule(model, head)
-        return head
-    names = _head_names(model)
-    return names[0] if names else None
+    classifiers = found if isinstance(found, (tuple, list)) else [found]
+    modules = list(model.named_modules())
+    return [name for c in classifiers for name, module in modules if module is c and name]
 
 
 def _reset_head(model: nn.Module, head: str | None, user_named: bool, num_classes: int) -> str:
@@ -109,17 +96,18 @@ def _reset_head(model: nn.Module, head: str | None, user_named: bool, num_classe
     factory: dict[str, Any] = {"device": ref.device, "dtype": ref.dtype} if ref is not None else {}
     if not user_named and callable(getattr(model, "reset_classifier", None)):
         model.reset_classifier(num_classes)  # type: ignore[operator]
-        new_head = _find_head(model, None)
-        if new_head is None:
+        names = _head_names(model)
+        if not names:
             raise ValueError(f"{type(model).__name__}.reset_classifier() left no classifier")
-        for name in _head_names(model):
+        for name in names:
             model.get_submodule(name).to(**factory)
-        return new_head
+        return names[0]
     if head is None:
+        linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
         raise ValueError(
             f"num_classes={num_classes} needs a classification head to reset, and "
             f"{type(model).__name__} has no timm reset_classifier(); pass head='<module name>' "
-            f"(e.g. one of: {', '.join(_linear_names(model)[-3:]) or 'no nn.Linear found'})"
+            f"(e.g. one of: {', '.join(linears[-3:]) or 'no nn.Linear found'})"
         )
     old = model.get_submodule(head)
     if not isinstance(old, nn.Linear):
@@ -129,10 +117,6 @@ def _reset_head(model: nn.Module, head: str | None, user_named: bool, num_classe
     new = nn.Linear(old.in_features, num_classes, bias=old.bias is not None, **factory)
     replace_module(model, head, new)
     return head
-
-
-def _linear_names(model: nn.Module) -> list[str]:
-    return [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
 
 
 def wrap(
@@ -213,15 +197,16 @@ def wrap(
         )
     norm = _resolve_normalize(model, normalize)
     resize = Resize(input_size) if input_size is not None else None
-    head_name = _find_head(model, head)
+    if head is not None:
+        get_submodule(model, head)  # a missing module is an error naming the model's children
+    head_name = head if head is not None else next(iter(_head_names(model)), None)
     if train_head and num_classes is None and head_name is None:
         raise ValueError("train_head=True but no classification head was found; pass head=")
 
     # What rebuilds a plain timm model, read before anything changes it (verified on save).
     candidate = timm_candidate(model) if getattr(model, BASE_ATTR, None) is None else None
     saved_flags = {id(p): p.requires_grad for p in model.parameters()}
-    for p in model.parameters():
-        p.requires_grad_(False)
+    model.requires_grad_(False)
     try:
         if num_classes is not None:
             head_name = _reset_head(model, head_name, head is not None, num_classes)
@@ -236,14 +221,11 @@ def wrap(
     if train_head and head_name is not None:
         heads = [head_name] if head is not None else (_head_names(model) or [head_name])
         for name in heads:
-            for p in model.get_submodule(name).parameters():
-                p.requires_grad_(True)
+            model.get_submodule(name).requires_grad_(True)
     setattr(model, _WRAPPED_ATTR, True)
-    base_fingerprint = frozen_fingerprint(model)
-    if norm is not None:
-        ref = next(model.parameters(), None)
-        if ref is not None:
-            norm = norm.to(device=ref.device)
+    ref = next(model.parameters(), None)
+    if norm is not None and ref is not None:
+        norm = norm.to(device=ref.device)
     spec = WrapSpec(
         method=method,
         method_config=cfg.to_dict(),
@@ -263,7 +245,6 @@ def wrap(
         resize=resize,
         modules=context.modules,
         base_parameters=base_parameters,
-        base_fingerprint=base_fingerprint,
         base_candidate=candidate,
     )
 
@@ -350,29 +331,70 @@ def load(
     if path is None:  # load(path): rebuild the base model from the recorded recipe
         if isinstance(base_model, nn.Module):
             raise TypeError("load(base_model, path): path is missing")
-        return _load_from_recipe(local_directory(base_model), map_location, base_weights,
-                                 pretrained, method_overrides)  # fmt: skip
-    if not isinstance(base_model, nn.Module):
-        raise TypeError(f"base_model must be an nn.Module, got {type(base_model).__name__}")
-    if pretrained is not None:
-        raise TypeError(
-            "pretrained= chooses the weights of a base model rebuilt by load(path); "
-            "load(base_model, path) uses the base model you pass"
+        path = local_directory(base_model)
+        config = read_config(path)
+        base_model, origin = _rebuild(path, config, base_weights, pretrained)
+    else:
+        if not isinstance(base_model, nn.Module):
+            raise TypeError(f"base_model must be an nn.Module, got {type(base_model).__name__}")
+        if pretrained is not None:
+            raise TypeError(
+                "pretrained= chooses the weights of a base model rebuilt by load(path); "
+                "load(base_model, path) uses the base model you pass"
+            )
+        path = local_directory(path)
+        config = read_config(path)
+        origin = "the base model you passed (ps.load(base_model, path))"
+        if base_weights is not None:
+            load_weights(base_model, base_weights)
+    if base_weights is not None:
+        origin = f"the weights file you passed (base_weights={os.fspath(base_weights)!r})"
+    spec = config["spec"]
+    saved = saved_method_options(config, path, get_method(spec["method"]).Config.saved_keys())
+    # a head reset through timm's reset_classifier is reset so again; a user-named one is named
+    timm_reset = callable(getattr(base_model, "reset_classifier", None))
+    head = None if timm_reset and spec.get("num_classes") is not None else spec.get("head")
+    wrapped = wrap(
+        base_model,
+        spec["method"],
+        num_classes=spec.get("num_classes"),
+        head=head,
+        train_head=spec.get("train_head"),
+        normalize=(spec["mean"], spec["std"]) if spec.get("mean") is not None else None,
+        input_size=tuple(spec["input_size"]) if spec.get("input_size") else None,
+        **{**saved, **method_overrides},
+    )
+    expected = config["base"].get("num_parameters")
+    if expected and expected != wrapped.base_parameters:
+        raise ValueError(
+            f"base model mismatch: the saved model was built on a "
+            f"{config['base'].get('class')} with {expected:,} parameters, but the given base "
+            f"model has {wrapped.base_parameters:,}"
         )
-    return _load_onto(base_model, local_directory(path), map_location, base_weights,
-                      method_overrides)  # fmt: skip
+    check_base_fingerprint(config, wrapped.base_fingerprint, path, origin)
+    if map_location is None:
+        ref = next(wrapped.parameters(), None)
+        map_location = ref.device if ref is not None else "cpu"
+    trained = wrapped.trained_state_dict()
+    tensors = read_tensors(path, map_location, trained)
+    listed = config.get("tensors")  # the config's list of what was saved, if any
+    check_tensors_fit(
+        {k: (None, tuple(v.shape)) for k, v in tensors.items()},
+        {k: v for k, v in trained.items() if listed is None or k in listed},
+        [n for n, _ in wrapped.named_trainable_parameters()],
+    )
+    wrapped.load_state_dict(tensors, strict=False)
+    return wrapped
 
 
-def _load_from_recipe(
+def _rebuild(
     path: str | os.PathLike[str],
-    map_location: Any,
+    config: Mapping[str, Any],
     base_weights: str | os.PathLike[str] | None,
     pretrained: bool | None,
-    method_overrides: Mapping[str, Any],
-) -> PEFTModel:
-    """``load(path)``: rebuild the base model from its recipe, then the wrapped model."""
-    config = read_config(path)
-    recipe = config.get("base", {}).get("recipe") or config.get("metadata", {}).get("base_model")
+) -> tuple[nn.Module, str]:
+    """``load(path)``'s base model, rebuilt from its recipe, and where its weights came from."""
+    recipe = config["base"].get("recipe") or config.get("metadata", {}).get("base_model")
     if not recipe:
         raise ValueError(
             f"{path} does not record how to build its base model (it was not made with "
@@ -386,84 +408,6 @@ def _load_from_recipe(
     base_model = rebuild_base_model(
         recipe, base_weights=base_weights, pretrained=pretrained, source=source
     )
-    if base_weights is not None:
-        origin = f"the weights file you passed (base_weights={os.fspath(base_weights)!r})"
-    elif pretrained:
-        origin = f"timm's registry weights for {name} (pretrained=True)"
-    else:
-        origin = f"the base model rebuilt from its recipe ({name})"
-    return _rewrap(base_model, path, config, origin, map_location, method_overrides)
-
-
-def _load_onto(
-    base_model: nn.Module,
-    path: str | os.PathLike[str],
-    map_location: Any,
-    base_weights: str | os.PathLike[str] | None,
-    method_overrides: Mapping[str, Any],
-) -> PEFTModel:
-    """``load(base_model, path)``: wrap the given base model (with ``base_weights`` loaded)."""
-    config = read_config(path)
-    if base_weights is not None:
-        load_weights(base_model, base_weights)
-        origin = f"the weights file you passed (base_weights={os.fspath(base_weights)!r})"
-    else:
-        origin = "the base model you passed (ps.load(base_model, path))"
-    return _rewrap(base_model, path, config, origin, map_location, method_overrides)
-
-
-def _rewrap(
-    base_model: nn.Module,
-    path: str | os.PathLike[str],
-    config: Mapping[str, Any],
-    origin: str,
-    map_location: Any,
-    method_overrides: Mapping[str, Any],
-) -> PEFTModel:
-    """Wrap ``base_model`` as the config says, check it is the saved base, load the tensors."""
-    spec = config["spec"]
-    saved = saved_method_options(config, path, get_method(spec["method"]).Config.saved_keys())
-    normalize: NormalizeArg = None
-    if spec.get("mean") is not None:
-        normalize = (spec["mean"], spec["std"])
-    wrapped = wrap(
-        base_model,
-        spec["method"],
-        num_classes=spec.get("num_classes"),
-        head=spec.get("head") if spec.get("num_classes") is None else _user_head(base_model, spec),
-        train_head=spec.get("train_head"),
-        normalize=normalize,
-        input_size=tuple(spec["input_size"]) if spec.get("input_size") else None,
-        **{**saved, **method_overrides},
-    )
-    base = config.get("base", {})
-    expected = base.get("num_parameters")
-    if expected and expected != wrapped.base_parameters:
-        raise ValueError(
-            f"base model mismatch: the saved model was built on a "
-            f"{base.get('class')} with {expected:,} parameters, but the given base "
-            f"model has {wrapped.base_parameters:,}"
-        )
-    # user -> load -> _load_onto / _load_from_recipe -> _rewrap -> check: the warning names user
-    check_base_fingerprint(config, wrapped.base_fingerprint, path, origin, stacklevel=5)
-    if map_location is None:
-        ref = next(wrapped.parameters(), None)
-        map_location = ref.device if ref is not None else "cpu"
-    tensors = read_tensors(path, map_location, wrapped.trained_state_dict())
-    check_tensors_fit(
-        tensors,
-        config.get("tensors"),
-        wrapped.trained_state_dict(),
-        [n for n, _ in wrapped.named_trainable_parameters()],
-    )
-    wrapped.load_state_dict(tensors, strict=False)
-    return wrapped
-
-
-def _user_head(base_model: nn.Module, spec: Mapping[str, Any]) -> str | None:
-    """When the head was reset through timm's ``reset_classifier`` let ``wrap`` do that again;
-    when it was a user-named module, name it again."""
-    if callable(getattr(base_model, "reset_classifier", None)):
-        return None
-    head = spec.get("head")
-    return str(head) if head is not None else None
+    if pretrained:
+        return base_model, f"timm's registry weights for {name} (pretrained=True)"
+    return base_model, f"the base model rebuilt from its recipe ({name})"
