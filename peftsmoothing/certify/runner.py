@@ -135,21 +135,20 @@ def certify_dataset(
         desc="certify", dynamic_ncols=True,
     )  # fmt: skip
     try:
-        with sampler.inference():
-            for result in certify_packed(sampler, items(), run.n0, run.policy, run.batch_size):
-                label_, digest = labels.pop(result.key)
-                d = result.decision
+        with sampler.inference():  # one session for the whole dataset
+            for idx, cert in certify_packed(sampler, items(), run.n0, run.policy, run.batch_size):
+                label_, digest = labels.pop(idx)
                 row = LogRow(
-                    idx=result.key,
+                    idx=idx,
                     label=label_,
-                    predict=result.prediction,
-                    radius=d.radius,
-                    correct=int(result.prediction == label_),
-                    pa_lower=d.pa_lower,
-                    count=d.count,
-                    n=d.n,
-                    seconds=result.seconds,
-                    alpha=d.alpha_spent,
+                    predict=cert.prediction,
+                    radius=cert.radius,
+                    correct=int(cert.prediction == label_),
+                    pa_lower=cert.pa_lower,
+                    count=cert.count,
+                    n=cert.n,
+                    seconds=cert.seconds,
+                    alpha=cert.alpha_spent,
                     image_sha256=digest,
                 )
                 if opened is not None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -186,10 +187,8 @@ class SmoothedClassifier:
         gen = sampler.generator(resolve_seed(seed), STREAM_PREDICTION)
         x_dev = sampler.prepare(x)
         with sampler.inference():
-            counts = torch.zeros(self.num_classes + 1, dtype=torch.long, device=x_dev.device)
-            for size in chunk_sizes(n, batch_size):
-                counts += sampler.count([Chunk(x_dev, size, gen)])[0]
-            host = counts.cpu()  # the one host synchronisation
+            rows = [sampler.count([Chunk(x_dev, size, gen)]) for size in chunk_sizes(n, batch_size)]
+            host = torch.cat(rows).sum(dim=0).cpu()  # the one host synchronisation
         return sampler.class_counts(host)
 
     def predict(
@@ -324,12 +323,11 @@ class SmoothedClassifier:
             tolerance=tolerance, schedule=schedule,
         )  # fmt: skip
         item = (0, x, resolve_seed(seed))
-        with self.sampler.inference():
-            ((_, cert),) = self._certify_many(
-                [item], n0, policy or fixed_policy(self.sigma, n, alpha), batch_size,
-                fixed=policy is None,
-            )  # fmt: skip
-        return cert
+        with self.sampler.inference():  # one session for all the steps of the engine
+            ((_, cert),) = certify_packed(
+                self.sampler, [item], n0, policy or fixed_policy(self.sigma, n, alpha), batch_size
+            )
+        return cert if policy else replace(cert, reason=None)
 
     def certify_many(
         self,
@@ -380,23 +378,7 @@ class SmoothedClassifier:
                 f"the policy is for sigma={getattr(policy, 'sigma', None)}, this classifier "
                 f"smooths with sigma={self.sigma}"
             )
-        return self._certify_many(items, n0, policy, batch_size)
-
-    def _certify_many(
-        self,
-        items: Iterable[tuple[Any, torch.Tensor, int]],
-        n0: int,
-        policy: SequentialPolicy,
-        batch_size: int,
-        fixed: bool = False,
-    ) -> Iterator[tuple[Any, Certificate]]:
-        results = certify_packed(self.sampler, items, n0, policy, batch_size)
-        while True:  # inference state only while the engine runs, never in the caller's code
-            with self.sampler.inference():
-                result = next(results, None)
-            if result is None:
-                return
-            yield result.key, result.certificate(sequential=not fixed)
+        return certify_packed(self.sampler, items, n0, policy, batch_size)
 
     def certify_dataset(
         self,
