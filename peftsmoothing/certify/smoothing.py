@@ -314,18 +314,16 @@ class SmoothedClassifier:
             >>> cert.radius >= 0.5, cert.n, cert.reason  # certified at the first look
             (True, 256, 'certified')
         """
-        n0 = check_positive_int(n0, "n0")
-        n = check_positive_int(n, "n")
+        n = check_positive_int(n, "n")  # n0 and batch_size: checked by certify_many
         alpha = check_alpha(alpha)
-        batch_size = check_positive_int(batch_size, "batch_size")
         policy = sequential_policy(
             self.sigma, n, alpha, radius=radius, early_stop=early_stop, max_radius=max_radius,
             tolerance=tolerance, schedule=schedule,
         )  # fmt: skip
         item = (0, x, resolve_seed(seed))
         with self.sampler.inference():  # one session for all the steps of the engine
-            ((_, cert),) = certify_packed(
-                self.sampler, [item], n0, policy or fixed_policy(self.sigma, n, alpha), batch_size
+            ((_, cert),) = self.certify_many(
+                [item], n0, policy or fixed_policy(self.sigma, n, alpha), batch_size
             )
         return cert if policy else replace(cert, reason=None)
 
