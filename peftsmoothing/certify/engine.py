@@ -179,24 +179,23 @@ def certify_packed(
         [0, 1, 2]
     """
     looks = policy.schedule.looks
-    source = iter(items)
+    source: Iterator[tuple[Any, torch.Tensor, int]] | None = iter(items)  # None: all read
     jobs: list[_Job] = []
-    exhausted = False
     clock = time.perf_counter()  # start of the work not yet timed (timed at each sync)
     untimed: list[tuple[_Job, int]] = []
     failure: BaseException | None = None  # reading an image failed: finish the others first
     while True:
         finished: list[tuple[Any, Certificate]] = []
         with sampler.inference():  # left before the caller sees the finished certificates
-            while not exhausted and sum(j.to_decision(looks) for j in jobs) < batch_size:
+            while source is not None and sum(j.to_decision(looks) for j in jobs) < batch_size:
                 try:
                     key, image, seed = next(source)
                     x = sampler.prepare(image)
                 except StopIteration:
-                    exhausted = True
+                    source = None
                     break
                 except BaseException as err:  # raised once the images in flight are logged
-                    failure, exhausted = err, True
+                    failure, source = err, None
                     break
                 streams = (STREAM_SELECTION, STREAM_ESTIMATION)
                 generators = [sampler.generator(seed, stream) for stream in streams]

@@ -172,14 +172,12 @@ def dataset_info(dataset: Any, info: Mapping[str, Any] | None) -> dict[str, Any]
         >>> dataset_info([0, 1, 2], {"name": "cifar10"})
         {'size': 3, 'name': 'cifar10'}
     """
-    out: dict[str, Any] = {"size": len(dataset) if hasattr(dataset, "__len__") else None}
     for key, value in (info or {}).items():
         if not isinstance(key, str) or key == "size":
             raise ValueError(f"dataset_info keys must be strings other than 'size', got {key!r}")
         if value is not None and not isinstance(value, (str, int, float, bool)):
             raise ValueError(f"dataset_info[{key!r}] must be a number, string, bool or None")
-        out[key] = value
-    return out
+    return {"size": len(dataset) if hasattr(dataset, "__len__") else None, **(info or {})}
 
 
 def _check_label(label: object, idx: int, num_classes: int) -> int:

@@ -318,8 +318,7 @@ class NoiseSampler:
             >>> NoiseSampler(nn.Linear(2, 2), 2, 0.5).class_counts(torch.tensor([3, 4, 0]))
             tensor([3, 4])
         """
-        bad = int(counts[self.num_classes])
-        if bad:
+        if bad := int(counts[self.num_classes]):
             raise FloatingPointError(
                 f"the base model ({type(self.base).__name__}) returned non-finite logits "
                 f"(nan or inf) on {bad} of {int(counts.sum())} noise samples; no prediction or "

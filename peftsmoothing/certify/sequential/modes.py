@@ -7,8 +7,6 @@ from typing import Any
 from .policies import MaxRadiusPolicy, SequentialPolicy, TargetRadiusPolicy
 from .schedule import Schedule
 
-__all__ = ["fixed_policy", "policy_settings", "sequential_policy"]
-
 
 def fixed_policy(sigma: float, n: int, alpha: float) -> SequentialPolicy:
     """Fixed-``n`` CERTIFY (Cohen et al., 2019) as a policy: one look at ``n``, all of ``alpha``.

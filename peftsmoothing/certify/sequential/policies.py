@@ -19,15 +19,6 @@ from ...core.stats import abstains, certify_bound, clopper_pearson_upper
 from ...core.validation import check_alpha, check_int, check_real, check_sigma
 from .schedule import Schedule
 
-__all__ = [
-    "Decision",
-    "MaxRadiusPolicy",
-    "Reason",
-    "SequentialPolicy",
-    "TargetRadiusPolicy",
-    "run_sequential",
-]
-
 Reason = Literal["continue", "certified", "futile", "final", "max_radius", "converged"]
 """Why a policy continued or stopped at a look."""
 
