@@ -274,7 +274,6 @@ class NoiseSampler:
                 f"{sorted({(tuple(c.x.shape), str(c.x.dtype)) for c in chunks})}"
             )
         device = self.device
-        width = self.num_classes + 1
         sizes = [c.size for c in chunks]
         batch = self._batch((sum(sizes), *first.shape), first.dtype)
         for chunk, part in zip(chunks, batch.split(sizes), strict=True):
@@ -284,15 +283,11 @@ class NoiseSampler:
         self._check_logits(logits, len(batch))
         finite = torch.isfinite(logits).all(dim=1)
         predictions = torch.where(finite, logits.argmax(dim=1), self.num_classes)
-        if len(chunks) > 1:
-            segment = torch.repeat_interleave(
-                torch.arange(len(chunks), device=device), torch.tensor(sizes, device=device)
-            )
-            predictions = segment * width + predictions
-        counts = torch.zeros(len(chunks) * width, dtype=torch.long, device=device)
+        counts = torch.zeros(len(chunks), self.num_classes + 1, dtype=torch.long, device=device)
         # index_add_, not bincount: CUDA's bincount reads min/max on the host (a sync).
-        counts.index_add_(0, predictions, torch.ones_like(predictions))
-        return counts.view(len(chunks), width)
+        for row, votes in zip(counts, predictions.split(sizes), strict=True):
+            row.index_add_(0, votes, torch.ones_like(votes))
+        return counts
 
     def _batch(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
         """A batch to draw noise into: a prefix of the buffer kept while ``inference()`` is
