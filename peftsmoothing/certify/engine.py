@@ -197,10 +197,9 @@ def certify_packed(
                 except BaseException as err:  # raised once the images in flight are logged
                     failure, source = err, None
                     break
-                streams = (STREAM_SELECTION, STREAM_ESTIMATION)
-                generators = [sampler.generator(seed, stream) for stream in streams]
+                gens = [sampler.generator(seed, s) for s in (STREAM_SELECTION, STREAM_ESTIMATION)]
                 zeros = torch.zeros(2, sampler.num_classes + 1, dtype=torch.long, device=x.device)
-                jobs.append(_Job(key, x, generators, chunk_sizes(n0, batch_size), zeros))
+                jobs.append(_Job(key, x, gens, chunk_sizes(n0, batch_size), zeros))
             if not jobs:
                 if failure is not None:
                     raise failure

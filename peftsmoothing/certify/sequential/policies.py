@@ -7,6 +7,7 @@ reports is valid at whichever look sampling stops (a union bound over the looks)
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -244,14 +245,7 @@ class TargetRadiusPolicy(_Policy):
 
 def _first_true(predicate: Callable[[int], bool], n: int) -> int:
     """Smallest ``c`` in ``[0, n]`` with ``predicate(c)`` (monotone in ``c``); ``n + 1`` if none."""
-    lo, hi = 0, n + 1
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if predicate(mid):
-            hi = mid
-        else:
-            lo = mid + 1
-    return lo
+    return bisect.bisect_left(range(n + 1), True, key=predicate)  # False < True
 
 
 @dataclass(frozen=True)
