@@ -35,25 +35,12 @@ from ..report.certlog import LOG_COLUMNS, LOG_FORMATS, LogRow, log_settings, par
 from . import runner
 from .engine import Certificate, certify_packed, chunk_sizes
 from .sampling import STREAM_PREDICTION, Chunk, NoiseSampler, resolve_seed
-from .sequential import (
-    Schedule,
-    SequentialPolicy,
-    fixed_policy,
-    policy_settings,
-    sequential_policy,
-)
+from .sequential import Schedule, SequentialPolicy, fixed_policy, policy_settings, sequential_policy
 
 if TYPE_CHECKING:
     from ..report.accuracy import CertificationReport
 
-__all__ = [
-    "ABSTAIN",
-    "LOG_COLUMNS",
-    "Certificate",
-    "LogRow",
-    "SmoothedClassifier",
-    "parse_log",
-]
+__all__ = ["ABSTAIN", "LOG_COLUMNS", "Certificate", "LogRow", "SmoothedClassifier", "parse_log"]
 
 
 class SmoothedClassifier:
