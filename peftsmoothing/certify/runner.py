@@ -105,7 +105,7 @@ def certify_dataset(
         >>> certify_dataset(sampler, data, run).idx.tolist()
         [1, 3]
     """
-    with contextlib.ExitStack() as stack:  # closes the log, then the bar, if anything fails
+    with contextlib.ExitStack() as stack:  # on exit, even by an error: session, bar, then log
         opened: OpenLog | None = None
         if run.log is not None:
             opened = open_log(run.log, dict(run.settings), run.resume, stacklevel=stacklevel + 1)
