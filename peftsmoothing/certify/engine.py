@@ -38,9 +38,9 @@ import torch
 
 from ..core.stats import ABSTAIN
 from .sampling import STREAM_ESTIMATION, STREAM_SELECTION, Chunk, NoiseSampler
-from .sequential import Decision, SequentialPolicy
+from .sequential import SequentialPolicy
 
-__all__ = ["Certificate", "PackedResult", "certify_packed", "chunk_sizes"]
+__all__ = ["Certificate", "certify_packed", "chunk_sizes"]
 
 
 def chunk_sizes(num: int, batch_size: int) -> list[int]:
@@ -99,65 +99,31 @@ class Certificate:
         return self.prediction == ABSTAIN
 
 
-@dataclass(frozen=True)
-class PackedResult:
-    """One image's outcome: its selected class, the policy's final decision, its time.
-
-    Attributes:
-        key: What the caller passed with the image (e.g. its dataset index).
-        c_a: The class chosen by the ``n0`` selection samples.
-        decision: The policy's decision at the look where sampling stopped.
-        n0: Selection samples drawn.
-        seconds: The image's share of the forward time: each batch's time split over its
-            chunks by sample count (so the images' seconds add up to the wall time).
-    """
-
-    key: Any
-    c_a: int
-    decision: Decision
-    n0: int
-    seconds: float
-
-    @property
-    def prediction(self) -> int:
-        """``c_a``, or ``ABSTAIN`` when the decision abstains."""
-        return ABSTAIN if self.decision.abstain else self.c_a
-
-    def certificate(self, sequential: bool = True) -> Certificate:
-        """The [`Certificate`][peftsmoothing.Certificate] (``reason`` only if ``sequential``)."""
-        d = self.decision
-        return Certificate(
-            prediction=self.prediction,
-            radius=d.radius,
-            pa_lower=d.pa_lower,
-            count=d.count,
-            n=d.n,
-            n0=self.n0,
-            seconds=self.seconds,
-            alpha_spent=d.alpha_spent,
-            reason=d.reason if sequential else None,
-        )
-
-
 @dataclass(eq=False)
 class _Job:
     key: Any
     x: torch.Tensor
-    generators: tuple[torch.Generator, torch.Generator]
-    pending: list[int]
-    selection: torch.Tensor  # counts of the n0 selection samples (device)
-    votes: torch.Tensor  # counts of the estimation samples so far (device)
+    generators: list[torch.Generator]  # of the selection and of the estimation samples
+    pending: list[int]  # sizes of the chunks still to draw before the next decision
+    counts: torch.Tensor  # (2, num_classes + 1) on the device: selection, estimation so far
     look: int = -1  # -1: selection; k >= 0: drawing the samples of look k
     c_a: int = -1
     seconds: float = 0.0
 
     @property
-    def counts(self) -> torch.Tensor:
-        return self.selection if self.look < 0 else self.votes
+    def stage(self) -> int:
+        """0 while drawing the selection samples, 1 while drawing estimation samples."""
+        return int(self.look >= 0)
 
-    @property
-    def generator(self) -> torch.Generator:
-        return self.generators[0 if self.look < 0 else 1]
+    def to_decision(self, looks: tuple[int, ...]) -> int:
+        """Samples to draw before the next decision (selection leads into the first look)."""
+        return sum(self.pending) + (looks[0] if self.look < 0 else 0)
+
+    def advance(self, looks: tuple[int, ...], batch_size: int) -> None:
+        """Start drawing the samples of the next look (after selection: of the first)."""
+        self.look += 1
+        drawn = looks[self.look - 1] if self.look else 0
+        self.pending = chunk_sizes(looks[self.look] - drawn, batch_size)
 
 
 def _kind(x: torch.Tensor) -> tuple[Any, ...]:
@@ -171,7 +137,7 @@ def certify_packed(
     n0: int,
     policy: SequentialPolicy,
     batch_size: int,
-) -> Iterator[PackedResult]:
+) -> Iterator[tuple[Any, Certificate]]:
     """Certify images, packing the samples of several images into each forward batch.
 
     Images are admitted from ``items`` in order while the images in flight need fewer than
@@ -179,8 +145,9 @@ def certify_packed(
     decision comes after ``n0 + n`` samples, certifies about one image at a time, and the
     sequential modes keep several in flight); each batch takes whole chunks, oldest images
     first, of the images with the oldest image's shape, dtype and device only (images of other
-    shapes wait for a batch of their own, so every image is smoothed at its own shape). The
-    caller enters ``sampler.inference()`` around each step of the iteration.
+    shapes wait for a batch of their own, so every image is smoothed at its own shape). Each
+    step runs inside ``sampler.inference()``, left before the certificates it finished are
+    yielded, so the caller's code never runs in the inference state.
 
     Args:
         sampler: The model, sigma and counting.
@@ -191,7 +158,8 @@ def certify_packed(
         batch_size: Most noisy images per forward pass.
 
     Yields:
-        A ``PackedResult`` per image, in the order the images finish.
+        ``(key, Certificate)`` per image, in the order the images finish; ``reason`` says why
+        the policy stopped (the caller drops it for fixed ``n``).
 
     Raises:
         FloatingPointError: If the model returns a non-finite logit on an image's samples.
@@ -206,82 +174,77 @@ def certify_packed(
         >>> sampler = NoiseSampler(nn.Sequential(nn.Flatten(), nn.Linear(12, 2)), 2, 0.5)
         >>> policy = TargetRadiusPolicy(0.5, 0.1, Schedule.create(1000, 0.01, first=100))
         >>> items = [(i, torch.rand(3, 2, 2), i) for i in range(3)]
-        >>> with sampler.inference():
-        ...     done = list(certify_packed(sampler, items, 20, policy, 256))
-        >>> sorted(r.key for r in done)
+        >>> done = list(certify_packed(sampler, items, 20, policy, 256))
+        >>> sorted(key for key, cert in done)
         [0, 1, 2]
     """
     looks = policy.schedule.looks
-    width = sampler.num_classes + 1
-    source = iter(items)
+    source: Iterator[tuple[Any, torch.Tensor, int]] | None = iter(items)  # None: all read
     jobs: list[_Job] = []
-    exhausted = False
     clock = time.perf_counter()  # start of the work not yet timed (timed at each sync)
     untimed: list[tuple[_Job, int]] = []
     failure: BaseException | None = None  # reading an image failed: finish the others first
     while True:
-        while not exhausted and sum(_to_decision(j, looks) for j in jobs) < batch_size:
-            try:
-                key, image, seed = next(source)
-                x = sampler.prepare(image)
-            except StopIteration:
-                exhausted = True
-                break
-            except BaseException as err:  # raised once the images in flight are logged
-                failure, exhausted = err, True
-                break
-            zeros = torch.zeros(2, width, dtype=torch.long, device=x.device)
-            jobs.append(_Job(
-                key, x,
-                (sampler.generator(seed, STREAM_SELECTION),
-                 sampler.generator(seed, STREAM_ESTIMATION)),
-                chunk_sizes(n0, batch_size), zeros[0], zeros[1],
-            ))  # fmt: skip
-        if not jobs:
-            if failure is not None:
-                raise failure
-            return
-        kind = _kind(jobs[0].x)  # the oldest image's shape: others wait for their own batch
-        picked: list[tuple[_Job, int]] = []
-        total = 0
-        for job in jobs:
-            while _kind(job.x) == kind and job.pending and total + job.pending[0] <= batch_size:
-                picked.append((job, job.pending.pop(0)))
-                total += picked[-1][1]
-        counts = sampler.count([Chunk(j.x, size, j.generator) for j, size in picked])
-        for (job, _), row in zip(picked, counts, strict=True):
-            job.counts.add_(row)
-        untimed += picked
-        deciding: list[_Job] = []
-        for job in jobs:
-            if job.pending:
+        finished: list[tuple[Any, Certificate]] = []
+        with sampler.inference():  # left before the caller sees the finished certificates
+            while source is not None and sum(j.to_decision(looks) for j in jobs) < batch_size:
+                try:
+                    key, image, seed = next(source)
+                    x = sampler.prepare(image)
+                except StopIteration:
+                    source = None
+                    break
+                except BaseException as err:  # raised once the images in flight are logged
+                    failure, source = err, None
+                    break
+                gens = [sampler.generator(seed, s) for s in (STREAM_SELECTION, STREAM_ESTIMATION)]
+                zeros = torch.zeros(2, sampler.num_classes + 1, dtype=torch.long, device=x.device)
+                jobs.append(_Job(key, x, gens, chunk_sizes(n0, batch_size), zeros))
+            if not jobs:
+                if failure is not None:
+                    raise failure
+                return
+            kind = _kind(jobs[0].x)  # the oldest image's shape: others wait for their own batch
+            picked: list[tuple[_Job, int]] = []
+            total = 0
+            for job in jobs:
+                while _kind(job.x) == kind and job.pending and total + job.pending[0] <= batch_size:
+                    picked.append((job, job.pending.pop(0)))
+                    total += picked[-1][1]
+            chunks = [Chunk(job.x, size, job.generators[job.stage]) for job, size in picked]
+            for (job, _), row in zip(picked, sampler.count(chunks), strict=True):
+                job.counts[job.stage].add_(row)
+            untimed += picked
+            for job in jobs:
+                if job.look < 0 and not job.pending:  # selection done: no decision yet
+                    job.advance(looks, batch_size)
+            deciding = [job for job in jobs if not job.pending]
+            if not deciding:
                 continue
-            if job.look < 0:  # selection done: estimation starts afresh, no decision yet
-                job.look = 0
-                job.pending = chunk_sizes(looks[0], batch_size)
-            else:
-                deciding.append(job)
-        if not deciding:
-            continue
-        host = torch.stack([t for j in deciding for t in (j.selection, j.votes)]).cpu()
-        clock = _share_time(untimed, clock)  # the sync above ended the untimed work
-        for i, job in enumerate(deciding):
-            if job.c_a < 0:
-                job.c_a = int(sampler.class_counts(host[2 * i]).argmax())
-            count = int(sampler.class_counts(host[2 * i + 1])[job.c_a])
-            decision = policy.decide(job.look, count)
-            if decision.stop or failure is not None:
+            host = torch.stack([job.counts for job in deciding]).cpu()
+            clock = _share_time(untimed, clock)  # the sync above ended the untimed work
+            for job, (selection, votes) in zip(deciding, host, strict=True):
+                if job.c_a < 0:
+                    job.c_a = int(sampler.class_counts(selection).argmax())
+                decision = policy.decide(job.look, int(sampler.class_counts(votes)[job.c_a]))
+                if not decision.stop and failure is None:
+                    job.advance(looks, batch_size)
+                    continue
                 jobs.remove(job)
                 if decision.stop:
-                    yield PackedResult(job.key, job.c_a, decision, n0, job.seconds)
-                continue
-            job.look += 1
-            job.pending = chunk_sizes(looks[job.look] - looks[job.look - 1], batch_size)
-
-
-def _to_decision(job: _Job, looks: tuple[int, ...]) -> int:
-    """Samples ``job`` draws before its next decision (selection leads into the first look)."""
-    return sum(job.pending) + (looks[0] if job.look < 0 else 0)
+                    certificate = Certificate(
+                        prediction=ABSTAIN if decision.abstain else job.c_a,
+                        radius=decision.radius,
+                        pa_lower=decision.pa_lower,
+                        count=decision.count,
+                        n=decision.n,
+                        n0=n0,
+                        seconds=job.seconds,
+                        alpha_spent=decision.alpha_spent,
+                        reason=decision.reason,
+                    )
+                    finished.append((job.key, certificate))
+        yield from finished
 
 
 def _share_time(work: list[tuple[_Job, int]], since: float) -> float:

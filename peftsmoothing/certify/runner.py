@@ -15,6 +15,7 @@ policy, which log settings); this module carries the run out:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from collections.abc import Iterator, Mapping, Sequence
@@ -104,64 +105,56 @@ def certify_dataset(
         >>> certify_dataset(sampler, data, run).idx.tolist()
         [1, 3]
     """
-    done: dict[int, LogRow] = {}
-    opened: OpenLog | None = None
-    if run.log is not None:
-        opened = open_log(run.log, dict(run.settings), run.resume, stacklevel=stacklevel + 1)
-        try:
+    with contextlib.ExitStack() as stack:  # on exit, even by an error: session, bar, then log
+        opened: OpenLog | None = None
+        if run.log is not None:
+            opened = open_log(run.log, dict(run.settings), run.resume, stacklevel=stacklevel + 1)
+            stack.callback(opened.close)
             check_identity(opened, run.indices, lambda i: _identity(dataset, i, sampler))
-        except BaseException:
-            opened.close()
-            raise
-        for row in opened.rows:
+        done: dict[int, LogRow] = {}
+        for row in opened.rows if opened else []:
             done.setdefault(row.idx, row)
-    results: dict[int, LogRow] = {i: done[i] for i in run.indices if i in done}
-    correct = sum(r.correct for r in results.values())
-    todo = [i for i in run.indices if i not in done]
-    labels: dict[int, tuple[int, str]] = {}
+        results: dict[int, LogRow] = {i: done[i] for i in run.indices if i in done}
+        correct = sum(r.correct for r in results.values())
+        todo = [i for i in run.indices if i not in done]
+        labels: dict[int, tuple[int, str]] = {}
 
-    def items() -> Iterator[tuple[int, torch.Tensor, int]]:
-        for idx in todo:
-            image, label = dataset[idx]
-            label_ = _check_label(label, idx, sampler.num_classes)
-            labels[idx] = (label_, image_fingerprint(image, label_))
-            yield idx, image, derive_seed(run.seed, idx)
+        def items() -> Iterator[tuple[int, torch.Tensor, int]]:
+            for idx in todo:
+                image, label = dataset[idx]
+                label_ = _check_label(label, idx, sampler.num_classes)
+                labels[idx] = (label_, image_fingerprint(image, label_))
+                yield idx, image, derive_seed(run.seed, idx)
 
-    show = sys.stderr.isatty() if run.progress is None else bool(run.progress)
-    from tqdm.auto import tqdm
+        show = sys.stderr.isatty() if run.progress is None else bool(run.progress)
+        from tqdm.auto import tqdm
 
-    bar = tqdm(
-        total=len(run.indices), initial=len(results), unit="img", disable=not show,
-        desc="certify", dynamic_ncols=True,
-    )  # fmt: skip
-    try:
-        with sampler.inference():
-            for result in certify_packed(sampler, items(), run.n0, run.policy, run.batch_size):
-                label_, digest = labels.pop(result.key)
-                d = result.decision
-                row = LogRow(
-                    idx=result.key,
-                    label=label_,
-                    predict=result.prediction,
-                    radius=d.radius,
-                    correct=int(result.prediction == label_),
-                    pa_lower=d.pa_lower,
-                    count=d.count,
-                    n=d.n,
-                    seconds=result.seconds,
-                    alpha=d.alpha_spent,
-                    image_sha256=digest,
-                )
-                if opened is not None:
-                    opened.append(row)
-                results[row.idx] = row
-                correct += row.correct
-                bar.set_postfix(cert_acc=f"{correct / len(results):.3f}", refresh=False)
-                bar.update(1)
-    finally:
-        bar.close()
-        if opened is not None:
-            opened.close()
+        bar = stack.enter_context(tqdm(
+            total=len(run.indices), initial=len(results), unit="img", disable=not show,
+            desc="certify", dynamic_ncols=True,
+        ))  # fmt: skip
+        stack.enter_context(sampler.inference())  # one session for the whole dataset
+        for idx, cert in certify_packed(sampler, items(), run.n0, run.policy, run.batch_size):
+            label_, digest = labels.pop(idx)
+            row = LogRow(
+                idx=idx,
+                label=label_,
+                predict=cert.prediction,
+                radius=cert.radius,
+                correct=int(cert.prediction == label_),
+                pa_lower=cert.pa_lower,
+                count=cert.count,
+                n=cert.n,
+                seconds=cert.seconds,
+                alpha=cert.alpha_spent,
+                image_sha256=digest,
+            )
+            if opened is not None:
+                opened.append(row)
+            results[idx] = row
+            correct += row.correct
+            bar.set_postfix(cert_acc=f"{correct / len(results):.3f}", refresh=False)
+            bar.update(1)
     report = CertificationReport([results[i] for i in run.indices])
     report.settings = dict(run.settings)
     return report
@@ -179,14 +172,12 @@ def dataset_info(dataset: Any, info: Mapping[str, Any] | None) -> dict[str, Any]
         >>> dataset_info([0, 1, 2], {"name": "cifar10"})
         {'size': 3, 'name': 'cifar10'}
     """
-    out: dict[str, Any] = {"size": len(dataset) if hasattr(dataset, "__len__") else None}
     for key, value in (info or {}).items():
         if not isinstance(key, str) or key == "size":
             raise ValueError(f"dataset_info keys must be strings other than 'size', got {key!r}")
         if value is not None and not isinstance(value, (str, int, float, bool)):
             raise ValueError(f"dataset_info[{key!r}] must be a number, string, bool or None")
-        out[key] = value
-    return out
+    return {"size": len(dataset) if hasattr(dataset, "__len__") else None, **(info or {})}
 
 
 def _check_label(label: object, idx: int, num_classes: int) -> int:

@@ -12,10 +12,11 @@ are built on ``NoiseSampler.count``.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import warnings
 from collections.abc import Iterator, Sequence
-from typing import Final, NamedTuple
+from typing import Any, Final, NamedTuple
 
 import torch
 from torch import nn
@@ -53,10 +54,8 @@ def resolve_seed(seed: object) -> int:
         >>> isinstance(resolve_seed(None), int)
         True
     """
-    checked = check_seed(seed)
-    if checked is None:  # follows torch.manual_seed
-        return int(torch.randint(0, 2**62, (), dtype=torch.long).item())
-    return checked
+    checked = check_seed(seed)  # None: drawn from torch's global generator, as it would seed
+    return int(torch.randint(0, 2**62, ()).item()) if checked is None else checked
 
 
 class Chunk(NamedTuple):
@@ -116,33 +115,24 @@ class NoiseSampler:
         if self._device is not None:
             base.to(self._device)
         self._depth = 0
-        self._buffer: torch.Tensor | None = None  # kept while ``inference()`` is entered
+        self._buffer: tuple[tuple[Any, ...], torch.Tensor] | None = None  # see ``_batch``
 
     # ----------------------------------------------------------------------- device, dtype
     @property
     def device(self) -> torch.device:
         """The device the model runs on (where noise is drawn and counts accumulate)."""
-        for t in self._tensors():
-            return t.device
-        return self._device or torch.device("cpu")
+        tensor = self._float_tensor()
+        return (self._device or torch.device("cpu")) if tensor is None else tensor.device
 
     @property
     def dtype(self) -> torch.dtype:
         """The dtype of the model's floating-point parameters (``float32`` if it has none)."""
-        for t in self._tensors():
-            return t.dtype
-        return torch.float32
+        tensor = self._float_tensor()
+        return torch.float32 if tensor is None else tensor.dtype
 
-    def _tensors(self) -> Iterator[torch.Tensor]:
-        for t in (*self.base.parameters(), *self.base.buffers()):
-            if t.is_floating_point():
-                yield t
-
-    def _noise_dtype(self) -> torch.dtype:
-        # Noise is added in at least fp32: a reduced-precision model then sees round(x + d),
-        # a deterministic function of x + d, so smoothing theory still applies to it.
-        dtype = self.dtype
-        return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+    def _float_tensor(self) -> torch.Tensor | None:
+        tensors = itertools.chain(self.base.parameters(), self.base.buffers())
+        return next((t for t in tensors if t.is_floating_point()), None)
 
     def _use_channels_last(self) -> bool:
         if self.channels_last is not None:
@@ -170,8 +160,8 @@ class NoiseSampler:
             return
         modes = [(m, m.training) for m in self.base.modules()]
         restore_format: list[nn.Parameter] = []
-        with contextlib.ExitStack() as stack:
-            try:
+        try:
+            with contextlib.ExitStack() as stack:  # closed (weights unmerged) before the rest
                 self.base.eval()
                 merged = getattr(self.base, "merged_for_inference", None)
                 if self.merge and callable(merged):
@@ -184,14 +174,13 @@ class NoiseSampler:
                 stack.enter_context(torch.inference_mode())
                 self._depth += 1
                 yield
-            finally:
-                self._depth = 0
-                self._buffer = None  # a large batch is not held after sampling
-                stack.close()
-                for p in restore_format:
-                    p.data = p.data.contiguous()
-                for module, mode in modes:
-                    module.training = mode
+        finally:
+            self._depth = 0
+            self._buffer = None  # a large batch is not held after sampling
+            for p in restore_format:
+                p.data = p.data.contiguous()
+            for module, mode in modes:
+                module.training = mode
 
     def generator(self, seed: int, stream: int) -> torch.Generator:
         """A generator on the model's device seeded with ``derive_seed(seed, stream)``.
@@ -202,9 +191,7 @@ class NoiseSampler:
             >>> torch.equal(torch.rand(2, generator=a), torch.rand(2, generator=b))
             True
         """
-        gen = torch.Generator(device=self.device)
-        gen.manual_seed(derive_seed(seed, stream))
-        return gen
+        return torch.Generator(device=self.device).manual_seed(derive_seed(seed, stream))
 
     def prepare(self, x: object) -> torch.Tensor:
         """Check one image (C, H, W) in [0, 1] and move it to the device, in the noise dtype.
@@ -243,7 +230,10 @@ class NoiseSampler:
                 UserWarning,
                 stacklevel=4,
             )
-        return x.detach().to(device=self.device, dtype=self._noise_dtype())
+        # Noise is added in at least fp32: a reduced-precision model then sees round(x + d),
+        # a deterministic function of x + d, so smoothing theory still applies to it.
+        dtype = torch.promote_types(self.dtype, torch.float32)
+        return x.detach().to(device=self.device, dtype=dtype)
 
     # ------------------------------------------------------------------------- counting
     def count(self, chunks: Sequence[Chunk]) -> torch.Tensor:
@@ -278,56 +268,39 @@ class NoiseSampler:
             [5, 7]
         """
         first = chunks[0].x
-        if any(c.x.shape != first.shape or c.x.dtype != first.dtype
-               or c.x.device != first.device for c in chunks):  # fmt: skip
+        if len({(c.x.shape, c.x.dtype, c.x.device) for c in chunks}) > 1:
             raise ValueError(
                 "the chunks of one batch must be images of one shape, dtype and device; got "
                 f"{sorted({(tuple(c.x.shape), str(c.x.dtype)) for c in chunks})}"
             )
         device = self.device
-        width = self.num_classes + 1
         sizes = [c.size for c in chunks]
-        total = sum(sizes)
-        batch = self._batch((total, *first.shape), first.dtype, device)
-        offset = 0
-        for x, size, gen in chunks:
-            add_noise(batch[offset : offset + size], x, self.sigma, gen)
-            offset += size
-        model_dtype = self.dtype
-        inputs = batch if batch.dtype == model_dtype else batch.to(model_dtype)
+        batch = self._batch((sum(sizes), *first.shape), first.dtype)
+        for chunk, part in zip(chunks, batch.split(sizes), strict=True):
+            add_noise(part, chunk.x, self.sigma, chunk.generator)
         with autocast(device, self.precision):
-            logits = self.base(inputs)
-        self._check_logits(logits, total)
+            logits = self.base(batch.to(self.dtype))  # no copy when the dtypes agree
+        self._check_logits(logits, len(batch))
         finite = torch.isfinite(logits).all(dim=1)
         predictions = torch.where(finite, logits.argmax(dim=1), self.num_classes)
-        if len(chunks) > 1:
-            segment = torch.repeat_interleave(
-                torch.arange(len(chunks), device=device), torch.tensor(sizes, device=device)
-            )
-            predictions = segment * width + predictions
-        counts = torch.zeros(len(chunks) * width, dtype=torch.long, device=device)
+        counts = torch.zeros(len(chunks), self.num_classes + 1, dtype=torch.long, device=device)
         # index_add_, not bincount: CUDA's bincount reads min/max on the host (a sync).
-        counts.index_add_(0, predictions, torch.ones_like(predictions))
-        return counts.view(len(chunks), width)
+        for row, votes in zip(counts, predictions.split(sizes), strict=True):
+            row.index_add_(0, votes, torch.ones_like(votes))
+        return counts
 
-    def _batch(
-        self, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device
-    ) -> torch.Tensor:
+    def _batch(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
         """A batch to draw noise into: a prefix of the buffer kept while ``inference()`` is
         entered (allocated again only when a batch is larger or of another kind), so the hot
         loop does not allocate a batch per forward pass."""
-        memory_format = (
-            torch.channels_last if self._use_channels_last() else torch.contiguous_format
-        )
-        buffer = self._buffer
-        if (buffer is None or buffer.shape[0] < shape[0] or buffer.shape[1:] != shape[1:]
-                or buffer.dtype != dtype or buffer.device != device
-                or not buffer.is_contiguous(memory_format=memory_format)
-                or buffer.is_inference() != torch.is_inference_mode_enabled()):  # fmt: skip
-            buffer = torch.empty(shape, dtype=dtype, device=device, memory_format=memory_format)
-            if self._depth:
-                self._buffer = buffer
-        return buffer[: shape[0]]
+        layout = torch.channels_last if self._use_channels_last() else torch.contiguous_format
+        kind = (shape[1:], dtype, self.device, layout, torch.is_inference_mode_enabled())
+        if self._buffer is None or self._buffer[0] != kind or len(self._buffer[1]) < shape[0]:
+            buffer = torch.empty(shape, dtype=dtype, device=self.device, memory_format=layout)
+            if not self._depth:
+                return buffer
+            self._buffer = (kind, buffer)
+        return self._buffer[1][: shape[0]]
 
     def class_counts(self, counts: torch.Tensor) -> torch.Tensor:
         """The per-class part of one row of ``count``'s result, on the host.
@@ -340,8 +313,7 @@ class NoiseSampler:
             >>> NoiseSampler(nn.Linear(2, 2), 2, 0.5).class_counts(torch.tensor([3, 4, 0]))
             tensor([3, 4])
         """
-        bad = int(counts[self.num_classes])
-        if bad:
+        if bad := int(counts[self.num_classes]):
             raise FloatingPointError(
                 f"the base model ({type(self.base).__name__}) returned non-finite logits "
                 f"(nan or inf) on {bad} of {int(counts.sum())} noise samples; no prediction or "

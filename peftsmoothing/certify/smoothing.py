@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -34,25 +35,12 @@ from ..report.certlog import LOG_COLUMNS, LOG_FORMATS, LogRow, log_settings, par
 from . import runner
 from .engine import Certificate, certify_packed, chunk_sizes
 from .sampling import STREAM_PREDICTION, Chunk, NoiseSampler, resolve_seed
-from .sequential import (
-    Schedule,
-    SequentialPolicy,
-    fixed_policy,
-    policy_settings,
-    sequential_policy,
-)
+from .sequential import Schedule, SequentialPolicy, fixed_policy, policy_settings, sequential_policy
 
 if TYPE_CHECKING:
     from ..report.accuracy import CertificationReport
 
-__all__ = [
-    "ABSTAIN",
-    "LOG_COLUMNS",
-    "Certificate",
-    "LogRow",
-    "SmoothedClassifier",
-    "parse_log",
-]
+__all__ = ["ABSTAIN", "LOG_COLUMNS", "Certificate", "LogRow", "SmoothedClassifier", "parse_log"]
 
 
 class SmoothedClassifier:
@@ -186,10 +174,8 @@ class SmoothedClassifier:
         gen = sampler.generator(resolve_seed(seed), STREAM_PREDICTION)
         x_dev = sampler.prepare(x)
         with sampler.inference():
-            counts = torch.zeros(self.num_classes + 1, dtype=torch.long, device=x_dev.device)
-            for size in chunk_sizes(n, batch_size):
-                counts += sampler.count([Chunk(x_dev, size, gen)])[0]
-            host = counts.cpu()  # the one host synchronisation
+            rows = [sampler.count([Chunk(x_dev, size, gen)]) for size in chunk_sizes(n, batch_size)]
+            host = torch.cat(rows).sum(dim=0).cpu()  # the one host synchronisation
         return sampler.class_counts(host)
 
     def predict(
@@ -315,21 +301,18 @@ class SmoothedClassifier:
             >>> cert.radius >= 0.5, cert.n, cert.reason  # certified at the first look
             (True, 256, 'certified')
         """
-        n0 = check_positive_int(n0, "n0")
-        n = check_positive_int(n, "n")
+        n = check_positive_int(n, "n")  # n0 and batch_size: checked by certify_many
         alpha = check_alpha(alpha)
-        batch_size = check_positive_int(batch_size, "batch_size")
         policy = sequential_policy(
             self.sigma, n, alpha, radius=radius, early_stop=early_stop, max_radius=max_radius,
             tolerance=tolerance, schedule=schedule,
         )  # fmt: skip
         item = (0, x, resolve_seed(seed))
-        with self.sampler.inference():
-            ((_, cert),) = self._certify_many(
-                [item], n0, policy or fixed_policy(self.sigma, n, alpha), batch_size,
-                fixed=policy is None,
-            )  # fmt: skip
-        return cert
+        with self.sampler.inference():  # one session for all the steps of the engine
+            ((_, cert),) = self.certify_many(
+                [item], n0, policy or fixed_policy(self.sigma, n, alpha), batch_size
+            )
+        return cert if policy else replace(cert, reason=None)
 
     def certify_many(
         self,
@@ -380,23 +363,7 @@ class SmoothedClassifier:
                 f"the policy is for sigma={getattr(policy, 'sigma', None)}, this classifier "
                 f"smooths with sigma={self.sigma}"
             )
-        return self._certify_many(items, n0, policy, batch_size)
-
-    def _certify_many(
-        self,
-        items: Iterable[tuple[Any, torch.Tensor, int]],
-        n0: int,
-        policy: SequentialPolicy,
-        batch_size: int,
-        fixed: bool = False,
-    ) -> Iterator[tuple[Any, Certificate]]:
-        results = certify_packed(self.sampler, items, n0, policy, batch_size)
-        while True:  # inference state only while the engine runs, never in the caller's code
-            with self.sampler.inference():
-                result = next(results, None)
-            if result is None:
-                return
-            yield result.key, result.certificate(sequential=not fixed)
+        return certify_packed(self.sampler, items, n0, policy, batch_size)
 
     def certify_dataset(
         self,

@@ -7,8 +7,6 @@ from typing import Any
 from .policies import MaxRadiusPolicy, SequentialPolicy, TargetRadiusPolicy
 from .schedule import Schedule
 
-__all__ = ["fixed_policy", "policy_settings", "sequential_policy"]
-
 
 def fixed_policy(sigma: float, n: int, alpha: float) -> SequentialPolicy:
     """Fixed-``n`` CERTIFY (Cohen et al., 2019) as a policy: one look at ``n``, all of ``alpha``.
@@ -67,18 +65,17 @@ def sequential_policy(
         if schedule is not None:
             raise ValueError("schedule= needs a sequential mode (radius= or early_stop=True)")
         return None
-    if schedule is None:
-        schedule = Schedule.create(n, alpha)
-    elif not isinstance(schedule, Schedule):
-        raise TypeError(f"schedule must be a Schedule, got {type(schedule).__name__}")
-    elif schedule.n_max != n or schedule.alpha != alpha:
+    schedule = Schedule.create(n, alpha) if schedule is None else schedule
+    if radius is not None:  # the policy checks that ``schedule`` is a Schedule
+        policy: SequentialPolicy = TargetRadiusPolicy(sigma, radius, schedule)
+    else:
+        policy = MaxRadiusPolicy(sigma, schedule, max_radius=max_radius, tolerance=tolerance)
+    if schedule.n_max != n or schedule.alpha != alpha:
         raise ValueError(
             f"the schedule ends at n_max={schedule.n_max} with alpha={schedule.alpha}, but "
             f"n={n} and alpha={alpha} were asked for"
         )
-    if radius is not None:
-        return TargetRadiusPolicy(sigma, radius, schedule)
-    return MaxRadiusPolicy(sigma, schedule, max_radius=max_radius, tolerance=tolerance)
+    return policy
 
 
 def policy_settings(policy: SequentialPolicy) -> tuple[str, dict[str, Any]]:
@@ -100,7 +97,6 @@ def policy_settings(policy: SequentialPolicy) -> tuple[str, dict[str, Any]]:
         return "target", params
     if isinstance(policy, MaxRadiusPolicy):
         cap = float(policy.max_radius)  # type: ignore[arg-type]
-        params.update(max_radius=None if cap == float("inf") else cap,
-                      tolerance=policy.tolerance)  # fmt: skip
+        params.update(max_radius=None if cap == float("inf") else cap, tolerance=policy.tolerance)
         return "max_radius", params
     raise TypeError(f"unknown policy {type(policy).__name__}")

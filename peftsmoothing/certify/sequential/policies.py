@@ -7,29 +7,18 @@ reports is valid at whichever look sampling stops (a union bound over the looks)
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Literal, Protocol
 
 from scipy.stats import norm
 
-from ...core.stats import (
-    abstains,
-    certify_bound,
-    clopper_pearson_upper,
-)
+from ...core.stats import abstains, certify_bound, clopper_pearson_upper
 from ...core.validation import check_alpha, check_int, check_real, check_sigma
 from .schedule import Schedule
-
-__all__ = [
-    "Decision",
-    "MaxRadiusPolicy",
-    "Reason",
-    "SequentialPolicy",
-    "TargetRadiusPolicy",
-    "run_sequential",
-]
 
 Reason = Literal["continue", "certified", "futile", "final", "max_radius", "converged"]
 """Why a policy continued or stopped at a look."""
@@ -75,27 +64,6 @@ class Decision:
         return abstains(self.pa_lower)
 
 
-def _decision(
-    schedule: Schedule, look: int, count: int, pa_lower: float, radius: float, reason: Reason
-) -> Decision:
-    """The ``Decision`` at ``look`` (it stops unless ``reason`` is ``"continue"``)."""
-    return Decision(
-        stop=reason != "continue",
-        reason=reason,
-        look=look,
-        n=schedule.looks[look],
-        count=count,
-        pa_lower=pa_lower,
-        radius=radius,
-        alpha_spent=schedule.alphas[look],
-    )
-
-
-def _bound(sigma: float, schedule: Schedule, look: int, count: int) -> tuple[float, float]:
-    """``(pa_lower, radius)`` at a look (``certify_bound`` at the look's alpha)."""
-    return certify_bound(sigma, count, schedule.looks[look], schedule.alphas[look])
-
-
 class SequentialPolicy(Protocol):
     """What ``run_sequential`` (and a scheduler) needs from a policy."""
 
@@ -109,8 +77,58 @@ class SequentialPolicy(Protocol):
         ...
 
 
+class _Policy:
+    """What both policies share: a checked sigma and schedule, the bound and the decision at
+    a look; each policy says only why it stops (``_reason``)."""
+
+    sigma: float
+    schedule: Schedule
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sigma", check_sigma(self.sigma))
+        if not isinstance(self.schedule, Schedule):
+            raise TypeError(f"schedule must be a Schedule, got {type(self.schedule).__name__}")
+
+    def _bound(self, look: int, count: int) -> tuple[float, float]:
+        """``(pa_lower, radius)`` at a look (``certify_bound`` at the look's alpha)."""
+        schedule = self.schedule
+        return certify_bound(self.sigma, count, schedule.looks[look], schedule.alphas[look])
+
+    def _reason(self, look: int, count: int, pa_lower: float, radius: float) -> Reason:
+        raise NotImplementedError
+
+    def decide(self, look: int, count: int) -> Decision:
+        """The decision after ``look`` (0-based) with ``count`` of its ``looks[look]`` votes.
+
+        Args:
+            look: Index into ``schedule.looks``.
+            count: Cumulative votes for ``c_A`` among the first ``looks[look]`` estimation
+                samples.
+
+        Returns:
+            The ``Decision``; its ``pa_lower`` and ``radius`` are valid whether or not
+            the caller stops here.
+
+        Raises:
+            ValueError: For a look index out of range or a count outside ``[0, n_k]``.
+
+        Examples:
+            >>> p = TargetRadiusPolicy(1.0, 1.0, Schedule.create(1000, 0.01, first=500))
+            >>> p.decide(1, 800).reason, p.decide(1, 900).reason
+            ('final', 'certified')
+            >>> d = MaxRadiusPolicy(1.0, Schedule.create(1000, 0.01, first=500)).decide(1, 900)
+            >>> d.stop, d.reason, round(d.radius, 3)
+            (True, 'final', 1.141)
+        """
+        k, c = self.schedule.check_look(look, count)
+        pa_lower, radius = self._bound(k, c)
+        reason = self._reason(k, c, pa_lower, radius)
+        n_k, alpha_k = self.schedule.looks[k], self.schedule.alphas[k]
+        return Decision(reason != "continue", reason, k, n_k, c, pa_lower, radius, alpha_k)
+
+
 @dataclass(frozen=True)
-class TargetRadiusPolicy:
+class TargetRadiusPolicy(_Policy):
     """Certify a fixed radius ``r`` with as few samples as possible (Horváth et al., 2022).
 
     At look ``k`` with ``count`` votes out of ``n_k``:
@@ -151,16 +169,12 @@ class TargetRadiusPolicy:
     _final_min: int = field(init=False, repr=False, compare=False, default=0)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "sigma", check_sigma(self.sigma))
+        super().__post_init__()
         object.__setattr__(self, "radius", check_real(self.radius, "radius", low=0.0))
-        if not isinstance(self.schedule, Schedule):
-            raise TypeError(f"schedule must be a Schedule, got {type(self.schedule).__name__}")
         b = self.schedule.alpha if self.beta is None else check_alpha(self.beta)
         object.__setattr__(self, "beta", b)
-        last = self.schedule.n_looks - 1
-        object.__setattr__(
-            self, "_final_min", _first_true(lambda c: self._certifies(last, c), self.n_max)
-        )
+        final = partial(self._certifies, self.schedule.n_looks - 1)
+        object.__setattr__(self, "_final_min", _first_true(final, self.n_max))
 
     @property
     def n_max(self) -> int:
@@ -176,9 +190,7 @@ class TargetRadiusPolicy:
     def betas(self) -> tuple[float, ...]:
         """Futility level of each look (0.0 at the final look, which never tests futility)."""
         k = self.schedule.n_looks
-        if k == 1:
-            return (0.0,)
-        b = float(self.beta) / (k - 1)  # type: ignore[arg-type]
+        b = float(self.beta) / max(k - 1, 1)  # type: ignore[arg-type]
         return (b,) * (k - 1) + (0.0,)
 
     @property
@@ -187,48 +199,22 @@ class TargetRadiusPolicy:
         return self._final_min <= self.n_max
 
     def _certifies(self, look: int, count: int) -> bool:
-        pa_lower, radius = _bound(self.sigma, self.schedule, look, count)
+        pa_lower, radius = self._bound(look, count)
         return not abstains(pa_lower) and radius >= self.radius
 
-    def _futile(self, look: int, count: int) -> bool:
+    def _viable(self, look: int, count: int) -> bool:
+        """Whether the futility test at a (non-final) look lets sampling go on."""
         n_k = self.schedule.looks[look]
         if count + (self.n_max - n_k) < self._final_min:
-            return True  # even all remaining samples voting for c_A would not certify
-        upper = clopper_pearson_upper(count, n_k, self.betas[look])
-        return upper < self.p_target
+            return False  # even all remaining samples voting for c_A would not certify
+        return clopper_pearson_upper(count, n_k, self.betas[look]) >= self.p_target
 
-    def decide(self, look: int, count: int) -> Decision:
-        """The decision after ``look`` (0-based) with ``count`` of its ``looks[look]`` votes.
-
-        Args:
-            look: Index into ``schedule.looks``.
-            count: Cumulative votes for ``c_A`` among the first ``looks[look]`` estimation
-                samples.
-
-        Returns:
-            The ``Decision``; its ``pa_lower`` and ``radius`` are valid whether or not
-            the caller stops here.
-
-        Raises:
-            ValueError: For a look index out of range or a count outside ``[0, n_k]``.
-
-        Examples:
-            >>> p = TargetRadiusPolicy(1.0, 1.0, Schedule.create(1000, 0.01, first=500))
-            >>> p.decide(1, 800).reason, p.decide(1, 900).reason
-            ('final', 'certified')
-        """
-        k, c = self.schedule.check_look(look, count)
-        pa_lower, radius = _bound(self.sigma, self.schedule, k, c)
-        last = k == self.schedule.n_looks - 1
-        if self._certifies(k, c):
-            reason: Reason = "certified"
-        elif last:
-            reason = "final"
-        elif self._futile(k, c):
-            reason = "futile"
-        else:
-            reason = "continue"
-        return _decision(self.schedule, k, c, pa_lower, radius, reason)
+    def _reason(self, look: int, count: int, pa_lower: float, radius: float) -> Reason:
+        if not abstains(pa_lower) and radius >= self.radius:
+            return "certified"
+        if look == self.schedule.n_looks - 1:
+            return "final"
+        return "continue" if self._viable(look, count) else "futile"
 
     def thresholds(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
         """Integer form of ``decide``, for a vectorised (e.g. on-GPU) scheduler.
@@ -248,36 +234,22 @@ class TargetRadiusPolicy:
             >>> futile_at[-1]
             -1
         """
-        certify_at: list[int] = []
-        futile_at: list[int] = []
-        for k, n_k in enumerate(self.schedule.looks):
-            cert = _first_true(lambda c, k=k: self._certifies(k, c), n_k)  # type: ignore[misc]
-            certify_at.append(cert)
-            if k == self.schedule.n_looks - 1:
-                futile_at.append(-1)
-            else:
-                not_futile = _first_true(
-                    lambda c, k=k: not self._futile(k, c),  # type: ignore[misc]
-                    n_k,
-                )
-                futile_at.append(min(not_futile, cert) - 1)
-        return tuple(certify_at), tuple(futile_at)
+        looks = self.schedule.looks
+        certify_at = tuple(_first_true(partial(self._certifies, k), n) for k, n in enumerate(looks))
+        futile_at = (  # the final look never gives up
+            min(_first_true(partial(self._viable, k), n), certify_at[k]) - 1
+            for k, n in enumerate(looks[:-1])
+        )
+        return certify_at, (*futile_at, -1)
 
 
 def _first_true(predicate: Callable[[int], bool], n: int) -> int:
     """Smallest ``c`` in ``[0, n]`` with ``predicate(c)`` (monotone in ``c``); ``n + 1`` if none."""
-    lo, hi = 0, n + 1
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if predicate(mid):
-            hi = mid
-        else:
-            lo = mid + 1
-    return lo
+    return bisect.bisect_left(range(n + 1), True, key=predicate)  # False < True
 
 
 @dataclass(frozen=True)
-class MaxRadiusPolicy:
+class MaxRadiusPolicy(_Policy):
     """Certify the largest radius, stopping early when more samples would add little.
 
     At look ``k`` the radius is ``certified_radius(sigma, CP_lower(count, n_k, alpha_k))``.
@@ -312,19 +284,11 @@ class MaxRadiusPolicy:
     tolerance: float | None = None
 
     def __post_init__(self) -> None:
-        s = check_sigma(self.sigma)
-        object.__setattr__(self, "sigma", s)
-        if not isinstance(self.schedule, Schedule):
-            raise TypeError(f"schedule must be a Schedule, got {type(self.schedule).__name__}")
-        cap = (
-            math.inf
-            if self.max_radius is None
-            else check_real(self.max_radius, "max_radius", low=0.0, low_open=True)
-        )
+        super().__post_init__()
+        cap, tol = self.max_radius, self.tolerance
+        cap = math.inf if cap is None else check_real(cap, "max_radius", low=0.0, low_open=True)
+        tol = 0.05 * self.sigma if tol is None else check_real(tol, "tolerance", low=0.0)
         object.__setattr__(self, "max_radius", cap)
-        tol = (
-            0.05 * s if self.tolerance is None else check_real(self.tolerance, "tolerance", low=0.0)
-        )
         object.__setattr__(self, "tolerance", tol)
 
     def projected_radius(self, look: int, count: int) -> float:
@@ -340,36 +304,14 @@ class MaxRadiusPolicy:
         projected = min(n_max, round(c / self.schedule.looks[k] * n_max))
         return certify_bound(self.sigma, projected, n_max, self.schedule.alphas[-1])[1]
 
-    def decide(self, look: int, count: int) -> Decision:
-        """The decision after ``look`` (0-based) with ``count`` of its ``looks[look]`` votes.
-
-        Args:
-            look: Index into ``schedule.looks``.
-            count: Cumulative votes for ``c_A`` among the first ``looks[look]`` samples.
-
-        Returns:
-            The ``Decision``.
-
-        Raises:
-            ValueError: For a look index out of range or a count outside ``[0, n_k]``.
-
-        Examples:
-            >>> p = MaxRadiusPolicy(1.0, Schedule.create(1000, 0.01, first=500))
-            >>> d = p.decide(1, 900)
-            >>> d.stop, d.reason, round(d.radius, 3)
-            (True, 'final', 1.141)
-        """
-        k, c = self.schedule.check_look(look, count)
-        pa_lower, radius = _bound(self.sigma, self.schedule, k, c)
-        if k == self.schedule.n_looks - 1:
-            reason: Reason = "final"
-        elif radius >= float(self.max_radius):  # type: ignore[arg-type]
-            reason = "max_radius"
-        elif self.projected_radius(k, c) - radius < float(self.tolerance):  # type: ignore[arg-type]
-            reason = "converged"
-        else:
-            reason = "continue"
-        return _decision(self.schedule, k, c, pa_lower, radius, reason)
+    def _reason(self, look: int, count: int, pa_lower: float, radius: float) -> Reason:
+        if look == self.schedule.n_looks - 1:
+            return "final"
+        if radius >= float(self.max_radius):  # type: ignore[arg-type]
+            return "max_radius"
+        if self.projected_radius(look, count) - radius < float(self.tolerance):  # type: ignore[arg-type]
+            return "converged"
+        return "continue"
 
 
 def run_sequential(policy: SequentialPolicy, draw: Callable[[int], int]) -> Decision:
@@ -393,13 +335,11 @@ def run_sequential(policy: SequentialPolicy, draw: Callable[[int], int]) -> Deci
         ('certified', 256)
     """
     count, drawn = 0, 0
-    decision: Decision | None = None
     for look, n_k in enumerate(policy.schedule.looks):
         m = n_k - drawn
-        votes = check_int(draw(m), "draw(m)", minimum=0, maximum=m)
-        count, drawn = count + votes, n_k
+        count += check_int(draw(m), "draw(m)", minimum=0, maximum=m)
+        drawn = n_k
         decision = policy.decide(look, count)
         if decision.stop:
-            return decision
-    assert decision is not None  # the final look always stops
-    return decision
+            break
+    return decision  # the final look always stops (and a schedule has at least one look)

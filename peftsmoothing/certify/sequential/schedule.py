@@ -14,16 +14,6 @@ from typing import Final
 from ...core.stats import certified_radius, clopper_pearson_lower
 from ...core.validation import check_alpha, check_int, check_positive_int, check_real
 
-__all__ = [
-    "DEFAULT_FINAL_SHARE",
-    "DEFAULT_FIRST_LOOK",
-    "DEFAULT_GROWTH",
-    "Schedule",
-    "looks",
-    "max_certifiable_radius",
-    "spend_alpha",
-]
-
 DEFAULT_FIRST_LOOK: Final[int] = 256
 """Estimation samples at the first look (one or two GPU batches; see ``looks``)."""
 
@@ -32,7 +22,6 @@ DEFAULT_GROWTH: Final[float] = 2.0
 
 DEFAULT_FINAL_SHARE: Final[float] = 0.5
 """Share of ``alpha`` that the final look gets (see ``spend_alpha``)."""
-
 
 
 # --------------------------------------------------------------------------- schedule
@@ -126,8 +115,7 @@ def spend_alpha(
     if share == 1.0:
         raise ValueError("final_share must be < 1 when there is more than one look")
     last = a * share
-    early = (a - last) / (k - 1)
-    out = [early] * (k - 1) + [last]
+    out = [(a - last) / (k - 1)] * (k - 1) + [last]
     while max(math.fsum(out), sum(out)) > a:  # shave ulps until even a naive sum is <= a
         out = [math.nextafter(v, 0.0) for v in out]
     return tuple(out)
