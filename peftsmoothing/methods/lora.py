@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from typing_extensions import override
 
-from ..core.validation import is_int
+from ..core.validation import check_real, is_int
 from .base import Method, MethodConfig, MethodContext, register_method
 from .targets import as_patterns, match_modules, replace_module
 
@@ -234,8 +234,7 @@ class LoRAConfig(MethodConfig):
         self._normalize(r=int(self.r))  # a numpy integer becomes a JSON-safe int
         if not self.alpha > 0:
             raise ValueError(f"lora: alpha must be > 0, got {self.alpha!r}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"lora: dropout must be in [0, 1), got {self.dropout!r}")
+        check_real(self.dropout, "lora: dropout", low=0, high=1, high_open=True)
         self._normalize(target_modules=as_patterns(self.target_modules))
         enable = tuple(bool(e) for e in self.qkv_enable)
         if len(enable) != 3 or not any(enable):
