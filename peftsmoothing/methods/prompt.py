@@ -78,7 +78,7 @@ class VisualPrompts(nn.Module):
                 f"{self.prompts.shape[-1]}), got {getattr(x, 'shape', type(x))}"
             )
         p = self.num_prefix_tokens
-        prompts = self.dropout(self.prompts[index if self.deep else 0])
+        prompts = self.dropout(self.prompts[index])  # only block 0 has a hook unless deep
         prompts = prompts.to(x.dtype).unsqueeze(0).expand(x.shape[0], -1, -1)
         rest = x[:, p:] if index == 0 else x[:, p + self.num_tokens :]
         return (torch.cat([x[:, :p], prompts, rest], dim=1), *args[1:])
