@@ -17,11 +17,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..core.validation import is_int
+from ..core.validation import check_real, is_int
 from .base import Method, MethodConfig, MethodContext, register_method
 from .targets import as_patterns, match_modules
 
 __all__ = ["Adapter", "AdapterConfig", "BottleneckAdapter"]
+
+#: The styles, and the scale each uses by default (AdaptFormer's 0.1 for parallel adapters).
+_DEFAULT_SCALE = {"parallel": 0.1, "sequential": 1.0}
 
 
 class BottleneckAdapter(nn.Module):
@@ -106,7 +109,7 @@ class AdapterConfig(MethodConfig):
     target_modules: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
-        if self.style not in ("parallel", "sequential"):
+        if self.style not in _DEFAULT_SCALE:
             raise ValueError(
                 f"adapter: style must be 'parallel' or 'sequential', got {self.style!r}"
             )
@@ -117,8 +120,7 @@ class AdapterConfig(MethodConfig):
         self._normalize(bottleneck=int(self.bottleneck))  # a numpy integer: JSON-safe int
         if self.scale is not None and not self.scale > 0:
             raise ValueError(f"adapter: scale must be > 0, got {self.scale!r}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"adapter: dropout must be in [0, 1), got {self.dropout!r}")
+        check_real(self.dropout, "adapter: dropout", low=0, high=1, high_open=True)
         if self.activation not in ("relu", "gelu"):
             raise ValueError(
                 f"adapter: activation must be 'relu' or 'gelu', got {self.activation!r}"
@@ -128,9 +130,7 @@ class AdapterConfig(MethodConfig):
     @property
     def effective_scale(self) -> float:
         """The scale actually used (resolves ``None``)."""
-        if self.scale is not None:
-            return float(self.scale)
-        return 0.1 if self.style == "parallel" else 1.0
+        return _DEFAULT_SCALE[self.style] if self.scale is None else float(self.scale)
 
 
 def _feature_dim(module: nn.Module, style: str, name: str) -> int:
@@ -180,19 +180,10 @@ class Adapter(Method):
                 )
             parts = "mlp" if cfg.style == "parallel" else "(attn|mlp)"
             patterns = (rf"blocks\.\d+\.{parts}",)
-        targets = match_modules(model, patterns, (nn.Module,), "adapter")
-        for name, module in targets:
+        options = (cfg.bottleneck, cfg.effective_scale, cfg.style, cfg.dropout, cfg.activation)
+        for name, module in match_modules(model, patterns, (nn.Module,), "adapter"):
             dim = _feature_dim(module, cfg.style, name)
             ref = next(module.parameters())
-            adapter = BottleneckAdapter(
-                dim,
-                cfg.bottleneck,
-                cfg.effective_scale,
-                cfg.style,
-                cfg.dropout,
-                cfg.activation,
-                device=ref.device,
-                dtype=ref.dtype,
-            )
+            adapter = BottleneckAdapter(dim, *options, device=ref.device, dtype=ref.dtype)
             adapter.train(module.training)
             context.add_module(f"adapter.{name}", adapter.attach(module))

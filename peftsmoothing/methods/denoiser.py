@@ -123,6 +123,4 @@ class Denoiser(Method):
         ref = next(model.parameters(), None)
         if ref is not None:
             denoiser = denoiser.to(device=ref.device, dtype=ref.dtype)
-        for p in denoiser.parameters():
-            p.requires_grad_(True)
-        context.pixel_module = denoiser
+        context.pixel_module = denoiser.requires_grad_(True)

@@ -24,5 +24,4 @@ class Full(Method):
     description = "Full fine-tuning: every parameter is trained (baseline)"
 
     def apply(self, model: nn.Module, context: MethodContext) -> None:
-        for p in model.parameters():
-            p.requires_grad_(True)
+        model.requires_grad_(True)

@@ -29,5 +29,4 @@ class Linear(Method):
             raise ValueError(
                 "linear: no classification head found; pass head='<module name>' to wrap()"
             )
-        for p in model.get_submodule(context.head_name).parameters():
-            p.requires_grad_(True)
+        model.get_submodule(context.head_name).requires_grad_(True)

@@ -10,7 +10,7 @@ adapted like loralib's ``MergedLinear`` with ``enable_lora``: by default only q 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import loralib
@@ -19,29 +19,33 @@ import torch.nn.functional as F
 from torch import nn
 from typing_extensions import override
 
-from ..core.validation import is_int
+from ..core.validation import check_real, is_int
 from .base import Method, MethodConfig, MethodContext, register_method
 from .targets import as_patterns, match_modules, replace_module
 
 __all__ = ["LoRA", "LoRAConfig", "LoRAConv2d", "LoRALinear"]
 
 
-class _LoRAMixin(loralib.LoRALayer):
-    """State shared by the LoRA layers: rank, scaling, dropout, merge flag."""
+class _LoRALayer(nn.Module, loralib.LoRALayer):
+    """What the LoRA layers share: the adapted layer's frozen ``weight`` and ``bias`` (the same
+    tensors), rank, scaling, dropout, merge flag, merging."""
 
     lora_A: nn.Parameter
     lora_B: nn.Parameter
     weight: torch.Tensor
     bias: torch.Tensor | None
+    merged: bool
 
-    def _init_lora(self, r: int, alpha: float, dropout: float) -> None:
+    def _init_lora(self, base: nn.Linear | nn.Conv2d, r: int, alpha: float, dropout: float) -> None:
+        nn.Module.__init__(self)
         loralib.LoRALayer.__init__(
             self, r=r, lora_alpha=alpha, lora_dropout=dropout, merge_weights=False
         )
-        self.merged: bool = False
         # A module (not loralib's lambda) so that the layer pickles and deep-copies.
         self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.scaling = alpha / r
+        self.weight = base.weight
+        self.register_parameter("bias", base.bias)  # type: ignore[arg-type]
 
     def delta_weight(self) -> torch.Tensor:
         """The update ``scaling * B @ A`` in the shape of ``weight``."""
@@ -68,7 +72,7 @@ class _LoRAMixin(loralib.LoRALayer):
             self.merged = False
 
 
-class LoRALinear(nn.Module, _LoRAMixin):
+class LoRALinear(_LoRALayer):
     """An ``nn.Linear`` plus a trainable low-rank update; wraps the original's parameters.
 
     Args:
@@ -99,41 +103,33 @@ class LoRALinear(nn.Module, _LoRAMixin):
         dropout: float = 0.0,
         enable: Sequence[bool] | None = None,
     ) -> None:
-        nn.Module.__init__(self)
-        self._init_lora(r, alpha, dropout)
-        self.in_features = base.in_features
-        self.out_features = base.out_features
-        self.weight = base.weight
-        self.register_parameter("bias", base.bias)
-        if enable is not None:
-            enable = tuple(bool(e) for e in enable)
-            if not any(enable) or self.out_features % len(enable):
-                raise ValueError(
-                    f"enable={enable} must contain a True and divide out_features="
-                    f"{self.out_features} into equal slices"
-                )
-        self.enable = enable
-        groups = sum(enable) if enable is not None else 1
-        self.slice = self.out_features // len(enable) if enable is not None else self.out_features
-        dev, dt = base.weight.device, base.weight.dtype
-        self.lora_A = nn.Parameter(torch.empty(r * groups, self.in_features, device=dev, dtype=dt))
-        self.lora_B = nn.Parameter(torch.zeros(self.slice * groups, r, device=dev, dtype=dt))
+        self._init_lora(base, r, alpha, dropout)
+        self.in_features, self.out_features = base.in_features, base.out_features
+        self.enable = None if enable is None else tuple(bool(e) for e in enable)
+        slices = self.enable or (True,)
+        if not any(slices) or self.out_features % len(slices):
+            raise ValueError(
+                f"enable={self.enable} must contain a True and divide out_features="
+                f"{self.out_features} into equal slices"
+            )
+        self.slice = self.out_features // len(slices)
+        self.lora_A = nn.Parameter(base.weight.new_empty(r * sum(slices), self.in_features))
+        self.lora_B = nn.Parameter(base.weight.new_zeros(self.slice * sum(slices), r))
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+
+    def _sliced(self, parts: Iterator[torch.Tensor], zeros: torch.Tensor, dim: int) -> torch.Tensor:
+        """The enabled slices' ``parts`` in order and ``zeros`` for the others, concatenated
+        along the output dimension ``dim``, times ``scaling``."""
+        assert self.enable is not None
+        return torch.cat([next(parts) if on else zeros for on in self.enable], dim) * self.scaling
 
     @override
     def delta_weight(self) -> torch.Tensor:
         if self.enable is None:
             return (self.lora_B @ self.lora_A) * self.scaling
-        a_chunks = self.lora_A.split(self.r, dim=0)
-        b_chunks = self.lora_B.split(self.slice, dim=0)
-        parts, k = [], 0
-        for on in self.enable:
-            if on:
-                parts.append(b_chunks[k] @ a_chunks[k])
-                k += 1
-            else:
-                parts.append(self.lora_B.new_zeros(self.slice, self.in_features))
-        return torch.cat(parts, dim=0) * self.scaling
+        pairs = zip(self.lora_B.split(self.slice), self.lora_A.split(self.r), strict=True)
+        zeros = self.lora_B.new_zeros(self.slice, self.in_features)
+        return self._sliced((b @ a for b, a in pairs), zeros, dim=0)
 
     @override
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -143,16 +139,9 @@ class LoRALinear(nn.Module, _LoRAMixin):
         after_a = F.linear(self.lora_dropout(x), self.lora_A)
         if self.enable is None:
             return result + F.linear(after_a, self.lora_B) * self.scaling
-        a_chunks = after_a.split(self.r, dim=-1)
-        b_chunks = self.lora_B.split(self.slice, dim=0)
-        parts, k = [], 0
-        for on in self.enable:
-            if on:
-                parts.append(F.linear(a_chunks[k], b_chunks[k]))
-                k += 1
-            else:
-                parts.append(result.new_zeros(*result.shape[:-1], self.slice))
-        return result + torch.cat(parts, dim=-1) * self.scaling
+        pairs = zip(after_a.split(self.r, dim=-1), self.lora_B.split(self.slice), strict=True)
+        zeros = result.new_zeros(*result.shape[:-1], self.slice)
+        return result + self._sliced((F.linear(a, b) for a, b in pairs), zeros, dim=-1)
 
     @override
     def extra_repr(self) -> str:
@@ -162,7 +151,7 @@ class LoRALinear(nn.Module, _LoRAMixin):
         )
 
 
-class LoRAConv2d(nn.Module, _LoRAMixin):
+class LoRAConv2d(_LoRALayer):
     """An ``nn.Conv2d`` plus a low-rank update: a ``k x k`` conv to ``r`` channels, then ``1 x 1``.
 
     The update has rank ``r`` when the kernel is flattened to ``(out, in * k * k)``, so it folds
@@ -183,23 +172,18 @@ class LoRAConv2d(nn.Module, _LoRAMixin):
     def __init__(
         self, base: nn.Conv2d, r: int = 8, alpha: float = 8.0, dropout: float = 0.0
     ) -> None:
-        nn.Module.__init__(self)
         if base.groups != 1 or base.padding_mode != "zeros" or isinstance(base.padding, str):
             raise ValueError(
                 "LoRA on Conv2d supports groups=1 and numeric zero padding only "
                 f"(got groups={base.groups}, padding={base.padding!r}, "
                 f"padding_mode={base.padding_mode!r})"
             )
-        self._init_lora(r, alpha, dropout)
+        self._init_lora(base, r, alpha, dropout)
         self.in_channels, self.out_channels = base.in_channels, base.out_channels
         self.kernel_size = base.kernel_size
         self.stride, self.padding, self.dilation = base.stride, base.padding, base.dilation
-        self.weight = base.weight
-        self.register_parameter("bias", base.bias)  # type: ignore[arg-type]
-        dev, dt = base.weight.device, base.weight.dtype
-        kh, kw = self.kernel_size
-        self.lora_A = nn.Parameter(torch.empty(r, self.in_channels, kh, kw, device=dev, dtype=dt))
-        self.lora_B = nn.Parameter(torch.zeros(self.out_channels, r, 1, 1, device=dev, dtype=dt))
+        self.lora_A = nn.Parameter(base.weight.new_empty(r, *base.weight.shape[1:]))
+        self.lora_B = nn.Parameter(base.weight.new_zeros(self.out_channels, r, 1, 1))
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
 
     @override
@@ -250,8 +234,7 @@ class LoRAConfig(MethodConfig):
         self._normalize(r=int(self.r))  # a numpy integer becomes a JSON-safe int
         if not self.alpha > 0:
             raise ValueError(f"lora: alpha must be > 0, got {self.alpha!r}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"lora: dropout must be in [0, 1), got {self.dropout!r}")
+        check_real(self.dropout, "lora: dropout", low=0, high=1, high_open=True)
         self._normalize(target_modules=as_patterns(self.target_modules))
         enable = tuple(bool(e) for e in self.qkv_enable)
         if len(enable) != 3 or not any(enable):
@@ -292,13 +275,11 @@ class LoRA(Method):
                     f"(e.g. {_example_targets(model)})"
                 )
             patterns = ("qkv",)
-        targets = match_modules(model, patterns, (nn.Linear, nn.Conv2d), "lora")
-        for name, module in targets:
-            new: nn.Module
+        for name, module in match_modules(model, patterns, (nn.Linear, nn.Conv2d), "lora"):
             if isinstance(module, nn.Linear):
                 fused = name.split(".")[-1] == "qkv" and module.out_features % 3 == 0
                 enable = cfg.qkv_enable if fused else None
-                new = LoRALinear(module, cfg.r, cfg.alpha, cfg.dropout, enable=enable)
+                new: nn.Module = LoRALinear(module, cfg.r, cfg.alpha, cfg.dropout, enable)
             else:
                 assert isinstance(module, nn.Conv2d)
                 new = LoRAConv2d(module, cfg.r, cfg.alpha, cfg.dropout)
@@ -308,13 +289,13 @@ class LoRA(Method):
     @override
     def merge(self, model: nn.Module) -> None:
         for module in model.modules():
-            if isinstance(module, _LoRAMixin):
+            if isinstance(module, _LoRALayer):
                 module.merge()
 
     @override
     def unmerge(self, model: nn.Module) -> None:
         for module in model.modules():
-            if isinstance(module, _LoRAMixin):
+            if isinstance(module, _LoRALayer):
                 module.unmerge()
 
 

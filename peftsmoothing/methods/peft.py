@@ -103,16 +103,24 @@ def _class_for_type(peft_type: object, source: str) -> str:
     )
 
 
-def _check_options(config: Any, source: str) -> Any:
-    """Refuse options this method cannot honour; return a copy that trains the adapter."""
-    if getattr(config, "megatron_config", None) is not None:
-        raise ValueError(f"{source}: megatron_config is not supported (it imports a module)")
-    if getattr(config, "modules_to_save", None):
+def _checked(config: Any, source: str, *, yours: bool = False) -> Any:
+    """Refuse options this method cannot honour, and patterns or work out of bounds (only
+    warned about for ``yours``, a config object of your own code: a saved copy of it will not
+    load); return a copy that trains the adapter."""
+    if getattr(config, "modules_to_save", None):  # refused as unreviewed too: say what to do
         raise ValueError(
             f"{source}: modules_to_save={config.modules_to_save!r} is not supported; wrap "
             "trains the classification head itself (num_classes= or train_head=True)"
         )
     check_reviewed_options(config, source)
+    try:
+        check_patterns(config, source)
+        check_work(config, source)
+    except ValueError as err:
+        if not yours:
+            raise
+        # stack: _checked <- __post_init__ <- __init__ <- from_kwargs <- wrap <- your code
+        warnings.warn(f"{err}; a saved copy of this model will not load", stacklevel=6)
     config = copy.deepcopy(config)  # peft keeps (and may change) the object it is given
     config.inference_mode = False  # the adapter is trained, and saved with the trained tensors
     return config
@@ -172,10 +180,7 @@ def config_from_dict(
         config = cls(**kwargs)
     except (TypeError, ValueError) as err:
         raise ValueError(f"{source}: invalid {class_name}: {err}") from None
-    config = _check_options(config, source)
-    check_patterns(config, source)
-    check_work(config, source)
-    return config
+    return _checked(config, source)
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:
@@ -187,23 +192,17 @@ def config_to_dict(config: Any) -> dict[str, Any]:
         >>> d["peft_type"], d["target_modules"]
         ('LORA', ['proj', 'qkv'])
     """
-    out = _jsonable(config.to_dict(), type(config).__name__)
-    assert isinstance(out, dict)
+
+    def plain(value: object) -> Any:  # what json cannot write by itself
+        if isinstance(value, enum.Enum):
+            return value.value
+        if isinstance(value, (set, frozenset)):
+            return sorted(value, key=str)
+        name = type(config).__name__
+        raise TypeError(f"peft: {name} holds a {type(value).__name__}, which JSON cannot store")
+
+    out: dict[str, Any] = json.loads(json.dumps(config.to_dict(), default=plain))
     return out
-
-
-def _jsonable(value: Any, where: str) -> Any:
-    if isinstance(value, enum.Enum):
-        return _jsonable(value.value, where)
-    if isinstance(value, (set, frozenset)):
-        return sorted((_jsonable(v, where) for v in value), key=str)
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v, where) for v in value]
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v, f"{where}.{k}") for k, v in value.items()}
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    raise TypeError(f"peft: {where} is a {type(value).__name__}, which cannot be saved as JSON")
 
 
 def _adapter_file(directory: Path, name: str) -> Path:
@@ -272,16 +271,9 @@ class PeftMethodConfig(MethodConfig):
             config = config_from_dict(self.config, self.config_class, "peft: config")
         else:
             name = type(self.config).__name__
-            cls = _config_class(name, "peft: config")
-            if type(self.config) is not cls:
+            if type(self.config) is not _config_class(name, "peft: config"):
                 raise ValueError(f"peft: config must be a peft.{name}, not a subclass of it")
-            config = _check_options(self.config, "peft: config")
-            try:  # your own config is trusted, but a saved copy is checked when loaded
-                check_patterns(config, "peft: config")
-                check_work(config, "peft: config")
-            except ValueError as err:
-                # stack: __post_init__ <- __init__ <- from_kwargs <- wrap <- your code
-                warnings.warn(f"{err}; a saved copy of this model will not load", stacklevel=5)
+            config = _checked(self.config, "peft: config", yours=True)
         name = type(config).__name__
         if self.config_class is not None and self.config_class != name:
             raise ValueError(f"peft: config_class={self.config_class!r} but config is a {name}")
@@ -338,16 +330,12 @@ class PeftMethod(Method):
         self._originals: dict[str, dict[str, torch.Tensor]] = {}
 
     def apply(self, model: nn.Module, context: MethodContext) -> None:
-        peft = _peft()
         cfg = self.config
         assert isinstance(cfg, PeftMethodConfig)
         if cfg._from_file:
             where = Path(cfg.adapter, ADAPTER_CONFIG_FILE) if cfg.adapter else "peft: config"
             _check_adapter_size(cfg.config, model, str(where))
-        try:
-            peft.inject_adapter_in_model(copy.deepcopy(cfg.config), model, adapter_name=_ADAPTER)
-        except ValueError as err:
-            raise ValueError(f"peft: {err}") from err
+        _inject(cfg.config, model)
         if cfg.adapter is not None:
             _load_adapter_weights(model, Path(cfg.adapter))
 
@@ -380,6 +368,14 @@ class PeftMethod(Method):
                         t.copy_(saved[n])
 
 
+def _inject(config: Any, model: nn.Module) -> None:
+    """``peft.inject_adapter_in_model`` with a copy of ``config`` (peft keeps the object)."""
+    try:
+        _peft().inject_adapter_in_model(copy.deepcopy(config), model, adapter_name=_ADAPTER)
+    except ValueError as err:
+        raise ValueError(f"peft: {err}") from err
+
+
 def _tensors(layer: nn.Module) -> dict[str, torch.Tensor]:
     """Every parameter and buffer of an adapter layer: its base layer's and the adapter's."""
     return {n: t.detach() for n, t in [*layer.named_parameters(), *layer.named_buffers()]}
@@ -406,9 +402,7 @@ def _check_adapter_size(config: Any, model: nn.Module, source: str) -> None:
         with warnings.catch_warnings(), torch.device("meta"):
             warnings.simplefilter("ignore")
             skeleton = copy.deepcopy(model, memo)
-            _peft().inject_adapter_in_model(copy.deepcopy(config), skeleton, adapter_name=_ADAPTER)
-    except ValueError as err:
-        raise ValueError(f"peft: {err}") from err
+            _inject(config, skeleton)
     except (TypeError, RuntimeError, NotImplementedError, AssertionError) as err:
         raise ValueError(
             f"{source}: cannot size the adapter on the meta device ({err}); set "

@@ -97,7 +97,8 @@ def check_reviewed_options(config: Any, source: str) -> None:
     value.
 
     Args:
-        config: A peft config object of a class in ``REVIEWED``.
+        config: A peft config object of a class in ``REVIEWED`` (the ``peft`` method has
+            refused every other class before it calls this).
         source: Where the config came from, for messages.
 
     Raises:
@@ -108,12 +109,10 @@ def check_reviewed_options(config: Any, source: str) -> None:
         >>> check_reviewed_options(IA3Config(target_modules=["fc2"]), "peft")  # passes
     """
     name = type(config).__name__
-    if name not in REVIEWED:
-        raise ValueError(f"{source}: peft config class {name!r} is not allowed")
     if getattr(config, "_custom_modules", None):  # peft's hook for user-defined layer classes
         raise ValueError(f"{source}: custom peft layer classes (_register_custom_module) are not "
                          "supported")  # fmt: skip
-    reviewed, limited = REVIEWED[name], REVIEWED_VALUES.get(name, {})
+    reviewed, limited = REVIEWED[name], REVIEWED_VALUES[name]
     default = type(config)()
     for option in sorted(vars(config)):
         if option.startswith("_") or option in METADATA:
@@ -243,36 +242,29 @@ def check_patterns(config: Any, source: str) -> None:
         )
 
 
-def _integer(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+def _number(value: object, kinds: tuple[type, ...] = (int,)) -> bool:
+    """An integer, or a number of one of ``kinds``; never a ``bool``."""
+    return isinstance(value, kinds) and not isinstance(value, bool)
 
 
 def _check_shapes(config: Any, source: str) -> None:
     """Refuse ``rank_pattern`` / ``alpha_pattern`` that are not objects of module name ->
     rank (integer) / alpha (number), and ``layers_to_transform`` that is not an integer or a
     list of them: peft would fail on them with a traceback."""
-    for option, what, test in (
-        ("rank_pattern", "integer", _integer),
-        ("alpha_pattern", "number", lambda v: _integer(v) or isinstance(v, float)),
+    for option, kinds, what in (
+        ("rank_pattern", (int,), "a JSON object of module name -> integer"),
+        ("alpha_pattern", (int, float), "a JSON object of module name -> number"),
+        ("layers_to_transform", (int,), "an integer or a list of integers"),
     ):
         value = getattr(config, option, None)
-        if value is None:
-            continue
-        if not isinstance(value, Mapping) or not all(
-            isinstance(k, str) and test(v) for k, v in value.items()
-        ):
-            raise ValueError(
-                f"{source}: {option} must be a JSON object of module name -> {what}, got "
-                f"{value!r:.80}"
+        if option == "layers_to_transform":
+            ok = _number(value) or (isinstance(value, list) and all(map(_number, value)))
+        else:
+            ok = isinstance(value, Mapping) and all(
+                isinstance(k, str) and _number(v, kinds) for k, v in value.items()
             )
-    layers = getattr(config, "layers_to_transform", None)
-    if layers is not None and not (
-        _integer(layers) or (isinstance(layers, list) and all(map(_integer, layers)))
-    ):
-        raise ValueError(
-            f"{source}: layers_to_transform must be an integer or a list of integers, got "
-            f"{layers!r:.80}"
-        )
+        if value is not None and not ok:
+            raise ValueError(f"{source}: {option} must be {what}, got {value!r:.80}")
 
 
 def _regex_work(value: str, pattern: str, where: str) -> int:
@@ -323,6 +315,5 @@ def _work(parsed: Any, where: str) -> int:
         else:  # GROUPREF (backreferences), conditionals, ...
             raise ValueError(f"{where}: refusing {name.lower()} in a saved peft config")
         for sub in inner:
-            work = _work(sub, where)
-            alternatives *= work
+            alternatives *= _work(sub, where)
     return alternatives * _REPEAT_WORK**repeats

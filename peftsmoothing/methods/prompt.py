@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..core.validation import is_int
+from ..core.validation import check_real, is_int
 from .base import Method, MethodConfig, MethodContext, register_method
 
 __all__ = ["Prompt", "PromptConfig", "VisualPrompts"]
@@ -60,21 +60,15 @@ class VisualPrompts(nn.Module):
         self.num_prefix_tokens = num_prefix_tokens
         self.num_tokens = num_tokens
         self.deep = deep
-        depth = len(blocks)
-        ref = next(iter(blocks.parameters()), None)
-        factory: dict[str, Any] = {}
-        if ref is not None:
-            factory = {"device": ref.device, "dtype": ref.dtype}
-        self.prompts = nn.Parameter(
-            torch.empty(depth if deep else 1, num_tokens, dim, **factory)
-        )
+        sets = len(blocks) if deep else 1
+        ref = next(blocks.parameters(), None)
+        factory: dict[str, Any] = {} if ref is None else {"device": ref.device, "dtype": ref.dtype}
+        self.prompts = nn.Parameter(torch.empty(sets, num_tokens, dim, **factory))
         nn.init.uniform_(self.prompts, -init_bound, init_bound)
         self.dropout = nn.Dropout(dropout)
-        blocks[0].register_forward_pre_hook(functools.partial(self._pre_block, 0))
-        if deep:
-            for i in range(1, depth):
-                blocks[i].register_forward_pre_hook(functools.partial(self._pre_block, i))
-        blocks[depth - 1].register_forward_hook(self._strip)
+        for i in range(sets):
+            blocks[i].register_forward_pre_hook(functools.partial(self._pre_block, i))
+        blocks[-1].register_forward_hook(self._strip)
 
     def _pre_block(self, index: int, module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
         x = args[0]
@@ -84,7 +78,7 @@ class VisualPrompts(nn.Module):
                 f"{self.prompts.shape[-1]}), got {getattr(x, 'shape', type(x))}"
             )
         p = self.num_prefix_tokens
-        prompts = self.dropout(self.prompts[index if self.deep else 0])
+        prompts = self.dropout(self.prompts[index])  # only block 0 has a hook unless deep
         prompts = prompts.to(x.dtype).unsqueeze(0).expand(x.shape[0], -1, -1)
         rest = x[:, p:] if index == 0 else x[:, p + self.num_tokens :]
         return (torch.cat([x[:, :p], prompts, rest], dim=1), *args[1:])
@@ -123,8 +117,7 @@ class PromptConfig(MethodConfig):
         if self.num_tokens < 1:
             raise ValueError(f"prompt: num_tokens must be >= 1, got {self.num_tokens}")
         self._normalize(num_tokens=int(self.num_tokens))  # a numpy integer: JSON-safe int
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"prompt: dropout must be in [0, 1), got {self.dropout!r}")
+        check_real(self.dropout, "prompt: dropout", low=0, high=1, high_open=True)
         if self.init not in ("xavier", "normal"):
             raise ValueError(f"prompt: init must be 'xavier' or 'normal', got {self.init!r}")
 
@@ -164,11 +157,8 @@ class Prompt(Method):
                 "`blocks`, `num_prefix_tokens`, `embed_dim` and a convolutional `patch_embed.proj`"
                 f"; got {type(model).__name__}. Use method='lora' or 'adapter' for other models."
             )
-        if cfg.init == "xavier":
-            kh, kw = proj.kernel_size
-            bound = math.sqrt(6.0 / float(proj.in_channels * kh * kw + dim))
-        else:
-            bound = 0.0
+        fan = proj.in_channels * math.prod(proj.kernel_size) + dim
+        bound = math.sqrt(6.0 / float(fan)) if cfg.init == "xavier" else 0.0
         prompts = VisualPrompts(blocks, prefix, cfg.num_tokens, dim, cfg.deep, cfg.dropout, bound)
         if cfg.init == "normal":
             nn.init.normal_(prompts.prompts, std=0.02)

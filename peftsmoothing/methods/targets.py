@@ -64,25 +64,20 @@ def match_modules(
         raise ValueError(f"{method}: target_modules is empty")
     named = [(n, m) for n, m in model.named_modules() if n]
     found: dict[str, nn.Module] = {}
-    type_names = ", ".join(t.__name__ for t in types)
     for pattern in patterns:
         hits = [(n, m) for n, m in named if _matches(pattern, n)]
         good = [(n, m) for n, m in hits if isinstance(m, types)]
         if not good:
             candidates = [n for n, m in named if isinstance(m, types)]
             shown = ", ".join(candidates[:25]) + (" ..." if len(candidates) > 25 else "")
-            bad = (
-                f" (it matched {', '.join(f'{n} ({type(m).__name__})' for n, m in hits[:5])}, "
-                f"which {method} cannot adapt)"
-                if hits
-                else ""
-            )
+            matched = ", ".join(f"{n} ({type(m).__name__})" for n, m in hits[:5])
+            bad = f" (it matched {matched}, which {method} cannot adapt)" if hits else ""
+            type_names = ", ".join(t.__name__ for t in types)
             raise ValueError(
                 f"{method}: target_modules pattern {pattern!r} matches no {type_names} module"
                 f"{bad}. Candidate modules: {shown or '(none)'}"
             )
-        for n, m in good:
-            found[n] = m
+        found.update(good)
     return list(found.items())
 
 
