@@ -174,7 +174,6 @@ def _open_locked(
             warnings.warn(
                 f"{path} is a format-1 log: the data identity of its rows cannot be verified, "
                 "so make sure you resume it on the same dataset, split and preprocessing",
-                UserWarning,
                 stacklevel=stacklevel,
             )
             ns = {r.n for r in rows}
@@ -184,7 +183,6 @@ def _open_locked(
         warnings.warn(
             f"{path}: dropping a torn last line ({len(data) - valid} bytes, from a run that "
             "was interrupted); that image is certified again",
-            UserWarning,
             stacklevel=stacklevel,
         )
     if not rows:  # nothing certified yet: start afresh with the new settings
