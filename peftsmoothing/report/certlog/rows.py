@@ -245,8 +245,7 @@ def parse_log(data: bytes, name: str = "log") -> tuple[list[LogRow], int]:
         )
     rows: list[LogRow] = []
     pos = len(HEADERS[layout])
-    lines = data[pos:].split(b"\n")
-    complete, tail = lines[:-1], lines[-1]
+    *complete, tail = data[pos:].split(b"\n")
     width = len(_LAYOUTS[layout])
     for number, raw in enumerate(complete):
         try:
