@@ -86,7 +86,6 @@ class CertificationReport:
             warnings.warn(
                 f"{conflicts} image(s) appear more than once with different certificates; the "
                 "first one seen is kept (never the better one, which would bias the result)",
-                UserWarning,
                 stacklevel=2,
             )
         kept = list(unique.values())
@@ -150,7 +149,6 @@ class CertificationReport:
             warnings.warn(
                 f"{p}: ignoring a torn last line ({len(data) - valid} bytes; the run was "
                 "interrupted or is still going)",
-                UserWarning,
                 stacklevel=2,
             )
         settings = read_settings(p)
@@ -214,6 +212,10 @@ class CertificationReport:
         if not len(self):
             raise ValueError("the report holds no certificates")
 
+    def _certified(self, radius: float) -> np.ndarray:
+        """Per image: certified correct with a radius of at least ``radius``."""
+        return self.correct & (self.radius >= radius)
+
     def certified_accuracy(self, radii: Iterable[float] | None = None) -> dict[float, float]:
         """Approximate certified accuracy at each radius (Cohen et al. 2019).
 
@@ -240,7 +242,7 @@ class CertificationReport:
         values = check_radii(radii)
         self._require_rows()
         total = len(self)
-        return {r: float(np.sum(self.correct & (self.radius >= r))) / total for r in values}
+        return {r: float(np.sum(self._certified(r))) / total for r in values}
 
     def certified_accuracy_bound(
         self,
@@ -333,11 +335,7 @@ class CertificationReport:
                 "different data"
             )
         return {
-            r: paired_difference(
-                self.correct[mine] & (self.radius[mine] >= r),
-                other.correct[theirs] & (other.radius[theirs] >= r),
-                r,
-            )
+            r: paired_difference(self._certified(r)[mine], other._certified(r)[theirs], r)
             for r in values
         }
 

@@ -20,7 +20,7 @@ stopped) is *not* the alpha to use: the run's ``alpha`` bounds the certificate a
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable
 from typing import Any, Protocol
 
 import numpy as np
@@ -31,21 +31,26 @@ __all__ = ["Certified", "certified_accuracy_bound", "run_alpha", "wrong_certific
 
 
 class Certified(Protocol):
-    """What the bound uses of a [`CertificationReport`][peftsmoothing.CertificationReport]."""
+    """What the bound, the tables (``report.tables``) and the plots (``report.plots``) use of
+    a [`CertificationReport`][peftsmoothing.CertificationReport]."""
+
+    name: str | None
+    correct: np.ndarray
+    radius: np.ndarray
+    pa_lower: np.ndarray
+    settings: dict[str, Any] | None
 
     @property
-    def correct(self) -> np.ndarray: ...
+    def acr(self) -> float: ...
 
     @property
-    def radius(self) -> np.ndarray: ...
-
-    @property
-    def rows(self) -> Sequence[Any]: ...
-
-    @property
-    def settings(self) -> Mapping[str, Any] | None: ...
+    def abstain_rate(self) -> float: ...
 
     def __len__(self) -> int: ...
+
+    def certified_accuracy(self, radii: Iterable[float] | None = None) -> dict[float, float]: ...
+
+    def curve(self, max_radius: float | None = None, points: int = 401) -> tuple[Any, Any]: ...
 
 
 def wrong_certificates_at_most(images: int, alpha: float, confidence: float = 0.95) -> int:
@@ -70,13 +75,13 @@ def wrong_certificates_at_most(images: int, alpha: float, confidence: float = 0.
 def run_alpha(report: Certified) -> float:
     """The alpha that bounds each certificate of the report's run.
 
-    The settings file's ``alpha`` (any mode); without one, the common ``alpha`` of release
-    0.1's rows (fixed ``n`` only). A format-2 row's ``alpha`` alone is not enough: in a
-    sequential run it is the level of one look, smaller than the run's.
+    The settings file's ``alpha`` (any mode; or, without a log, the run's). A format-2 row's
+    ``alpha`` alone is not enough: in a sequential run it is the level of one look, smaller
+    than the run's; format-1 and Cohen rows record none.
 
     Raises:
-        ValueError: When the logs do not say (Cohen et al.'s layout, or format-2 rows whose
-            settings file is missing): pass ``alpha=`` yourself.
+        ValueError: When the logs do not say (no settings file: Cohen et al.'s own logs, or
+            rows whose settings file is missing): pass ``alpha=`` yourself.
 
     Examples:
         >>> from peftsmoothing import CertificationReport
@@ -87,16 +92,13 @@ def run_alpha(report: Certified) -> float:
         >>> run_alpha(report)
         0.001
     """
-    settings = report.settings or {}
-    if settings.get("alpha") is not None:
-        return check_alpha(settings["alpha"])
-    alphas = {row.alpha for row in report.rows}
-    if len(alphas) == 1 and None not in alphas and all(r.layout == "v1" for r in report.rows):
-        return check_alpha(alphas.pop())
-    raise ValueError(
-        "the logs do not record the run's alpha (Cohen et al.'s layout, or a log without its "
-        "settings file): pass alpha= (the alpha the run was certified with)"
-    )
+    alpha = (report.settings or {}).get("alpha")
+    if alpha is None:
+        raise ValueError(
+            "the logs do not record the run's alpha (Cohen et al.'s layout, or a log without "
+            "its settings file): pass alpha= (the alpha the run was certified with)"
+        )
+    return check_alpha(alpha)
 
 
 def certified_accuracy_bound(

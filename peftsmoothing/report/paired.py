@@ -72,9 +72,8 @@ def paired_difference(first: np.ndarray, second: np.ndarray, radius: float) -> P
     """
     from scipy.stats import binomtest
 
-    a, b = first, second
-    diff = a.astype(np.float64) - b.astype(np.float64)
-    better, worse = int(np.sum(a & ~b)), int(np.sum(b & ~a))
+    diff = first.astype(np.float64) - second.astype(np.float64)
+    better, worse = int(np.sum(first & ~second)), int(np.sum(second & ~first))
     discordant = better + worse
     p_value = float(binomtest(better, discordant, 0.5).pvalue) if discordant else 1.0
     stderr = float(diff.std(ddof=1) / math.sqrt(len(diff))) if len(diff) > 1 else 0.0

@@ -2,7 +2,8 @@
 
 Nothing here imports ``peftsmoothing.report.accuracy``: a curve is drawn from anything that has a
 name, an ACR, certified radii and a [`curve`][peftsmoothing.CertificationReport.curve] method
-(``Curve``), which a [`peftsmoothing.CertificationReport`][peftsmoothing.CertificationReport] is.
+(``report.confidence.Certified``), which a
+[`peftsmoothing.CertificationReport`][peftsmoothing.CertificationReport] is.
 """
 
 from __future__ import annotations
@@ -10,16 +11,16 @@ from __future__ import annotations
 import os
 import re
 import struct
-import zlib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Final, Protocol
+from typing import Final
 
 import numpy as np
 
 from ..core.files import atomic_write, clean_stale_temporaries
+from .confidence import Certified
 
-__all__ = ["PLOT_CREATOR", "Curve", "plot_certified_accuracy"]
+__all__ = ["PLOT_CREATOR", "plot_certified_accuracy"]
 
 PLOT_CREATOR: Final[str] = "peftsmoothing certified-accuracy plot"
 """Recorded in the metadata of every plot written here, so that ``peftsmoothing report
@@ -31,23 +32,7 @@ _CREATOR_KEYS: Final[dict[str, str]] = {
 _MAX_PLOT_BYTES: Final[int] = 64 * 2**20  # a larger file is no plot of ours
 
 
-class Curve(Protocol):
-    """What a plot uses of a
-    [`peftsmoothing.CertificationReport`][peftsmoothing.CertificationReport]."""
-
-    name: str | None
-    radius: np.ndarray
-    pa_lower: np.ndarray
-
-    @property
-    def acr(self) -> float: ...
-
-    def __len__(self) -> int: ...
-
-    def curve(self, max_radius: float | None = None, points: int = 401) -> tuple[Any, Any]: ...
-
-
-def default_max_radius(reports: Iterable[Curve]) -> float:
+def default_max_radius(reports: Iterable[Certified]) -> float:
     """A little beyond the largest certified radius of ``reports`` (1.0 if there is none).
 
     Examples:
@@ -59,7 +44,7 @@ def default_max_radius(reports: Iterable[Curve]) -> float:
 
 
 def plot_certified_accuracy(
-    reports: Mapping[str, Curve] | Curve,
+    reports: Mapping[str, Certified] | Certified,
     path: str | os.PathLike[str],
     *,
     max_radius: float | None = None,
@@ -105,7 +90,7 @@ def plot_certified_accuracy(
         ) from err
     if not isinstance(reports, Mapping):  # a single report
         reports = {reports.name or "smoothed classifier": reports}
-    if not reports or not any(len(r) for r in reports.values()):
+    if not any(len(r) for r in reports.values()):
         raise ValueError("nothing to plot: no report holds certificates")
     top = max_radius if max_radius is not None else default_max_radius(reports.values())
     bounds = {k: r.pa_lower[np.isfinite(r.pa_lower)] for k, r in reports.items() if len(r)}
@@ -116,17 +101,14 @@ def plot_certified_accuracy(
         for label, values in bounds.items():
             hist.hist(values, bins=40, range=(0.0, 1.0), histtype="step", label=label)
         hist.axvline(0.5, color="grey", linestyle=":", linewidth=1.0)  # below: abstain
+        hist.set(xlim=(0.0, 1.0), ylabel="images")
         hist.set_xlabel("pa_lower (lower confidence bound of the top class's probability)")
-        hist.set_ylabel("images")
-        hist.set_xlim(0.0, 1.0)
     for label, report in reports.items():
         if len(report):
             radii, accuracy = report.curve(max_radius=top)
             ax.plot(radii, accuracy, label=f"{label} (ACR {report.acr:.3f})")
-    ax.set_xlabel("radius (L2, pixel units of [0, 1] images)")
-    ax.set_ylabel("certified accuracy")
-    ax.set_xlim(0.0, top)
-    ax.set_ylim(0.0, 1.0)
+    ax.set(xlabel="radius (L2, pixel units of [0, 1] images)", ylabel="certified accuracy")
+    ax.set(xlim=(0.0, top), ylim=(0.0, 1.0))
     ax.grid(alpha=0.3)
     ax.legend()
     if title:
@@ -176,10 +158,10 @@ _SVG_CREATOR: Final = re.compile(rb"<dc:creator>\s*<cc:Agent>\s*<dc:title>([^<]*
 def plot_creator(data: bytes) -> str | None:
     """The creator a plot file records, where matplotlib writes it; ``None`` if there is none.
 
-    PNG: a ``tEXt`` or ``iTXt`` chunk with the key ``Software`` (found by walking the
-    chunks); PDF: ``/Creator`` of the trailer's ``/Info`` dictionary; SVG: the
-    ``<dc:creator>`` of the ``<metadata>`` element that opens the ``<svg>``; PS and EPS: the
-    ``%%Creator:`` line of the header comments.
+    PNG: a ``tEXt`` chunk with the key ``Software`` (found by walking the chunks; matplotlib
+    writes an ASCII creator as ``tEXt``); PDF: ``/Creator`` of the trailer's ``/Info``
+    dictionary; SVG: the ``<dc:creator>`` of the ``<metadata>`` element that opens the
+    ``<svg>``; PS and EPS: the ``%%Creator:`` line of the header comments.
 
     Examples:
         >>> plot_creator(b"%!PS-Adobe-3.0\\n%%Creator: me\\n%%EndComments\\n")
@@ -212,7 +194,7 @@ def plot_creator(data: bytes) -> str | None:
 
 
 def _png_text(data: bytes, key: bytes) -> str | None:
-    """The text of the first ``tEXt`` / ``iTXt`` chunk named ``key`` of a PNG file."""
+    """The text of the first ``tEXt`` chunk named ``key`` of a PNG file."""
     at = len(_PNG)
     while at + 8 <= len(data):
         length, kind = struct.unpack(">I4s", data[at : at + 8])
@@ -221,15 +203,6 @@ def _png_text(data: bytes, key: bytes) -> str | None:
         if len(body) != length or kind == b"IEND":
             return None
         name, _, text = body.partition(b"\0")
-        if name != key:
-            continue
-        if kind == b"tEXt":
+        if kind == b"tEXt" and name == key:
             return text.decode("latin-1")
-        if kind == b"iTXt":  # compressed flag, method, language, translated key, text
-            compressed, rest = text[:1], text[2:]
-            value = rest.split(b"\0", 2)[-1]
-            try:
-                return (zlib.decompress(value) if compressed == b"\1" else value).decode()
-            except (zlib.error, UnicodeDecodeError):
-                return None
     return None

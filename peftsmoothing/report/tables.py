@@ -3,44 +3,18 @@ lower bound with a stated confidence (``peftsmoothing.report.confidence``)."""
 
 from __future__ import annotations
 
+import csv
+import io
 from collections.abc import Iterable, Mapping
-from typing import Protocol
+from typing import Any
 
 from ..core.validation import check_choice, check_real
+from .confidence import Certified, certified_accuracy_bound
 
-__all__ = [
-    "DEFAULT_RADII",
-    "Tabulated",
-    "bound_table",
-    "certified_accuracy_table",
-    "check_radii",
-]
+__all__ = ["DEFAULT_RADII", "bound_table", "certified_accuracy_table", "check_radii"]
 
 DEFAULT_RADII: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
 """Radii of the certified-accuracy table when none are given."""
-
-_FORMATS = ("markdown", "csv")
-
-
-class Tabulated(Protocol):
-    """What a table uses of a [`CertificationReport`][peftsmoothing.CertificationReport]."""
-
-    @property
-    def acr(self) -> float: ...
-
-    @property
-    def abstain_rate(self) -> float: ...
-
-    def __len__(self) -> int: ...
-
-    def certified_accuracy(self, radii: Iterable[float] | None = None) -> dict[float, float]: ...
-
-    def certified_accuracy_bound(
-        self,
-        radii: Iterable[float] | None = None,
-        confidence: float = 0.95,
-        alpha: float | None = None,
-    ) -> dict[float, float]: ...
 
 
 def check_radii(radii: Iterable[float] | None) -> list[float]:
@@ -60,7 +34,7 @@ def check_radii(radii: Iterable[float] | None) -> list[float]:
 
 
 def certified_accuracy_table(
-    reports: Mapping[str, Tabulated],
+    reports: Mapping[str, Certified],
     radii: Iterable[float] | None = None,
     format: str = "markdown",
 ) -> str:
@@ -90,34 +64,27 @@ def certified_accuracy_table(
         | lora | 1.000 | 1.000 | 0.600 | 0.000 | 1 |
         | prompt | 0.000 | 0.000 | 0.000 | 1.000 | 1 |
     """
-    check_choice(format, "format", _FORMATS)
+    check_choice(format, "format", ("markdown", "csv"))
     values = check_radii(radii)
-    if format == "csv":
-        lines = [",".join(["name", *(repr(r) for r in values), "acr", "abstain_rate", "images"])]
-        for name, report in reports.items():
-            acc = report.certified_accuracy(values)
-            cells = [_csv_cell(name), *(repr(acc[r]) for r in values)]
-            cells += [repr(report.acr), repr(report.abstain_rate), str(len(report))]
-            lines.append(",".join(cells))
-        return "\n".join(lines)
-    header = "| | " + " | ".join(f"r = {r!r}" for r in values) + " | ACR | abstain | images |"
-    lines = [header, "|---|" + "---:|" * (len(values) + 3)]
+    rows: list[list[Any]] = []  # name, accuracy at each radius, ACR, abstain rate, images
     for name, report in reports.items():
         acc = report.certified_accuracy(values)
-        cells = [f"{acc[r]:.3f}" for r in values]
-        cells += [f"{report.acr:.3f}", f"{report.abstain_rate:.3f}", str(len(report))]
+        rows.append([name, *(acc[r] for r in values), report.acr, report.abstain_rate, len(report)])
+    if format == "csv":  # the csv module writes floats as repr: they round-trip
+        text = io.StringIO()
+        header = ["name", *values, "acr", "abstain_rate", "images"]
+        csv.writer(text, lineterminator="\n").writerows([header, *rows])
+        return text.getvalue().removesuffix("\n")
+    lines = ["| | " + " | ".join(f"r = {r!r}" for r in values) + " | ACR | abstain | images |"]
+    lines.append("|---|" + "---:|" * (len(values) + 3))
+    for name, *numbers, images in rows:
+        cells = [f"{v:.3f}" for v in numbers] + [str(images)]
         lines.append(f"| {name.replace('|', '/')} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def _csv_cell(text: str) -> str:
-    if any(c in text for c in ',"\n'):
-        return '"' + text.replace('"', '""') + '"'
-    return text
-
-
 def bound_table(
-    reports: Mapping[str, Tabulated],
+    reports: Mapping[str, Certified],
     radii: Iterable[float] | None = None,
     confidence: float = 0.95,
     alpha: float | None = None,
@@ -148,7 +115,7 @@ def bound_table(
     lines = [header + " | images |", "|---|" + "---:|" * (len(values) + 1)]
     for name, report in reports.items():
         try:
-            bound = report.certified_accuracy_bound(values, confidence, alpha)
+            bound = certified_accuracy_bound(report, values, confidence, alpha)
             cells = [f"{bound[r]:.3f}" for r in values]
         except ValueError as err:  # the run's alpha is unknown: say so in the row
             cells = [f"n/a ({err})"] + [""] * (len(values) - 1)

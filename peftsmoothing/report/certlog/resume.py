@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from ...core.files import atomic_write, clean_stale_temporaries, fsync_dir
-from .rows import HEADERS, MAX_LOG_BYTES, LogRow, check_log_file, parse_rows
+from .rows import HEADERS, MAX_LOG_BYTES, LogRow, check_log_file, parse_log
 from .settings import (
     FORMAT_VERSION,
     MAX_SETTINGS_BYTES,
@@ -59,22 +59,20 @@ def _lock(path: Path) -> tuple[BinaryIO, Path, bool]:
         created = False
     handle = os.fdopen(descriptor, "a+b")
     try:
-        check_log_file(path, os.fstat(handle.fileno()))  # what was opened
-    except ValueError:
-        handle.close()
-        raise
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows
-        return handle, real, created
-    try:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        check_log_file(path, os.fstat(descriptor))  # what was opened
+        with contextlib.suppress(ImportError):  # no lock where fcntl is missing (Windows)
+            import fcntl
+
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         handle.close()
         raise RuntimeError(
             f"another process is certifying into {path}; give each process its own log "
             "(e.g. shard=(i, k) with one log per shard)"
         ) from None
+    except BaseException:
+        handle.close()
+        raise
     return handle, real, created
 
 
@@ -126,7 +124,7 @@ def open_log(
     """
     handle, real, created = _lock(Path(path))
     try:
-        return _open_locked(Path(path), handle, settings, resume, stacklevel + 1)
+        return _open_locked(Path(path), real, handle, settings, resume, stacklevel + 1)
     except BaseException:
         opened = os.fstat(handle.fileno())
         with contextlib.suppress(OSError):  # the empty log this call created: not left
@@ -138,9 +136,8 @@ def open_log(
 
 
 def _open_locked(
-    path: Path, handle: BinaryIO, meta: dict[str, Any], resume: bool, stacklevel: int
+    path: Path, real: Path, handle: BinaryIO, meta: dict[str, Any], resume: bool, stacklevel: int
 ) -> OpenLog:
-    real = Path(os.path.realpath(path))
     meta_path = settings_path(real)
     clean_stale_temporaries(real.parent, [meta_path.name])  # settings half-written by kills
     handle.seek(0)
@@ -149,9 +146,8 @@ def _open_locked(
         raise FileExistsError(
             f"{path} exists; pass resume=True to continue it, or choose another log"
         )
-    found, rows, valid = parse_rows(data, str(path))
-    new_layout = "cohen" if meta["columns"] == "cohen" else "v2"
-    layout = new_layout
+    rows, valid = parse_log(data, str(path))
+    layout = "cohen" if meta["columns"] == "cohen" else "v2"
     if rows:
         old = read_settings(real)
         if old is None:
@@ -159,28 +155,25 @@ def _open_locked(
                 f"{path} holds certificates but its settings file {meta_path} is missing, so "
                 "what they were certified with is unknown; resuming is refused. Use another log."
             )
-        if "format_version" not in old:  # format 1 (release 0.1)
-            if found != "v1" or meta["columns"] != "peftsmoothing":
+        if "format_version" not in old:  # format 1 (release 0.1): resumed in format 1
+            if rows[0].layout != "v1" or meta["columns"] != "peftsmoothing":
                 raise ValueError(f"{path} is a format-1 log: it can only be resumed as one")
-            diff = settings_diff(old, {k: meta[k] for k in V1_KEYS}, ignore=("format",))
             layout = "v1"
-        elif old["format_version"] == FORMAT_VERSION:
-            diff = settings_diff(old, meta)
-            if not diff and found != new_layout:
-                raise ValueError(f"{path}: its rows are not in the layout its settings name")
-        else:
+        elif old["format_version"] != FORMAT_VERSION:
             raise ValueError(f"{meta_path}: unknown format_version {old['format_version']!r}")
+        diff = settings_diff(old, {k: meta[k] for k in V1_KEYS} if layout == "v1" else meta)
         if diff:
             raise ValueError(
                 f"{path} was written with other settings or another model: "
                 f"{', '.join(diff)}; resuming would mix certificates of different settings "
                 "or models. Use another log."
             )
+        if rows[0].layout != layout:
+            raise ValueError(f"{path}: its rows are not in the layout its settings name")
         if layout == "v1":
             warnings.warn(
                 f"{path} is a format-1 log: the data identity of its rows cannot be verified, "
                 "so make sure you resume it on the same dataset, split and preprocessing",
-                UserWarning,
                 stacklevel=stacklevel,
             )
             ns = {r.n for r in rows}
@@ -190,7 +183,6 @@ def _open_locked(
         warnings.warn(
             f"{path}: dropping a torn last line ({len(data) - valid} bytes, from a run that "
             "was interrupted); that image is certified again",
-            UserWarning,
             stacklevel=stacklevel,
         )
     if not rows:  # nothing certified yet: start afresh with the new settings
@@ -199,14 +191,11 @@ def _open_locked(
         atomic_write(meta_path, (json.dumps(meta, indent=2) + "\n").encode())
     if valid < len(data):
         handle.truncate(valid)
-        handle.flush()
-        os.fsync(handle.fileno())
-    handle.seek(0, os.SEEK_END)
-    if handle.tell() == 0:
+    if not valid:  # an empty log (O_APPEND: written at its end)
         handle.write(HEADERS[layout])
-        handle.flush()
-        os.fsync(handle.fileno())
-        fsync_dir(real.parent)
+    handle.flush()
+    os.fsync(handle.fileno())
+    fsync_dir(real.parent)
     return OpenLog(real, handle, layout, rows)
 
 
@@ -228,9 +217,7 @@ def _check_replaceable(meta_path: Path) -> None:
         )
 
 
-def check_identity(
-    log: OpenLog, indices: Iterable[int], identity: Callable[[int], str]
-) -> None:
+def check_identity(log: OpenLog, indices: Iterable[int], identity: Callable[[int], str]) -> None:
     """Check that every logged row among ``indices`` is of the same data as now: its
     ``image_sha256`` against ``identity(idx)`` (computed from the dataset). Rows without a data
     identity (format 1, Cohen's layout) are not checked.

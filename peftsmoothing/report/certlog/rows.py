@@ -10,8 +10,8 @@ import math
 import os
 import re
 import stat
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import astuple, dataclass, replace
 from typing import Any, Final
 
 from ...core.stats import ABSTAIN, certified_radius, clopper_pearson_lower
@@ -51,6 +51,10 @@ def _parse_time(text: str) -> float:
         return int(days or 0) * 86400 + int(hours) * 3600 + int(minutes) * 60 + float(seconds)
     except OverflowError:
         raise ValueError(f"time {text!r} out of range") from None
+
+
+#: How each field of ``LOG_COLUMNS`` is read from its text.
+_PARSERS: Final = (int, int, int, float, int, float, int, int, float, float, str)
 
 
 @dataclass(frozen=True)
@@ -96,50 +100,39 @@ class LogRow:
             layout: ``"v2"``, ``"v1"`` or ``"cohen"``; default: ``layout``.
         """
         layout = self.layout if layout is None else layout
-        if layout == "cohen":
-            time = str(datetime.timedelta(seconds=self.seconds))
-            values: list[Any] = [*self.values()[:5], time]
-        elif layout in ("v1", "v2"):
-            values = list(self.values()[: len(_LAYOUTS[layout])])
-            if layout == "v2" and (self.alpha is None or self.image_sha256 is None):
-                raise ValueError("a format-2 row needs alpha and image_sha256")
-        else:
+        if layout not in _LAYOUTS:
             raise ValueError(f"unknown log layout {layout!r}")
+        values: list[Any] = list(self.values()[: len(_LAYOUTS[layout])])
+        if layout == "cohen":  # Cohen et al.'s time where pa_lower stands
+            values[5] = str(datetime.timedelta(seconds=self.seconds))
+        elif None in values:
+            raise ValueError("a format-2 row needs alpha and image_sha256")
         text = [repr(float(v)) if isinstance(v, float) else str(v) for v in values]
         return "\t".join(text) + "\n"
 
     def values(self) -> tuple[Any, ...]:
         """The fields in ``LOG_COLUMNS`` order."""
-        return tuple(getattr(self, f.name) for f in fields(self))
+        return astuple(self)
 
     def certificate(self) -> tuple[Any, ...]:
-        """The fields but ``seconds``: what two certifications of one image must agree on."""
-        return tuple(v for f, v in zip(fields(self), self.values(), strict=True)
-                     if f.name != "seconds")  # fmt: skip
+        """The fields but ``seconds`` (set to 0): what two certifications of one image must
+        agree on."""
+        return astuple(replace(self, seconds=0.0))
 
     @classmethod
     def from_line(cls, line: str) -> LogRow:
         """Parse one line of any layout (told by its number of fields); raise ``ValueError`` if
         it is not a complete, valid row."""
         parts = line.rstrip("\n").split("\t")
-        if len(parts) == len(COHEN_COLUMNS):
-            idx, label, predict, correct = (int(parts[i]) for i in (0, 1, 2, 4))
-            row = cls(idx, label, predict, float(parts[3]), correct, math.nan, 0, 0,
-                      _parse_time(parts[5]))  # fmt: skip
-        elif len(parts) in (len(LOG_COLUMNS_V1), len(LOG_COLUMNS)):
-            kinds = [f.type for f in fields(cls)]
-            values: list[Any] = [
-                float(p) if kind in ("float", float) else int(p)
-                for p, kind in zip(parts[:9], kinds, strict=False)
-            ]
-            if len(parts) == len(LOG_COLUMNS):
-                if not _SHA_RE.fullmatch(parts[10]):
-                    raise ValueError(f"image_sha256 must be 16 hex digits, got {parts[10]!r}")
-                values += [float(parts[9]), parts[10]]
-            row = cls(*values)
-        else:
+        if len(parts) not in {len(columns) for columns in _LAYOUTS.values()}:
             raise ValueError(f"expected {len(LOG_COLUMNS)} tab-separated fields, got {len(parts)}")
-        row._check(cohen=len(parts) == len(COHEN_COLUMNS))
+        cohen = len(parts) == len(COHEN_COLUMNS)
+        given = parts[:5] if cohen else parts
+        values: list[Any] = [parse(p) for parse, p in zip(_PARSERS, given, strict=False)]
+        if cohen:  # no counts, and the time as Cohen et al. write it
+            values += [math.nan, 0, 0, _parse_time(parts[5])]
+        row = cls(*values)
+        row._check(cohen)
         return row
 
     def _check(self, cohen: bool) -> None:
@@ -147,10 +140,8 @@ class LogRow:
             raise ValueError(f"idx, label, predict, count or n above {_INT64_MAX} (int64)")
         if self.correct not in (0, 1) or self.idx < 0 or self.label < 0 or self.predict < -1:
             raise ValueError("inconsistent values")
-        if not (math.isfinite(self.radius) and self.radius >= 0):
-            raise ValueError("radius out of range")
-        if not (math.isfinite(self.seconds) and self.seconds >= 0):
-            raise ValueError("seconds out of range")
+        if not all(math.isfinite(v) and v >= 0 for v in (self.radius, self.seconds)):
+            raise ValueError("radius or seconds out of range")
         if cohen:  # a row of Cohen et al.'s layout: no counts, no bound
             if self.count != 0 or not math.isnan(self.pa_lower) or self.alpha is not None:
                 raise ValueError("inconsistent values")
@@ -159,6 +150,8 @@ class LogRow:
             raise ValueError("inconsistent values, or pa_lower out of range")
         if self.alpha is not None and not 0 < self.alpha < 1:
             raise ValueError("alpha out of range")
+        if self.image_sha256 is not None and not _SHA_RE.fullmatch(self.image_sha256):
+            raise ValueError(f"image_sha256 must be 16 hex digits, got {self.image_sha256!r}")
 
 
 def check_log_file(path: str | os.PathLike[str], status: os.stat_result) -> None:
@@ -210,52 +203,13 @@ def read_log(path: str | os.PathLike[str]) -> bytes:
         return file.read(MAX_LOG_BYTES)  # a log that grows meanwhile: its new last line is torn
 
 
-def parse_rows(data: bytes, name: str) -> tuple[str | None, list[LogRow], int]:
-    """``(layout, rows, valid_length)`` of a log's bytes (layout ``None``: empty or torn
-    header); see ``parse_log``.
-
-    Examples:
-        >>> parse_rows(b"", "log.tsv")
-        (None, [], 0)
-    """
-    layout = next((k for k, h in HEADERS.items() if data.startswith(h)), None)
-    if layout is None:
-        if any(h.startswith(data) for h in HEADERS.values()):
-            return None, [], 0  # empty, or killed while writing the header
-        first = data.split(b"\n", 1)[0].decode(errors="replace")
-        raise ValueError(
-            f"{name} is not a certification log: header {first!r}, expected "
-            f"{HEADERS['v2'].decode().strip()!r} (or format 1's, or Cohen et al.'s "
-            f"{HEADERS['cohen'].decode().strip()!r})"
-        )
-    rows: list[LogRow] = []
-    pos = len(HEADERS[layout])
-    lines = data[pos:].split(b"\n")
-    complete, tail = lines[:-1], lines[-1]
-    for number, raw in enumerate(complete):
-        try:
-            parts = raw.count(b"\t") + 1
-            if parts != len(_LAYOUTS[layout]):
-                raise ValueError(f"expected {len(_LAYOUTS[layout])} tab-separated fields, got "
-                                 f"{parts}")  # fmt: skip
-            rows.append(LogRow.from_line(raw.decode()))
-        except (ValueError, UnicodeDecodeError) as err:
-            if number == len(complete) - 1 and not tail:
-                return layout, rows, pos  # a garbled final line: treated as torn
-            raise ValueError(
-                f"{name}: line {number + 2} is malformed ({err}); only the last line of a log "
-                "can be torn, so this log is corrupted"
-            ) from None
-        pos += len(raw) + 1
-    return layout, rows, pos
-
-
 def parse_log(data: bytes, name: str = "log") -> tuple[list[LogRow], int]:
     """Parse the bytes of a certification log (format 2, format 1 or Cohen et al.'s).
 
     A process killed while appending can leave a torn last line (no trailing newline, or, after
     a power loss, a garbled final line). That line is not returned; the second element of the
-    result is the length of the valid prefix, so the caller can truncate the file there.
+    result is the length of the valid prefix, so the caller can truncate the file there. Every
+    row has the header's layout (``LogRow.layout``, which resuming relies on).
 
     Args:
         data: The file's bytes.
@@ -276,8 +230,39 @@ def parse_log(data: bytes, name: str = "log") -> tuple[list[LogRow], int]:
         >>> cohen = "\\t".join(COHEN_COLUMNS) + "\\n0\\t1\\t-1\\t0.0\\t0\\t2.5\\n"
         >>> [(r.predict, r.seconds, r.n) for r in parse_log(cohen.encode())[0]]
         [(-1, 2.5, 0)]
+        >>> parse_log(b"", "log.tsv")
+        ([], 0)
     """
-    return parse_rows(data, name)[1:]
+    layout = next((k for k, h in HEADERS.items() if data.startswith(h)), None)
+    if layout is None:
+        if any(h.startswith(data) for h in HEADERS.values()):
+            return [], 0  # empty, or killed while writing the header
+        first = data.split(b"\n", 1)[0].decode(errors="replace")
+        raise ValueError(
+            f"{name} is not a certification log: header {first!r}, expected "
+            f"{HEADERS['v2'].decode().strip()!r} (or format 1's, or Cohen et al.'s "
+            f"{HEADERS['cohen'].decode().strip()!r})"
+        )
+    rows: list[LogRow] = []
+    pos = len(HEADERS[layout])
+    *complete, tail = data[pos:].split(b"\n")
+    width = len(_LAYOUTS[layout])
+    for number, raw in enumerate(complete):
+        try:
+            fields = raw.count(b"\t") + 1
+            if fields != width:  # a row of another layout than the header's
+                raise ValueError(f"expected {width} tab-separated fields, got {fields}")
+            rows.append(LogRow.from_line(raw.decode()))
+        except (ValueError, UnicodeDecodeError) as err:
+            if number == len(complete) - 1 and not tail:
+                return rows, pos  # a garbled final line: treated as torn
+            raise ValueError(
+                f"{name}: line {number + 2} is malformed ({err}); only the last line of a log "
+                "can be torn, so this log is corrupted"
+            ) from None
+        pos += len(raw) + 1
+    return rows, pos
+
 
 def validate_rows(
     rows: Sequence[LogRow],
@@ -318,84 +303,74 @@ def validate_rows(
     """
     settings = settings or {}
     check_settings(settings, f"{name}'s settings")
-    if sigma is None and isinstance(settings.get("sigma"), (int, float)):
+    if sigma is None and "sigma" in settings:
         sigma = float(settings["sigma"])
-    classes = settings.get("num_classes")
-    size = (settings.get("dataset") or {}).get("size")
     allowed = _allowed_looks(settings)
     for number, row in enumerate(rows, start=2):
-        where = f"{name}, line {number}"
-        if isinstance(size, int) and row.idx >= size:
-            raise ValueError(
-                f"{where}: idx {row.idx} is outside the {size} images of the settings' dataset"
-            )
-        if isinstance(classes, int) and not (
-            0 <= row.label < classes and -1 <= row.predict < classes
-        ):
-            raise ValueError(
-                f"{where}: label {row.label} or prediction {row.predict} outside the "
-                f"{classes} classes of the settings"
-            )
-        if row.correct != int(row.predict == row.label):
-            raise ValueError(
-                f"{where}: correct must be int(predict == label), got correct={row.correct} "
-                f"for predict={row.predict}, label={row.label}"
-            )
-        if row.predict == ABSTAIN and row.radius != 0:
-            raise ValueError(f"{where}: an abstention (predict -1) has radius 0, got {row.radius}")
-        if row.n == 0:  # Cohen et al.'s row: no counts; at best every sample was the top class
-            best = max((a ** (1 / n) for n, a in allowed if n > 0), default=None)
-            if best is not None:
-                _check_radius(row, where, sigma, best, " (the most the settings' n and alpha give)")
-            continue
-        # the levels its pa_lower may be at: its own alpha, or (format 1) the settings' for n
-        alphas = [row.alpha] if row.alpha is not None else [a for n, a in allowed if n == row.n]
-        if row.alpha is None and allowed and not alphas:
-            raise ValueError(
-                f"{where}: n={row.n} is not a sample count the settings allow "
-                f"({sorted(allowed)[:4]}...)"
-            )
-        _check_radius(row, where, sigma, row.pa_lower, "")
-        if row.predict != ABSTAIN and row.pa_lower < 0.5:
-            raise ValueError(f"{where}: a prediction needs pa_lower >= 0.5 (CERTIFY abstains "
-                             f"below), got {row.pa_lower}")  # fmt: skip
-        expected = [clopper_pearson_lower(row.count, row.n, a) for a in alphas]
-        if alphas and not any(
-            math.isclose(row.pa_lower, e, rel_tol=1e-9, abs_tol=1e-300) for e in expected
-        ):
-            raise ValueError(
-                f"{where}: pa_lower {row.pa_lower} is not the Clopper-Pearson bound of "
-                f"count {row.count} in n {row.n} at alpha {alphas[0]} ({expected[0]})"
-            )
-        if row.alpha is not None and allowed and (row.n, row.alpha) not in allowed:
-            raise ValueError(
-                f"{where}: n={row.n} at alpha={row.alpha} is not a sample count and level the "
-                f"settings allow ({sorted(allowed)[:4]}...)"
-            )
+        problem = next(_problems(row, sigma, settings, allowed), None)
+        if problem is not None:
+            raise ValueError(f"{name}, line {number}: {problem}")
 
 
-def _check_radius(row: LogRow, where: str, sigma: float | None, pa: float, note: str) -> None:
-    """The radius rule: ``radius <= sigma * Phi^-1(pa)`` for a prediction, when sigma is
-    known (``pa``: the row's ``pa_lower``, or the largest one possible)."""
-    if sigma is None or row.predict == ABSTAIN:
+def _problems(
+    row: LogRow, sigma: float | None, settings: Mapping[str, Any], allowed: set[tuple[int, float]]
+) -> Iterator[str]:
+    """The rules of ``validate_rows`` that ``row`` breaks, in order (settings checked)."""
+    size, classes = settings.get("dataset", {}).get("size"), settings.get("num_classes")
+    if size is not None and row.idx >= size:
+        yield f"idx {row.idx} is outside the {size} images of the settings' dataset"
+    if classes is not None and not (0 <= row.label < classes and -1 <= row.predict < classes):
+        yield (
+            f"label {row.label} or prediction {row.predict} outside the {classes} classes of "
+            "the settings"
+        )
+    if row.correct != int(row.predict == row.label):
+        yield (
+            f"correct must be int(predict == label), got correct={row.correct} for "
+            f"predict={row.predict}, label={row.label}"
+        )
+    if row.predict == ABSTAIN and row.radius != 0:
+        yield f"an abstention (predict -1) has radius 0, got {row.radius}"
+    # the levels its pa_lower may be at: its own alpha, or (format 1) the settings' for n
+    alphas = [row.alpha] if row.alpha is not None else [a for n, a in allowed if n == row.n]
+    if row.n and row.alpha is None and allowed and not alphas:
+        yield f"n={row.n} is not a sample count the settings allow ({sorted(allowed)[:4]}...)"
+    # Cohen et al.'s rows record no counts: at best, every sample was of the top class
+    pa = row.pa_lower if row.n else max((a ** (1 / n) for n, a in allowed), default=1.0)
+    if sigma is not None and row.predict != ABSTAIN:
+        bound = certified_radius(sigma, pa) if pa < 1 else math.inf
+        if row.radius > bound * (1 + 1e-9):
+            note = "" if row.n else " (the most the settings' n and alpha give)"
+            yield (
+                f"radius {row.radius} exceeds sigma * Phi^-1(pa_lower) = {bound} "
+                f"(sigma {sigma}, pa_lower {pa}{note})"
+            )
+    if not row.n:
         return
-    bound = certified_radius(sigma, pa) if pa < 1 else math.inf
-    if row.radius > max(bound, 0.0) * (1 + 1e-9):
-        raise ValueError(
-            f"{where}: radius {row.radius} exceeds sigma * Phi^-1(pa_lower) = {bound} "
-            f"(sigma {sigma}, pa_lower {pa}{note})"
+    if row.predict != ABSTAIN and row.pa_lower < 0.5:
+        yield f"a prediction needs pa_lower >= 0.5 (CERTIFY abstains below), got {row.pa_lower}"
+    expected = [clopper_pearson_lower(row.count, row.n, a) for a in alphas]
+    if alphas and not any(
+        math.isclose(row.pa_lower, e, rel_tol=1e-9, abs_tol=1e-300) for e in expected
+    ):
+        yield (
+            f"pa_lower {row.pa_lower} is not the Clopper-Pearson bound of count {row.count} "
+            f"in n {row.n} at alpha {alphas[0]} ({expected[0]})"
+        )
+    if row.alpha is not None and allowed and (row.n, row.alpha) not in allowed:
+        yield (
+            f"n={row.n} at alpha={row.alpha} is not a sample count and level the settings "
+            f"allow ({sorted(allowed)[:4]}...)"
         )
 
 
 def _allowed_looks(settings: Mapping[str, Any]) -> set[tuple[int, float]]:
-    """The ``(n, alpha)`` pairs a log's rows may have: fixed n, or one look of the schedule."""
+    """The ``(n, alpha)`` pairs a log's rows may have: fixed n, or one look of the schedule
+    (``settings`` checked: ``check_settings``)."""
     sequential = settings.get("sequential")
     if isinstance(sequential, Mapping):
-        looks, alphas = sequential.get("looks"), sequential.get("look_alphas")
-        if isinstance(looks, list) and isinstance(alphas, list):
-            return {(int(n), float(a)) for n, a in zip(looks, alphas, strict=False)}
-        return set()
-    n, alpha = settings.get("n"), settings.get("alpha")
-    if isinstance(n, int) and isinstance(alpha, (int, float)):
-        return {(n, float(alpha))}
+        looks = sequential.get("looks", ())
+        return set(zip(looks, sequential.get("look_alphas", ()), strict=False))
+    if "n" in settings and "alpha" in settings:
+        return {(settings["n"], settings["alpha"])}
     return set()
