@@ -12,19 +12,6 @@ from typing import Any
 from ..core.names import DATASET_NAMES, PRECISIONS
 from ..core.validation import check_alpha, check_int, check_real, check_sigma
 
-__all__ = [
-    "USER_ERRORS",
-    "add_confidence_argument",
-    "add_model_arguments",
-    "add_smoothing_arguments",
-    "checked",
-    "default_device",
-    "int_at_least",
-    "load_model",
-    "load_smoothed",
-    "real",
-]
-
 #: Exceptions ``train``, ``certify`` and ``predict`` report as a one-line error (exit status 1),
 #: not a traceback: bad options, a log started with other settings or held by another process,
 #: a checkpoint that does not fit, a missing optional package (and, as for every command, a
@@ -63,17 +50,13 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         ('run', None, True)
     """
     parser.add_argument("--model", required=True, help="directory written by PEFTModel.save")
-    parser.add_argument(
-        "--base-weights", default=None, metavar="FILE",
-        help="state_dict of the base model the directory was trained on (a backbone you "
-        "pre-trained, or timm's weights saved on another machine); checked against the "
-        "saved frozen-weights fingerprint",
-    )  # fmt: skip
-    parser.add_argument(
-        "--pretrained", action="store_true",
-        help="rebuild the base model with timm's registry weights for its recorded name "
-        "(downloaded on first use; never without this flag)",
-    )  # fmt: skip
+    parser.add_argument("--base-weights", metavar="FILE",
+                        help="state_dict of the base model the directory was trained on (a "
+                        "backbone you pre-trained, or timm's weights saved on another "
+                        "machine); checked against the saved frozen-weights fingerprint")
+    parser.add_argument("--pretrained", action="store_true",
+                        help="rebuild the base model with timm's registry weights for its "
+                        "recorded name (downloaded on first use; never without this flag)")
 
 
 def load_model(args: argparse.Namespace) -> Any:
@@ -88,21 +71,22 @@ def load_model(args: argparse.Namespace) -> Any:
     """
     import peftsmoothing
 
-    pretrained = True if args.pretrained else None
-    return peftsmoothing.load(args.model, base_weights=args.base_weights, pretrained=pretrained)
+    return peftsmoothing.load(args.model, base_weights=args.base_weights,
+                              pretrained=args.pretrained or None)
 
 
 def load_smoothed(
-    args: argparse.Namespace, device: str, *, model_preprocessing: bool = False
+    args: argparse.Namespace, shard_spec: str | None = None, model_preprocessing: bool = False
 ) -> tuple[Any, Any, dict[str, Any] | None]:
     """The flags of ``add_smoothing_arguments`` made objects: the saved model as a
-    ``SmoothedClassifier`` at ``--sigma``, the dataset (no augmentation) and its preprocessing.
-    With ``model_preprocessing``, image folders follow the model's timm data config (size, crop,
-    interpolation), which is returned; else ``None``.
+    ``SmoothedClassifier`` at ``--sigma`` on ``--device`` (else ``default_device(shard_spec)``),
+    the dataset (no augmentation) and its preprocessing. With ``model_preprocessing``, image
+    folders follow the model's timm data config (size, crop, interpolation), which is returned;
+    else ``None``.
 
     Examples:
         >>> load_smoothed(argparse.Namespace(model="no/such/dir", base_weights=None,
-        ...                                  pretrained=False), "cpu")
+        ...                                  pretrained=False, device="cpu"))
         Traceback (most recent call last):
         ...
         FileNotFoundError: ...
@@ -120,6 +104,7 @@ def load_smoothed(
         augment=False, preprocessing=preprocessing,
     )
     classes = datasets.num_classes(args.dataset, args.root)
+    device = args.device or default_device(shard_spec)
     smoothed = SmoothedClassifier(
         model, classes, args.sigma, device=device, precision=args.precision
     )
@@ -189,7 +174,7 @@ def add_smoothing_arguments(parser: argparse.ArgumentParser, verb: str, **help: 
     add("--dataset", default="cifar10", choices=DATASET_NAMES, help="dataset")
     add("--root", required=True, help="data directory")
     add("--split", choices=("test", "train"), default="test", help="dataset split")
-    add("--image-size", type=int_at_least("image_size", 1), default=None, help=help["image_size"])
+    add("--image-size", type=int_at_least("image_size", 1), help=help["image_size"])
     add("--sigma", type=checked(float, "sigma", check_sigma), required=True,
         help="noise level (pixel units)")
     add("--n", type=int_at_least("n", 1), default=100_000, help=help["n"])
@@ -197,11 +182,10 @@ def add_smoothing_arguments(parser: argparse.ArgumentParser, verb: str, **help: 
     add("--batch", type=int_at_least("batch", 1), default=1000,
         help="noisy images per forward pass")
     add("--skip", type=int_at_least("skip", 1), default=1, help=f"{verb} every SKIP-th image")
-    add("--max", type=int_at_least("max", 0), default=None,
-        help="only the first MAX images (None: all)")
+    add("--max", type=int_at_least("max", 0), help="only the first MAX images (None: all)")
     add("--seed", type=int_at_least("seed", 0), default=0,
         help="master seed of the per-image noise")
-    add("--device", default=None, help="torch device (None: cuda if available, else cpu)")
+    add("--device", help="torch device (None: cuda if available, else cpu)")
     add("--precision", choices=PRECISIONS, default="fp32",
         help="fp32, or bf16 / fp16 autocast of the base model")
 

@@ -7,14 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ._args import (
-    USER_ERRORS,
-    add_smoothing_arguments,
-    default_device,
-    int_at_least,
-    load_smoothed,
-    real,
-)
+from ._args import USER_ERRORS, add_smoothing_arguments, int_at_least, load_smoothed, real
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -32,8 +25,7 @@ def parse_shard(text: str) -> tuple[int, int]:
                 "--shard torchrun needs the RANK and WORLD_SIZE environment variables"
             ) from None
     try:
-        i_text, k_text = text.split("/")
-        part, parts = int(i_text), int(k_text)
+        part, parts = map(int, text.split("/"))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected i/k (e.g. 0/4), got {text!r}") from None
     if parts < 1 or not 0 <= part < parts:
@@ -56,14 +48,10 @@ def shard_log_path(out: str, shard: tuple[int, int] | None) -> Path:
         >>> str(shard_log_path("certify-{shard}.tsv", (1, 4)))
         'certify-1.tsv'
     """
-    if shard is None:
-        return Path(out.replace("{shard}", "0"))
-    part, parts = shard
-    if "{shard}" in out:
+    part, parts = shard or (0, 1)
+    if "{shard}" in out or parts == 1:
         return Path(out.replace("{shard}", str(part)))
     path = Path(out)
-    if parts == 1:
-        return path
     return path.with_name(f"{path.stem}.shard{part}of{parts}{path.suffix}")
 
 
@@ -75,9 +63,7 @@ def run(args: argparse.Namespace) -> int:
     log = shard_log_path(args.out, shard)
     # Image folders follow the model's timm data config (size, crop, interpolation); the
     # settings record it, so a resume with other preprocessing is refused.
-    smoothed, dataset, preprocessing = load_smoothed(
-        args, args.device or default_device(args.shard), model_preprocessing=True
-    )
+    smoothed, dataset, preprocessing = load_smoothed(args, args.shard, model_preprocessing=True)
     indices = None if args.max is None else range(len(dataset))[: args.max]
     print(f"certifying {args.dataset} ({args.split}) with sigma={args.sigma} -> {log}")
     # What identifies the data (not --root: a path is not an identity).
@@ -123,40 +109,24 @@ def register(subparsers: Any) -> None:
         "several images share each forward batch",
     )
     exclusive = mode.add_mutually_exclusive_group()
-    exclusive.add_argument(
-        "--radius", type=real("radius", low=0.0), default=None, metavar="R",
-        help="target mode: decide for each image whether it is certified at radius R "
-        "(only certified accuracy at R is meaningful in the log)",
-    )
-    exclusive.add_argument(
-        "--early-stop", action="store_true",
-        help="certify the largest radius, stopping when more samples would add little",
-    )
-    mode.add_argument(
-        "--max-radius", type=real("max_radius", low=0.0, low_open=True), default=None,
-        help="with --early-stop: stop once this radius is certified",
-    )
-    mode.add_argument(
-        "--tolerance", type=real("tolerance", low=0.0), default=None,
-        help="with --early-stop: stop when n samples would add less than this radius "
-        "(default 0.05 * sigma)",
-    )
+    exclusive.add_argument("--radius", type=real("radius", low=0.0), default=None, metavar="R",
+                           help="target mode: decide for each image whether it is certified at "
+                           "radius R (only certified accuracy at R is meaningful in the log)")
+    exclusive.add_argument("--early-stop", action="store_true", help="certify the largest "
+                           "radius, stopping when more samples would add little")
+    mode.add_argument("--max-radius", type=real("max_radius", low=0.0, low_open=True),
+                      help="with --early-stop: stop once this radius is certified")
+    mode.add_argument("--tolerance", type=real("tolerance", low=0.0),
+                      help="with --early-stop: stop when n samples would add less than this "
+                      "radius (default 0.05 * sigma)")
     p.add_argument("--out", required=True, help="log file (TSV); {shard} is replaced by i")
-    p.add_argument(
-        "--shard", default=None, metavar="i/k", type=_shard_text,
-        help="certify the i-th of k disjoint slices (or 'torchrun': RANK/WORLD_SIZE)",
-    )
-    p.add_argument(
-        "--log-format", choices=LOG_FORMATS, default="peftsmoothing",
-        help="log columns: ours (default) or Cohen et al.'s six (idx label predict radius "
-        "correct time), with our settings file beside it either way",
-    )
-    p.add_argument(
-        "--resume", action=argparse.BooleanOptionalAction, default=True,
-        help="continue an existing log (default); --no-resume refuses to touch one",
-    )
-    p.add_argument(
-        "--radii", type=real("radii", low=0.0), nargs="+", default=list(DEFAULT_RADII),
-        help="radii of the summary table",
-    )
+    p.add_argument("--shard", metavar="i/k", type=_shard_text, help="certify the i-th of k "
+                   "disjoint slices (or 'torchrun': RANK/WORLD_SIZE)")
+    p.add_argument("--log-format", choices=LOG_FORMATS, default="peftsmoothing",
+                   help="log columns: ours (default) or Cohen et al.'s six (idx label predict "
+                   "radius correct time), with our settings file beside it either way")
+    p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
+                   help="continue an existing log (default); --no-resume refuses to touch one")
+    p.add_argument("--radii", type=real("radii", low=0.0), nargs="+",
+                   default=list(DEFAULT_RADII), help="radii of the summary table")
     p.set_defaults(func=run, user_errors=USER_ERRORS)

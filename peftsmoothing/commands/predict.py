@@ -17,7 +17,7 @@ import sys
 import time
 from typing import IO, Any
 
-from ._args import USER_ERRORS, add_smoothing_arguments, default_device, load_smoothed
+from ._args import USER_ERRORS, add_smoothing_arguments, load_smoothed
 
 __all__ = ["COLUMNS", "EXAMPLE", "HEADER", "USER_ERRORS", "register", "run"]
 
@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     # before any work: never over a file that is not an earlier predict output
     out = check_output(args.out, own=starts_with(HEADER), overwrite=args.overwrite,
                        flag="--out", what="a predict output")
-    smoothed, dataset, _ = load_smoothed(args, args.device or default_device())
+    smoothed, dataset, _ = load_smoothed(args)
     out.parent.mkdir(parents=True, exist_ok=True)
     print(f"predicting {args.dataset} ({args.split}) with sigma={args.sigma} -> {out}",
           file=sys.stderr)

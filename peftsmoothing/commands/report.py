@@ -109,24 +109,22 @@ def paired_differences(reports: dict[str, Any], radii: list[float]) -> str:
         >>> print(paired_differences({"a": a, "b": b}, [0.0]).splitlines()[-1])
         | b | -1.000 ± 0.000 (p = 0.12) | 4 |
     """
-    names = list(reports)
-    first = reports[names[0]]
+    first, *others = reports
     lines = [
-        f"Paired differences against {names[0]} (same images; ± standard error, p = exact "
+        f"Paired differences against {first} (same images; ± standard error, p = exact "
         "McNemar test):",
         "",
         "| log | " + " | ".join(f"r={r:g}" for r in radii) + " | shared images |",
         "|---|" + "---:|" * (len(radii) + 1),
     ]
-    for name in names[1:]:
+    for name in others:
         try:
-            diffs = reports[name].compare_to(first, radii)
+            diffs = reports[name].compare_to(reports[first], radii)
         except ValueError as err:  # other data: say so instead of failing the whole report
             lines.append(f"| {name} | " + " | ".join(f"n/a: {err}" for _ in radii) + " | |")
             continue
-        cells = [str(diffs[r]) for r in radii]
         images = next(iter(diffs.values())).images
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {images} |")
+        lines.append(f"| {name} | " + " | ".join(str(diffs[r]) for r in radii) + f" | {images} |")
     return "\n".join(lines)
 
 
@@ -150,20 +148,16 @@ def register(subparsers: Any) -> None:
     p.add_argument("--format", choices=("markdown", "csv"), default="markdown",
                    help="output format of the table")
     add_confidence_argument(p)
-    p.add_argument(
-        "--alpha", type=checked(float, "alpha", check_alpha), default=None,
-        help="the run's alpha, for logs that do not record it (Cohen et al.'s layout); "
-        "default: from the log's settings file",
-    )
-    p.add_argument(
-        "--plot", default=None, metavar="PNG",
-        help="save certified accuracy vs radius to this image file (format from the "
-        "extension), written atomically; an earlier plot there is replaced, any other file "
-        "only with --overwrite",
-    )
+    p.add_argument("--alpha", type=checked(float, "alpha", check_alpha),
+                   help="the run's alpha, for logs that do not record it (Cohen et al.'s "
+                   "layout); default: from the log's settings file")
+    p.add_argument("--plot", metavar="PNG",
+                   help="save certified accuracy vs radius to this image file (format from the "
+                   "extension), written atomically; an earlier plot there is replaced, any "
+                   "other file only with --overwrite")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the --plot file even if it is not an earlier plot")
-    p.add_argument("--max-radius", type=float, default=None,
+    p.add_argument("--max-radius", type=float,
                    help="x-axis limit of the plot (None: from the largest radius)")
     p.add_argument("--compare", action="store_true",
                    help="one row/curve per log instead of merging them, plus (markdown format) "

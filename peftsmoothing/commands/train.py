@@ -96,16 +96,13 @@ def run(args: argparse.Namespace) -> int:
     val_loader = None
     if args.val_fraction > 0:
         n_val = max(1, round(len(train_set) * args.val_fraction))
-        split = torch.Generator().manual_seed(args.seed)
-        train_set, val_set = random_split(
-            train_set, [len(train_set) - n_val, n_val], generator=split
-        )
+        train_set, val_set = random_split(train_set, [len(train_set) - n_val, n_val],
+                                          generator=torch.Generator().manual_seed(args.seed))
         val_loader = DataLoader(val_set, batch_size=args.batch, num_workers=args.workers)
     seed = None if args.pretrained else args.seed
     base = create_model(args.model, args.pretrained, seed=seed, **model_kwargs)
-    model = ps.wrap(
-        base, args.method, num_classes=classes, input_size=args.input_size, **method_options
-    )
+    model = ps.wrap(base, args.method, num_classes=classes, input_size=args.input_size,
+                    **method_options)
     train_loader = DataLoader(
         train_set, batch_size=args.batch, shuffle=True, num_workers=args.workers,
         generator=torch.Generator().manual_seed(args.seed), pin_memory=torch.cuda.is_available(),
@@ -170,24 +167,23 @@ def register(subparsers: Any) -> None:
                    "`--model-kwargs img_size=32 patch_size=4`")
     p.add_argument("--method", default="lora", choices=method_names(),
                    help="PEFT method (see `peftsmoothing methods`)")
-    p.add_argument("--r", type=int_at_least("r", 1), default=None,
-                   help="LoRA rank (shortcut for --opt r=R)")
+    p.add_argument("--r", type=int_at_least("r", 1), help="LoRA rank (shortcut for --opt r=R)")
     p.add_argument("--opt", nargs="*", default=[], metavar="KEY=VALUE",
                    help="options of the method's Config, values as Python literals, e.g. "
                    "`--opt alpha=16 \"target_modules=['qkv']\"`")
     p.add_argument("--dataset", default="cifar10", choices=DATASET_NAMES, help="dataset")
     p.add_argument("--root", required=True, help="data directory")
     p.add_argument("--img-size", "--image-size", dest="img_size",
-                   type=int_at_least("image_size", 1), default=None,
-                   help="resize the data before the noise (radii then refer to the resized "
-                   "images; pass the same --image-size to certify); see --input-size")
-    p.add_argument("--input-size", type=int_at_least("input_size", 1), default=None,
+                   type=int_at_least("image_size", 1), help="resize the data before the noise "
+                   "(radii then refer to the resized images; pass the same --image-size to "
+                   "certify); see --input-size")
+    p.add_argument("--input-size", type=int_at_least("input_size", 1),
                    help="resize inside the model (e.g. `--input-size 224` for ViT-B on "
                    "CIFAR): noise and certified radii stay at the data's native resolution")
-    p.add_argument("--limit", type=int_at_least("limit", 1), default=None,
+    p.add_argument("--limit", type=int_at_least("limit", 1),
                    help="use only the first N training images")
-    p.add_argument("--val-fraction", type=real("val_fraction", low=0, high=1, high_open=True),
-                   default=0.0,
+    p.add_argument("--val-fraction", default=0.0,
+                   type=real("val_fraction", low=0, high=1, high_open=True),
                    help="hold out this fraction of the training set for validation / best/")
     p.add_argument("--batch", type=int_at_least("batch", 1), default=128,
                    help="batch size per process")
@@ -195,8 +191,7 @@ def register(subparsers: Any) -> None:
                    help="DataLoader worker processes")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last")
     p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--device", default=None,
-                   help="torch device (None: cuda:LOCAL_RANK if available, else cpu)")
+    p.add_argument("--device", help="torch device (None: cuda:LOCAL_RANK if available, else cpu)")
     add_trainer_options(p)
     p.set_defaults(func=run, user_errors=USER_ERRORS)
 
@@ -226,7 +221,7 @@ def add_trainer_options(parser: argparse.ArgumentParser) -> None:
             kwargs["choices"] = list(meta["cli_choices"]())
         group.add_argument(flag(f.name), **kwargs)
     for alias, (option, convert) in LOSS_OPTION_ALIASES.items():
-        group.add_argument(flag(alias), dest=alias, type=convert, default=None, metavar="VALUE",
+        group.add_argument(flag(alias), dest=alias, type=convert, metavar="VALUE",
                            help=f"shortcut for --loss-options {option}=VALUE")
 
 
