@@ -64,10 +64,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     # those become one line on stderr and exit status 1, anything else keeps its traceback.
     # File-system errors (a missing or unreadable file, a folder where a file belongs, a full
     # or read-only disk) are the user's too: OSError's message names the file.
-    user_errors: tuple[type[Exception], ...] = (*getattr(args, "user_errors", ()), OSError)
     try:
         return int(args.func(args))
-    except user_errors as err:
+    except (*getattr(args, "user_errors", ()), OSError) as err:
         print(f"peftsmoothing {args.command}: error: {err}", file=sys.stderr)
         return 1
 

@@ -68,9 +68,9 @@ def _say(text: str) -> None:
     print(text, flush=True)
 
 
-def run_demo(config: DemoConfig | None = None, *, train_limit: int | None = None) -> dict[
-    str, CertificationReport
-]:
+def run_demo(
+    config: DemoConfig | None = None, *, train_limit: int | None = None
+) -> dict[str, CertificationReport]:
     """Run the whole pipeline and print what happens; returns the certification reports.
 
     Args:

@@ -54,10 +54,8 @@ def run(args: argparse.Namespace) -> int:
         for name, report in reports.items():
             if not len(report):
                 raise ValueError(f"{name}: the log holds no certificates yet")
-            print(
-                f"{name}: images {len(report)}, clean accuracy {report.clean_accuracy:.3f}, "
-                f"ACR {report.acr:.3f}, abstain rate {report.abstain_rate:.3f}"
-            )
+            print(f"{name}: images {len(report)}, clean accuracy {report.clean_accuracy:.3f}, "
+                  f"ACR {report.acr:.3f}, abstain rate {report.abstain_rate:.3f}")
         print(f"\n{certified_accuracy_table(reports, args.radii, format='markdown')}\n")
         print("Lower bound on the smoothed classifier's certified accuracy on these images "
               f"(Cohen et al. 2019), holding at all radii at once with probability >= "

@@ -247,7 +247,7 @@ def trainer_config(args: argparse.Namespace) -> TrainerConfig:
     """
     from ..training.config import LOSS_OPTION_ALIASES, TrainerConfig, config_from_keywords
 
-    values: dict[str, Any] = {}
+    values: dict[str, Any] = {alias: getattr(args, alias, None) for alias in LOSS_OPTION_ALIASES}
     for f in dataclasses.fields(TrainerConfig):
         value = getattr(args, f.name)
         if f.metadata.get("mapping") and not isinstance(value, dict):
@@ -255,5 +255,4 @@ def trainer_config(args: argparse.Namespace) -> TrainerConfig:
         elif isinstance(value, list):
             value = value[0] if len(value) == 1 else tuple(value)
         values[f.name] = value
-    aliases = {alias: getattr(args, alias, None) for alias in LOSS_OPTION_ALIASES}
-    return config_from_keywords({**values, **aliases}, {})
+    return config_from_keywords(values, {})
