@@ -196,6 +196,10 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=run, user_errors=USER_ERRORS)
 
 
+def _with_default(text: str) -> str:
+    return text.replace("%", "%%") + " (default: %(default)s)"
+
+
 def add_trainer_options(parser: argparse.ArgumentParser) -> None:
     """Add one flag per [`TrainerConfig`][peftsmoothing.TrainerConfig] field (``--grad-accum``
     for ``grad_accum``), with the help, type and choices its declaration carries (imports no
@@ -215,14 +219,15 @@ def add_trainer_options(parser: argparse.ArgumentParser) -> None:
     for f in dataclasses.fields(TrainerConfig):
         meta = f.metadata
         default = {} if f.default is dataclasses.MISSING else f.default
-        kwargs: dict[str, Any] = {"dest": f.name, "default": default, "help": meta["help"]}
+        kwargs: dict[str, Any] = {"dest": f.name, "default": default,
+                                  "help": _with_default(meta["help"])}
         kwargs.update({k: meta[k] for k in ("type", "choices", "nargs", "metavar") if k in meta})
         if "cli_choices" in meta:
             kwargs["choices"] = list(meta["cli_choices"]())
         group.add_argument(flag(f.name), **kwargs)
     for alias, (option, convert) in LOSS_OPTION_ALIASES.items():
         group.add_argument(flag(alias), dest=alias, type=convert, metavar="VALUE",
-                           help=f"shortcut for --loss-options {option}=VALUE")
+                           help=_with_default(f"shortcut for --loss-options {option}=VALUE"))
 
 
 def trainer_config(args: argparse.Namespace) -> TrainerConfig:
