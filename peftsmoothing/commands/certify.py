@@ -109,7 +109,7 @@ def register(subparsers: Any) -> None:
         "several images share each forward batch",
     )
     exclusive = mode.add_mutually_exclusive_group()
-    exclusive.add_argument("--radius", type=real("radius", low=0.0), default=None, metavar="R",
+    exclusive.add_argument("--radius", type=real("radius", low=0.0), metavar="R",
                            help="target mode: decide for each image whether it is certified at "
                            "radius R (only certified accuracy at R is meaningful in the log)")
     exclusive.add_argument("--early-stop", action="store_true", help="certify the largest "
