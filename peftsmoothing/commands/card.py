@@ -29,8 +29,8 @@ def run(args: argparse.Namespace) -> int:
         if report.settings is None:
             raise ValueError(f"{path}: no settings file beside it; a card states every setting")
         reports[name] = report
-    model = load_model(args)  # the logs must be of this very model: its full fingerprint
-    fingerprint = model_fingerprint(model)
+    # the logs must be of this very model: its full fingerprint
+    fingerprint = model_fingerprint(load_model(args))
     for name, report in reports.items():
         if (report.settings or {}).get("model_sha256") != fingerprint:
             raise ValueError(
