@@ -18,7 +18,6 @@ Examples:
 from __future__ import annotations
 
 import importlib
-import sys
 from typing import TYPE_CHECKING, Any
 
 from ._version import __version__ as __version__
@@ -109,7 +108,7 @@ def __getattr__(name: str) -> Any:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     module = importlib.import_module(target, __name__)
     value = module if name in _MODULES else getattr(module, name)
-    object.__setattr__(sys.modules[__name__], name, value)  # later accesses skip this hook
+    globals()[name] = value  # later accesses skip this hook
     return value
 
 
