@@ -18,119 +18,78 @@ Examples:
 from __future__ import annotations
 
 import importlib
-import sys
 from typing import TYPE_CHECKING, Any
 
-from ._version import __version__
+from ._version import __version__ as __version__
 
-if TYPE_CHECKING:
-    from .backbones import zoo
-    from .backbones.zoo import create_model
-    from .certify.smoothing import ABSTAIN, Certificate, SmoothedClassifier
-    from .core.params import ModuleCount, ParameterReport, parameter_report
-    from .core.stats import (
-        binomial_pvalue,
-        certified_radius,
-        clopper_pearson_lower,
-        predict_from_counts,
-    )
-    from .data import datasets
-    from .methods.base import (
-        ENTRY_POINT_GROUP,
-        Method,
-        MethodConfig,
-        MethodContext,
-        UnknownMethodError,
-        available_methods,
-        get_method,
-        method_descriptions,
-        register_method,
-    )
-    from .model.normalize import Normalize
-    from .model.wrapping import PEFTModel, WrapSpec, load, wrap
-    from .report.accuracy import CertificationReport, PairedDifference, plot_certified_accuracy
-    from .training import Callback, NoiseTrainer, TrainerConfig
-    from .training.losses import (
-        LossContext,
-        LossOutput,
-        UnknownLossError,
-        available_losses,
-        register_loss,
-    )
+if TYPE_CHECKING:  # what type checkers see; ``_EXPORTS`` is what runs (``X as X``: re-exported)
+    from .backbones import zoo as zoo
+    from .backbones.zoo import create_model as create_model
+    from .certify.smoothing import ABSTAIN as ABSTAIN
+    from .certify.smoothing import Certificate as Certificate
+    from .certify.smoothing import SmoothedClassifier as SmoothedClassifier
+    from .core.params import ModuleCount as ModuleCount
+    from .core.params import ParameterReport as ParameterReport
+    from .core.params import parameter_report as parameter_report
+    from .core.stats import binomial_pvalue as binomial_pvalue
+    from .core.stats import certified_radius as certified_radius
+    from .core.stats import clopper_pearson_lower as clopper_pearson_lower
+    from .core.stats import predict_from_counts as predict_from_counts
+    from .data import datasets as datasets
+    from .methods.base import ENTRY_POINT_GROUP as ENTRY_POINT_GROUP
+    from .methods.base import Method as Method
+    from .methods.base import MethodConfig as MethodConfig
+    from .methods.base import MethodContext as MethodContext
+    from .methods.base import UnknownMethodError as UnknownMethodError
+    from .methods.base import available_methods as available_methods
+    from .methods.base import get_method as get_method
+    from .methods.base import method_descriptions as method_descriptions
+    from .methods.base import register_method as register_method
+    from .model.normalize import Normalize as Normalize
+    from .model.wrapping import PEFTModel as PEFTModel
+    from .model.wrapping import WrapSpec as WrapSpec
+    from .model.wrapping import load as load
+    from .model.wrapping import wrap as wrap
+    from .report.accuracy import CertificationReport as CertificationReport
+    from .report.accuracy import PairedDifference as PairedDifference
+    from .report.accuracy import plot_certified_accuracy as plot_certified_accuracy
+    from .training import Callback as Callback
+    from .training import NoiseTrainer as NoiseTrainer
+    from .training import TrainerConfig as TrainerConfig
+    from .training.losses import LossContext as LossContext
+    from .training.losses import LossOutput as LossOutput
+    from .training.losses import UnknownLossError as UnknownLossError
+    from .training.losses import available_losses as available_losses
+    from .training.losses import register_loss as register_loss
 
 #: The public names that are submodules themselves (``ps.datasets``).
-_MODULES = frozenset({"datasets", "zoo"})
+_MODULES = {"datasets": ".data.datasets", "zoo": ".backbones.zoo"}
 
-#: Where each public name lives: name -> module (relative to this package).
-_LAZY: dict[str, str] = {
-    "datasets": ".data.datasets",
-    "zoo": ".backbones.zoo",
-    **dict.fromkeys(
-        ["LossContext", "LossOutput", "UnknownLossError", "available_losses", "register_loss"],
-        ".training.losses",
+#: Where the other public names live: module (relative to this package) -> names.
+_EXPORTS: dict[str, tuple[str, ...]] = {
+    ".backbones.zoo": ("create_model",),
+    ".certify.smoothing": ("ABSTAIN", "Certificate", "SmoothedClassifier"),
+    ".core.params": ("ModuleCount", "ParameterReport", "parameter_report"),
+    ".core.stats": (
+        "binomial_pvalue", "certified_radius", "clopper_pearson_lower", "predict_from_counts"
     ),
-    **dict.fromkeys(
-        ["ENTRY_POINT_GROUP", "Method", "MethodConfig", "MethodContext", "UnknownMethodError",
-         "available_methods", "get_method", "method_descriptions", "register_method"],
-        ".methods.base",
+    ".methods.base": (
+        "ENTRY_POINT_GROUP", "Method", "MethodConfig", "MethodContext", "UnknownMethodError",
+        "available_methods", "get_method", "method_descriptions", "register_method",
     ),
-    "Normalize": ".model.normalize",
-    **dict.fromkeys(["ModuleCount", "ParameterReport", "parameter_report"], ".core.params"),
-    **dict.fromkeys(
-        ["CertificationReport", "PairedDifference", "plot_certified_accuracy"],
-        ".report.accuracy",
+    ".model.normalize": ("Normalize",),
+    ".model.wrapping": ("PEFTModel", "WrapSpec", "load", "wrap"),
+    ".report.accuracy": ("CertificationReport", "PairedDifference", "plot_certified_accuracy"),
+    ".training": ("Callback", "NoiseTrainer", "TrainerConfig"),
+    ".training.losses": (
+        "LossContext", "LossOutput", "UnknownLossError", "available_losses", "register_loss"
     ),
-    **dict.fromkeys(["ABSTAIN", "Certificate", "SmoothedClassifier"], ".certify.smoothing"),
-    **dict.fromkeys(
-        ["binomial_pvalue", "certified_radius", "clopper_pearson_lower", "predict_from_counts"],
-        ".core.stats",
-    ),
-    **dict.fromkeys(["Callback", "NoiseTrainer", "TrainerConfig"], ".training"),
-    **dict.fromkeys(["PEFTModel", "WrapSpec", "load", "wrap"], ".model.wrapping"),
-    "create_model": ".backbones.zoo",
 }
 
-__all__ = [
-    "ABSTAIN",
-    "Certificate",
-    "CertificationReport",
-    "PairedDifference",
-    "SmoothedClassifier",
-    "binomial_pvalue",
-    "certified_radius",
-    "clopper_pearson_lower",
-    "plot_certified_accuracy",
-    "predict_from_counts",
-    "ENTRY_POINT_GROUP",
-    "Method",
-    "MethodConfig",
-    "MethodContext",
-    "ModuleCount",
-    "Normalize",
-    "PEFTModel",
-    "ParameterReport",
-    "UnknownMethodError",
-    "WrapSpec",
-    "__version__",
-    "available_methods",
-    "create_model",
-    "datasets",
-    "zoo",
-    "get_method",
-    "load",
-    "method_descriptions",
-    "parameter_report",
-    "register_method",
-    "wrap",
-    "Callback",
-    "LossContext",
-    "LossOutput",
-    "NoiseTrainer",
-    "TrainerConfig",
-    "UnknownLossError",
-    "available_losses",
-    "register_loss",
-]
+#: Where each public name lives: name -> module (relative to this package).
+_LAZY = {**_MODULES, **{name: mod for mod, names in _EXPORTS.items() for name in names}}
+
+__all__ = ["__version__", *_LAZY]
 
 
 def __getattr__(name: str) -> Any:
@@ -149,7 +108,7 @@ def __getattr__(name: str) -> Any:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     module = importlib.import_module(target, __name__)
     value = module if name in _MODULES else getattr(module, name)
-    object.__setattr__(sys.modules[__name__], name, value)  # later accesses skip this hook
+    globals()[name] = value  # later accesses skip this hook
     return value
 
 

@@ -12,7 +12,6 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
-from typing import Any
 
 from ._version import __version__
 from .commands import COMMANDS
@@ -25,15 +24,6 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
     A help text that already says ``%(default)s`` is left as it is.
     """
-
-
-class _Parser(argparse.ArgumentParser):
-    """A sub-command's parser: [`HelpFormatter`][peftsmoothing.cli.HelpFormatter] unless the
-    command asks for another."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        kwargs.setdefault("formatter_class", HelpFormatter)
-        super().__init__(*args, **kwargs)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,9 +39,11 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=HelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         importlib.import_module(f".commands.{name}", __package__).register(sub)
+    for command in sub.choices.values():
+        command.formatter_class = HelpFormatter
     return parser
 
 
@@ -72,10 +64,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     # those become one line on stderr and exit status 1, anything else keeps its traceback.
     # File-system errors (a missing or unreadable file, a folder where a file belongs, a full
     # or read-only disk) are the user's too: OSError's message names the file.
-    user_errors: tuple[type[Exception], ...] = (*getattr(args, "user_errors", ()), OSError)
     try:
         return int(args.func(args))
-    except user_errors as err:
+    except (*getattr(args, "user_errors", ()), OSError) as err:
         print(f"peftsmoothing {args.command}: error: {err}", file=sys.stderr)
         return 1
 

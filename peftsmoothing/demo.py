@@ -68,9 +68,9 @@ def _say(text: str) -> None:
     print(text, flush=True)
 
 
-def run_demo(config: DemoConfig | None = None, *, train_limit: int | None = None) -> dict[
-    str, CertificationReport
-]:
+def run_demo(
+    config: DemoConfig | None = None, *, train_limit: int | None = None
+) -> dict[str, CertificationReport]:
     """Run the whole pipeline and print what happens; returns the certification reports.
 
     Args:
@@ -115,39 +115,36 @@ def run_demo(config: DemoConfig | None = None, *, train_limit: int | None = None
     _say(f"      demo ViT, 1.2M parameters, clean CIFAR-10; LoRA r={cfg.r} on q, v + head: "
          f"{parameter_report(model).summary()}")
 
-    smoothing_args = {"n0": cfg.n0, "n": cfg.n, "alpha": cfg.alpha, "batch_size": cfg.batch_size,
-                      "indices": range(min(cfg.num_images, len(test))), "seed": cfg.seed,
-                      "progress": cfg.progress}
     reports: dict[str, CertificationReport] = {}
+
+    def certify(key: str, name: str) -> None:
+        smoothed = SmoothedClassifier(model, num_classes=10, sigma=cfg.sigma)
+        reports[key] = smoothed.certify_dataset(
+            test, cfg.n0, cfg.n, cfg.alpha, cfg.batch_size, log=out / f"certify_{key}.tsv",
+            indices=range(min(cfg.num_images, len(test))), seed=cfg.seed, progress=cfg.progress,
+        )
+        reports[key].name = name
+
     if cfg.compare_base:
         _say(f"[2/4] Certifying the model BEFORE noise fine-tuning ({cfg.num_images} images, "
              f"sigma={cfg.sigma}, n={cfg.n})")
-        smoothed = SmoothedClassifier(model, num_classes=10, sigma=cfg.sigma)
-        reports["before"] = smoothed.certify_dataset(
-            test, log=out / "certify_before.tsv", **smoothing_args  # type: ignore[arg-type]
-        )
-        reports["before"].name = "before noise fine-tuning"
+        certify("before", "before noise fine-tuning")
     else:
         _say("[2/4] (skipping the baseline certification)")
 
     _say(f"[3/4] Fine-tuning LoRA on Gaussian-noised images (sigma={cfg.sigma}, "
          f"{cfg.epochs} epochs, {len(train)} images)")
-    g = torch.Generator().manual_seed(cfg.seed)
-    loader = DataLoader(train, batch_size=64, shuffle=True, generator=g)
+    loader = DataLoader(train, batch_size=64, shuffle=True,
+                        generator=torch.Generator().manual_seed(cfg.seed))
     trainer = NoiseTrainer(model, sigma=cfg.sigma, epochs=cfg.epochs, lr=3e-3,
                            warmup_steps=10, seed=cfg.seed, checkpoint_dir=out / "checkpoint",
                            progress=cfg.progress)
-    history = trainer.fit(loader)
-    last = history[-1]
+    last = trainer.fit(loader)[-1]
     _say("      " + ", ".join(f"{k} {v:.3f}" for k, v in last.items()
                               if isinstance(v, float) and k.startswith("train_")))
 
     _say(f"[4/4] Certifying the model AFTER noise fine-tuning ({cfg.num_images} images)")
-    smoothed = SmoothedClassifier(model, num_classes=10, sigma=cfg.sigma)
-    reports["after"] = smoothed.certify_dataset(
-        test, log=out / "certify_after.tsv", **smoothing_args  # type: ignore[arg-type]
-    )
-    reports["after"].name = "after LoRA noise fine-tuning"
+    certify("after", "after LoRA noise fine-tuning")
 
     # up to the largest radius n and alpha allow: sigma * Phi^-1(alpha ** (1 / n))
     radii = [round(cfg.sigma * k * 0.4, 4) for k in range(5)]

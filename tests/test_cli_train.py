@@ -28,8 +28,8 @@ def fake_data(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, bool, Any]]:
         return TensorDataset(torch.rand(24, 3, 32, 32, generator=g),
                              torch.randint(0, 4, (24,), generator=g))
 
-    monkeypatch.setattr(train_cmd, "_load_dataset", load)
-    monkeypatch.setattr(train_cmd, "_num_classes", lambda name, root: 4)
+    monkeypatch.setattr(ps.datasets, "load_dataset", load)
+    monkeypatch.setattr(ps.datasets, "num_classes", lambda name, root: 4)
     return calls
 
 

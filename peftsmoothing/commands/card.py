@@ -6,10 +6,12 @@ import argparse
 import sys
 from typing import Any
 
-from ._args import add_model_arguments, probability
+from ._args import add_confidence_argument, add_model_arguments, load_model
+from .report import log_names
 
-#: Exceptions ``peftsmoothing card`` reports as a one-line error (exit status 1).
-USER_ERRORS: tuple[type[Exception], ...] = (ValueError, FileNotFoundError, FileExistsError)
+#: Exceptions ``peftsmoothing card`` reports as a one-line error (exit status 1); a missing
+#: file, or a README.md that is not an earlier card, is an ``OSError``, as for every command.
+USER_ERRORS: tuple[type[Exception], ...] = (ValueError,)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -17,8 +19,6 @@ def run(args: argparse.Namespace) -> int:
     from ..core.fingerprint import model_fingerprint
     from ..model.card import write_card
     from ..report.accuracy import CertificationReport
-    from ._args import load_model
-    from .report import log_names
 
     if args.model.startswith("hf-hub:"):
         raise ValueError("card writes MODEL/README.md: give a local directory (push_to_hub "
@@ -29,16 +29,15 @@ def run(args: argparse.Namespace) -> int:
         if report.settings is None:
             raise ValueError(f"{path}: no settings file beside it; a card states every setting")
         reports[name] = report
-    model = load_model(args)  # the logs must be of this very model: its full fingerprint
-    fingerprint = model_fingerprint(model)
+    # the logs must be of this very model: its full fingerprint
+    fingerprint = model_fingerprint(load_model(args))
     for name, report in reports.items():
         if (report.settings or {}).get("model_sha256") != fingerprint:
             raise ValueError(
                 f"{name}: the log was certified with another model than {args.model} "
                 "(its settings' model_sha256 differs)"
             )
-    out = write_card(args.model, reports, args.radii, args.confidence,
-                     overwrite=args.overwrite)  # fmt: skip
+    out = write_card(args.model, reports, args.radii, args.confidence, overwrite=args.overwrite)
     print(f"wrote {out}", file=sys.stderr)
     return 0
 
@@ -57,9 +56,8 @@ def register(subparsers: Any) -> None:
     add_model_arguments(p)
     p.add_argument("logs", nargs="+", metavar="LOG", help="logs written by `certify --out`")
     p.add_argument("--radii", type=float, nargs="+", default=list(DEFAULT_RADII),
-                   help="columns of the certified-accuracy tables")  # fmt: skip
-    p.add_argument("--confidence", type=probability("confidence"), default=0.95,
-                   help="probability with which the lower bound on certified accuracy holds")
+                   help="columns of the certified-accuracy tables")
+    add_confidence_argument(p)
     p.add_argument("--overwrite", action="store_true",
                    help="replace a README.md that is not an earlier card")
     p.set_defaults(func=run, user_errors=USER_ERRORS)

@@ -11,13 +11,11 @@ def run(args: argparse.Namespace) -> int:
     from ..demo import DemoConfig, run_demo
 
     if args.smoke:
-        cfg = DemoConfig.smoke(out=args.out)
-        run_demo(cfg, train_limit=128)
-        return 0
-    cfg = DemoConfig(out=args.out, sigma=args.sigma, epochs=args.epochs,
-                     num_images=args.num_images, n=args.n, n0=args.n0,
-                     compare_base=not args.no_baseline)
-    run_demo(cfg)
+        run_demo(DemoConfig.smoke(out=args.out), train_limit=128)
+    else:
+        run_demo(DemoConfig(out=args.out, sigma=args.sigma, epochs=args.epochs,
+                            num_images=args.num_images, n=args.n, n0=args.n0,
+                            compare_base=not args.no_baseline))
     return 0
 
 

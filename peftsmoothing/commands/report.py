@@ -8,11 +8,9 @@ from pathlib import Path
 from typing import Any
 
 #: Exceptions ``peftsmoothing report`` reports as a one-line error (exit status 1), not a
-#: traceback: unreadable or empty logs, missing files, matplotlib not installed for ``--plot``,
-#: a ``--plot`` file that is not an earlier plot.
-USER_ERRORS: tuple[type[Exception], ...] = (
-    ValueError, FileNotFoundError, FileExistsError, ImportError,
-)  # fmt: skip
+#: traceback: unreadable or empty logs, matplotlib not installed for ``--plot`` (and, as for
+#: every command, a missing file or a ``--plot`` file that is not an earlier plot: ``OSError``).
+USER_ERRORS: tuple[type[Exception], ...] = (ValueError, ImportError)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -39,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.plot:  # before any work: never over a file that is not an earlier plot
         check_output(args.plot, own=is_own_plot, overwrite=args.overwrite, flag="--plot",
-                     what="a plot written by peftsmoothing")  # fmt: skip
+                     what="a plot written by peftsmoothing")
     if args.compare:
         reports = {
             name: CertificationReport.from_log(path)
@@ -47,33 +45,25 @@ def run(args: argparse.Namespace) -> int:
         }
     else:
         merged = CertificationReport.from_logs(args.logs, allow_mixed=args.allow_mixed)
-        name = merged.name if len(args.logs) == 1 else f"{merged.name} (+{len(args.logs) - 1})"
-        merged.name = name
-        reports = {name or "": merged}
+        if len(args.logs) > 1:
+            merged.name = f"{merged.name} (+{len(args.logs) - 1})"
+        reports = {merged.name or "": merged}
     if args.format == "csv":
         print(certified_accuracy_table(reports, args.radii, format="csv"))
     else:
         for name, report in reports.items():
             if not len(report):
                 raise ValueError(f"{name}: the log holds no certificates yet")
-            print(
-                f"{name}: images {len(report)}, clean accuracy {report.clean_accuracy:.3f}, "
-                f"ACR {report.acr:.3f}, abstain rate {report.abstain_rate:.3f}"
-            )
-        print()
-        print(certified_accuracy_table(reports, args.radii, format="markdown"))
-        print()
-        print(
-            "Lower bound on the smoothed classifier's certified accuracy on these images "
-            f"(Cohen et al. 2019), holding at all radii at once with probability >= "
-            f"{args.confidence:g} per row, given that each certificate is wrong with probability "
-            "<= the run's alpha:"
-        )
-        print()
+            print(f"{name}: images {len(report)}, clean accuracy {report.clean_accuracy:.3f}, "
+                  f"ACR {report.acr:.3f}, abstain rate {report.abstain_rate:.3f}")
+        print(f"\n{certified_accuracy_table(reports, args.radii, format='markdown')}\n")
+        print("Lower bound on the smoothed classifier's certified accuracy on these images "
+              f"(Cohen et al. 2019), holding at all radii at once with probability >= "
+              f"{args.confidence:g} per row, given that each certificate is wrong with "
+              "probability <= the run's alpha:\n")
         print(bound_table(reports, args.radii, args.confidence, args.alpha))
         if args.compare and len(reports) > 1:
-            print()
-            print(paired_differences(reports, args.radii))
+            print(f"\n{paired_differences(reports, args.radii)}")
     if args.plot:
         out = plot_certified_accuracy(reports, args.plot, max_radius=args.max_radius)
         print(f"wrote {out}", file=sys.stderr)
@@ -99,13 +89,11 @@ def log_names(paths: list[str]) -> list[str]:
         clashes = {n for n in names if names.count(n) > 1}
         if not clashes:
             return names
-        grown = False
-        for i, name in enumerate(names):
-            if name in clashes and depth[i] < len(parts[i]):
-                depth[i] += 1
-                grown = True
-        if not grown:
+        grow = [i for i, n in enumerate(names) if n in clashes and depth[i] < len(parts[i])]
+        if not grow:
             raise ValueError(f"the same log is given twice: {paths[names.index(min(clashes))]}")
+        for i in grow:
+            depth[i] += 1
 
 
 def paired_differences(reports: dict[str, Any], radii: list[float]) -> str:
@@ -119,32 +107,30 @@ def paired_differences(reports: dict[str, Any], radii: list[float]) -> str:
         >>> print(paired_differences({"a": a, "b": b}, [0.0]).splitlines()[-1])
         | b | -1.000 ± 0.000 (p = 0.12) | 4 |
     """
-    names = list(reports)
-    first = reports[names[0]]
+    first, *others = reports
     lines = [
-        f"Paired differences against {names[0]} (same images; ± standard error, p = exact "
+        f"Paired differences against {first} (same images; ± standard error, p = exact "
         "McNemar test):",
         "",
         "| log | " + " | ".join(f"r={r:g}" for r in radii) + " | shared images |",
         "|---|" + "---:|" * (len(radii) + 1),
     ]
-    for name in names[1:]:
+    for name in others:
         try:
-            diffs = reports[name].compare_to(first, radii)
+            diffs = reports[name].compare_to(reports[first], radii)
         except ValueError as err:  # other data: say so instead of failing the whole report
             lines.append(f"| {name} | " + " | ".join(f"n/a: {err}" for _ in radii) + " | |")
             continue
-        cells = [str(diffs[r]) for r in radii]
         images = next(iter(diffs.values())).images
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {images} |")
+        lines.append(f"| {name} | " + " | ".join(str(diffs[r]) for r in radii) + f" | {images} |")
     return "\n".join(lines)
 
 
 def register(subparsers: Any) -> None:
     """Add the ``report`` sub-command."""
-    from ..core.validation import check_real
+    from ..core.validation import check_alpha
     from ..report.tables import DEFAULT_RADII
-    from ._args import checked, probability
+    from ._args import add_confidence_argument, checked
 
     p = subparsers.add_parser(
         "report",
@@ -153,44 +139,27 @@ def register(subparsers: Any) -> None:
         "approximate certified-accuracy table of Cohen et al. (2019); --compare keeps one row "
         "and one curve per log, and compares every log with the first on their shared images.",
     )
-    p.add_argument(
-        "logs", nargs="+", metavar="LOG",
-        help="logs written by `certify` (or by Cohen et al.'s certify.py)",
-    )  # fmt: skip
-    p.add_argument(
-        "--radii", type=float, nargs="+", default=list(DEFAULT_RADII), help="table columns"
-    )
+    p.add_argument("logs", nargs="+", metavar="LOG",
+                   help="logs written by `certify` (or by Cohen et al.'s certify.py)")
+    p.add_argument("--radii", type=float, nargs="+", default=list(DEFAULT_RADII),
+                   help="table columns")
     p.add_argument("--format", choices=("markdown", "csv"), default="markdown",
                    help="output format of the table")
-    p.add_argument(
-        "--confidence", default=0.95,
-        type=checked(float, "confidence", lambda v: check_real(
-            v, "confidence", low=0.0, high=1.0, low_open=True, high_open=True)),
-        help="probability with which the lower bound on certified accuracy holds",
-    )  # fmt: skip
-    p.add_argument(
-        "--alpha", type=probability(), default=None,
-        help="the run's alpha, for logs that do not record it (Cohen et al.'s layout); "
-        "default: from the log's settings file",
-    )  # fmt: skip
-    p.add_argument(
-        "--plot", default=None, metavar="PNG",
-        help="save certified accuracy vs radius to this image file (format from the "
-        "extension), written atomically; an earlier plot there is replaced, any other file "
-        "only with --overwrite",
-    )  # fmt: skip
+    add_confidence_argument(p)
+    p.add_argument("--alpha", type=checked(float, "alpha", check_alpha),
+                   help="the run's alpha, for logs that do not record it (Cohen et al.'s "
+                   "layout); default: from the log's settings file")
+    p.add_argument("--plot", metavar="PNG",
+                   help="save certified accuracy vs radius to this image file (format from the "
+                   "extension), written atomically; an earlier plot there is replaced, any "
+                   "other file only with --overwrite")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the --plot file even if it is not an earlier plot")
-    p.add_argument("--max-radius", type=float, default=None,
+    p.add_argument("--max-radius", type=float,
                    help="x-axis limit of the plot (None: from the largest radius)")
-    p.add_argument(
-        "--compare",
-        action="store_true",
-        help="one row/curve per log instead of merging them, plus (markdown format) paired "
-        "differences against the first log",
-    )
-    p.add_argument(
-        "--allow-mixed", action="store_true",
-        help="merge logs even if their settings files differ (refused by default)",
-    )  # fmt: skip
+    p.add_argument("--compare", action="store_true",
+                   help="one row/curve per log instead of merging them, plus (markdown format) "
+                   "paired differences against the first log")
+    p.add_argument("--allow-mixed", action="store_true",
+                   help="merge logs even if their settings files differ (refused by default)")
     p.set_defaults(func=run, user_errors=USER_ERRORS)

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..core.names import DATASET_NAMES, method_names
-from ._args import fraction, int_at_least
+from ._args import USER_ERRORS, int_at_least, real
 
 if TYPE_CHECKING:
     from ..training.config import TrainerConfig
@@ -39,13 +39,14 @@ EXAMPLE = (
 )
 
 
+#: Spellings of ``KEY=VALUE`` values that are not Python literals but mean one.
+_WORDS = {"true": True, "false": False, "none": None, "null": None}
+
+
 def _value(text: str) -> Any:
     """``"8"`` -> 8, ``"0.1"`` -> 0.1, ``"true"`` -> True, ``"[1,2]"`` -> [1, 2], else the text."""
-    lowered = text.lower()
-    if lowered in ("true", "false"):
-        return lowered == "true"
-    if lowered in ("none", "null"):
-        return None
+    if text.lower() in _WORDS:
+        return _WORDS[text.lower()]
     try:
         return ast.literal_eval(text)
     except (ValueError, SyntaxError):
@@ -71,30 +72,6 @@ def parse_options(items: Sequence[str] | None) -> dict[str, Any]:
     return out
 
 
-def _load_dataset(name: str, root: str, train: bool, image_size: int | None) -> Any:
-    from ..data import datasets
-
-    return datasets.load_dataset(name, root, train, image_size=image_size)
-
-
-def _num_classes(name: str, root: str) -> int:
-    from ..data import datasets
-
-    return int(datasets.num_classes(name, root))
-
-
-def _create_model(name: str, pretrained: bool, seed: int, kwargs: dict[str, Any]) -> Any:
-    from ..backbones.zoo import create_model
-
-    return create_model(name, pretrained, seed=None if pretrained else seed, **kwargs)
-
-#: Exceptions ``peftsmoothing train`` reports as a one-line error (exit status 1), not a
-#: traceback: bad options, missing data, a checkpoint that does not fit, a missing package.
-USER_ERRORS: tuple[type[Exception], ...] = (
-    ValueError, TypeError, FileNotFoundError, ImportError, RuntimeError, FloatingPointError,
-)
-
-
 def run(args: argparse.Namespace) -> int:
     """Train as the arguments say and save the model to ``args.out``; returns the exit status."""
     import torch
@@ -102,64 +79,49 @@ def run(args: argparse.Namespace) -> int:
 
     import peftsmoothing as ps
 
+    from ..backbones.zoo import create_model
+    from ..data import datasets
+
     config = trainer_config(args)  # bad options fail before any data is loaded
     model_kwargs = parse_options(args.model_kwargs)
+    model_kwargs.pop("num_classes", None)
     method_options = parse_options(args.opt)
     if args.r is not None:
         method_options["r"] = args.r
     check_method_options(args.method, method_options)
-    model_kwargs.pop("num_classes", None)
-    classes = _num_classes(args.dataset, args.root)
-    train_set: Any = _load_dataset(args.dataset, args.root, True, args.img_size)
+    classes = datasets.num_classes(args.dataset, args.root)
+    train_set: Any = datasets.load_dataset(args.dataset, args.root, True, image_size=args.img_size)
     if args.limit is not None:
         train_set = Subset(train_set, range(min(args.limit, len(train_set))))
-    val_set: Any = None
+    val_loader = None
     if args.val_fraction > 0:
         n_val = max(1, round(len(train_set) * args.val_fraction))
-        split = torch.Generator().manual_seed(args.seed)
-        train_set, val_set = random_split(
-            train_set, [len(train_set) - n_val, n_val], generator=split
-        )
-    base = _create_model(args.model, args.pretrained, args.seed, model_kwargs)
-    model = ps.wrap(
-        base, args.method, num_classes=classes, input_size=args.input_size, **method_options
-    )
-    loader_gen = torch.Generator().manual_seed(args.seed)
+        train_set, val_set = random_split(train_set, [len(train_set) - n_val, n_val],
+                                          generator=torch.Generator().manual_seed(args.seed))
+        val_loader = DataLoader(val_set, batch_size=args.batch, num_workers=args.workers)
+    seed = None if args.pretrained else args.seed
+    base = create_model(args.model, args.pretrained, seed=seed, **model_kwargs)
+    model = ps.wrap(base, args.method, num_classes=classes, input_size=args.input_size,
+                    **method_options)
     train_loader = DataLoader(
         train_set, batch_size=args.batch, shuffle=True, num_workers=args.workers,
-        drop_last=False, generator=loader_gen, pin_memory=torch.cuda.is_available(),
-    )  # fmt: skip
-    val_loader = (
-        DataLoader(val_set, batch_size=args.batch, num_workers=args.workers)
-        if val_set is not None
-        else None
+        generator=torch.Generator().manual_seed(args.seed), pin_memory=torch.cuda.is_available(),
     )
     metadata = {
-        "base_model": {
-            "name": args.model,
-            "pretrained": bool(args.pretrained),
-            "kwargs": model_kwargs,
-            "seed": None if args.pretrained else args.seed,
-        },
+        "base_model": {"name": args.model, "pretrained": bool(args.pretrained),
+                       "kwargs": model_kwargs, "seed": seed},
         "data": {"dataset": args.dataset, "image_size": args.img_size},
     }
-    out = args.out
-    trainer = ps.NoiseTrainer(
-        model,
-        config=config,
-        device=args.device,
-        checkpoint_dir=f"{out}/checkpoints",
-        metadata=metadata,
-    )
+    trainer = ps.NoiseTrainer(model, config=config, device=args.device,
+                              checkpoint_dir=f"{args.out}/checkpoints", metadata=metadata)
     if trainer.is_main:
         print(ps.parameter_report(model).summary(), file=sys.stderr)
     history = trainer.fit(train_loader, val_loader, resume=args.resume)
     if trainer.is_main:
-        meta = {**metadata, "training": {"config": trainer.config.to_dict(),
-                                         "history": history}}
-        model.save(out, metadata=meta)
-        print(f"saved {args.method} model to {out} "
-              f"(certify with: peftsmoothing certify --model {out} ...)")
+        training = {"config": trainer.config.to_dict(), "history": history}
+        model.save(args.out, metadata={**metadata, "training": training})
+        print(f"saved {args.method} model to {args.out} "
+              f"(certify with: peftsmoothing certify --model {args.out} ...)")
     return 0
 
 
@@ -205,23 +167,23 @@ def register(subparsers: Any) -> None:
                    "`--model-kwargs img_size=32 patch_size=4`")
     p.add_argument("--method", default="lora", choices=method_names(),
                    help="PEFT method (see `peftsmoothing methods`)")
-    p.add_argument("--r", type=int_at_least("r", 1), default=None,
-                   help="LoRA rank (shortcut for --opt r=R)")
+    p.add_argument("--r", type=int_at_least("r", 1), help="LoRA rank (shortcut for --opt r=R)")
     p.add_argument("--opt", nargs="*", default=[], metavar="KEY=VALUE",
                    help="options of the method's Config, values as Python literals, e.g. "
                    "`--opt alpha=16 \"target_modules=['qkv']\"`")
     p.add_argument("--dataset", default="cifar10", choices=DATASET_NAMES, help="dataset")
     p.add_argument("--root", required=True, help="data directory")
     p.add_argument("--img-size", "--image-size", dest="img_size",
-                   type=int_at_least("image_size", 1), default=None,
-                   help="resize the data before the noise (radii then refer to the resized "
-                   "images; pass the same --image-size to certify); see --input-size")
-    p.add_argument("--input-size", type=int_at_least("input_size", 1), default=None,
+                   type=int_at_least("image_size", 1), help="resize the data before the noise "
+                   "(radii then refer to the resized images; pass the same --image-size to "
+                   "certify); see --input-size")
+    p.add_argument("--input-size", type=int_at_least("input_size", 1),
                    help="resize inside the model (e.g. `--input-size 224` for ViT-B on "
                    "CIFAR): noise and certified radii stay at the data's native resolution")
-    p.add_argument("--limit", type=int_at_least("limit", 1), default=None,
+    p.add_argument("--limit", type=int_at_least("limit", 1),
                    help="use only the first N training images")
-    p.add_argument("--val-fraction", type=fraction("val_fraction"), default=0.0,
+    p.add_argument("--val-fraction", default=0.0,
+                   type=real("val_fraction", low=0, high=1, high_open=True),
                    help="hold out this fraction of the training set for validation / best/")
     p.add_argument("--batch", type=int_at_least("batch", 1), default=128,
                    help="batch size per process")
@@ -229,8 +191,7 @@ def register(subparsers: Any) -> None:
                    help="DataLoader worker processes")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last")
     p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--device", default=None,
-                   help="torch device (None: cuda:LOCAL_RANK if available, else cpu)")
+    p.add_argument("--device", help="torch device (None: cuda:LOCAL_RANK if available, else cpu)")
     add_trainer_options(p)
     p.set_defaults(func=run, user_errors=USER_ERRORS)
 
@@ -265,8 +226,7 @@ def add_trainer_options(parser: argparse.ArgumentParser) -> None:
             kwargs["choices"] = list(meta["cli_choices"]())
         group.add_argument(flag(f.name), **kwargs)
     for alias, (option, convert) in LOSS_OPTION_ALIASES.items():
-        group.add_argument(flag(alias), dest=alias, type=convert, default=None,
-                           metavar="VALUE",
+        group.add_argument(flag(alias), dest=alias, type=convert, metavar="VALUE",
                            help=_with_default(f"shortcut for --loss-options {option}=VALUE"))
 
 
@@ -292,7 +252,7 @@ def trainer_config(args: argparse.Namespace) -> TrainerConfig:
     """
     from ..training.config import LOSS_OPTION_ALIASES, TrainerConfig, config_from_keywords
 
-    values: dict[str, Any] = {}
+    values: dict[str, Any] = {alias: getattr(args, alias, None) for alias in LOSS_OPTION_ALIASES}
     for f in dataclasses.fields(TrainerConfig):
         value = getattr(args, f.name)
         if f.metadata.get("mapping") and not isinstance(value, dict):
@@ -300,5 +260,4 @@ def trainer_config(args: argparse.Namespace) -> TrainerConfig:
         elif isinstance(value, list):
             value = value[0] if len(value) == 1 else tuple(value)
         values[f.name] = value
-    aliases = {alias: getattr(args, alias, None) for alias in LOSS_OPTION_ALIASES}
-    return config_from_keywords({**values, **aliases}, {})
+    return config_from_keywords(values, {})
