@@ -17,9 +17,9 @@ from __future__ import annotations
 import difflib
 import threading
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from importlib import metadata
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar
 
 __all__ = ["Registry", "closest_name", "did_you_mean"]
 
@@ -46,13 +46,9 @@ def closest_name(word: object, choices: Iterable[str], *, prefix: bool = False) 
     """
     options = list(choices)
     close = difflib.get_close_matches(str(word), options, n=1)
-    if close:
-        return close[0]
-    if prefix and isinstance(word, str):
-        starts = [c for c in options if word.startswith(c) or c.startswith(word)]
-        if starts:
-            return starts[0]
-    return None
+    if not close and prefix and isinstance(word, str):
+        close = [c for c in options if word.startswith(c) or c.startswith(word)]
+    return close[0] if close else None
 
 
 def did_you_mean(word: object, choices: Iterable[str], *, prefix: bool = False) -> str:
@@ -119,7 +115,7 @@ class Registry(Generic[T]):
         self._describe = describe
         self._identity = identity or (lambda entry: entry)
         self._adopt = adopt
-        self._unknown_message = unknown_message
+        self._unknown_message = unknown_message or self._unknown
         self._entries: dict[str, T] = {}
         self._lock = threading.RLock()
         self._discovered = False
@@ -144,12 +140,8 @@ class Registry(Generic[T]):
             ValueError: a number named 'one' is already registered (int); pass override=True to replace it
         """  # noqa: E501
         with self._lock:
-            existing = self._entries.get(name)
-            if (
-                existing is not None
-                and self._identity(existing) is not self._identity(entry)
-                and not override
-            ):
+            existing = self._entries.get(name, entry)  # a free name conflicts with nothing
+            if self._identity(existing) is not self._identity(entry) and not override:
                 raise ValueError(
                     f"a {self.kind} named {name!r} is already registered "
                     f"({_origin(self._identity(existing))}); pass override=True to replace it"
@@ -161,15 +153,11 @@ class Registry(Generic[T]):
 
         Examples:
             >>> r: Registry[int] = Registry("number", "example.numbers", ValueError, describe=str)
-            >>> r.register("one", 1); r.unregister("one"); "one" in r
-            False
+            >>> r.register("one", 1); r.unregister("one"); r.names()
+            []
         """
         with self._lock:
             self._entries.pop(name, None)
-
-    def __contains__(self, name: object) -> bool:
-        with self._lock:
-            return name in self._entries
 
     def get(self, name: str) -> T:
         """The entry called ``name``, discovering plug-ins first if it is not registered.
@@ -188,15 +176,14 @@ class Registry(Generic[T]):
             if name in self._entries:
                 return self._entries[name]
             names = sorted(self._entries)
-        if self._unknown_message is not None:
-            message = self._unknown_message(name, names)
-        else:
-            message = (
-                f"unknown {self.kind} {name!r}{did_you_mean(name, names)}; "
-                f"available {self.kind}{'es' if self.kind.endswith('s') else 's'}: "
-                f"{', '.join(names)}"
-            )
-        raise self.error(message)
+        raise self.error(self._unknown_message(name, names))
+
+    def _unknown(self, name: str, names: list[str]) -> str:
+        """The default message of ``get``'s error."""
+        return (
+            f"unknown {self.kind} {name!r}{did_you_mean(name, names)}; "
+            f"available {self.kind}{'es' if self.kind.endswith('s') else 's'}: {', '.join(names)}"
+        )
 
     def names(self) -> list[str]:
         """Every registered name (plug-ins included), sorted.
@@ -222,8 +209,8 @@ class Registry(Generic[T]):
         with self._lock:
             return {name: self._describe(self._entries[name]) for name in sorted(self._entries)}
 
-    def discover(self, force: bool = False) -> None:
-        """Import the plug-ins declared in the entry-point group (once, unless ``force``).
+    def discover(self) -> None:
+        """Import the plug-ins declared in the entry-point group (once).
 
         A plug-in that fails to import, or points to something that is not a valid entry, is
         skipped with a ``RuntimeWarning`` naming it and its package.
@@ -235,13 +222,15 @@ class Registry(Generic[T]):
             []
         """
         with self._lock:
-            if self._discovered and not force:
+            if self._discovered:
                 return
             self._discovered = True
-            for ep in self._entry_points():
+            for ep in metadata.entry_points(group=self.group):
                 existing = self._entries.get(ep.name)
-                if existing is not None and _module_of(self._identity(existing)) == ep.module:
-                    continue
+                if existing is not None and ep.module == getattr(
+                    self._identity(existing), "__module__", None
+                ):
+                    continue  # its module is imported: it registered itself
                 try:
                     obj = ep.load()  # importing the module may register the entry itself
                     if ep.name not in self._entries:
@@ -257,9 +246,6 @@ class Registry(Generic[T]):
                         stacklevel=2,
                     )
 
-    def _entry_points(self) -> Iterator[metadata.EntryPoint]:
-        yield from metadata.entry_points(group=self.group)
-
 
 def _origin(obj: object) -> str:
     module = getattr(obj, "__module__", None)
@@ -269,11 +255,6 @@ def _origin(obj: object) -> str:
     return type(obj).__name__
 
 
-def _module_of(obj: object) -> Any:
-    return getattr(obj, "__module__", None)
-
-
 def _distribution(ep: metadata.EntryPoint) -> str:
-    dist = getattr(ep, "dist", None)
-    name = getattr(dist, "name", None) if dist is not None else None
+    name = getattr(getattr(ep, "dist", None), "name", None)
     return f", package {name!r}" if name else ""
