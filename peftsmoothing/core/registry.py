@@ -18,6 +18,7 @@ import difflib
 import threading
 import warnings
 from collections.abc import Callable, Iterable
+from dataclasses import KW_ONLY, dataclass, field
 from importlib import metadata
 from typing import Generic, TypeVar
 
@@ -72,6 +73,7 @@ def did_you_mean(word: object, choices: Iterable[str], *, prefix: bool = False) 
     return f" (did you mean {close!r}?)" if close is not None else ""
 
 
+@dataclass(eq=False)
 class Registry(Generic[T]):
     """Entries of one kind by name, with lazy discovery of an entry-point group.
 
@@ -98,27 +100,17 @@ class Registry(Generic[T]):
         ValueError: unknown colour 'rde' (did you mean 'red'?); available colours: red
     """
 
-    def __init__(
-        self,
-        kind: str,
-        group: str,
-        error: type[ValueError],
-        *,
-        describe: Callable[[T], str],
-        identity: Callable[[T], object] | None = None,
-        adopt: Callable[[str, object], None] | None = None,
-        unknown_message: Callable[[str, list[str]], str] | None = None,
-    ) -> None:
-        self.kind = kind
-        self.group = group
-        self.error = error
-        self._describe = describe
-        self._identity = identity or (lambda entry: entry)
-        self._adopt = adopt
-        self._unknown_message = unknown_message or self._unknown
-        self._entries: dict[str, T] = {}
-        self._lock = threading.RLock()
-        self._discovered = False
+    kind: str
+    group: str
+    error: type[ValueError]
+    _: KW_ONLY
+    describe: Callable[[T], str]
+    identity: Callable[[T], object] | None = None
+    adopt: Callable[[str, object], None] | None = None
+    unknown_message: Callable[[str, list[str]], str] | None = None
+    _entries: dict[str, T] = field(default_factory=dict, init=False)
+    _lock: threading.RLock = field(default_factory=threading.RLock, init=False)
+    _discovered: bool = field(default=False, init=False)
 
     def register(self, name: str, entry: T, *, override: bool = False) -> None:
         """Store ``entry`` under ``name``.
@@ -140,11 +132,11 @@ class Registry(Generic[T]):
             ValueError: a number named 'one' is already registered (int); pass override=True to replace it
         """  # noqa: E501
         with self._lock:
-            existing = self._entries.get(name, entry)  # a free name conflicts with nothing
-            if self._identity(existing) is not self._identity(entry) and not override:
+            existing = self._key(self._entries.get(name, entry))  # a free name: no conflict
+            if existing is not self._key(entry) and not override:
                 raise ValueError(
                     f"a {self.kind} named {name!r} is already registered "
-                    f"({_origin(self._identity(existing))}); pass override=True to replace it"
+                    f"({_origin(existing)}); pass override=True to replace it"
                 )
             self._entries[name] = entry
 
@@ -176,7 +168,11 @@ class Registry(Generic[T]):
             if name in self._entries:
                 return self._entries[name]
             names = sorted(self._entries)
-        raise self.error(self._unknown_message(name, names))
+        raise self.error((self.unknown_message or self._unknown)(name, names))
+
+    def _key(self, entry: T) -> object:
+        """What makes two registrations the same (``identity``; default: the entry)."""
+        return entry if self.identity is None else self.identity(entry)
 
     def _unknown(self, name: str, names: list[str]) -> str:
         """The default message of ``get``'s error."""
@@ -205,9 +201,8 @@ class Registry(Generic[T]):
             >>> r.register("one", 1); r.descriptions()
             {'one': '1'}
         """
-        self.discover()
         with self._lock:
-            return {name: self._describe(self._entries[name]) for name in sorted(self._entries)}
+            return {name: self.describe(self._entries[name]) for name in self.names()}
 
     def discover(self) -> None:
         """Import the plug-ins declared in the entry-point group (once).
@@ -228,15 +223,15 @@ class Registry(Generic[T]):
             for ep in metadata.entry_points(group=self.group):
                 existing = self._entries.get(ep.name)
                 if existing is not None and ep.module == getattr(
-                    self._identity(existing), "__module__", None
+                    self._key(existing), "__module__", None
                 ):
                     continue  # its module is imported: it registered itself
                 try:
                     obj = ep.load()  # importing the module may register the entry itself
                     if ep.name not in self._entries:
-                        if self._adopt is None:
+                        if self.adopt is None:
                             raise TypeError(f"it did not register a {self.kind} named {ep.name!r}")
-                        self._adopt(ep.name, obj)
+                        self.adopt(ep.name, obj)
                 except Exception as err:  # a broken plug-in must not break every command
                     warnings.warn(
                         f"skipping the peftsmoothing {self.kind} plug-in {ep.name!r} "
