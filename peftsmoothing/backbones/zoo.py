@@ -278,10 +278,9 @@ def build_base_model(spec: Mapping[str, Any]) -> nn.Module:
     kwargs = dict(spec.get("kwargs") or {})
     file = spec.get("file")
     pretrained = bool(spec.get("pretrained", False)) and file is None
-    seed = spec.get("seed")
-    with torch.random.fork_rng(devices=[]):
-        if seed is not None:
-            torch.manual_seed(int(seed))
+    with torch.random.fork_rng(devices=[]):  # a seeded build leaves the global stream as it was
+        if spec.get("seed") is not None:
+            torch.manual_seed(int(spec["seed"]))
         model = timm.create_model(str(name), pretrained=pretrained, **kwargs)
     if file is not None:
         load_weights(model, file)

@@ -200,18 +200,16 @@ def load_cifar(root: str | os.PathLike[str], train: bool, cifar100: bool = False
         ...     print("uint8 (32, 32, 3) [3, 8, 8, 0]")
         uint8 (32, 32, 3) [3, 8, 8, 0]
     """
-    folder = "cifar-100-python" if cifar100 else "cifar-10-batches-py"
-    base = _cifar_dir(Path(root), folder)
+    base = _cifar_dir(Path(root), "cifar-100-python" if cifar100 else "cifar-10-batches-py")
     if cifar100:
         files = [base / ("train" if train else "test")]
-        label_key = "fine_labels"
     else:
         files = sorted(base.glob("data_batch_*")) if train else [base / "test_batch"]
-        label_key = "labels"
     if not files or not all(f.is_file() for f in files):
         raise FileNotFoundError(f"CIFAR files missing under {base}")
     batches = [_unpickle(f) for f in files]
     x = np.concatenate([np.asarray(d["data"], np.uint8).reshape(-1, 3, 32, 32) for d in batches])
+    label_key = "fine_labels" if cifar100 else "labels"
     y = np.concatenate([np.asarray(d[label_key], np.int64) for d in batches])
     return x.transpose(0, 2, 3, 1), y
 
