@@ -71,7 +71,7 @@ def preprocessing_config(
     """
     cfg: dict[str, Any] = {"input_size": (3, 224, 224), "crop_pct": 0.875, "crop_mode": "center",
                            "interpolation": "bilinear"}  # fmt: skip
-    timm_model = _pretrained_cfg_module(model) if model is not None else None
+    timm_model = _pretrained_cfg_module(model)  # None without a model
     if timm_model is not None:
         from timm.data import resolve_model_data_config
 
@@ -125,10 +125,10 @@ def preprocessing_transform(
     from timm.data import create_transform
     from torchvision import transforms
 
-    clean = preprocessing_config(
-        image_size=tuple(config["image_size"]), crop_pct=config.get("crop_pct"),
-        crop_mode=config.get("crop_mode"), interpolation=config.get("interpolation"),
-    )  # fmt: skip
+    clean = preprocessing_config(  # checks a config read back from a file
+        image_size=tuple(config["image_size"]),
+        **{key: config.get(key) for key in ("crop_pct", "crop_mode", "interpolation")},
+    )
     size, mode = tuple(clean["image_size"]), clean["interpolation"]
     if not train:  # timm's eval transform, with an identity normalization: (x - 0) / 1
         return create_transform(
