@@ -153,8 +153,8 @@ def check_recipe(recipe: object, source: str = "recipe") -> dict[str, Any]:
             )
         if not _plain_value(key, value):
             raise ValueError(f"{source}: refusing value {value!r} for option {key!r}")
-        blocks = value if isinstance(value, (list, tuple)) else [value]
-        if key in _DEPTH_OPTIONS and sum(abs(v) for v in blocks if v is not None) > MAX_DEPTH:
+        blocks = value if isinstance(value, (list, tuple)) else [value or 0]  # None: 0 blocks
+        if key in _DEPTH_OPTIONS and sum(abs(v) for v in blocks) > MAX_DEPTH:
             raise ValueError(
                 f"{source}: refusing {key}={value!r}: more than "
                 f"peftsmoothing.backbones.recipes.MAX_DEPTH = {MAX_DEPTH} blocks"
