@@ -30,6 +30,13 @@ __all__ = ["TimmCandidate", "architecture_signature", "timm_candidate", "verify_
 #: Module attributes that change after construction without changing the architecture.
 _RUNTIME_ATTRS = frozenset({"training", "grad_checkpointing", "fused_attn", "peftsmoothing_base"})
 
+#: Constructor options a timm model keeps as attributes (option: attribute), beyond its size.
+_MODEL_ATTRS = {
+    "embed_dim": "embed_dim", "global_pool": "global_pool", "no_embed_class": "no_embed_class",
+    "dynamic_img_size": "dynamic_img_size", "class_token": "has_class_token",
+    "reg_tokens": "num_reg_tokens",
+}
+
 Signature = tuple[tuple[Any, ...], ...]
 
 
@@ -68,22 +75,12 @@ def architecture_signature(model: nn.Module) -> Signature:
         >>> a == architecture_signature(nn.Sequential(nn.Linear(2, 3), nn.GELU("tanh")))
         False
     """
-    keys = tuple((k, tuple(v.shape)) for k, v in model.state_dict().items())
-    modules = tuple(
-        (
-            name,
-            f"{type(m).__module__}.{type(m).__qualname__}",
-            tuple(
-                sorted(
-                    (k, v)
-                    for k, v in vars(m).items()
-                    if not k.startswith("_") and k not in _RUNTIME_ATTRS and _plain(v)
-                )
-            ),
-        )
-        for name, m in model.named_modules()
-    )
-    return keys + modules
+    signature: list[tuple[Any, ...]] = [(k, tuple(v.shape)) for k, v in model.state_dict().items()]
+    for name, m in model.named_modules():
+        plain = [(k, v) for k, v in vars(m).items() if not k.startswith("_") and _plain(v)]
+        settings = tuple(sorted((k, v) for k, v in plain if k not in _RUNTIME_ATTRS))
+        signature.append((name, f"{type(m).__module__}.{type(m).__qualname__}", settings))
+    return tuple(signature)
 
 
 def _size(value: Any) -> int | list[int] | None:
@@ -111,14 +108,10 @@ def _read_kwargs(model: nn.Module) -> dict[str, Any]:
         size = _size(getattr(patch_embed, key, None))
         if size is not None:
             found[key] = size
-    for key in ("embed_dim", "global_pool", "no_embed_class", "dynamic_img_size"):
-        value = getattr(model, key, None)
+    for key, attr in _MODEL_ATTRS.items():
+        value = getattr(model, attr, None)
         if isinstance(value, (int, str)):  # bool is an int
             found[key] = value
-    if isinstance(getattr(model, "has_class_token", None), bool):
-        found["class_token"] = model.has_class_token
-    if isinstance(getattr(model, "num_reg_tokens", None), int):
-        found["reg_tokens"] = model.num_reg_tokens
     blocks = getattr(model, "blocks", None)
     if isinstance(blocks, (nn.Sequential, nn.ModuleList)) and len(blocks):
         found["depth"] = len(blocks)
@@ -147,12 +140,10 @@ def timm_candidate(model: nn.Module) -> TimmCandidate | None:
     cfg = getattr(model, "pretrained_cfg", None)
     if not isinstance(cfg, Mapping):
         return None
-    arch, tag = cfg.get("architecture"), cfg.get("tag")
-    if not isinstance(arch, str) or not arch:
-        return None
     import timm
 
-    if not timm.is_model(arch):
+    arch, tag = cfg.get("architecture"), cfg.get("tag")
+    if not isinstance(arch, str) or not timm.is_model(arch):
         return None
     name = f"{arch}.{tag}" if isinstance(tag, str) and tag else arch
     return TimmCandidate(name, _read_kwargs(model), architecture_signature(model))

@@ -13,9 +13,8 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from ..core.validation import is_int
@@ -54,6 +53,15 @@ ARCHITECTURE_KWARGS: frozenset[str] = frozenset({
 #: Recipe fields ``check_recipe`` understands.
 _RECIPE_FIELDS = frozenset({"name", "pretrained", "kwargs", "file", "seed", "zoo"})
 _ZOO = frozenset({"demo_vit"})
+#: The recipe's plain fields, in order: default, what each must be, and the test.
+_FIELD_RULES: dict[str, tuple[Any, str, Callable[[Any], bool]]] = {
+    "pretrained": (
+        False, "true, false or null (unknown)", lambda v: v is None or isinstance(v, bool)
+    ),
+    "seed": (None, "a non-negative integer", lambda v: v is None or (is_int(v) and v >= 0)),
+    "kwargs": (None, "an object", lambda v: not v or isinstance(v, Mapping)),  # none: {}
+    "file": (None, "a string", lambda v: v is None or isinstance(v, str)),
+}
 _PLAIN_TEXT = re.compile(r"(?:[A-Za-z][A-Za-z0-9_.\-]{0,63})?")  # not a number in disguise
 #: The options that take a name (a string); every other option takes numbers or booleans.
 _TEXT_OPTIONS = frozenset({"global_pool", "weight_init", "stem_type", "act_layer", "norm_layer"})
@@ -61,25 +69,18 @@ _DEPTH_OPTIONS = frozenset({"depth", "depths", "layers"})
 _MODEL_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,128}")
 
 
-def _bounded(number: float, limit: float) -> bool:
-    """A finite number of magnitude at most ``limit`` (the one bound on a saved number)."""
-    return math.isfinite(number) and abs(number) <= limit
-
-
-def _plain_value(value: Any) -> bool:
-    """A bounded number, a bool, None, a short identifier-like string, or a short list of
-    bounded numbers."""
-    if value is None or isinstance(value, bool):
-        return True
-    if isinstance(value, (int, float)):
-        return _bounded(value, MAX_OPTION_VALUE)
+def _plain_value(key: str, value: Any) -> bool:
+    """A bounded number, a bool, None, a short identifier-like string (for the options that
+    take a name), or a short list of bounded numbers."""
     if isinstance(value, str):
-        return _PLAIN_TEXT.fullmatch(value) is not None
+        return key in _TEXT_OPTIONS and _PLAIN_TEXT.fullmatch(value) is not None
     if isinstance(value, (list, tuple)):
         return len(value) <= 16 and all(
-            (is_int(v) or isinstance(v, float)) and _plain_value(v) for v in value
+            (is_int(v) or isinstance(v, float)) and abs(v) <= MAX_OPTION_VALUE for v in value
         )
-    return False
+    return value is None or isinstance(value, bool) or (
+        isinstance(value, (int, float)) and abs(value) <= MAX_OPTION_VALUE  # nan, inf: False
+    )
 
 
 def check_recipe(recipe: object, source: str = "recipe") -> dict[str, Any]:
@@ -118,7 +119,6 @@ def check_recipe(recipe: object, source: str = "recipe") -> dict[str, Any]:
     unknown = sorted(str(k) for k in recipe if k not in _RECIPE_FIELDS)
     if unknown:
         raise ValueError(f"{source}: refusing unknown base-model recipe fields {unknown}")
-    clean: dict[str, Any] = {}
     zoo = recipe.get("zoo")
     if zoo is not None:
         if zoo not in _ZOO:
@@ -130,31 +130,20 @@ def check_recipe(recipe: object, source: str = "recipe") -> dict[str, Any]:
             f"{source}: refusing model name {name!r}: only names in timm's registry can be "
             "rebuilt from a saved directory"
         )
-    import timm
+    from timm.models import get_pretrained_cfg, is_model
 
-    if not timm.is_model(name):
+    if not is_model(name):
         raise ValueError(f"{source}: {name!r} is not a model in timm's registry")
-    if "." in name:
-        from timm.models import get_pretrained_cfg
-
-        try:
-            get_pretrained_cfg(name)
-        except RuntimeError:
-            raise ValueError(f"{source}: timm knows no pretrained tag {name!r}") from None
-    clean["name"] = name
-    pretrained = recipe.get("pretrained", False)
-    if pretrained is not None and not isinstance(pretrained, bool):
-        raise ValueError(
-            f"{source}: 'pretrained' must be true, false or null (unknown), got {pretrained!r}"
-        )
-    clean["pretrained"] = pretrained
-    seed = recipe.get("seed")
-    if seed is not None and (not is_int(seed) or seed < 0):
-        raise ValueError(f"{source}: 'seed' must be a non-negative integer, got {seed!r}")
-    clean["seed"] = seed
-    kwargs = recipe.get("kwargs") or {}
-    if not isinstance(kwargs, Mapping):
-        raise ValueError(f"{source}: 'kwargs' must be an object, got {kwargs!r}")
+    try:
+        get_pretrained_cfg(name)  # raises for a pretrained tag timm does not know
+    except RuntimeError:
+        raise ValueError(f"{source}: timm knows no pretrained tag {name!r}") from None
+    clean: dict[str, Any] = {"name": name}
+    for field, (default, need, valid) in _FIELD_RULES.items():
+        clean[field] = recipe.get(field, default)
+        if not valid(clean[field]):
+            raise ValueError(f"{source}: {field!r} must be {need}, got {clean[field]!r}")
+    kwargs = clean["kwargs"] or {}
     for key, value in kwargs.items():
         if key not in ARCHITECTURE_KWARGS:
             raise ValueError(
@@ -162,34 +151,23 @@ def check_recipe(recipe: object, source: str = "recipe") -> dict[str, Any]:
                 "only set architecture options (weights come from timm's registry or from "
                 "base_weights=)"
             )
-        if not _plain_value(value) or (isinstance(value, str) and key not in _TEXT_OPTIONS):
+        if not _plain_value(key, value):
             raise ValueError(f"{source}: refusing value {value!r} for option {key!r}")
-        if key in _DEPTH_OPTIONS and _depth(value) > MAX_DEPTH:
+        blocks = value if isinstance(value, (list, tuple)) else [value or 0]  # None: 0 blocks
+        if key in _DEPTH_OPTIONS and sum(abs(v) for v in blocks) > MAX_DEPTH:
             raise ValueError(
                 f"{source}: refusing {key}={value!r}: more than "
                 f"peftsmoothing.backbones.recipes.MAX_DEPTH = {MAX_DEPTH} blocks"
             )
     clean["kwargs"] = {k: list(v) if isinstance(v, tuple) else v for k, v in kwargs.items()}
-    file = recipe.get("file")
-    if file is not None and not isinstance(file, str):
-        raise ValueError(f"{source}: 'file' must be a string, got {file!r}")
-    clean["file"] = file
-    limit = MAX_BYTES
-    if limit is not None:
-        size = model_bytes(clean)
-        if size > limit:
-            raise ValueError(
-                f"{source}: refusing a recipe for {size:,} bytes of parameters and buffers "
-                f"(more than peftsmoothing.backbones.recipes.MAX_BYTES = {limit:,}); raise that "
-                "limit, or set it to None, if you trust this directory"
-            )
+    limit = MAX_BYTES  # read at each call (see its comment)
+    if limit is not None and (size := model_bytes(clean)) > limit:
+        raise ValueError(
+            f"{source}: refusing a recipe for {size:,} bytes of parameters and buffers "
+            f"(more than peftsmoothing.backbones.recipes.MAX_BYTES = {limit:,}); raise that "
+            "limit, or set it to None, if you trust this directory"
+        )
     return clean
-
-
-def _depth(value: object) -> float:
-    if isinstance(value, (list, tuple)):
-        return sum(abs(v) for v in value if isinstance(v, (int, float)))
-    return abs(value) if isinstance(value, (int, float)) else 0
 
 
 def model_bytes(recipe: Mapping[str, Any]) -> int:
@@ -242,18 +220,14 @@ def check_numbers(value: object, source: str, limit: int = MAX_OPTION_VALUE) -> 
         ...
         ValueError: spec.method_config.r: refusing 1000000000 (numbers in a saved config are at most 65536 in magnitude)
     """  # noqa: E501
-    if isinstance(value, bool) or value is None or isinstance(value, str):
-        return
-    if isinstance(value, (int, float)):
-        if not _bounded(value, limit):
-            raise ValueError(
-                f"{source}: refusing {value!r} (numbers in a saved config are at most {limit} "
-                "in magnitude)"
-            )
-        return
     if isinstance(value, Mapping):
         for key, item in value.items():
             check_numbers(item, f"{source}.{key}", limit)
     elif isinstance(value, (list, tuple)):
         for i, item in enumerate(value):
             check_numbers(item, f"{source}[{i}]", limit)
+    elif isinstance(value, (int, float)) and not abs(value) <= limit:  # nan and inf too
+        raise ValueError(
+            f"{source}: refusing {value!r} (numbers in a saved config are at most {limit} "
+            "in magnitude)"
+        )

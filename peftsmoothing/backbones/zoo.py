@@ -83,8 +83,6 @@ def rebuild_base_model(
         raise ValueError(
             "pass either base_weights=FILE or pretrained=True (timm's registry weights), not both"
         )
-    if pretrained is not None:
-        clean = {**clean, "pretrained": pretrained}
     if base_weights is None and clean.get("file"):
         raise ValueError(
             f"{source}: the base model's weights came from a local file (recorded as "
@@ -93,6 +91,8 @@ def rebuild_base_model(
         )
     if base_weights is not None:
         clean = {**clean, "pretrained": False, "file": None}
+    elif pretrained is not None:
+        clean = {**clean, "pretrained": pretrained}
     model = build_base_model(clean)
     if base_weights is not None:
         load_weights(model, base_weights)
@@ -221,14 +221,10 @@ def create_model(
         >>> m.peftsmoothing_base["kwargs"]
         {'img_size': 32, 'patch_size': 4}
     """
-    spec: dict[str, Any] = {
-        "name": name,
-        "pretrained": bool(pretrained),
-        "kwargs": dict(kwargs),
-        "file": os.path.abspath(file) if file is not None else None,
-        "seed": seed,
-    }
-    return build_base_model(spec)
+    file = os.path.abspath(file) if file is not None else None
+    return build_base_model(
+        {"name": name, "pretrained": bool(pretrained), "kwargs": kwargs, "file": file, "seed": seed}
+    )
 
 
 def unreproducible_reason(spec: Mapping[str, Any]) -> str | None:
@@ -282,10 +278,9 @@ def build_base_model(spec: Mapping[str, Any]) -> nn.Module:
     kwargs = dict(spec.get("kwargs") or {})
     file = spec.get("file")
     pretrained = bool(spec.get("pretrained", False)) and file is None
-    seed = spec.get("seed")
-    with torch.random.fork_rng(devices=[]):
-        if seed is not None:
-            torch.manual_seed(int(seed))
+    with torch.random.fork_rng(devices=[]):  # a seeded build leaves the global stream as it was
+        if spec.get("seed") is not None:
+            torch.manual_seed(int(spec["seed"]))
         model = timm.create_model(str(name), pretrained=pretrained, **kwargs)
     if file is not None:
         load_weights(model, file)
@@ -315,14 +310,13 @@ def demo_vit() -> nn.Module:
     import timm
 
     model = timm.create_model(
-        "vit_tiny_patch16_224", pretrained=False, num_classes=10, **DEMO_VIT_KWARGS
+        "vit_tiny_patch16_224",
+        num_classes=10,
+        pretrained_cfg_overlay={"input_size": (3, 32, 32)},  # the name's default says 224
+        **DEMO_VIT_KWARGS,
     )
     weights = resources.files("peftsmoothing") / "assets" / "demo_vit.pt"
-    with resources.as_file(weights) as path:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    model.load_state_dict({k: v.float() for k, v in state.items()})
+    with resources.as_file(weights) as path:  # stored in fp16; loading casts to the fp32 model
+        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     setattr(model, BASE_ATTR, {"zoo": "demo_vit"})
-    cfg = dict(getattr(model, "pretrained_cfg", {}))
-    cfg["input_size"] = (3, 32, 32)  # timm's default for this name says 224
-    setattr(model, "pretrained_cfg", cfg)  # noqa: B010
     return model.eval()

@@ -28,7 +28,6 @@ __all__ = [
 TEMPORARY_INFIX: Final[str] = "peftsmoothing-tmp"
 """The fixed part of every temporary name this library builds (see ``temporary_prefix``)."""
 
-_PID_MAX: Final[int] = 2**31 - 1  # the largest pid_t: no temporary of ours has a larger one
 _TEMPORARY_RE: Final = re.compile(
     rf"\.(?P<name>.+)\.{TEMPORARY_INFIX}-(?P<pid>[1-9][0-9]{{0,9}})-[a-z0-9_]{{1,32}}\.tmp"
 )
@@ -101,8 +100,7 @@ def clean_stale_temporaries(
         match = _TEMPORARY_RE.fullmatch(path.name)
         if match is None or (names is not None and match["name"] not in names):
             continue
-        pid = int(match["pid"])  # at most 10 digits
-        if pid > _PID_MAX or _pid_alive(pid):  # no pid of ours, or a live run's
+        if _pid_alive(int(match["pid"])):  # a live run's, or no pid at all (above pid_t)
             continue
         with contextlib.suppress(OSError):
             mode = path.lstat().st_mode
@@ -177,9 +175,6 @@ def atomic_save(obj: object, path: str | os.PathLike[str]) -> None:
         >>> torch.load(p)["w"].tolist()
         [1.0, 1.0]
     """
-    if isinstance(obj, bytes):
-        atomic_write(path, obj)
-    else:
-        import torch  # here: the command line imports this module without torch
+    import torch  # here: the command line imports this module without torch
 
-        atomic_write(path, lambda f: torch.save(obj, f))
+    atomic_write(path, obj if isinstance(obj, bytes) else lambda f: torch.save(obj, f))

@@ -83,23 +83,17 @@ def parameter_report(model: nn.Module) -> ParameterReport:
         >>> r.trainable, r.total, [m.name for m in r.modules]
         (8, 23, ['1'])
     """
-    seen: set[int] = set()
+    seen: set[int] = set()  # a shared tensor counts once, in the first module that owns it
     rows: list[ModuleCount] = []
-    trainable = total = 0
     for name, module in model.named_modules():
-        own_trainable = own_total = 0
-        for p in module.parameters(recurse=False):
-            if id(p) in seen:
-                continue
-            seen.add(id(p))
-            own_total += p.numel()
-            if p.requires_grad:
-                own_trainable += p.numel()
-        trainable += own_trainable
-        total += own_total
-        if own_trainable:
-            rows.append(ModuleCount(name, own_trainable, own_total))
-    return ParameterReport(trainable, total, tuple(rows))
+        own = [p for p in module.parameters(recurse=False) if id(p) not in seen]
+        seen.update(id(p) for p in own)
+        trainable = sum(p.numel() for p in own if p.requires_grad)
+        if trainable:
+            rows.append(ModuleCount(name, trainable, sum(p.numel() for p in own)))
+    params = list(model.parameters())  # each shared tensor once
+    total = sum(p.numel() for p in params)
+    return ParameterReport(sum(p.numel() for p in params if p.requires_grad), total, tuple(rows))
 
 
 def trained_keys(model: nn.Module) -> set[str]:
@@ -113,12 +107,10 @@ def trained_keys(model: nn.Module) -> set[str]:
         ['1.bias', '1.weight']
     """
     keys: set[str] = set()
-    for mod_name, module in model.named_modules():
-        prefix = f"{mod_name}." if mod_name else ""
-        own = [n for n, p in module.named_parameters(recurse=False) if p.requires_grad]
+    for prefix, module in model.named_modules():
+        own = [n for n, p in module.named_parameters(prefix, recurse=False) if p.requires_grad]
         if own:
-            keys.update(prefix + n for n in own)
-            keys.update(prefix + n for n, _ in module.named_buffers(recurse=False))
+            keys.update(own, (n for n, _ in module.named_buffers(prefix, recurse=False)))
     return keys
 
 

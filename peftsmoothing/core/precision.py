@@ -16,29 +16,14 @@ from .validation import check_choice
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["PRECISIONS", "autocast", "autocast_dtype"]
-
-
-def autocast_dtype(precision: str) -> torch.dtype | None:
-    """The autocast dtype of a precision name (``None`` for fp32).
-
-    Raises:
-        ValueError: For an unknown name.
-
-    Examples:
-        >>> autocast_dtype("bf16"), autocast_dtype("fp32")
-        (torch.bfloat16, None)
-    """
-    import torch  # here, not at import: the command line reads PRECISIONS without torch
-
-    dtypes: dict[str, torch.dtype | None] = {
-        "fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16,
-    }  # fmt: skip
-    return dtypes[check_choice(precision, "precision", PRECISIONS)]
+__all__ = ["PRECISIONS", "autocast"]
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[Any]:
     """``torch.autocast`` for ``precision`` on ``device`` (a no-op context for fp32).
+
+    Raises:
+        ValueError: For an unknown precision name.
 
     Examples:
         >>> import torch
@@ -46,9 +31,10 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
         ...     (torch.ones(2, 2) @ torch.ones(2, 2)).dtype
         torch.bfloat16
     """
-    import torch
+    import torch  # here, not at import: the command line reads PRECISIONS without torch
 
-    dtype = autocast_dtype(precision)
+    dtypes = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+    dtype = dtypes[check_choice(precision, "precision", PRECISIONS)]
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)

@@ -17,9 +17,10 @@ from __future__ import annotations
 import difflib
 import threading
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
+from dataclasses import KW_ONLY, dataclass, field
 from importlib import metadata
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar
 
 __all__ = ["Registry", "closest_name", "did_you_mean"]
 
@@ -46,13 +47,9 @@ def closest_name(word: object, choices: Iterable[str], *, prefix: bool = False) 
     """
     options = list(choices)
     close = difflib.get_close_matches(str(word), options, n=1)
-    if close:
-        return close[0]
-    if prefix and isinstance(word, str):
-        starts = [c for c in options if word.startswith(c) or c.startswith(word)]
-        if starts:
-            return starts[0]
-    return None
+    if not close and prefix and isinstance(word, str):
+        close = [c for c in options if word.startswith(c) or c.startswith(word)]
+    return close[0] if close else None
 
 
 def did_you_mean(word: object, choices: Iterable[str], *, prefix: bool = False) -> str:
@@ -76,6 +73,7 @@ def did_you_mean(word: object, choices: Iterable[str], *, prefix: bool = False) 
     return f" (did you mean {close!r}?)" if close is not None else ""
 
 
+@dataclass(eq=False)
 class Registry(Generic[T]):
     """Entries of one kind by name, with lazy discovery of an entry-point group.
 
@@ -102,27 +100,17 @@ class Registry(Generic[T]):
         ValueError: unknown colour 'rde' (did you mean 'red'?); available colours: red
     """
 
-    def __init__(
-        self,
-        kind: str,
-        group: str,
-        error: type[ValueError],
-        *,
-        describe: Callable[[T], str],
-        identity: Callable[[T], object] | None = None,
-        adopt: Callable[[str, object], None] | None = None,
-        unknown_message: Callable[[str, list[str]], str] | None = None,
-    ) -> None:
-        self.kind = kind
-        self.group = group
-        self.error = error
-        self._describe = describe
-        self._identity = identity or (lambda entry: entry)
-        self._adopt = adopt
-        self._unknown_message = unknown_message
-        self._entries: dict[str, T] = {}
-        self._lock = threading.RLock()
-        self._discovered = False
+    kind: str
+    group: str
+    error: type[ValueError]
+    _: KW_ONLY
+    describe: Callable[[T], str]
+    identity: Callable[[T], object] | None = None
+    adopt: Callable[[str, object], None] | None = None
+    unknown_message: Callable[[str, list[str]], str] | None = None
+    _entries: dict[str, T] = field(default_factory=dict, init=False)
+    _lock: threading.RLock = field(default_factory=threading.RLock, init=False)
+    _discovered: bool = field(default=False, init=False)
 
     def register(self, name: str, entry: T, *, override: bool = False) -> None:
         """Store ``entry`` under ``name``.
@@ -144,15 +132,11 @@ class Registry(Generic[T]):
             ValueError: a number named 'one' is already registered (int); pass override=True to replace it
         """  # noqa: E501
         with self._lock:
-            existing = self._entries.get(name)
-            if (
-                existing is not None
-                and self._identity(existing) is not self._identity(entry)
-                and not override
-            ):
+            existing = self._key(self._entries.get(name, entry))  # a free name: no conflict
+            if existing is not self._key(entry) and not override:
                 raise ValueError(
                     f"a {self.kind} named {name!r} is already registered "
-                    f"({_origin(self._identity(existing))}); pass override=True to replace it"
+                    f"({_origin(existing)}); pass override=True to replace it"
                 )
             self._entries[name] = entry
 
@@ -161,15 +145,11 @@ class Registry(Generic[T]):
 
         Examples:
             >>> r: Registry[int] = Registry("number", "example.numbers", ValueError, describe=str)
-            >>> r.register("one", 1); r.unregister("one"); "one" in r
-            False
+            >>> r.register("one", 1); r.unregister("one"); r.names()
+            []
         """
         with self._lock:
             self._entries.pop(name, None)
-
-    def __contains__(self, name: object) -> bool:
-        with self._lock:
-            return name in self._entries
 
     def get(self, name: str) -> T:
         """The entry called ``name``, discovering plug-ins first if it is not registered.
@@ -188,15 +168,18 @@ class Registry(Generic[T]):
             if name in self._entries:
                 return self._entries[name]
             names = sorted(self._entries)
-        if self._unknown_message is not None:
-            message = self._unknown_message(name, names)
-        else:
-            message = (
-                f"unknown {self.kind} {name!r}{did_you_mean(name, names)}; "
-                f"available {self.kind}{'es' if self.kind.endswith('s') else 's'}: "
-                f"{', '.join(names)}"
-            )
-        raise self.error(message)
+        raise self.error((self.unknown_message or self._unknown)(name, names))
+
+    def _key(self, entry: T) -> object:
+        """What makes two registrations the same (``identity``; default: the entry)."""
+        return entry if self.identity is None else self.identity(entry)
+
+    def _unknown(self, name: str, names: list[str]) -> str:
+        """The default message of ``get``'s error."""
+        return (
+            f"unknown {self.kind} {name!r}{did_you_mean(name, names)}; "
+            f"available {self.kind}{'es' if self.kind.endswith('s') else 's'}: {', '.join(names)}"
+        )
 
     def names(self) -> list[str]:
         """Every registered name (plug-ins included), sorted.
@@ -218,12 +201,11 @@ class Registry(Generic[T]):
             >>> r.register("one", 1); r.descriptions()
             {'one': '1'}
         """
-        self.discover()
         with self._lock:
-            return {name: self._describe(self._entries[name]) for name in sorted(self._entries)}
+            return {name: self.describe(self._entries[name]) for name in self.names()}
 
-    def discover(self, force: bool = False) -> None:
-        """Import the plug-ins declared in the entry-point group (once, unless ``force``).
+    def discover(self) -> None:
+        """Import the plug-ins declared in the entry-point group (once).
 
         A plug-in that fails to import, or points to something that is not a valid entry, is
         skipped with a ``RuntimeWarning`` naming it and its package.
@@ -235,19 +217,21 @@ class Registry(Generic[T]):
             []
         """
         with self._lock:
-            if self._discovered and not force:
+            if self._discovered:
                 return
             self._discovered = True
-            for ep in self._entry_points():
+            for ep in metadata.entry_points(group=self.group):
                 existing = self._entries.get(ep.name)
-                if existing is not None and _module_of(self._identity(existing)) == ep.module:
-                    continue
+                if existing is not None and ep.module == getattr(
+                    self._key(existing), "__module__", None
+                ):
+                    continue  # its module is imported: it registered itself
                 try:
                     obj = ep.load()  # importing the module may register the entry itself
                     if ep.name not in self._entries:
-                        if self._adopt is None:
+                        if self.adopt is None:
                             raise TypeError(f"it did not register a {self.kind} named {ep.name!r}")
-                        self._adopt(ep.name, obj)
+                        self.adopt(ep.name, obj)
                 except Exception as err:  # a broken plug-in must not break every command
                     warnings.warn(
                         f"skipping the peftsmoothing {self.kind} plug-in {ep.name!r} "
@@ -256,9 +240,6 @@ class Registry(Generic[T]):
                         RuntimeWarning,
                         stacklevel=2,
                     )
-
-    def _entry_points(self) -> Iterator[metadata.EntryPoint]:
-        yield from metadata.entry_points(group=self.group)
 
 
 def _origin(obj: object) -> str:
@@ -269,11 +250,6 @@ def _origin(obj: object) -> str:
     return type(obj).__name__
 
 
-def _module_of(obj: object) -> Any:
-    return getattr(obj, "__module__", None)
-
-
 def _distribution(ep: metadata.EntryPoint) -> str:
-    dist = getattr(ep, "dist", None)
-    name = getattr(dist, "name", None) if dist is not None else None
+    name = getattr(getattr(ep, "dist", None), "name", None)
     return f", package {name!r}" if name else ""

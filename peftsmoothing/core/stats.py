@@ -91,8 +91,7 @@ def clopper_pearson_upper(k: int, n: int, alpha: float) -> float:
         >>> clopper_pearson_upper(100, 100, 0.001)
         1.0
     """
-    n_ = check_positive_int(n, "n")
-    k_ = check_int(k, "the count k", minimum=0, maximum=n_)
+    k_, n_ = _check_counts(k, n)
     return 1.0 - clopper_pearson_lower(n_ - k_, n_, alpha)
 
 
@@ -162,9 +161,7 @@ def predict_from_counts(counts: Iterable[int], alpha: float) -> int:
     n_a, n_b = values[order[0]], values[order[1]]
     if n_a == 0:
         raise ValueError("predict_from_counts got no votes (every count is 0)")
-    if binomial_pvalue(n_a, n_a + n_b) > a:
-        return ABSTAIN
-    return order[0]
+    return ABSTAIN if binomial_pvalue(n_a, n_a + n_b) > a else order[0]
 
 
 def abstains(pa_lower: float) -> bool:

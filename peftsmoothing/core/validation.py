@@ -33,6 +33,21 @@ def is_int(value: object) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
+def _requirement(
+    what: str, low: float | None, high: float | None, left: str, right: str, fmt: str
+) -> str:
+    """What a bounded argument must be, as error messages say it: ``an integer >= 1``,
+    ``a finite number in [0, 1)`` (``left``/``right``: the interval's brackets; ``fmt``: how
+    the bounds are written)."""
+    if low is not None and high is not None:
+        return f"{what} in {left}{low:{fmt}}, {high:{fmt}}{right}"
+    if low is not None:
+        return f"{what} {'>' if left == '(' else '>='} {low:{fmt}}"
+    if high is not None:
+        return f"{what} {'<' if right == ')' else '<='} {high:{fmt}}"
+    return what
+
+
 def check_int(
     value: object, name: str, minimum: int | None = None, maximum: int | None = None
 ) -> int:
@@ -58,20 +73,10 @@ def check_int(
         ...
         ValueError: max must be an integer >= 0, got -1
     """
-    ok = is_int(value)
-    if ok and minimum is not None and int(value) < minimum:  # type: ignore[call-overload]
-        ok = False
-    if ok and maximum is not None and int(value) > maximum:  # type: ignore[call-overload]
-        ok = False
-    if not ok:
-        if minimum is not None and maximum is not None:
-            need = f"an integer in [{minimum}, {maximum}]"
-        elif minimum is not None:
-            need = f"an integer >= {minimum}"
-        elif maximum is not None:
-            need = f"an integer <= {maximum}"
-        else:
-            need = "an integer"
+    low = -math.inf if minimum is None else minimum
+    high = math.inf if maximum is None else maximum
+    if not is_int(value) or not low <= int(value) <= high:  # type: ignore[call-overload]
+        need = _requirement("an integer", minimum, maximum, "[", "]", "")
         raise ValueError(f"{name} must be {need}, got {value!r}")
     return int(value)  # type: ignore[call-overload]
 
@@ -133,25 +138,15 @@ def check_real(
         ...
         ValueError: val_fraction must be a finite number in [0, 1), got 1.5
     """
-    lo = "" if low is None else f"{'(' if low_open else '['}{low:g}"
-    hi = "" if high is None else f"{high:g}{')' if high_open else ']'}"
-    if low is not None and high is not None:
-        need = f"a finite number in {lo}, {hi}"
-    elif low is not None:
-        need = f"a finite number {'>' if low_open else '>='} {low:g}"
-    elif high is not None:
-        need = f"a finite number {'<' if high_open else '<='} {high:g}"
-    else:
-        need = "a finite number"
+    need = _requirement(
+        "a finite number", low, high, "(" if low_open else "[", ")" if high_open else "]", "g"
+    )
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise ValueError(f"{name} must be {need}, got {value!r}")
     v = float(value)
-    bad = not math.isfinite(v)
-    if low is not None:
-        bad = bad or (v <= low if low_open else v < low)
-    if high is not None:
-        bad = bad or (v >= high if high_open else v > high)
-    if bad:
+    below = low is not None and (v <= low if low_open else v < low)
+    above = high is not None and (v >= high if high_open else v > high)
+    if not math.isfinite(v) or below or above:
         raise ValueError(f"{name} must be {need}, got {value!r}")
     return v
 
@@ -176,12 +171,9 @@ def check_alpha(alpha: object) -> float:
         ...
         ValueError: alpha must be a number in the open interval (0, 1), got 1.0
     """
-    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real):
+    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not 0 < float(alpha) < 1:
         raise ValueError(f"alpha must be a number in the open interval (0, 1), got {alpha!r}")
-    a = float(alpha)
-    if not 0.0 < a < 1.0:  # also rejects nan
-        raise ValueError(f"alpha must be a number in the open interval (0, 1), got {alpha!r}")
-    return a
+    return float(alpha)  # nan fails the comparison above
 
 
 def check_sigma(sigma: object) -> float:
@@ -204,12 +196,7 @@ def check_sigma(sigma: object) -> float:
         ...
         ValueError: sigma must be a finite number > 0, got 0
     """
-    if isinstance(sigma, bool) or not isinstance(sigma, numbers.Real):
-        raise ValueError(f"sigma must be a finite number > 0, got {sigma!r}")
-    s = float(sigma)
-    if not (math.isfinite(s) and s > 0.0):
-        raise ValueError(f"sigma must be a finite number > 0, got {sigma!r}")
-    return s
+    return check_real(sigma, "sigma", low=0.0, low_open=True)
 
 
 def check_seed(seed: object, allow_none: bool = True) -> int | None:

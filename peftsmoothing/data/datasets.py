@@ -9,6 +9,7 @@ through torchvision first.
 
 from __future__ import annotations
 
+import codecs
 import os
 import pickle
 import warnings
@@ -22,6 +23,11 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from .preprocessing import preprocessing_config, preprocessing_transform
+
+try:  # numpy >= 2 keeps the implementation in numpy._core
+    from numpy._core.multiarray import _reconstruct
+except ImportError:  # pragma: no cover - numpy 1.x
+    from numpy.core.multiarray import _reconstruct  # type: ignore[no-redef]
 
 __all__ = [
     "CIFAR10_CLASSES",  # noqa: F822  (deprecated: served by __getattr__ with a warning)
@@ -112,20 +118,15 @@ class ArrayDataset(Dataset[tuple[torch.Tensor, int]]):
         return x, int(self.labels[index])
 
 
-def _array_globals() -> dict[tuple[str, str], Any]:
-    try:  # numpy >= 2 keeps the implementation in numpy._core
-        from numpy._core.multiarray import _reconstruct
-    except ImportError:  # pragma: no cover - numpy 1.x
-        from numpy.core.multiarray import _reconstruct  # type: ignore[no-redef]
-    import _codecs
-
-    return {
-        ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
-        ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
-        ("numpy", "ndarray"): np.ndarray,
-        ("numpy", "dtype"): np.dtype,
-        ("_codecs", "encode"): _codecs.encode,  # how Python 3 pickles bytes at protocol 2
-    }
+#: The only globals a CIFAR batch file may name: how numpy arrays, and Python 3 bytes at
+#: protocol 2, are pickled (``numpy._core`` is numpy 2's name of ``numpy.core``).
+_ARRAY_GLOBALS: dict[tuple[str, str], Any] = {
+    ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
+    ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): np.dtype,
+    ("_codecs", "encode"): codecs.encode,
+}
 
 
 class _ArrayUnpickler(pickle.Unpickler):
@@ -134,7 +135,7 @@ class _ArrayUnpickler(pickle.Unpickler):
     build) is refused, so a crafted batch file cannot run code."""
 
     def find_class(self, module: str, name: str) -> Any:
-        allowed = _array_globals().get((module, name))
+        allowed = _ARRAY_GLOBALS.get((module, name))
         if allowed is None:
             raise pickle.UnpicklingError(
                 f"refusing to load {module}.{name}: CIFAR batch files hold only arrays, "
@@ -199,33 +200,28 @@ def load_cifar(root: str | os.PathLike[str], train: bool, cifar100: bool = False
         ...     print("uint8 (32, 32, 3) [3, 8, 8, 0]")
         uint8 (32, 32, 3) [3, 8, 8, 0]
     """
-    folder = "cifar-100-python" if cifar100 else "cifar-10-batches-py"
-    base = _cifar_dir(Path(root), folder)
+    base = _cifar_dir(Path(root), "cifar-100-python" if cifar100 else "cifar-10-batches-py")
     if cifar100:
         files = [base / ("train" if train else "test")]
-        label_key = "fine_labels"
     else:
         files = sorted(base.glob("data_batch_*")) if train else [base / "test_batch"]
-        label_key = "labels"
     if not files or not all(f.is_file() for f in files):
         raise FileNotFoundError(f"CIFAR files missing under {base}")
-    xs, ys = [], []
-    for f in files:
-        d = _unpickle(f)
-        xs.append(np.asarray(d["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-        ys.append(np.asarray(d[label_key], dtype=np.int64))
-    return np.concatenate(xs).transpose(0, 2, 3, 1), np.concatenate(ys)
+    batches = [_unpickle(f) for f in files]
+    x = np.concatenate([np.asarray(d["data"], np.uint8).reshape(-1, 3, 32, 32) for d in batches])
+    label_key = "fine_labels" if cifar100 else "labels"
+    y = np.concatenate([np.asarray(d[label_key], np.int64) for d in batches])
+    return x.transpose(0, 2, 3, 1), y
 
 
-def _image_folder(path: Path, train: bool, preprocessing: Mapping[str, Any]) -> Dataset[Any]:
-    from torchvision import datasets
-
-    return datasets.ImageFolder(str(path), transform=preprocessing_transform(preprocessing, train))
+def _dataset_key(name: str) -> str:
+    if name.lower() not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    return name.lower()
 
 
 def _split_dir(root: Path, train: bool) -> Path:
-    names = ("train",) if train else ("val", "test")
-    for name in names:
+    for name in ("train",) if train else ("val", "test"):
         if (root / name).is_dir():
             return root / name
     return root
@@ -275,26 +271,25 @@ def load_dataset(
         ...     print((3, 32, 32), 3)
         (3, 32, 32) 3
     """
-    key = name.lower()
-    if key not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
-    root_p = Path(root)
+    key = _dataset_key(name)
     augment = train if augment is None else augment
     if key in ("cifar10", "cifar100"):
         if download:
-            from torchvision import datasets as tv
+            from torchvision.datasets import CIFAR10, CIFAR100
 
-            cls = tv.CIFAR100 if key == "cifar100" else tv.CIFAR10
-            cls(str(root_p), train=train, download=True)
-        x, y = load_cifar(root_p, train, cifar100=key == "cifar100")
+            official = CIFAR100 if key == "cifar100" else CIFAR10
+            official(os.fspath(root), train=train, download=True)
+        x, y = load_cifar(root, train, cifar100=key == "cifar100")
         return ArrayDataset(x, y, image_size=image_size, augment=augment)
-    folder = _split_dir(root_p, train)
+    folder = _split_dir(Path(root), train)
     if not folder.is_dir():
         raise FileNotFoundError(f"no image folder at {folder}")
-    base = dict(preprocessing) if preprocessing is not None else preprocessing_config()
+    config = dict(preprocessing) if preprocessing is not None else preprocessing_config()
     if image_size is not None:
-        base["image_size"] = [image_size, image_size]
-    return _image_folder(folder, train and augment, base)
+        config["image_size"] = [image_size, image_size]
+    from torchvision.datasets import ImageFolder
+
+    return ImageFolder(str(folder), transform=preprocessing_transform(config, train and augment))
 
 
 def num_classes(name: str, root: str | os.PathLike[str] | None = None) -> int:
@@ -304,10 +299,7 @@ def num_classes(name: str, root: str | os.PathLike[str] | None = None) -> int:
         >>> num_classes("cifar10"), num_classes("cifar100")
         (10, 100)
     """
-    key = name.lower()
-    if key not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
-    known = DATASETS[key]
+    known = DATASETS[_dataset_key(name)]
     if known is not None:
         return known
     if root is None:

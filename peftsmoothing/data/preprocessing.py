@@ -9,7 +9,6 @@ pixel space (docs/design.md). ``preprocessing_config`` returns the settings as a
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -72,7 +71,7 @@ def preprocessing_config(
     """
     cfg: dict[str, Any] = {"input_size": (3, 224, 224), "crop_pct": 0.875, "crop_mode": "center",
                            "interpolation": "bilinear"}  # fmt: skip
-    timm_model = _pretrained_cfg_module(model) if model is not None else None
+    timm_model = _pretrained_cfg_module(model)  # None without a model
     if timm_model is not None:
         from timm.data import resolve_model_data_config
 
@@ -123,27 +122,22 @@ def preprocessing_transform(
         >>> tuple(x.shape), float(x[0].min()), float(x[1].max())
         ((3, 16, 16), 1.0, 0.0)
     """
+    from timm.data import create_transform
     from torchvision import transforms
 
-    clean = preprocessing_config(
-        image_size=tuple(config["image_size"]), crop_pct=config.get("crop_pct"),
-        crop_mode=config.get("crop_mode"), interpolation=config.get("interpolation"),
-    )  # fmt: skip
-    h, w = clean["image_size"]
-    mode = transforms.InterpolationMode(clean["interpolation"])
-    steps: list[Any]
-    if train:
-        steps = [transforms.RandomResizedCrop((h, w), interpolation=mode),
-                 transforms.RandomHorizontalFlip()]  # fmt: skip
-    else:
-        scale = [math.floor(v / clean["crop_pct"]) for v in (h, w)]
-        if clean["crop_mode"] == "squash":
-            resize: Any = transforms.Resize(scale, interpolation=mode)
-        elif scale[0] == scale[1]:
-            resize = transforms.Resize(scale[0], interpolation=mode)
-        else:
-            from timm.data.transforms import ResizeKeepRatio
-
-            resize = ResizeKeepRatio(scale, interpolation=clean["interpolation"])
-        steps = [resize, transforms.CenterCrop((h, w))]
-    return transforms.Compose([*steps, transforms.ToTensor()])
+    clean = preprocessing_config(  # checks a config read back from a file
+        image_size=tuple(config["image_size"]),
+        **{key: config.get(key) for key in ("crop_pct", "crop_mode", "interpolation")},
+    )
+    size, mode = tuple(clean["image_size"]), clean["interpolation"]
+    if not train:  # timm's eval transform, with an identity normalization: (x - 0) / 1
+        return create_transform(
+            size,
+            crop_pct=clean["crop_pct"],
+            crop_mode=clean["crop_mode"],
+            interpolation=mode,
+            mean=(0.0,),
+            std=(1.0,),
+        )
+    crop = transforms.RandomResizedCrop(size, interpolation=transforms.InterpolationMode(mode))
+    return transforms.Compose([crop, transforms.RandomHorizontalFlip(), transforms.ToTensor()])
