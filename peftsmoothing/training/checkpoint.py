@@ -271,7 +271,9 @@ def check_finite_weights(module: nn.Module, epoch: int) -> None:
     Examples:
         >>> check_finite_weights(nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2)), epoch=1)
     """
-    trained = [(f"parameter {n}", p) for n, p in module.named_parameters() if p.requires_grad]
+    trained: list[tuple[str, torch.Tensor]] = [
+        (f"parameter {n}", p) for n, p in module.named_parameters() if p.requires_grad
+    ]
     trained += [(f"buffer {n}", b) for n, b in TrainedBuffers(module).named]
     bad = next((name for name, t in trained if not bool(torch.isfinite(t).all())), None)
     if bad is not None:

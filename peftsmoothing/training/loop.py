@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import math
 import os
 import sys
@@ -33,20 +32,13 @@ from ..core.precision import autocast
 from ..core.registry import did_you_mean
 from . import checkpoint as ckpt
 from .batches import BatchGuard
-from .build import (
-    OptimizerFactory,
-    make_optimizer,
-    make_reference,
-    make_scheduler,
-    optimizer_step,
-)
+from .build import OptimizerFactory, make_optimizer, make_reference, make_scheduler
 from .callbacks import call_hook
 from .config import (
     CUSTOM_OPTIMIZER,
     OPTION_NAMES,
     TrainerConfig,
     config_from_keywords,
-    keyword_defaults,
     trainer_signature,
 )
 from .distributed import (
@@ -58,7 +50,7 @@ from .distributed import (
 )
 from .evaluate import evaluate as _evaluate
 from .losses import LossContext, LossOutput, LossSpec, get_loss
-from .metrics import EpochState, Window, batch_metrics, epoch_record
+from .metrics import EpochState, Window, epoch_record
 from .noise import TrainingNoise
 from .nonfinite import NonfiniteGuard
 from .progress import epoch_line, make_bar, set_postfix
@@ -148,16 +140,13 @@ class NoiseTrainer:
         if unknown:
             hint = did_you_mean(unknown[0], OPTION_NAMES)
             raise TypeError(f"NoiseTrainer got unexpected keyword(s): {', '.join(unknown)}{hint}")
-        keywords = {**options, "sigma": sigma, "optimizer": optimizer,
-                    "consistency_weight": consistency_weight}  # fmt: skip
-        defaults = _keyword_defaults()
-        self._owns_process_group = False
         if not isinstance(model, nn.Module):
             raise TypeError(f"NoiseTrainer expects an nn.Module, got {type(model).__name__}")
-        factory = optimizer if callable(optimizer) and not isinstance(optimizer, str) else None
-        if factory is not None:
-            keywords["optimizer"] = defaults["optimizer"]
-        self.config = config_from_keywords(keywords, defaults, config)
+        factory = optimizer if callable(optimizer) else None  # recorded as "custom"
+        name = _DEFAULTS["optimizer"] if factory is not None else optimizer
+        keywords = {**options, "sigma": sigma, "optimizer": name,
+                    "consistency_weight": consistency_weight}
+        self.config = config_from_keywords(keywords, _DEFAULTS, config)
         if factory is not None:
             self.config = dataclasses.replace(self.config, optimizer=CUSTOM_OPTIMIZER)
         self.loss_spec: LossSpec = get_loss(self.config.loss)
@@ -287,17 +276,14 @@ class NoiseTrainer:
         c = self.config
         total_steps = max(1, math.ceil(n_batches / c.grad_accum)) * c.epochs
         self.scheduler = make_scheduler(self.optimizer, c, total_steps)
-        resume_state: dict[str, Any] | None = None
-        if resume:
-            quiet = not self.is_main or self.progress is False
-            resume_state = ckpt.resume(self, resume, quiet=quiet)
-            if resume_state is not None and self.state.at_epoch_boundary:
-                ckpt.restore_rng(self, resume_state, loader)  # at an epoch boundary
-        if resume_state is None:
+        quiet = not self.is_main or self.progress is False
+        resume_state = ckpt.resume(self, resume, quiet=quiet) if resume else None
+        if resume_state is None:  # a fresh TrainState either way
             seed_everything(c.seed, self.rank)
             self.state = TrainState()
+        elif self.state.at_epoch_boundary:
+            ckpt.restore_rng(self, resume_state, loader)  # mid-epoch: after the loader's replay
         self.should_stop = False
-        self.state.interrupted = False
         call_hook(self.callbacks, "on_fit_start", self)
 
         with ckpt.sigint_guard(self):
@@ -340,77 +326,78 @@ class NoiseTrainer:
             next(it)
         if skip and resume_state is not None:
             ckpt.restore_rng(self, resume_state, loader)
-        st = state.epoch_sums if state.epoch_sums is not None else EpochState(self.device)
-        state.epoch_sums = st
-        window = Window()
+        if state.epoch_sums is None:
+            state.epoch_sums = EpochState(self.device)
+        st, window = state.epoch_sums, Window(self.device)
         state.boundary_rng = rng_state(loader)
         self.model.train()
         freeze_frozen_batchnorm(self.module)
         self._nonfinite.start()
         bar = make_bar(self.progress, self.is_main, n_batches, skip,
                        f"epoch {self.epoch + 1}/{c.epochs}")
-        t0 = time.perf_counter()
-        elapsed0 = st.elapsed
-        step_bad = torch.zeros((), dtype=torch.bool, device=self.device)
+        t0 = time.perf_counter() - st.elapsed  # a resumed epoch's time goes on
         ctx = LossContext(sigma=0.0, options=self.loss_options, module=self.module,
                           reference=self.reference)
         try:
             for b, batch in enumerate(it, start=skip):
                 x, y = self._prepare_batch(batch, first=b == skip)
-                sigma = self._noise.sigma(self.rank, self.epoch, b)
-                noisy = self._noise.noisy(x, sigma, self.num_noise, self.rank, self.epoch, b)
-                start = (b // c.grad_accum) * c.grad_accum
+                ctx.sigma = self._noise.sigma(self.rank, self.epoch, b)
+                noisy = self._noise.noisy(x, ctx.sigma, self.num_noise, self.rank, self.epoch, b)
+                start = b - b % c.grad_accum
                 size = min(c.grad_accum, n_batches - start)
                 boundary = b + 1 - start >= size
-                ctx.sigma = sigma
                 sync = contextlib.nullcontext()
                 if not boundary and self.model is not self.module:
                     sync = self.model.no_sync()  # type: ignore[operator]
                 with sync:
                     with autocast(self.device, c.precision):
                         out: LossOutput = self.loss_spec.fn(self.model, x, noisy, y, ctx)
-                    step_bad |= ~torch.isfinite(out.loss.detach()).all()
                     loss = out.loss / size
                     (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
-                window.add(*batch_metrics(out, y, x.shape[0]))
+                window.add(out, y, x.shape[0])
                 if not boundary:
                     continue
-                if self._nonfinite.dropped(step_bad, epoch=self.epoch + 1, batch=b + 1):
+                dropped = self._nonfinite.dropped(window.bad, epoch=self.epoch + 1, batch=b + 1)
+                if dropped:
                     self.optimizer.zero_grad(set_to_none=True)
-                    window.items.clear()
-                    st.nonfinite_steps += 1
                 else:
                     self._optimizer_step()
-                    window.fold_into(st)
-                step_bad.zero_()
+                window.fold_into(st, dropped=dropped)
                 state.batches_done = b + 1
                 state.boundary_rng = rng_state(loader)
                 if bar is not None:
                     bar.update(size)
                     if self.step % c.log_every == 0:
-                        set_postfix(bar, st, elapsed0 + time.perf_counter() - t0)
+                        set_postfix(bar, st, time.perf_counter() - t0)
                 call_hook(self.callbacks, "on_step_end", self)
                 if state.interrupted:
                     raise KeyboardInterrupt
                 if self.should_stop and state.batches_done < n_batches:
-                    st.elapsed = elapsed0 + time.perf_counter() - t0
-                    return None
+                    return None  # the epoch's time is kept by ``finally``
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
         finally:
-            st.elapsed = elapsed0 + time.perf_counter() - t0
+            st.elapsed = time.perf_counter() - t0
             if bar is not None:
                 bar.close()
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        st.elapsed = elapsed0 + time.perf_counter() - t0
         lr = float(self.optimizer.param_groups[0]["lr"])
-        return epoch_record(st, epoch=self.epoch + 1, step=self.step, lr=lr,
-                            topology=self.topology)
+        return epoch_record(st, epoch=self.epoch + 1, step=self.step, lr=lr, topology=self.topology)
 
     def _optimizer_step(self) -> None:
+        """Unscale (fp16), clip, step, zero the gradients, advance the schedule and ``step``."""
         assert self.scheduler is not None
         self.state.updating = True
-        optimizer_step(self.optimizer, self.scheduler, self.scaler, self.params,
-                       self.config.max_grad_norm)  # fmt: skip
+        if self.config.max_grad_norm is not None:
+            if self.scaler is not None:
+                self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.params, self.config.max_grad_norm)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
         self.state.step += 1
         self.state.updating = False
 
@@ -460,11 +447,7 @@ class NoiseTrainer:
         self._owns_process_group = release_process_group(self._owns_process_group)
 
 
-@functools.cache
-def _keyword_defaults() -> dict[str, Any]:
-    return keyword_defaults(NoiseTrainer.__init__)
-
-
-NoiseTrainer.__init__.__signature__ = trainer_signature(  # type: ignore[attr-defined]
-    NoiseTrainer.__init__
-)
+_SIGNATURE = trainer_signature(NoiseTrainer.__init__)
+NoiseTrainer.__init__.__signature__ = _SIGNATURE  # type: ignore[attr-defined]
+#: The default of every keyword: what the option keywords must keep when ``config`` is given.
+_DEFAULTS = {name: p.default for name, p in _SIGNATURE.parameters.items()}

@@ -15,7 +15,7 @@ import torch
 from .distributed import Topology, sum_over_ranks
 from .losses import LossOutput
 
-__all__ = ["EpochState", "Window", "batch_metrics", "epoch_record"]
+__all__ = ["EpochState", "Window", "epoch_record"]
 
 BatchSums = tuple[torch.Tensor, "torch.Tensor | None", int, int, dict[str, torch.Tensor]]
 
@@ -70,24 +70,45 @@ class EpochState:
 
 
 class Window:
-    """Sums of the batches since the last optimizer step.
+    """The batches since the last optimizer step: their sums, and a device flag that says
+    whether a loss among them was non-finite.
 
     Examples:
-        >>> w = Window(); w.add(torch.tensor(1.0), None, 0, 4, {})
-        >>> st = EpochState(torch.device("cpu")); w.fold_into(st); st.seen, w.items
-        (4, [])
+        >>> from peftsmoothing.training.losses import LossOutput
+        >>> w = Window(torch.device("cpu"))
+        >>> logits = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+        >>> w.add(LossOutput(torch.tensor(0.5), logits), torch.tensor([0, 0]), 2)
+        >>> st = EpochState(torch.device("cpu")); w.fold_into(st, dropped=False)
+        >>> float(st.correct), st.predicted, st.seen, w.items
+        (1.0, 2, 2, [])
     """
 
-    def __init__(self) -> None:
+    def __init__(self, device: torch.device) -> None:
         self.items: list[BatchSums] = []
+        self.bad = torch.zeros((), dtype=torch.bool, device=device)
 
-    def add(self, loss: torch.Tensor, correct: torch.Tensor | None, predicted: int, seen: int,
-            terms: dict[str, torch.Tensor]) -> None:
-        """Record one batch."""
-        self.items.append((loss, correct, predicted, seen, terms))
+    def add(self, out: LossOutput, y: torch.Tensor, batch: int) -> None:
+        """Record a batch of ``batch`` images: its loss, correct predictions (when the loss
+        returns logits), counts and terms; no host synchronisation."""
+        loss = out.loss.detach()
+        self.bad |= ~torch.isfinite(loss).all()
+        correct: torch.Tensor | None = None
+        predicted = 0
+        logits = out.logits
+        if logits is not None and logits.ndim == 2 and logits.shape[0] % batch == 0:
+            copies = logits.shape[0] // batch
+            labels = y if copies == 1 else y.repeat(copies)
+            correct = (logits.detach().argmax(dim=1) == labels).sum().to(torch.float64)
+            predicted = logits.shape[0]
+        terms = {k: v.detach().to(torch.float64) for k, v in out.terms.items()}
+        self.items.append((loss.to(torch.float64), correct, predicted, batch, terms))
 
-    def fold_into(self, st: EpochState) -> None:
-        """Add the recorded batches to ``st`` and forget them."""
+    def fold_into(self, st: EpochState, *, dropped: bool) -> None:
+        """Add the recorded batches to ``st`` (a ``dropped`` step: count it instead), then
+        start the next step's window."""
+        if dropped:
+            st.nonfinite_steps += 1
+            self.items.clear()
         for loss, correct, predicted, seen, terms in self.items:
             st.loss += loss
             if correct is not None:
@@ -101,40 +122,18 @@ class Window:
                 else:
                     st.terms[k] = v.to(torch.float64).clone()
         self.items.clear()
-
-
-def batch_metrics(out: LossOutput, y: torch.Tensor, batch: int) -> BatchSums:
-    """A batch's loss, correct predictions (when the loss returns logits), counts and terms.
-
-    Examples:
-        >>> from peftsmoothing.training.losses import LossOutput
-        >>> out = LossOutput(torch.tensor(0.5), logits=torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
-        >>> batch_metrics(out, torch.tensor([0, 0]), 2)[1:4]
-        (tensor(1., dtype=torch.float64), 2, 2)
-    """
-    loss = out.loss.detach().to(torch.float64)
-    correct: torch.Tensor | None = None
-    predicted = 0
-    logits = out.logits
-    if logits is not None and logits.ndim == 2 and logits.shape[0] % batch == 0:
-        copies = logits.shape[0] // batch
-        labels = y if copies == 1 else y.repeat(copies)
-        correct = (logits.detach().argmax(dim=1) == labels).sum().to(torch.float64)
-        predicted = logits.shape[0]
-    terms = {k: v.detach().to(torch.float64) for k, v in out.terms.items()}
-    return loss, correct, predicted, batch, terms
+        self.bad.zero_()
 
 
 def _reduce(st: EpochState, topology: Topology) -> dict[str, Any]:
+    """``st.to_dict()`` with its sums and counts summed over the ranks."""
     d = st.to_dict()
-    if topology.world_size > 1:
-        keys = ["loss", "correct", "predicted", "seen", "losses", *sorted(d["terms"])]
-        vals = [d[k] if k in d and k != "terms" else d["terms"][k] for k in keys]
-        summed = sum_over_ranks(torch.tensor(vals, dtype=torch.float64, device=st.device),
-                                topology)
-        out = dict(zip(keys, summed.tolist(), strict=True))
-        d.update({k: out[k] for k in ("loss", "correct", "predicted", "seen", "losses")})
-        d["terms"] = {k: out[k] for k in d["terms"]}
+    keys, terms = ("loss", "correct", "predicted", "seen", "losses"), sorted(d["terms"])
+    values = torch.tensor([*(d[k] for k in keys), *(d["terms"][k] for k in terms)],
+                          dtype=torch.float64, device=st.device)
+    summed = sum_over_ranks(values, topology).tolist()
+    d.update(zip(keys, summed[: len(keys)], strict=True))
+    d["terms"] = dict(zip(terms, summed[len(keys) :], strict=True))
     return d
 
 
@@ -149,15 +148,15 @@ def epoch_record(
         True
     """
     s = _reduce(st, topology)
+    losses = max(1, s["losses"])
     record: dict[str, Any] = {
         "epoch": epoch,
         "step": step,
         "lr": lr,
-        "train_loss": s["loss"] / max(1, s["losses"]),
+        "train_loss": s["loss"] / losses,
         "train_acc": s["correct"] / s["predicted"] if s["predicted"] else None,
+        **{f"train_{k}": v / losses for k, v in s["terms"].items()},
     }
-    for k, v in s["terms"].items():
-        record[f"train_{k}"] = v / max(1, s["losses"])
     if st.nonfinite_steps:
         record["nonfinite_steps"] = st.nonfinite_steps
         warnings.warn(

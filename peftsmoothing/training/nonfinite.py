@@ -16,10 +16,24 @@ import torch
 from torch import nn
 
 from ..core.params import trained_keys
-from .build import nonfinite_gradients
 from .distributed import Topology, any_rank
 
-__all__ = ["NonfiniteGuard", "TrainedBuffers", "nonfinite_error"]
+__all__ = ["NonfiniteGuard", "TrainedBuffers", "nonfinite_error", "nonfinite_gradients"]
+
+
+def nonfinite_gradients(params: list[nn.Parameter]) -> torch.Tensor:
+    """A device-side flag: does any gradient hold nan or inf? (No host synchronisation.)
+
+    Examples:
+        >>> import torch
+        >>> p = torch.nn.Parameter(torch.ones(2)); p.grad = torch.tensor([1.0, float("nan")])
+        >>> bool(nonfinite_gradients([p]))
+        True
+    """
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return torch.zeros((), dtype=torch.bool)
+    return ~torch.isfinite(torch.stack(torch._foreach_norm(grads))).all()
 
 
 class TrainedBuffers:
