@@ -46,11 +46,10 @@ def make_optimizer(
             raise TypeError("the optimizer factory must return a torch.optim.Optimizer")
         return opt
     c = config
-    if c.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=c.lr, weight_decay=c.weight_decay)
-    if c.optimizer == "adam":
-        return torch.optim.Adam(params, lr=c.lr, weight_decay=c.weight_decay)
-    return torch.optim.SGD(params, lr=c.lr, momentum=0.9, weight_decay=c.weight_decay)
+    if c.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=c.lr, momentum=0.9, weight_decay=c.weight_decay)
+    adam = torch.optim.AdamW if c.optimizer == "adamw" else torch.optim.Adam
+    return adam(params, lr=c.lr, weight_decay=c.weight_decay)
 
 
 def lr_factor(schedule: str, step: int, warmup: int, total: int) -> float:

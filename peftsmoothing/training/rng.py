@@ -28,16 +28,10 @@ def loader_generators(loader: Any) -> list[torch.Generator]:
         >>> loader_generators(DataLoader(range(4), shuffle=True, generator=g))[0] is g
         True
     """
-    found: list[torch.Generator] = []
-    for obj in (
-        loader,
-        getattr(loader, "sampler", None),
-        getattr(getattr(loader, "batch_sampler", None), "sampler", None),
-    ):
-        g = getattr(obj, "generator", None)
-        if isinstance(g, torch.Generator) and all(g is not h for h in found):
-            found.append(g)
-    return found
+    owners = (loader, getattr(loader, "sampler", None),
+              getattr(getattr(loader, "batch_sampler", None), "sampler", None))
+    found = (getattr(owner, "generator", None) for owner in owners)
+    return list({id(g): g for g in found if isinstance(g, torch.Generator)}.values())  # once each
 
 
 def rng_state(loader: Any) -> dict[str, Any]:
