@@ -16,13 +16,7 @@ from torch import nn
 from ..core.trainable import Trainable
 from .config import TrainerConfig
 
-__all__ = [
-    "OptimizerFactory",
-    "lr_factor",
-    "make_optimizer",
-    "make_reference",
-    "make_scheduler",
-]
+__all__ = ["OptimizerFactory", "lr_factor", "make_optimizer", "make_reference", "make_scheduler"]
 
 OptimizerFactory = Callable[[list[nn.Parameter]], torch.optim.Optimizer]
 
@@ -90,8 +84,7 @@ def make_scheduler(
     """
     c = config
     return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(c.schedule, s, c.warmup_steps, total_steps)
-    )
+        optimizer, lambda s: lr_factor(c.schedule, s, c.warmup_steps, total_steps))
 
 
 def make_reference(
@@ -113,7 +106,5 @@ def make_reference(
         frozen = module.frozen_reference()
         if frozen is not None:
             return frozen
-    ref = (reference.to(device) if reference is not None else copy.deepcopy(module)).eval()
-    for p in ref.parameters():
-        p.requires_grad_(False)
-    return ref
+    ref = reference.to(device) if reference is not None else copy.deepcopy(module)
+    return ref.eval().requires_grad_(False)

@@ -39,18 +39,10 @@ from .rng import rng_state, seed_everything, set_rng_state
 from .state import TrainState
 
 __all__ = [
-    "HISTORY_FILE",
-    "TRAINER_STATE_FILE",
-    "check_finite_weights",
-    "load_checkpoint",
-    "prepare_dir",
-    "resume",
-    "restore_rng",
-    "save_epoch",
-    "save_interrupt",
-    "sigint_guard",
-    "write_history",
+    "HISTORY_FILE", "TRAINER_STATE_FILE", "check_finite_weights", "load_checkpoint", "prepare_dir",
+    "resume", "restore_rng", "save_epoch", "save_interrupt", "sigint_guard", "write_history",
 ]
+
 
 class Checkpointed(Protocol):
     """What checkpointing uses of a trainer (``NoiseTrainer`` is one): its public parts and
@@ -188,9 +180,8 @@ def resume(
         return state
 
 
-def _write(
-    trainer: Checkpointed, rng: list[Any], epoch_start_rng: Any = None, partial: Any = None
-) -> Path:
+def _write(trainer: Checkpointed, rng: list[Any], epoch_start_rng: Any = None,
+           partial: Any = None) -> Path:
     """Write ``last/``: the trained tensors with the model config, and ``trainer_state.pt``
     (``rng``: the RNG streams of every rank; ``partial``: the sums of an unfinished epoch)."""
     assert trainer.checkpoint_dir is not None and trainer.scheduler is not None
@@ -295,8 +286,7 @@ def save_epoch(trainer: Checkpointed, loader: Any, record: Mapping[str, Any]) ->
             if improved:
                 tmp = Path(tempfile.mkdtemp(dir=last.parent, prefix=temporary_prefix("best"),
                                             suffix=".tmp"))
-                shutil.rmtree(tmp)
-                shutil.copytree(last, tmp)
+                shutil.copytree(last, tmp, dirs_exist_ok=True)
                 _swap_dir(tmp, last.parent / "best")
             write_history(last.parent, trainer.state.history)
     barrier(trainer.topology)

@@ -22,17 +22,8 @@ from ..core.names import PRECISIONS, loss_names
 from ..core.validation import check_choice, check_int, check_real
 
 __all__ = [
-    "LOSS_OPTION_ALIASES",
-    "NONFINITE",
-    "OPTION_NAMES",
-    "OPTIMIZERS",
-    "PRECISIONS",
-    "SCHEDULES",
-    "TrainerConfig",
-    "config_from_keywords",
-    "flag",
-    "option",
-    "trainer_signature",
+    "LOSS_OPTION_ALIASES", "NONFINITE", "OPTION_NAMES", "OPTIMIZERS", "PRECISIONS", "SCHEDULES",
+    "TrainerConfig", "config_from_keywords", "flag", "option", "trainer_signature",
 ]
 
 OPTIMIZERS: Final[tuple[str, ...]] = ("adamw", "adam", "sgd")
@@ -233,9 +224,7 @@ def _differs(value: Any, default: Any) -> bool:
 
 
 def config_from_keywords(
-    keywords: Mapping[str, Any],
-    defaults: Mapping[str, Any],
-    config: TrainerConfig | None = None,
+    keywords: Mapping[str, Any], defaults: Mapping[str, Any], config: TrainerConfig | None = None
 ) -> TrainerConfig:
     """The [`TrainerConfig`][peftsmoothing.TrainerConfig] that ``NoiseTrainer``'s option keywords
     describe.
@@ -270,10 +259,8 @@ def config_from_keywords(
         changed = [k for k, v in keywords.items() if _differs(v, defaults.get(k))]
         if changed:
             given = ", ".join(f"{k}={keywords[k]!r}" for k in changed)
-            raise TypeError(
-                f"NoiseTrainer(config=...) also got {given}: set "
-                f"{'it' if len(changed) == 1 else 'them'} in the config instead"
-            )
+            raise TypeError(f"NoiseTrainer(config=...) also got {given}: set "
+                            f"{'it' if len(changed) == 1 else 'them'} in the config instead")
         return config
     from .losses import get_loss
 

@@ -21,16 +21,8 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, IterableDataset, RandomSampler, Sampler
 
 __all__ = [
-    "release_process_group",
-    "Topology",
-    "all_gather_objects",
-    "any_rank",
-    "barrier",
-    "comm_device",
-    "init_process_group",
-    "shard_loader",
-    "sum_over_ranks",
-    "wrap_ddp",
+    "Topology", "all_gather_objects", "any_rank", "barrier", "comm_device", "init_process_group",
+    "release_process_group", "shard_loader", "sum_over_ranks", "wrap_ddp",
 ]
 
 
@@ -116,9 +108,7 @@ def shard_loader(
         if topology.rank == 0:
             warnings.warn(
                 "cannot shard this DataLoader (iterable dataset or custom batch_sampler): "
-                "every rank sees all of it; shard it yourself",
-                stacklevel=4,
-            )
+                "every rank sees all of it; shard it yourself", stacklevel=4)
         return loader
     dataset: Any = loader.dataset
     if train:

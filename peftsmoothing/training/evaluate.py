@@ -25,15 +25,9 @@ __all__ = ["evaluate"]
 
 @torch.no_grad()
 def evaluate(
-    module: nn.Module,
-    loader: Iterable[Any],
-    *,
-    sigma: float,
-    prepare_batch: Callable[..., tuple[torch.Tensor, torch.Tensor]],
-    precision: str = "fp32",
-    seed: int = 0,
-    rank: int = 0,
-    topology: Topology | None = None,
+    module: nn.Module, loader: Iterable[Any], *, sigma: float,
+    prepare_batch: Callable[..., tuple[torch.Tensor, torch.Tensor]], precision: str = "fp32",
+    seed: int = 0, rank: int = 0, topology: Topology | None = None,
 ) -> dict[str, float]:
     """Clean and noisy accuracy and loss of ``module`` on ``loader``.
 

@@ -41,13 +41,7 @@ from .config import (
     config_from_keywords,
     trainer_signature,
 )
-from .distributed import (
-    Topology,
-    init_process_group,
-    release_process_group,
-    shard_loader,
-    wrap_ddp,
-)
+from .distributed import Topology, init_process_group, release_process_group, shard_loader, wrap_ddp
 from .evaluate import evaluate as _evaluate
 from .losses import LossContext, LossOutput, LossSpec, get_loss
 from .metrics import EpochState, Window, epoch_record
@@ -121,19 +115,12 @@ class NoiseTrainer:
     """
 
     def __init__(
-        self,
-        model: nn.Module,
-        sigma: float | Sequence[float] = 0.5,
-        *,
-        optimizer: str | OptimizerFactory = "adamw",
-        consistency_weight: float | None = None,
+        self, model: nn.Module, sigma: float | Sequence[float] = 0.5, *,
+        optimizer: str | OptimizerFactory = "adamw", consistency_weight: float | None = None,
         device: str | torch.device | None = None,
-        checkpoint_dir: str | os.PathLike[str] | None = None,
-        callbacks: Sequence[Any] = (),
-        progress: bool | None = None,
-        metadata: Mapping[str, Any] | None = None,
-        reference_model: nn.Module | None = None,
-        config: TrainerConfig | None = None,
+        checkpoint_dir: str | os.PathLike[str] | None = None, callbacks: Sequence[Any] = (),
+        progress: bool | None = None, metadata: Mapping[str, Any] | None = None,
+        reference_model: nn.Module | None = None, config: TrainerConfig | None = None,
         **options: Any,
     ) -> None:
         unknown = sorted(set(options) - OPTION_NAMES)
@@ -158,8 +145,7 @@ class NoiseTrainer:
         self.topology = Topology.from_env()
         self.world_size = self.topology.world_size
         self.rank, self.local_rank = self.topology.rank, self.topology.local_rank
-        self.device = torch.device(device) if device is not None else (
-            self.topology.default_device())
+        self.device = torch.device(device) if device is not None else self.topology.default_device()
         if self.device.type == "cuda" and self.device.index is not None:
             torch.cuda.set_device(self.device)
         self._owns_process_group = init_process_group(self.topology, self.device)
@@ -172,16 +158,13 @@ class NoiseTrainer:
         if not self.params:
             raise ValueError(
                 "the model has nothing trainable (every parameter has requires_grad=False); "
-                "wrap it with peftsmoothing.wrap(model, method=...) or unfreeze some parameters"
-            )
-        self.reference = make_reference(self.module, reference_model, self.device) if (
-            self.loss_spec.needs_reference
-        ) else None
+                "wrap it with peftsmoothing.wrap(model, method=...) or unfreeze some parameters")
+        self.reference = (make_reference(self.module, reference_model, self.device)
+                          if self.loss_spec.needs_reference else None)
         self.model: nn.Module = wrap_ddp(self.module, self.topology, self.device)
         self.optimizer = make_optimizer(self.config, self.params, factory)
-        self.scaler: torch.amp.GradScaler | None = (
-            torch.amp.GradScaler(self.device.type) if self.config.precision == "fp16" else None
-        )
+        fp16 = self.config.precision == "fp16"  # autocast with a gradient scaler
+        self.scaler = torch.amp.GradScaler(self.device.type) if fp16 else None
         self.scheduler: torch.optim.lr_scheduler.LambdaLR | None = None
         self._nonfinite = NonfiniteGuard(self.module, self.params, self.config.nonfinite,
                                          self.topology, check_gradients=self.scaler is None)
@@ -229,13 +212,8 @@ class NoiseTrainer:
         return shard_loader(loader, self.topology, train=train, seed=self.config.seed)
 
     # ------------------------------------------------------------------ fit
-    def fit(
-        self,
-        train_loader: Iterable[Any],
-        val_loader: Iterable[Any] | None = None,
-        *,
-        resume: bool | str | os.PathLike[str] = False,
-    ) -> list[dict[str, Any]]:
+    def fit(self, train_loader: Iterable[Any], val_loader: Iterable[Any] | None = None, *,
+            resume: bool | str | os.PathLike[str] = False) -> list[dict[str, Any]]:
         """Train for the configured number of epochs.
 
         Args:
@@ -278,11 +256,11 @@ class NoiseTrainer:
         self.scheduler = make_scheduler(self.optimizer, c, total_steps)
         quiet = not self.is_main or self.progress is False
         resume_state = ckpt.resume(self, resume, quiet=quiet) if resume else None
-        if resume_state is None:  # a fresh TrainState either way
+        if resume_state is None:  # (a resumed run has the TrainState of its checkpoint)
             seed_everything(c.seed, self.rank)
             self.state = TrainState()
-        elif self.state.at_epoch_boundary:
-            ckpt.restore_rng(self, resume_state, loader)  # mid-epoch: after the loader's replay
+        elif self.state.at_epoch_boundary:  # (mid-epoch: once the epoch's batches are replayed)
+            ckpt.restore_rng(self, resume_state, loader)
         self.should_stop = False
         call_hook(self.callbacks, "on_fit_start", self)
 
@@ -308,16 +286,14 @@ class NoiseTrainer:
         call_hook(self.callbacks, "on_fit_end", self, self.history)
         return self.history
 
-    def _run_epoch(
-        self, loader: Iterable[Any], n_batches: int, resume_state: Mapping[str, Any] | None
-    ) -> dict[str, Any] | None:
+    def _run_epoch(self, loader: Iterable[Any], n_batches: int,
+                   resume_state: Mapping[str, Any] | None) -> dict[str, Any] | None:
         """One epoch; returns its history record, or ``None`` when stopped mid-epoch."""
         c = self.config
         sampler = getattr(loader, "sampler", None)
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(self.epoch)  # type: ignore[union-attr]
-        state = self.state
-        skip = state.batches_done
+        state, skip = self.state, self.state.batches_done
         if skip and resume_state is not None and resume_state.get("epoch_start_rng") is not None:
             set_rng_state(resume_state["epoch_start_rng"], loader)
         state.epoch_start_rng = rng_state(loader)
@@ -427,10 +403,9 @@ class NoiseTrainer:
         sharded = self.world_size > 1 and isinstance(loader, DataLoader)
         return _evaluate(
             self.module, self._prepare_loader(loader, train=False),
-            sigma=float(max(self.sigmas)) if sigma is None else float(sigma),
+            sigma=max(self.sigmas) if sigma is None else float(sigma),
             prepare_batch=self._prepare_batch, precision=self.config.precision,
-            seed=self.config.seed, rank=self.rank, topology=self.topology if sharded else None,
-        )  # fmt: skip
+            seed=self.config.seed, rank=self.rank, topology=self.topology if sharded else None)
 
     def close(self) -> None:
         """Release ``DistributedDataParallel`` and, if the trainer created it, the process group.

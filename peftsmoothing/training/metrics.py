@@ -60,10 +60,8 @@ class EpochState:
         st.loss += float(d["loss"])
         st.correct += float(d["correct"])
         st.predicted, st.seen, st.losses = int(d["predicted"]), int(d["seen"]), int(d["losses"])
-        st.terms = {
-            k: torch.tensor(float(v), device=device, dtype=torch.float64)
-            for k, v in d["terms"].items()
-        }
+        st.terms = {k: torch.tensor(float(v), device=device, dtype=torch.float64)
+                    for k, v in d["terms"].items()}
         st.elapsed = float(d["elapsed"])
         st.nonfinite_steps = int(d.get("nonfinite_steps", 0))
         return st
@@ -159,12 +157,9 @@ def epoch_record(
     }
     if st.nonfinite_steps:
         record["nonfinite_steps"] = st.nonfinite_steps
-        warnings.warn(
-            f"epoch {epoch}: skipped {st.nonfinite_steps} optimizer step(s) with a "
-            "non-finite loss, gradient or trained buffer (nonfinite='skip')",
-            RuntimeWarning,
-            stacklevel=3,
-        )
+        warnings.warn(f"epoch {epoch}: skipped {st.nonfinite_steps} optimizer step(s) with a "
+                      "non-finite loss, gradient or trained buffer (nonfinite='skip')",
+                      RuntimeWarning, stacklevel=3)
     record["images"] = int(s["seen"])
     record["images_per_s"] = s["seen"] / st.elapsed if st.elapsed > 0 else None
     record["time_s"] = st.elapsed

@@ -42,11 +42,10 @@ def rng_state(loader: Any) -> dict[str, Any]:
         ['cuda', 'loader', 'numpy', 'python', 'torch']
     """
     np_state: Any = np.random.get_state()
+    cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
     return {
         "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all()
-        if torch.cuda.is_available() and torch.cuda.is_initialized()
-        else None,
+        "cuda": torch.cuda.get_rng_state_all() if cuda else None,
         "numpy": {
             "name": str(np_state[0]),
             "keys": torch.from_numpy(np.asarray(np_state[1], dtype=np.int64)),
@@ -73,10 +72,8 @@ def set_rng_state(state: Mapping[str, Any], loader: Any) -> None:
     if state.get("cuda") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
     n = state["numpy"]
-    np.random.set_state(
-        (n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
-         n["cached_gaussian"])
-    )
+    keys = n["keys"].numpy().astype(np.uint32)
+    np.random.set_state((n["name"], keys, n["pos"], n["has_gauss"], n["cached_gaussian"]))
     py = state["python"]
     random.setstate((py[0], tuple(py[1]), py[2]))
     for g, s in zip(loader_generators(loader), state.get("loader", []), strict=False):
