@@ -44,7 +44,7 @@ from .config import (
 from .distributed import Topology, init_process_group, release_process_group, shard_loader, wrap_ddp
 from .evaluate import evaluate as _evaluate
 from .losses import LossContext, LossOutput, LossSpec, get_loss
-from .metrics import EpochState, Window, epoch_record
+from .metrics import EpochState, epoch_record
 from .noise import TrainingNoise
 from .nonfinite import NonfiniteGuard
 from .progress import epoch_line, make_bar, set_postfix
@@ -304,7 +304,7 @@ class NoiseTrainer:
             ckpt.restore_rng(self, resume_state, loader)
         if state.epoch_sums is None:
             state.epoch_sums = EpochState(self.device)
-        st, window = state.epoch_sums, Window(self.device)
+        st = state.epoch_sums
         state.boundary_rng = rng_state(loader)
         self.model.train()
         freeze_frozen_batchnorm(self.module)
@@ -330,15 +330,15 @@ class NoiseTrainer:
                         out: LossOutput = self.loss_spec.fn(self.model, x, noisy, y, ctx)
                     loss = out.loss / size
                     (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
-                window.add(out, y, x.shape[0])
+                st.add(out, y, x.shape[0])
                 if not boundary:
                     continue
-                dropped = self._nonfinite.dropped(window.bad, epoch=self.epoch + 1, batch=b + 1)
+                dropped = self._nonfinite.dropped(st.bad, epoch=self.epoch + 1, batch=b + 1)
                 if dropped:
                     self.optimizer.zero_grad(set_to_none=True)
                 else:
                     self._optimizer_step()
-                window.fold_into(st, dropped=dropped)
+                st.end_step(dropped=dropped)
                 state.batches_done = b + 1
                 state.boundary_rng = rng_state(loader)
                 if bar is not None:

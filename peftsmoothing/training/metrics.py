@@ -15,18 +15,26 @@ import torch
 from .distributed import Topology, sum_over_ranks
 from .losses import LossOutput
 
-__all__ = ["EpochState", "Window", "epoch_record"]
+__all__ = ["EpochState", "epoch_record"]
 
 BatchSums = tuple[torch.Tensor, "torch.Tensor | None", int, int, dict[str, torch.Tensor]]
 
 
 class EpochState:
-    """Running sums of one epoch, folded in at optimizer-step boundaries.
+    """Running sums of one epoch, and the batches of the current optimizer step (``pending``,
+    with a device flag ``bad`` that says whether a loss among them was non-finite), folded in
+    when the step ends.
 
     Examples:
+        >>> from peftsmoothing.training.losses import LossOutput
         >>> st = EpochState(torch.device("cpu"))
+        >>> logits = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+        >>> st.add(LossOutput(torch.tensor(0.5), logits), torch.tensor([0, 0]), 2)
+        >>> st.end_step(dropped=False)
+        >>> float(st.correct), st.predicted, st.seen, st.pending
+        (1.0, 2, 2, [])
         >>> EpochState.from_dict(st.to_dict(), torch.device("cpu")).seen
-        0
+        2
     """
 
     def __init__(self, device: torch.device) -> None:
@@ -39,6 +47,8 @@ class EpochState:
         self.terms: dict[str, torch.Tensor] = {}
         self.elapsed = 0.0
         self.nonfinite_steps = 0  # optimizer steps dropped for a non-finite loss
+        self.pending: list[BatchSums] = []  # the current step's batches (never saved)
+        self.bad = torch.zeros((), dtype=torch.bool, device=device)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain numbers (stored in an interrupt checkpoint as ``partial_epoch``)."""
@@ -66,28 +76,9 @@ class EpochState:
         st.nonfinite_steps = int(d.get("nonfinite_steps", 0))
         return st
 
-
-class Window:
-    """The batches since the last optimizer step: their sums, and a device flag that says
-    whether a loss among them was non-finite.
-
-    Examples:
-        >>> from peftsmoothing.training.losses import LossOutput
-        >>> w = Window(torch.device("cpu"))
-        >>> logits = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
-        >>> w.add(LossOutput(torch.tensor(0.5), logits), torch.tensor([0, 0]), 2)
-        >>> st = EpochState(torch.device("cpu")); w.fold_into(st, dropped=False)
-        >>> float(st.correct), st.predicted, st.seen, w.items
-        (1.0, 2, 2, [])
-    """
-
-    def __init__(self, device: torch.device) -> None:
-        self.items: list[BatchSums] = []
-        self.bad = torch.zeros((), dtype=torch.bool, device=device)
-
     def add(self, out: LossOutput, y: torch.Tensor, batch: int) -> None:
-        """Record a batch of ``batch`` images: its loss, correct predictions (when the loss
-        returns logits), counts and terms; no host synchronisation."""
+        """Record a batch of ``batch`` images of the current step: its loss, correct
+        predictions (when the loss returns logits), counts and terms; no host synchronisation."""
         loss = out.loss.detach()
         self.bad |= ~torch.isfinite(loss).all()
         correct: torch.Tensor | None = None
@@ -99,40 +90,27 @@ class Window:
             correct = (logits.detach().argmax(dim=1) == labels).sum().to(torch.float64)
             predicted = logits.shape[0]
         terms = {k: v.detach().to(torch.float64) for k, v in out.terms.items()}
-        self.items.append((loss.to(torch.float64), correct, predicted, batch, terms))
+        self.pending.append((loss.to(torch.float64), correct, predicted, batch, terms))
 
-    def fold_into(self, st: EpochState, *, dropped: bool) -> None:
-        """Add the recorded batches to ``st`` (a ``dropped`` step: count it instead), then
-        start the next step's window."""
+    def end_step(self, *, dropped: bool) -> None:
+        """Add the step's batches to the sums (a ``dropped`` step: count it instead)."""
         if dropped:
-            st.nonfinite_steps += 1
-            self.items.clear()
-        for loss, correct, predicted, seen, terms in self.items:
-            st.loss += loss
+            self.nonfinite_steps += 1
+            self.pending.clear()
+        for loss, correct, predicted, seen, terms in self.pending:
+            self.loss += loss
             if correct is not None:
-                st.correct += correct
-            st.predicted += predicted
-            st.seen += seen
-            st.losses += 1
+                self.correct += correct
+            self.predicted += predicted
+            self.seen += seen
+            self.losses += 1
             for k, v in terms.items():
-                if k in st.terms:
-                    st.terms[k] += v
+                if k in self.terms:
+                    self.terms[k] += v
                 else:
-                    st.terms[k] = v.to(torch.float64).clone()
-        self.items.clear()
+                    self.terms[k] = v.to(torch.float64).clone()
+        self.pending.clear()
         self.bad.zero_()
-
-
-def _reduce(st: EpochState, topology: Topology) -> dict[str, Any]:
-    """``st.to_dict()`` with its sums and counts summed over the ranks."""
-    d = st.to_dict()
-    keys, terms = ("loss", "correct", "predicted", "seen", "losses"), sorted(d["terms"])
-    values = torch.tensor([*(d[k] for k in keys), *(d["terms"][k] for k in terms)],
-                          dtype=torch.float64, device=st.device)
-    summed = sum_over_ranks(values, topology).tolist()
-    d.update(zip(keys, summed[: len(keys)], strict=True))
-    d["terms"] = dict(zip(terms, summed[len(keys) :], strict=True))
-    return d
 
 
 def epoch_record(
@@ -145,7 +123,13 @@ def epoch_record(
         >>> epoch_record(st, epoch=1, step=0, lr=0.1, topology=Topology())["train_acc"] is None
         True
     """
-    s = _reduce(st, topology)
+    s = st.to_dict()  # its sums and counts summed over the ranks, in one tensor
+    keys, terms = ("loss", "correct", "predicted", "seen", "losses"), sorted(s["terms"])
+    values = torch.tensor([*(s[k] for k in keys), *(s["terms"][k] for k in terms)],
+                          dtype=torch.float64, device=st.device)
+    summed = sum_over_ranks(values, topology).tolist()
+    s.update(zip(keys, summed[: len(keys)], strict=True))
+    s["terms"] = dict(zip(terms, summed[len(keys) :], strict=True))
     losses = max(1, s["losses"])
     record: dict[str, Any] = {
         "epoch": epoch,
