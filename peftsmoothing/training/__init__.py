@@ -38,15 +38,8 @@ if TYPE_CHECKING:
     from .loop import NoiseTrainer
 
 __all__ = [
-    "HISTORY_FILE",
-    "NONFINITE",
-    "OPTIMIZERS",
-    "PRECISIONS",
-    "SCHEDULES",
-    "TRAINER_STATE_FILE",
-    "Callback",
-    "NoiseTrainer",
-    "TrainerConfig",
+    "HISTORY_FILE", "NONFINITE", "OPTIMIZERS", "PRECISIONS", "SCHEDULES", "TRAINER_STATE_FILE",
+    "Callback", "NoiseTrainer", "TrainerConfig",
 ]
 
 #: The module of each name; imported on first use (PEP 562), so that ``training.config`` (the

@@ -187,29 +187,18 @@ def _write(trainer: Checkpointed, rng: list[Any], epoch_start_rng: Any = None,
     assert trainer.checkpoint_dir is not None and trainer.scheduler is not None
     run, config = trainer.state, trainer.config.to_dict()
     state = {
-        "format": _STATE_FORMAT,
-        "format_version": _STATE_VERSION,
-        "epochs_done": run.epoch,
-        "batches_done": run.batches_done,
-        "step": run.step,
-        "optimizer": trainer.optimizer.state_dict(),
-        "scheduler": trainer.scheduler.state_dict(),
+        "format": _STATE_FORMAT, "format_version": _STATE_VERSION,
+        "epochs_done": run.epoch, "batches_done": run.batches_done, "step": run.step,
+        "optimizer": trainer.optimizer.state_dict(), "scheduler": trainer.scheduler.state_dict(),
         "scaler": trainer.scaler.state_dict() if trainer.scaler is not None else None,
-        "rng": rng,
-        "epoch_start_rng": epoch_start_rng,
-        "partial_epoch": partial,
-        "history": run.history,
-        "best": run.best,
-        "config": config,
+        "rng": rng, "epoch_start_rng": epoch_start_rng, "partial_epoch": partial,
+        "history": run.history, "best": run.best, "config": config,
         "world_size": trainer.topology.world_size,
     }
-    meta = {**trainer.metadata, "training": {
-        "epochs_done": run.epoch,
-        "step": run.step,
-        "sigma": config["sigma"],
-        "loss": trainer.config.loss,
-        "last": run.history[-1] if run.history else None,
-        "config": config,  # the whole recipe, for the card
+    last = run.history[-1] if run.history else None
+    meta = {**trainer.metadata, "training": {  # "config": the whole recipe, for the card
+        "epochs_done": run.epoch, "step": run.step, "sigma": config["sigma"],
+        "loss": trainer.config.loss, "last": last, "config": config,
     }}
     root = trainer.checkpoint_dir
     root.mkdir(parents=True, exist_ok=True)
@@ -351,13 +340,9 @@ def load_checkpoint(trainer: Checkpointed, path: Path) -> dict[str, Any]:
     state, tensors = _read(path, trainer.device, trained_state_dict(trainer.module))
     current = trainer.module.state_dict()
     bad = [k for k in tensors if k not in current or current[k].shape != tensors[k].shape]
-    missing = [
-        n for n, p in trainer.module.named_parameters() if p.requires_grad and n not in tensors
-    ]
-    if bad or missing:
-        raise ValueError(
-            f"the checkpoint {path} does not fit this model: " + ", ".join((bad + missing)[:10])
-        )
+    bad += [n for n, p in trainer.module.named_parameters() if p.requires_grad and n not in tensors]
+    if bad:
+        raise ValueError(f"the checkpoint {path} does not fit this model: {', '.join(bad[:10])}")
     trainer.module.load_state_dict(tensors, strict=False)
     trainer.optimizer.load_state_dict(state["optimizer"])
     assert trainer.scheduler is not None
@@ -371,14 +356,11 @@ def load_checkpoint(trainer: Checkpointed, path: Path) -> dict[str, Any]:
         warnings.warn(f"resuming with changed options: {', '.join(changed)} (checkpoint: {old})",
                       stacklevel=4)
     partial = state.get("partial_epoch")
+    sums = EpochState.from_dict(partial, trainer.device) if partial is not None else None
     trainer.state = TrainState(
-        epoch=int(state["epochs_done"]),
-        step=int(state["step"]),
-        history=list(state.get("history", [])),
-        best=state.get("best"),
-        batches_done=int(state["batches_done"]),
-        epoch_sums=EpochState.from_dict(partial, trainer.device) if partial is not None else None,
-    )
+        epoch=int(state["epochs_done"]), step=int(state["step"]), epoch_sums=sums,
+        history=list(state.get("history", [])), best=state.get("best"),
+        batches_done=int(state["batches_done"]))
     return state
 
 

@@ -121,24 +121,21 @@ class TrainerConfig:
     """
 
     sigma: float | tuple[float, ...] = option(
-        0.5, "noise level(s) in pixel units; several: one drawn per batch", type=float,
-        nargs="+")
+        0.5, "noise level(s) in pixel units; several: one drawn per batch", type=float, nargs="+")
     epochs: int = option(10, "number of passes over the training data", type=int, minimum=0)
     lr: float = option(1e-3, "peak learning rate", type=float, low=0, low_open=True)
     weight_decay: float = option(
         0.0, "weight decay (decoupled for adamw, L2 for adam and sgd)", type=float, low=0)
     optimizer: str = option(
         "adamw", "optimizer of the trained parameters (sgd: momentum 0.9)", choices=OPTIMIZERS)
-    schedule: str = option(
-        "cosine", "learning-rate schedule after the warmup", choices=SCHEDULES)
+    schedule: str = option("cosine", "learning-rate schedule after the warmup", choices=SCHEDULES)
     warmup_steps: int = option(0, "optimizer steps of linear warmup", type=int, minimum=0)
     grad_accum: int = option(1, "batches accumulated per optimizer step", type=int, minimum=1)
     max_grad_norm: float | None = option(
         None, "clip the gradient norm to this value (None: no clipping)", type=_float_or_none,
         low=0, low_open=True)
     precision: str = option(
-        "fp32", "fp32, or bf16 / fp16 autocast (fp16 with a gradient scaler)",
-        choices=PRECISIONS)
+        "fp32", "fp32, or bf16 / fp16 autocast (fp16 with a gradient scaler)", choices=PRECISIONS)
     loss: str = option(
         "ce", "a registered training loss (see peftsmoothing.available_losses())",
         cli_choices=loss_names)

@@ -13,13 +13,13 @@ is recognised by the ``peftsmoothing.core.trainable.Trainable`` protocol.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 import os
 import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -322,10 +322,8 @@ class NoiseTrainer:
                 start = b - b % c.grad_accum
                 size = min(c.grad_accum, n_batches - start)
                 boundary = b + 1 - start >= size
-                sync = contextlib.nullcontext()
-                if not boundary and self.model is not self.module:
-                    sync = self.model.no_sync()  # type: ignore[operator]
-                with sync:
+                no_sync = not boundary and self.model is not self.module  # DDP: sync at the step
+                with self.model.no_sync() if no_sync else nullcontext():  # type: ignore[operator]
                     with autocast(self.device, c.precision):
                         out: LossOutput = self.loss_spec.fn(self.model, x, noisy, y, ctx)
                     loss = out.loss / size
@@ -334,10 +332,9 @@ class NoiseTrainer:
                 if not boundary:
                     continue
                 dropped = self._nonfinite.dropped(st.bad, epoch=self.epoch + 1, batch=b + 1)
-                if dropped:
-                    self.optimizer.zero_grad(set_to_none=True)
-                else:
+                if not dropped:
                     self._optimizer_step()
+                self.optimizer.zero_grad(set_to_none=True)  # a dropped step's gradients too
                 st.end_step(dropped=dropped)
                 state.batches_done = b + 1
                 state.boundary_rng = rng_state(loader)
@@ -360,7 +357,7 @@ class NoiseTrainer:
         return epoch_record(st, epoch=self.epoch + 1, step=self.step, lr=lr, topology=self.topology)
 
     def _optimizer_step(self) -> None:
-        """Unscale (fp16), clip, step, zero the gradients, advance the schedule and ``step``."""
+        """Unscale (fp16), clip, step, advance the schedule and ``step``."""
         assert self.scheduler is not None
         self.state.updating = True
         if self.config.max_grad_norm is not None:
@@ -372,7 +369,6 @@ class NoiseTrainer:
             self.scaler.update()
         else:
             self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
         self.state.step += 1
         self.state.updating = False

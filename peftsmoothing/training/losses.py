@@ -112,10 +112,8 @@ class LossSpec:
         if unknown:
             hints = [f"{key!r}{did_you_mean(key, self.options)}" for key in unknown]
             valid = ", ".join(self.options) if self.options else "(none)"
-            raise TypeError(
-                f"unknown option(s) for loss {self.name!r}: {', '.join(hints)}; "
-                f"valid options are: {valid}"
-            )
+            raise TypeError(f"unknown option(s) for loss {self.name!r}: {', '.join(hints)}; "
+                            f"valid options are: {valid}")
         return {**self.options, **given}
 
 
@@ -125,10 +123,8 @@ class UnknownLossError(ValueError):
 
 def _adopt(name: str, obj: object) -> None:
     if not callable(obj):
-        raise TypeError(
-            f"entry point {name!r} in group {LOSS_ENTRY_POINT_GROUP!r} must point to a loss "
-            "function"
-        )
+        raise TypeError(f"entry point {name!r} in group {LOSS_ENTRY_POINT_GROUP!r} must point to "
+                        "a loss function")
     register_loss(name)(obj)
 
 
@@ -363,8 +359,7 @@ def mse_loss(model: nn.Module, clean: torch.Tensor, noisy: list[torch.Tensor],
         # gradient synchronisation and let the ranks drift apart silently.
         raise RuntimeError(
             "loss='mse' does not support multi-process (DDP) training; use loss='stability' "
-            "under torchrun, or train the denoiser in one process"
-        )
+            "under torchrun, or train the denoiser in one process")
     pixel = getattr(module, "pixel", None)
     if not isinstance(pixel, nn.Module) or isinstance(pixel, nn.Identity):
         raise ValueError("loss='mse' trains a pixel-space module (wrap(..., method='denoiser'))")

@@ -53,14 +53,10 @@ class EpochState:
     def to_dict(self) -> dict[str, Any]:
         """Plain numbers (stored in an interrupt checkpoint as ``partial_epoch``)."""
         return {
-            "loss": float(self.loss),
-            "correct": float(self.correct),
-            "predicted": self.predicted,
-            "seen": self.seen,
-            "losses": self.losses,
+            "loss": float(self.loss), "correct": float(self.correct), "predicted": self.predicted,
+            "seen": self.seen, "losses": self.losses,
             "terms": {k: float(v) for k, v in self.terms.items()},
-            "elapsed": self.elapsed,
-            "nonfinite_steps": self.nonfinite_steps,
+            "elapsed": self.elapsed, "nonfinite_steps": self.nonfinite_steps,
         }
 
     @classmethod
@@ -132,10 +128,7 @@ def epoch_record(
     s["terms"] = dict(zip(terms, summed[len(keys) :], strict=True))
     losses = max(1, s["losses"])
     record: dict[str, Any] = {
-        "epoch": epoch,
-        "step": step,
-        "lr": lr,
-        "train_loss": s["loss"] / losses,
+        "epoch": epoch, "step": step, "lr": lr, "train_loss": s["loss"] / losses,
         "train_acc": s["correct"] / s["predicted"] if s["predicted"] else None,
         **{f"train_{k}": v / losses for k, v in s["terms"].items()},
     }

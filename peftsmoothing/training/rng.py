@@ -47,10 +47,8 @@ def rng_state(loader: Any) -> dict[str, Any]:
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if cuda else None,
         "numpy": {
-            "name": str(np_state[0]),
-            "keys": torch.from_numpy(np.asarray(np_state[1], dtype=np.int64)),
-            "pos": int(np_state[2]),
-            "has_gauss": int(np_state[3]),
+            "name": str(np_state[0]), "keys": torch.from_numpy(np.asarray(np_state[1], np.int64)),
+            "pos": int(np_state[2]), "has_gauss": int(np_state[3]),
             "cached_gaussian": float(np_state[4]),
         },
         "python": random.getstate(),
