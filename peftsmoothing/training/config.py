@@ -212,10 +212,8 @@ class TrainerConfig:
 
 
 def _differs(value: Any, default: Any) -> bool:
-    if value is default:
-        return False
     try:
-        return bool(value != default)
+        return value is not default and bool(value != default)
     except (TypeError, ValueError, RuntimeError):  # e.g. an array compared element-wise
         return True
 
@@ -280,9 +278,7 @@ OPTION_NAMES: Final[frozenset[str]] = frozenset(f.name for f in dataclasses.fiel
 
 #: NoiseTrainer's own keywords (not options), each shown after the option it follows.
 _KEYWORDS_AFTER: Final[dict[str, tuple[str, ...]]] = {
-    "loss": ("consistency_weight",),
-    "num_noise": ("device",),
-    "seed": ("checkpoint_dir",),
+    "loss": ("consistency_weight",), "num_noise": ("device",), "seed": ("checkpoint_dir",),
     "log_every": ("callbacks", "progress", "metadata", "reference_model"),
 }
 

@@ -143,8 +143,7 @@ class NoiseTrainer:
 
         # ----------------------------------------------------------- distributed + device
         self.topology = Topology.from_env()
-        self.world_size = self.topology.world_size
-        self.rank, self.local_rank = self.topology.rank, self.topology.local_rank
+        self.world_size, self.rank, self.local_rank = dataclasses.astuple(self.topology)
         self.device = torch.device(device) if device is not None else self.topology.default_device()
         if self.device.type == "cuda" and self.device.index is not None:
             torch.cuda.set_device(self.device)
