@@ -16,7 +16,8 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import peftsmoothing as ps
-from peftsmoothing.training import TRAINER_STATE_FILE, _lr_factor
+from peftsmoothing.training import TRAINER_STATE_FILE
+from peftsmoothing.training.build import lr_factor as _lr_factor
 
 from .conftest import tiny_cnn, tiny_vit
 

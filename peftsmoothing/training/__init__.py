@@ -38,27 +38,19 @@ if TYPE_CHECKING:
     from .loop import NoiseTrainer
 
 __all__ = [
-    "HISTORY_FILE",
-    "NONFINITE",
-    "OPTIMIZERS",
-    "PRECISIONS",
-    "SCHEDULES",
-    "TRAINER_STATE_FILE",
-    "Callback",
-    "NoiseTrainer",
-    "TrainerConfig",
+    "HISTORY_FILE", "NONFINITE", "OPTIMIZERS", "PRECISIONS", "SCHEDULES", "TRAINER_STATE_FILE",
+    "Callback", "NoiseTrainer", "TrainerConfig",
 ]
 
-#: Where each name lives; imported on first use (PEP 562), so that ``training.config`` (the
+#: The module of each name; imported on first use (PEP 562), so that ``training.config`` (the
 #: options, torch-free) can be imported without the trainer (torch).
-_LAZY: dict[str, tuple[str, str]] = {
-    **{n: (".config", n) for n in ("NONFINITE", "OPTIMIZERS", "PRECISIONS", "SCHEDULES",
-                                    "TrainerConfig")},
-    **{n: (".checkpoint", n) for n in ("HISTORY_FILE", "TRAINER_STATE_FILE")},
-    "Callback": (".callbacks", "Callback"),
-    "NoiseTrainer": (".loop", "NoiseTrainer"),
-    "_lr_factor": (".build", "lr_factor"),  # kept importable for tests of the schedule
-}  # fmt: skip
+_LAZY: dict[str, str] = {
+    **dict.fromkeys(["NONFINITE", "OPTIMIZERS", "PRECISIONS", "SCHEDULES", "TrainerConfig"],
+                    ".config"),
+    **dict.fromkeys(["HISTORY_FILE", "TRAINER_STATE_FILE"], ".checkpoint"),
+    "Callback": ".callbacks",
+    "NoiseTrainer": ".loop",
+}
 
 
 def __getattr__(name: str) -> Any:
@@ -74,7 +66,6 @@ def __getattr__(name: str) -> Any:
     """
     if name not in _LAZY:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    module, attr = _LAZY[name]
-    value = getattr(importlib.import_module(module, __name__), attr)
+    value = getattr(importlib.import_module(_LAZY[name], __name__), name)
     globals()[name] = value
     return value

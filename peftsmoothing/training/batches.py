@@ -59,8 +59,7 @@ def check_images(x: torch.Tensor, *, warn_range: bool) -> bool:
     if not torch.is_floating_point(x):
         raise ValueError(
             f"the loader yields {x.dtype} images; NoiseTrainer expects float images in "
-            "[0, 1] (e.g. torchvision's ToTensor(), or divide uint8 images by 255)"
-        )
+            "[0, 1] (e.g. torchvision's ToTensor(), or divide uint8 images by 255)")
     if not warn_range or x.numel() == 0:
         return False
     lo, hi = torch.aminmax(x.detach())
@@ -70,8 +69,7 @@ def check_images(x: torch.Tensor, *, warn_range: bool) -> bool:
             f"{float(hi):.3g}). Noise must be added in pixel space: remove the "
             "normalization from the data pipeline and put it inside the model "
             "(peftsmoothing.wrap does that); otherwise sigma does not mean what it says",
-            stacklevel=5,
-        )
+            stacklevel=5)
         return True
     return False
 
@@ -92,13 +90,11 @@ def check_labels(y: torch.Tensor, num_outputs: int | None, *, always: bool) -> N
         raise ValueError(
             f"label {hi if hi >= num_outputs else lo} is outside the model's "
             f"{num_outputs} outputs (labels must be 0..{num_outputs - 1}); "
-            "does num_classes match the dataset?"
-        )
+            "does num_classes match the dataset?")
 
 
-def output_width(
-    module: nn.Module, x: torch.Tensor, device: torch.device, dtype: torch.dtype, precision: str
-) -> int | None:
+def output_width(module: nn.Module, x: torch.Tensor, device: torch.device, dtype: torch.dtype,
+                 precision: str) -> int | None:
     """The model's number of outputs, from one image in eval mode without gradients (the
     modules' train/eval modes are restored); ``None`` if the output is not ``(1, K)``.
 
@@ -115,9 +111,7 @@ def output_width(
     finally:
         for m, mode in modes:
             m.training = mode
-    if isinstance(out, torch.Tensor) and out.ndim == 2:
-        return int(out.shape[1])
-    return None
+    return int(out.shape[1]) if isinstance(out, torch.Tensor) and out.ndim == 2 else None
 
 
 class BatchGuard:

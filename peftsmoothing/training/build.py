@@ -16,15 +16,7 @@ from torch import nn
 from ..core.trainable import Trainable
 from .config import TrainerConfig
 
-__all__ = [
-    "OptimizerFactory",
-    "lr_factor",
-    "make_optimizer",
-    "make_reference",
-    "make_scheduler",
-    "nonfinite_gradients",
-    "optimizer_step",
-]
+__all__ = ["OptimizerFactory", "lr_factor", "make_optimizer", "make_reference", "make_scheduler"]
 
 OptimizerFactory = Callable[[list[nn.Parameter]], torch.optim.Optimizer]
 
@@ -48,11 +40,10 @@ def make_optimizer(
             raise TypeError("the optimizer factory must return a torch.optim.Optimizer")
         return opt
     c = config
-    if c.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=c.lr, weight_decay=c.weight_decay)
-    if c.optimizer == "adam":
-        return torch.optim.Adam(params, lr=c.lr, weight_decay=c.weight_decay)
-    return torch.optim.SGD(params, lr=c.lr, momentum=0.9, weight_decay=c.weight_decay)
+    if c.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=c.lr, momentum=0.9, weight_decay=c.weight_decay)
+    adam = torch.optim.AdamW if c.optimizer == "adamw" else torch.optim.Adam
+    return adam(params, lr=c.lr, weight_decay=c.weight_decay)
 
 
 def lr_factor(schedule: str, step: int, warmup: int, total: int) -> float:
@@ -93,8 +84,7 @@ def make_scheduler(
     """
     c = config
     return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(c.schedule, s, c.warmup_steps, total_steps)
-    )
+        optimizer, lambda s: lr_factor(c.schedule, s, c.warmup_steps, total_steps))
 
 
 def make_reference(
@@ -116,53 +106,5 @@ def make_reference(
         frozen = module.frozen_reference()
         if frozen is not None:
             return frozen
-    ref = (reference.to(device) if reference is not None else copy.deepcopy(module)).eval()
-    for p in ref.parameters():
-        p.requires_grad_(False)
-    return ref
-
-
-def optimizer_step(
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    scaler: torch.amp.GradScaler | None,
-    params: list[nn.Parameter],
-    max_grad_norm: float | None,
-) -> None:
-    """One optimizer step: unscale (fp16), clip, step, zero the gradients, advance the schedule.
-
-    Examples:
-        >>> import torch
-        >>> p = torch.nn.Parameter(torch.ones(1)); p.grad = torch.ones(1)
-        >>> opt = torch.optim.SGD([p], lr=0.5)
-        >>> sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
-        >>> optimizer_step(opt, sched, None, [p], max_grad_norm=None)
-        >>> p.item(), p.grad is None
-        (0.5, True)
-    """
-    if scaler is not None and max_grad_norm is not None:
-        scaler.unscale_(optimizer)
-    if max_grad_norm is not None:
-        torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
-    if scaler is not None:
-        scaler.step(optimizer)
-        scaler.update()
-    else:
-        optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    scheduler.step()
-
-
-def nonfinite_gradients(params: list[nn.Parameter]) -> torch.Tensor:
-    """A device-side flag: does any gradient hold nan or inf? (No host synchronisation.)
-
-    Examples:
-        >>> import torch
-        >>> p = torch.nn.Parameter(torch.ones(2)); p.grad = torch.tensor([1.0, float("nan")])
-        >>> bool(nonfinite_gradients([p]))
-        True
-    """
-    grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
-        return torch.zeros((), dtype=torch.bool)
-    return ~torch.isfinite(torch.stack(torch._foreach_norm(grads))).all()
+    ref = reference.to(device) if reference is not None else copy.deepcopy(module)
+    return ref.eval().requires_grad_(False)

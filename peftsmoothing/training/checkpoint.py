@@ -39,18 +39,10 @@ from .rng import rng_state, seed_everything, set_rng_state
 from .state import TrainState
 
 __all__ = [
-    "HISTORY_FILE",
-    "TENSORS_FILE",
-    "TRAINER_STATE_FILE",
-    "check_finite_weights",
-    "find_checkpoint",
-    "load_checkpoint",
-    "restore_rng",
-    "save_epoch",
-    "save_interrupt",
-    "sigint_guard",
-    "write_history",
+    "HISTORY_FILE", "TRAINER_STATE_FILE", "check_finite_weights", "load_checkpoint", "prepare_dir",
+    "resume", "restore_rng", "save_epoch", "save_interrupt", "sigint_guard", "write_history",
 ]
+
 
 class Checkpointed(Protocol):
     """What checkpointing uses of a trainer (``NoiseTrainer`` is one): its public parts and
@@ -66,8 +58,6 @@ class Checkpointed(Protocol):
     metadata: dict[str, Any]
     topology: Topology
     device: torch.device
-    rank: int
-    world_size: int
 
     @property
     def is_main(self) -> bool: ...
@@ -82,53 +72,13 @@ _STATE_VERSION = 1
 def _swap_dir(tmp: Path, final: Path) -> None:
     """Replace directory ``final`` by ``tmp``; a crash in between leaves ``.<name>.old``."""
     old = final.parent / f".{final.name}.old"
-    if old.exists() and not final.exists():
-        os.replace(old, final)  # the only good copy a crash left: keep it until tmp is in place
-    if old.exists():
-        shutil.rmtree(old)
-    if final.exists():
+    if final.exists():  # else an .old a crash left is the only good copy: kept until tmp is in
+        if old.exists():
+            shutil.rmtree(old)
         os.replace(final, old)
     os.replace(tmp, final)
     fsync_dir(final.parent)
     shutil.rmtree(old, ignore_errors=True)
-
-
-def find_checkpoint(
-    resume: bool | str | os.PathLike[str], checkpoint_dir: Path | None, *, quiet: bool
-) -> Path | None:
-    """The checkpoint ``fit(resume=...)`` continues from, or ``None`` to start fresh.
-
-    Args:
-        resume: ``True``: ``checkpoint_dir/last`` (or the ``.last.old`` a crash left) if it
-            exists; a path: that checkpoint directory, which must exist.
-        checkpoint_dir: The trainer's checkpoint directory.
-        quiet: Do not print the "starting from scratch" note.
-
-    Raises:
-        ValueError: ``resume=True`` without a checkpoint directory.
-        FileNotFoundError: A path that is not a trainer checkpoint.
-
-    Examples:
-        >>> import tempfile
-        >>> find_checkpoint(True, Path(tempfile.mkdtemp()), quiet=True) is None
-        True
-    """
-    if resume is True:
-        if checkpoint_dir is None:
-            raise ValueError("resume=True needs checkpoint_dir")
-        for name in ("last", ".last.old"):
-            p = checkpoint_dir / name
-            if (p / TRAINER_STATE_FILE).is_file():
-                return p
-        if not quiet:
-            # the normal first run of a resumable script: a note, not a warning
-            print(f"no checkpoint in {checkpoint_dir / 'last'} yet: starting from "
-                  "scratch", file=sys.stderr)
-        return None
-    p = Path(resume)  # type: ignore[arg-type]
-    if not (p / TRAINER_STATE_FILE).is_file():
-        raise FileNotFoundError(f"{p} is not a NoiseTrainer checkpoint ({TRAINER_STATE_FILE})")
-    return p
 
 
 def prepare_dir(checkpoint_dir: Path) -> None:
@@ -146,10 +96,9 @@ def prepare_dir(checkpoint_dir: Path) -> None:
         if checkpoint_dir.exists() and not checkpoint_dir.is_dir():
             raise ValueError(f"checkpoint directory {checkpoint_dir} is a file")
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=checkpoint_dir, prefix=temporary_prefix("probe"),
-                                     suffix=".tmp")  # fmt: skip
-        os.close(fd)
-        os.unlink(probe)
+        with tempfile.NamedTemporaryFile(dir=checkpoint_dir, prefix=temporary_prefix("probe"),
+                                         suffix=".tmp"):
+            pass
     except OSError as err:
         raise ValueError(
             f"cannot write checkpoints to {checkpoint_dir}: {err.strerror or err}"
@@ -157,26 +106,32 @@ def prepare_dir(checkpoint_dir: Path) -> None:
     clean_stale_temporaries(checkpoint_dir, folders=True)
 
 
+class _Unreadable(ValueError):
+    """A checkpoint file that cannot be read (as opposed to one that does not fit)."""
+
+
 def _read(
     path: Path, device: torch.device, expected: Mapping[str, torch.Tensor]
 ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """The trainer state and trained tensors (exactly ``expected``'s, see
-    ``serialization.read_tensors``) of checkpoint ``path``, or a one-line error."""
+    ``serialization.read_tensors``) of checkpoint ``path``, or a one-line ``_Unreadable``."""
     file = path / TRAINER_STATE_FILE
     try:
         state = torch.load(file, map_location="cpu", weights_only=True)
     except FileNotFoundError:
-        raise ValueError(f"{file} is missing") from None
+        raise _Unreadable(f"{file} is missing") from None
     except Exception as err:  # torch raises many types for truncated or foreign files
-        raise ValueError(f"{file} is corrupt or truncated ({type(err).__name__})") from None
+        raise _Unreadable(f"{file} is corrupt or truncated ({type(err).__name__})") from None
     if not isinstance(state, dict):
-        raise ValueError(f"{file} is corrupt: it holds a {type(state).__name__}")
+        raise _Unreadable(f"{file} is corrupt: it holds a {type(state).__name__}")
     if state.get("format") != _STATE_FORMAT:
-        raise ValueError(f"{file} is not a NoiseTrainer state")
+        raise _Unreadable(f"{file} is not a NoiseTrainer state")
     try:
         return state, read_tensors(path, device, expected)
     except FileNotFoundError:
-        raise ValueError(f"{path / TENSORS_FILE} is missing") from None
+        raise _Unreadable(f"{path / TENSORS_FILE} is missing") from None
+    except ValueError as err:
+        raise _Unreadable(str(err)) from None
 
 
 def resume(
@@ -184,21 +139,39 @@ def resume(
 ) -> dict[str, Any] | None:
     """Load the checkpoint ``fit(resume=...)`` continues from; ``None`` to start fresh.
 
-    With ``resume=True`` a corrupt ``last`` checkpoint (a file truncated by a full disk, say)
-    falls back to ``best`` with a warning; if both are unreadable the error names both.
+    Args:
+        trainer: The trainer to load into.
+        resume: ``True``: ``checkpoint_dir/last`` (or the ``.last.old`` a crash left) if it
+            exists; a corrupt one (a file truncated by a full disk, say) falls back to ``best``
+            with a warning, and if both are unreadable the error names both. A path: that
+            checkpoint directory, which must exist.
+        quiet: Do not print the "starting from scratch" note.
 
     Raises:
-        ValueError: No readable checkpoint where one must be, or one that does not fit.
+        ValueError: ``resume=True`` without a checkpoint directory, no readable checkpoint
+            where one must be, or one that does not fit.
+        FileNotFoundError: A path that is not a trainer checkpoint.
     """
-    path = find_checkpoint(resume, trainer.checkpoint_dir, quiet=quiet)
-    if path is None:
+    if resume is not True:
+        path = Path(resume)  # type: ignore[arg-type]
+        if not (path / TRAINER_STATE_FILE).is_file():
+            raise FileNotFoundError(
+                f"{path} is not a NoiseTrainer checkpoint ({TRAINER_STATE_FILE})")
+        return load_checkpoint(trainer, path)
+    root = trainer.checkpoint_dir
+    if root is None:
+        raise ValueError("resume=True needs checkpoint_dir")
+    found = [p for p in (root / "last", root / ".last.old") if (p / TRAINER_STATE_FILE).is_file()]
+    if not found:
+        if not quiet:  # the normal first run of a resumable script: a note, not a warning
+            print(f"no checkpoint in {root / 'last'} yet: starting from scratch", file=sys.stderr)
         return None
     try:
-        return load_checkpoint(trainer, path)
+        return load_checkpoint(trainer, found[0])
     except _Unreadable as err:
-        best = path.parent / "best"
-        if resume is not True or not (best / TRAINER_STATE_FILE).is_file():
-            raise ValueError(str(err)) from None
+        best = root / "best"
+        if not (best / TRAINER_STATE_FILE).is_file():
+            raise
         try:
             state = load_checkpoint(trainer, best)
         except _Unreadable as err2:
@@ -207,59 +180,41 @@ def resume(
         return state
 
 
-class _Unreadable(ValueError):
-    """A checkpoint file that cannot be read (as opposed to one that does not fit)."""
-
-
-def _trainer_state(
-    trainer: Checkpointed, *, rng: list[Any], epoch_start_rng: Any, partial: Any
-) -> dict[str, Any]:
-    assert trainer.scheduler is not None
-    return {
-        "format": _STATE_FORMAT,
-        "format_version": _STATE_VERSION,
-        "epochs_done": trainer.state.epoch,
-        "batches_done": trainer.state.batches_done,
-        "step": trainer.state.step,
-        "optimizer": trainer.optimizer.state_dict(),
-        "scheduler": trainer.scheduler.state_dict(),
+def _write(trainer: Checkpointed, rng: list[Any], epoch_start_rng: Any = None,
+           partial: Any = None) -> Path:
+    """Write ``last/``: the trained tensors with the model config, and ``trainer_state.pt``
+    (``rng``: the RNG streams of every rank; ``partial``: the sums of an unfinished epoch)."""
+    assert trainer.checkpoint_dir is not None and trainer.scheduler is not None
+    run, config = trainer.state, trainer.config.to_dict()
+    state = {
+        "format": _STATE_FORMAT, "format_version": _STATE_VERSION,
+        "epochs_done": run.epoch, "batches_done": run.batches_done, "step": run.step,
+        "optimizer": trainer.optimizer.state_dict(), "scheduler": trainer.scheduler.state_dict(),
         "scaler": trainer.scaler.state_dict() if trainer.scaler is not None else None,
-        "rng": rng,
-        "epoch_start_rng": epoch_start_rng,
-        "partial_epoch": partial,
-        "history": trainer.state.history,
-        "best": trainer.state.best,
-        "config": trainer.config.to_dict(),
-        "world_size": trainer.world_size,
+        "rng": rng, "epoch_start_rng": epoch_start_rng, "partial_epoch": partial,
+        "history": run.history, "best": run.best, "config": config,
+        "world_size": trainer.topology.world_size,
     }
-
-
-def _write(trainer: Checkpointed, name: str, state: Mapping[str, Any]) -> Path:
-    assert trainer.checkpoint_dir is not None
+    last = run.history[-1] if run.history else None
+    meta = {**trainer.metadata, "training": {  # "config": the whole recipe, for the card
+        "epochs_done": run.epoch, "step": run.step, "sigma": config["sigma"],
+        "loss": trainer.config.loss, "last": last, "config": config,
+    }}
     root = trainer.checkpoint_dir
     root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=root, prefix=temporary_prefix(name), suffix=".tmp"))
+    tmp = Path(tempfile.mkdtemp(dir=root, prefix=temporary_prefix("last"), suffix=".tmp"))
     try:
-        meta = dict(trainer.metadata)
-        meta["training"] = {
-            "epochs_done": trainer.state.epoch,
-            "step": trainer.state.step,
-            "sigma": trainer.config.to_dict()["sigma"],
-            "loss": trainer.config.loss,
-            "last": trainer.state.history[-1] if trainer.state.history else None,
-            "config": trainer.config.to_dict(),  # the whole recipe, for the card
-        }
         if isinstance(trainer.module, Trainable):
             trainer.module.save(tmp, metadata=meta)
         else:
             write_tensors(tmp, trained_state_dict(trainer.module))
-        atomic_save(dict(state), tmp / TRAINER_STATE_FILE)
+        atomic_save(state, tmp / TRAINER_STATE_FILE)
         fsync_dir(tmp)
-        _swap_dir(tmp, root / name)
+        _swap_dir(tmp, root / "last")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return root / name
+    return root / "last"
 
 
 def write_history(checkpoint_dir: Path, history: list[dict[str, Any]]) -> None:
@@ -276,16 +231,14 @@ def write_history(checkpoint_dir: Path, history: list[dict[str, Any]]) -> None:
 
 
 def _update_best(trainer: Checkpointed, record: Mapping[str, Any]) -> bool:
+    """Whether the monitored value of ``record`` is the best so far (then ``state.best``)."""
     key = trainer.config.monitor or ("val_noisy_acc" if "val_noisy_acc" in record else "train_acc")
-    value = record.get(key)
-    if value is None:
+    value, best = record.get(key), trainer.state.best
+    sign = -1 if "loss" in key else 1  # keys with "loss" are minimised
+    if value is None or not (best is None or sign * value > sign * best["value"]):
         return False
-    minimise = "loss" in key
-    best = trainer.state.best
-    if best is None or (value < best["value"] if minimise else value > best["value"]):
-        trainer.state.best = {"metric": key, "value": float(value), "epoch": record["epoch"]}
-        return True
-    return False
+    trainer.state.best = {"metric": key, "value": float(value), "epoch": record["epoch"]}
+    return True
 
 
 def check_finite_weights(module: nn.Module, epoch: int) -> None:
@@ -298,17 +251,15 @@ def check_finite_weights(module: nn.Module, epoch: int) -> None:
     Examples:
         >>> check_finite_weights(nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2)), epoch=1)
     """
-    for name, p in module.named_parameters():
-        if p.requires_grad and not bool(torch.isfinite(p).all()):
-            raise FloatingPointError(
-                f"the trained parameter {name} holds nan or inf after epoch {epoch}: "
-                "not saved, so the last checkpoint stays the last finite one"
-            )
-    buffer = TrainedBuffers(module).first_nonfinite()
-    if buffer is not None:
+    trained: list[tuple[str, torch.Tensor]] = [
+        (f"parameter {n}", p) for n, p in module.named_parameters() if p.requires_grad
+    ]
+    trained += [(f"buffer {n}", b) for n, b in TrainedBuffers(module).named]
+    bad = next((name for name, t in trained if not bool(torch.isfinite(t).all())), None)
+    if bad is not None:
         raise FloatingPointError(
-            f"the trained buffer {buffer} holds nan or inf after epoch {epoch}: "
-            "not saved, so the last checkpoint stays the last finite one"
+            f"the trained {bad} holds nan or inf after epoch {epoch}: not saved, so the last "
+            "checkpoint stays the last finite one"
         )
 
 
@@ -316,46 +267,40 @@ def save_epoch(trainer: Checkpointed, loader: Any, record: Mapping[str, Any]) ->
     """End-of-epoch checkpoint: ``last/``, ``best/`` when the monitored value improved, and
     the history; a collective call (every rank gathers its RNG state to rank 0)."""
     check_finite_weights(trainer.module, trainer.state.epoch)
-    gather = trainer.checkpoint_dir is not None  # the same on every rank: a collective or none
-    rng = all_gather_objects(rng_state(loader), trainer.topology) if gather else []
     improved = _update_best(trainer, record)
-    if trainer.checkpoint_dir is None or not trainer.is_main:
-        barrier(trainer.topology)
-        return
-    state = _trainer_state(trainer, rng=rng, epoch_start_rng=None, partial=None)
-    last = _write(trainer, "last", state)
-    if improved:
-        tmp = Path(tempfile.mkdtemp(dir=trainer.checkpoint_dir, prefix=temporary_prefix("best"),
-                                    suffix=".tmp"))  # fmt: skip
-        shutil.rmtree(tmp)
-        shutil.copytree(last, tmp)
-        _swap_dir(tmp, trainer.checkpoint_dir / "best")
-    write_history(trainer.checkpoint_dir, trainer.state.history)
+    if trainer.checkpoint_dir is not None:  # the same on every rank: a collective or none
+        rng = all_gather_objects(rng_state(loader), trainer.topology)
+        if trainer.is_main:
+            last = _write(trainer, rng)
+            if improved:
+                tmp = Path(tempfile.mkdtemp(dir=last.parent, prefix=temporary_prefix("best"),
+                                            suffix=".tmp"))
+                shutil.copytree(last, tmp, dirs_exist_ok=True)
+                _swap_dir(tmp, last.parent / "best")
+            write_history(last.parent, trainer.state.history)
     barrier(trainer.topology)
 
 
 def save_interrupt(trainer: Checkpointed, loader: Any) -> None:
     """Checkpoint at the last completed optimizer step (rank 0 only, no collectives)."""
+    run = trainer.state
     if trainer.checkpoint_dir is None or not trainer.is_main or trainer.scheduler is None:
         return
-    if trainer.state.updating:
+    if run.updating:
         warnings.warn("interrupted during an optimizer step: no checkpoint written",
                       stacklevel=3)
         return
     try:
-        check_finite_weights(trainer.module, trainer.state.epoch)
+        check_finite_weights(trainer.module, run.epoch)
     except FloatingPointError as err:
         warnings.warn(f"{err}; no checkpoint written", stacklevel=3)
         return
-    run = trainer.state
     partial = run.epoch_sums.to_dict() if run.epoch_sums is not None else None
     rng = [run.boundary_rng if run.boundary_rng is not None else rng_state(loader)]
-    state = _trainer_state(trainer, rng=rng, epoch_start_rng=run.epoch_start_rng, partial=partial)
-    path = _write(trainer, "last", state)
+    path = _write(trainer, rng, run.epoch_start_rng, partial)
     write_history(trainer.checkpoint_dir, run.history)
-    print(f"checkpoint written to {path} (epoch {trainer.state.epoch + 1}, "
-          f"{trainer.state.batches_done} batches done); resume with fit(..., resume=True)",
-          file=sys.stderr, flush=True)
+    print(f"checkpoint written to {path} (epoch {run.epoch + 1}, {run.batches_done} batches "
+          "done); resume with fit(..., resume=True)", file=sys.stderr, flush=True)
 
 
 @contextlib.contextmanager
@@ -392,53 +337,38 @@ def load_checkpoint(trainer: Checkpointed, path: Path) -> dict[str, Any]:
     Raises:
         ValueError: Not a (readable) trainer state, or tensors that do not fit the model.
     """
-    try:
-        state, tensors = _read(path, trainer.device, trained_state_dict(trainer.module))
-    except ValueError as err:
-        raise _Unreadable(str(err)) from None
+    state, tensors = _read(path, trainer.device, trained_state_dict(trainer.module))
     current = trainer.module.state_dict()
     bad = [k for k in tensors if k not in current or current[k].shape != tensors[k].shape]
-    missing = [
-        n for n, p in trainer.module.named_parameters() if p.requires_grad and n not in tensors
-    ]
-    if bad or missing:
-        raise ValueError(
-            f"the checkpoint {path} does not fit this model: " + ", ".join((bad + missing)[:10])
-        )
+    bad += [n for n, p in trainer.module.named_parameters() if p.requires_grad and n not in tensors]
+    if bad:
+        raise ValueError(f"the checkpoint {path} does not fit this model: {', '.join(bad[:10])}")
     trainer.module.load_state_dict(tensors, strict=False)
     trainer.optimizer.load_state_dict(state["optimizer"])
     assert trainer.scheduler is not None
     trainer.scheduler.load_state_dict(state["scheduler"])
     if trainer.scaler is not None and state.get("scaler") is not None:
         trainer.scaler.load_state_dict(state["scaler"])
-    saved = dict(state.get("config", {}))
-    now = trainer.config.to_dict()
-    changed = [k for k in now if k not in ("epochs",) and saved.get(k, now[k]) != now[k]]
+    saved, now = state.get("config", {}), trainer.config.to_dict()
+    changed = [k for k in now if k != "epochs" and saved.get(k, now[k]) != now[k]]
     if changed and trainer.is_main:
-        warnings.warn(
-            f"resuming with changed options: {', '.join(changed)} (checkpoint: "
-            + ", ".join(f"{k}={saved.get(k)!r}" for k in changed) + ")",
-            stacklevel=4,
-        )
-    trainer.state.epoch = int(state["epochs_done"])
-    trainer.state.step = int(state["step"])
-    trainer.state.batches_done = int(state["batches_done"])
-    trainer.state.history = list(state.get("history", []))
-    trainer.state.best = state.get("best")
+        old = ", ".join(f"{k}={saved[k]!r}" for k in changed)
+        warnings.warn(f"resuming with changed options: {', '.join(changed)} (checkpoint: {old})",
+                      stacklevel=4)
     partial = state.get("partial_epoch")
-    trainer.state.epoch_sums = (
-        EpochState.from_dict(partial, trainer.device) if partial is not None else None
-    )
+    sums = EpochState.from_dict(partial, trainer.device) if partial is not None else None
+    trainer.state = TrainState(
+        epoch=int(state["epochs_done"]), step=int(state["step"]), epoch_sums=sums,
+        history=list(state.get("history", [])), best=state.get("best"),
+        batches_done=int(state["batches_done"]))
     return state
 
 
 def restore_rng(trainer: Checkpointed, state: Mapping[str, Any], loader: Any) -> None:
     """Continue this rank's random streams from a checkpoint (reseeded reproducibly from
     ``(seed, rank, "resume", step)`` when an interrupt under torchrun saved only rank 0's)."""
-    rngs = state.get("rng") or []
-    rank = trainer.rank
-    mine = rngs[rank] if rank < len(rngs) and rngs[rank] is not None else None
-    if mine is None:
-        seed_everything(trainer.config.seed, trainer.rank, "resume", trainer.state.step)
-        return
-    set_rng_state(mine, loader)
+    rngs, rank = state.get("rng") or [], trainer.topology.rank
+    if rank < len(rngs) and rngs[rank] is not None:
+        set_rng_state(rngs[rank], loader)
+    else:
+        seed_everything(trainer.config.seed, rank, "resume", trainer.state.step)

@@ -19,21 +19,11 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from ..core.names import PRECISIONS, loss_names
-from ..core.validation import check_choice, check_int, check_positive_int, check_real
+from ..core.validation import check_choice, check_int, check_real
 
 __all__ = [
-    "LOSS_OPTION_ALIASES",
-    "NONFINITE",
-    "OPTION_NAMES",
-    "OPTIMIZERS",
-    "PRECISIONS",
-    "SCHEDULES",
-    "TrainerConfig",
-    "config_from_keywords",
-    "flag",
-    "keyword_defaults",
-    "option",
-    "trainer_signature",
+    "LOSS_OPTION_ALIASES", "NONFINITE", "OPTION_NAMES", "OPTIMIZERS", "PRECISIONS", "SCHEDULES",
+    "TrainerConfig", "config_from_keywords", "flag", "option", "trainer_signature",
 ]
 
 OPTIMIZERS: Final[tuple[str, ...]] = ("adamw", "adam", "sgd")
@@ -58,9 +48,11 @@ def _int_or_none(text: str) -> int | None:
 
 
 def option(default: Any, help: str, **cli: Any) -> Any:
-    """A [`TrainerConfig`][peftsmoothing.TrainerConfig] field: its default, its ``--help`` line
-    and how the command line parses it (``type``, ``choices``, ``nargs``, ``metavar``,
-    ``mapping`` for ``KEY=VALUE`` items, ``cli_choices`` for names registered at run time).
+    """A [`TrainerConfig`][peftsmoothing.TrainerConfig] field: its default, its ``--help`` line,
+    how the command line parses it (``type``, ``choices``, ``nargs``, ``metavar``,
+    ``mapping`` for ``KEY=VALUE`` items, ``cli_choices`` for names registered at run time) and
+    the bounds the config checks (``minimum`` of an integer, ``low``/``low_open`` of a real
+    number, as for ``core.validation``; a ``None`` default also allows ``None``).
 
     Examples:
         >>> f = option(10, "number of passes", type=int)
@@ -129,23 +121,21 @@ class TrainerConfig:
     """
 
     sigma: float | tuple[float, ...] = option(
-        0.5, "noise level(s) in pixel units; several: one drawn per batch", type=float,
-        nargs="+")
-    epochs: int = option(10, "number of passes over the training data", type=int)
-    lr: float = option(1e-3, "peak learning rate", type=float)
+        0.5, "noise level(s) in pixel units; several: one drawn per batch", type=float, nargs="+")
+    epochs: int = option(10, "number of passes over the training data", type=int, minimum=0)
+    lr: float = option(1e-3, "peak learning rate", type=float, low=0, low_open=True)
     weight_decay: float = option(
-        0.0, "weight decay (decoupled for adamw, L2 for adam and sgd)", type=float)
+        0.0, "weight decay (decoupled for adamw, L2 for adam and sgd)", type=float, low=0)
     optimizer: str = option(
         "adamw", "optimizer of the trained parameters (sgd: momentum 0.9)", choices=OPTIMIZERS)
-    schedule: str = option(
-        "cosine", "learning-rate schedule after the warmup", choices=SCHEDULES)
-    warmup_steps: int = option(0, "optimizer steps of linear warmup", type=int)
-    grad_accum: int = option(1, "batches accumulated per optimizer step", type=int)
+    schedule: str = option("cosine", "learning-rate schedule after the warmup", choices=SCHEDULES)
+    warmup_steps: int = option(0, "optimizer steps of linear warmup", type=int, minimum=0)
+    grad_accum: int = option(1, "batches accumulated per optimizer step", type=int, minimum=1)
     max_grad_norm: float | None = option(
-        None, "clip the gradient norm to this value (None: no clipping)", type=_float_or_none)
+        None, "clip the gradient norm to this value (None: no clipping)", type=_float_or_none,
+        low=0, low_open=True)
     precision: str = option(
-        "fp32", "fp32, or bf16 / fp16 autocast (fp16 with a gradient scaler)",
-        choices=PRECISIONS)
+        "fp32", "fp32, or bf16 / fp16 autocast (fp16 with a gradient scaler)", choices=PRECISIONS)
     loss: str = option(
         "ce", "a registered training loss (see peftsmoothing.available_losses())",
         cli_choices=loss_names)
@@ -153,9 +143,11 @@ class TrainerConfig:
         {}, "options of the loss, e.g. `--loss consistency --loss-options entropy_weight=1`",
         nargs="*", metavar="KEY=VALUE", mapping=True)
     num_noise: int | None = option(
-        None, "noisy copies per image (None: the loss's default)", type=_int_or_none)
-    seed: int = option(0, "seed of the noise, the shuffling and torch/numpy/random", type=int)
-    log_every: int = option(50, "progress-bar refresh interval, optimizer steps", type=int)
+        None, "noisy copies per image (None: the loss's default)", type=_int_or_none, minimum=1)
+    seed: int = option(
+        0, "seed of the noise, the shuffling and torch/numpy/random", type=int, minimum=0)
+    log_every: int = option(
+        50, "progress-bar refresh interval, optimizer steps", type=int, minimum=1)
     monitor: str | None = option(
         None, "history key that selects best/ (None: val_noisy_acc with validation data, else "
         "train_acc; keys with 'loss' are minimised)")
@@ -173,22 +165,18 @@ class TrainerConfig:
             raise ValueError("sigma: give at least one noise level")
         for s in self._sigma_values():
             check_real(s, "sigma", low=0)
-        check_int(self.epochs, "epochs", minimum=0)
-        check_positive_int(self.grad_accum, "grad_accum")
-        check_int(self.warmup_steps, "warmup_steps", minimum=0)
-        check_positive_int(self.log_every, "log_every")
-        if self.num_noise is not None:
-            check_positive_int(self.num_noise, "num_noise")
-        check_int(self.seed, "seed", minimum=0)
-        check_real(self.lr, "lr", low=0, low_open=True)
-        check_real(self.weight_decay, "weight_decay", low=0)
-        if self.max_grad_norm is not None:
-            check_real(self.max_grad_norm, "max_grad_norm", low=0, low_open=True)
         for f in dataclasses.fields(self):
-            if f.metadata.get("choices"):
+            value, meta = getattr(self, f.name), f.metadata
+            if value is None and f.default is None:
+                continue  # None: the loss's default, no clipping, the default metric
+            if "minimum" in meta:
+                check_int(value, f.name, minimum=meta["minimum"])
+            if "low" in meta:
+                check_real(value, f.name, low=meta["low"], low_open=meta.get("low_open", False))
+            if "choices" in meta:
                 # "custom": what NoiseTrainer records when given an optimizer factory
                 extra = (CUSTOM_OPTIMIZER,) if f.name == "optimizer" else ()
-                check_choice(getattr(self, f.name), f.name, (*f.metadata["choices"], *extra))
+                check_choice(value, f.name, (*meta["choices"], *extra))
         # an unknown name raises UnknownLossError (a ValueError); unknown options a TypeError
         from .losses import get_loss  # here: importing this module needs no torch
 
@@ -224,18 +212,14 @@ class TrainerConfig:
 
 
 def _differs(value: Any, default: Any) -> bool:
-    if value is default:
-        return False
     try:
-        return bool(value != default)
+        return value is not default and bool(value != default)
     except (TypeError, ValueError, RuntimeError):  # e.g. an array compared element-wise
         return True
 
 
 def config_from_keywords(
-    keywords: Mapping[str, Any],
-    defaults: Mapping[str, Any],
-    config: TrainerConfig | None = None,
+    keywords: Mapping[str, Any], defaults: Mapping[str, Any], config: TrainerConfig | None = None
 ) -> TrainerConfig:
     """The [`TrainerConfig`][peftsmoothing.TrainerConfig] that ``NoiseTrainer``'s option keywords
     describe.
@@ -270,34 +254,23 @@ def config_from_keywords(
         changed = [k for k, v in keywords.items() if _differs(v, defaults.get(k))]
         if changed:
             given = ", ".join(f"{k}={keywords[k]!r}" for k in changed)
-            raise TypeError(
-                f"NoiseTrainer(config=...) also got {given}: set "
-                f"{'it' if len(changed) == 1 else 'them'} in the config instead"
-            )
+            raise TypeError(f"NoiseTrainer(config=...) also got {given}: set "
+                            f"{'it' if len(changed) == 1 else 'them'} in the config instead")
         return config
-    fields = {f.name: f for f in dataclasses.fields(TrainerConfig)}
-    values: dict[str, Any] = {}
-    for name, value in keywords.items():
-        f = fields.get(name)
-        if f is None:
-            continue
-        if value is None and f.default is not None:
-            continue  # None: the field's default
-        values[name] = value
     from .losses import get_loss
 
-    loss = values.get("loss", fields["loss"].default)
+    fields = {f.name: f.default for f in dataclasses.fields(TrainerConfig)}
+    values = {  # a field's None: its default, unless that is None
+        k: v for k, v in keywords.items() if k in fields and (v is not None or fields[k] is None)
+    }
+    loss = values.get("loss", fields["loss"])
     options = dict(values.get("loss_options", {}))
     for alias, (option, convert) in LOSS_OPTION_ALIASES.items():
-        value = keywords.get(alias)
-        if value is None:
-            continue
-        if option not in get_loss(loss).options:
-            raise ValueError(f"{alias} does not apply to the {loss!r} loss")
-        options[option] = convert(value)
-    if options or "loss_options" in values:
-        values["loss_options"] = options
-    return TrainerConfig(**values)
+        if keywords.get(alias) is not None:
+            if option not in get_loss(loss).options:
+                raise ValueError(f"{alias} does not apply to the {loss!r} loss")
+            options[option] = convert(keywords[alias])
+    return TrainerConfig(**{**values, "loss_options": options})
 
 
 OPTION_NAMES: Final[frozenset[str]] = frozenset(f.name for f in dataclasses.fields(TrainerConfig))
@@ -305,30 +278,9 @@ OPTION_NAMES: Final[frozenset[str]] = frozenset(f.name for f in dataclasses.fiel
 
 #: NoiseTrainer's own keywords (not options), each shown after the option it follows.
 _KEYWORDS_AFTER: Final[dict[str, tuple[str, ...]]] = {
-    "loss": ("consistency_weight",),
-    "num_noise": ("device",),
-    "seed": ("checkpoint_dir",),
+    "loss": ("consistency_weight",), "num_noise": ("device",), "seed": ("checkpoint_dir",),
     "log_every": ("callbacks", "progress", "metadata", "reference_model"),
 }
-
-
-def _keyword_default(f: dataclasses.Field[Any]) -> Any:
-    return None if f.default is dataclasses.MISSING else f.default  # loss_options: None
-
-
-def keyword_defaults(init: Callable[..., Any]) -> dict[str, Any]:
-    """The default of every option keyword of ``NoiseTrainer.__init__`` (``init``): the
-    fields' defaults (``None`` for ``loss_options``) and the named keywords' own.
-
-    Examples:
-        >>> def init(self, model, sigma=0.5, *, optimizer="adamw", consistency_weight=None,
-        ...          **options): ...
-        >>> keyword_defaults(init)["grad_accum"], keyword_defaults(init)["sigma"]
-        (1, 0.5)
-    """
-    own = inspect.signature(init).parameters
-    out = {f.name: _keyword_default(f) for f in dataclasses.fields(TrainerConfig)}
-    return {**out, **{n: own[n].default for n in ("sigma", "optimizer", "consistency_weight")}}
 
 
 def trainer_signature(init: Callable[..., Any]) -> inspect.Signature:
@@ -349,7 +301,8 @@ def trainer_signature(init: Callable[..., Any]) -> inspect.Signature:
         if f.name in own:
             params.append(own[f.name])
         else:
+            default = None if f.default is dataclasses.MISSING else f.default  # loss_options
             params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY,
-                                            default=_keyword_default(f), annotation=f.type))
+                                            default=default, annotation=f.type))
         params += [own[name] for name in _KEYWORDS_AFTER.get(f.name, ())]
     return inspect.Signature([*params, own["config"]], return_annotation=None)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,16 +21,8 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, IterableDataset, RandomSampler, Sampler
 
 __all__ = [
-    "release_process_group",
-    "Topology",
-    "all_gather_objects",
-    "any_rank",
-    "barrier",
-    "comm_device",
-    "init_process_group",
-    "shard_loader",
-    "sum_over_ranks",
-    "wrap_ddp",
+    "Topology", "all_gather_objects", "any_rank", "barrier", "comm_device", "init_process_group",
+    "release_process_group", "shard_loader", "sum_over_ranks", "wrap_ddp",
 ]
 
 
@@ -94,26 +86,14 @@ def wrap_ddp(module: nn.Module, topology: Topology, device: torch.device) -> nn.
     return DDP(module, device_ids=[device.index] if device.type == "cuda" else None)
 
 
-class _ShardSampler(Sampler[int]):
-    """Indices ``rank, rank + world, ...``: an evaluation shard without padding."""
-
-    def __init__(self, size: int, rank: int, world: int) -> None:
-        self.size, self.rank, self.world = size, rank, world
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(range(self.rank, self.size, self.world))
-
-    def __len__(self) -> int:
-        return len(range(self.rank, self.size, self.world))
-
-
 def shard_loader(
     loader: Iterable[Any], topology: Topology, *, train: bool, seed: int
 ) -> Iterable[Any]:
     """Give this rank its shard of a plain ``DataLoader`` (returned unchanged otherwise).
 
     Training loaders get a ``DistributedSampler`` (shuffled when the original was, seeded with
-    ``seed``); evaluation loaders a padding-free shard, so every image counts once.
+    ``seed``); evaluation loaders the indices ``rank, rank + world_size, ...`` (a ``range``):
+    no padding, so every image counts once.
 
     Examples:
         >>> data = [(torch.zeros(1, 3, 2, 2), torch.zeros(1))]
@@ -122,45 +102,26 @@ def shard_loader(
     """
     if topology.world_size == 1 or not isinstance(loader, DataLoader):
         return loader
-    if isinstance(loader.sampler, (DistributedSampler, _ShardSampler)):
+    if isinstance(loader.sampler, (DistributedSampler, range)):  # sharded already
         return loader
     if isinstance(loader.dataset, IterableDataset) or loader.batch_size is None:
         if topology.rank == 0:
             warnings.warn(
                 "cannot shard this DataLoader (iterable dataset or custom batch_sampler): "
-                "every rank sees all of it; shard it yourself",
-                stacklevel=4,
-            )
+                "every rank sees all of it; shard it yourself", stacklevel=4)
         return loader
     dataset: Any = loader.dataset
-    sampler: Sampler[int]
     if train:
-        sampler = DistributedSampler(
-            dataset,
-            num_replicas=topology.world_size,
-            rank=topology.rank,
-            shuffle=isinstance(loader.sampler, RandomSampler),
-            seed=seed,
-            drop_last=loader.drop_last,
-        )
+        sampler: Sampler[int] | range = DistributedSampler(
+            dataset, num_replicas=topology.world_size, rank=topology.rank, seed=seed,
+            shuffle=isinstance(loader.sampler, RandomSampler), drop_last=loader.drop_last)
     else:
-        sampler = _ShardSampler(len(dataset), topology.rank, topology.world_size)
-    return DataLoader(
-        dataset,
-        batch_size=loader.batch_size,
-        sampler=sampler,
-        num_workers=loader.num_workers,
-        collate_fn=loader.collate_fn,
-        pin_memory=loader.pin_memory,
-        drop_last=loader.drop_last,
-        timeout=loader.timeout,
-        worker_init_fn=loader.worker_init_fn,
-        multiprocessing_context=loader.multiprocessing_context,
-        generator=loader.generator,
-        prefetch_factor=loader.prefetch_factor if loader.num_workers > 0 else None,
-        persistent_workers=loader.persistent_workers,
-        pin_memory_device=loader.pin_memory_device,
-    )
+        sampler = range(topology.rank, len(dataset), topology.world_size)
+    same = ("batch_size", "num_workers", "collate_fn", "pin_memory", "drop_last", "timeout",
+            "worker_init_fn", "multiprocessing_context", "generator", "persistent_workers",
+            "pin_memory_device")  # every setting of the loader but its sampler
+    return DataLoader(dataset, sampler=sampler, **{k: getattr(loader, k) for k in same},
+                      prefetch_factor=loader.prefetch_factor if loader.num_workers > 0 else None)
 
 
 def comm_device(device: torch.device) -> torch.device:

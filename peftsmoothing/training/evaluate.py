@@ -25,15 +25,9 @@ __all__ = ["evaluate"]
 
 @torch.no_grad()
 def evaluate(
-    module: nn.Module,
-    loader: Iterable[Any],
-    *,
-    sigma: float,
-    prepare_batch: Callable[..., tuple[torch.Tensor, torch.Tensor]],
-    precision: str = "fp32",
-    seed: int = 0,
-    rank: int = 0,
-    topology: Topology | None = None,
+    module: nn.Module, loader: Iterable[Any], *, sigma: float,
+    prepare_batch: Callable[..., tuple[torch.Tensor, torch.Tensor]], precision: str = "fp32",
+    seed: int = 0, rank: int = 0, topology: Topology | None = None,
 ) -> dict[str, float]:
     """Clean and noisy accuracy and loss of ``module`` on ``loader``.
 
@@ -78,12 +72,10 @@ def evaluate(
             noisy = add_noise(torch.empty_like(x), x, s, gen)
             with autocast(device, precision):
                 logits = module(torch.cat([x, noisy])).float()
-            clean, noisy = logits.chunk(2)
+            pair = logits.chunk(2)  # clean, noisy
             sums += torch.stack([
-                F.cross_entropy(clean, y, reduction="sum").double(),
-                F.cross_entropy(noisy, y, reduction="sum").double(),
-                (clean.argmax(1) == y).sum().double(),
-                (noisy.argmax(1) == y).sum().double(),
+                *(F.cross_entropy(z, y, reduction="sum").double() for z in pair),
+                *((z.argmax(1) == y).sum().double() for z in pair),
                 torch.tensor(float(y.shape[0]), dtype=torch.float64, device=device),
             ])
     finally:
@@ -91,13 +83,7 @@ def evaluate(
             m.training = mode
     if topology is not None:
         sums = sum_over_ranks(sums, topology)
-    cl, nl, cc, nc, n = sums.tolist()
-    n_ = max(n, 1.0)
-    return {
-        "clean_acc": cc / n_,
-        "noisy_acc": nc / n_,
-        "clean_loss": cl / n_,
-        "noisy_loss": nl / n_,
-        "sigma": s,
-        "n": n,
-    }
+    *totals, n = sums.tolist()
+    clean_loss, noisy_loss, clean_acc, noisy_acc = (total / max(n, 1.0) for total in totals)
+    return {"clean_acc": clean_acc, "noisy_acc": noisy_acc, "clean_loss": clean_loss,
+            "noisy_loss": noisy_loss, "sigma": s, "n": n}

@@ -13,14 +13,13 @@ is recognised by the ``peftsmoothing.core.trainable.Trainable`` protocol.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import functools
 import math
 import os
 import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -33,32 +32,19 @@ from ..core.precision import autocast
 from ..core.registry import did_you_mean
 from . import checkpoint as ckpt
 from .batches import BatchGuard
-from .build import (
-    OptimizerFactory,
-    make_optimizer,
-    make_reference,
-    make_scheduler,
-    optimizer_step,
-)
+from .build import OptimizerFactory, make_optimizer, make_reference, make_scheduler
 from .callbacks import call_hook
 from .config import (
     CUSTOM_OPTIMIZER,
     OPTION_NAMES,
     TrainerConfig,
     config_from_keywords,
-    keyword_defaults,
     trainer_signature,
 )
-from .distributed import (
-    Topology,
-    init_process_group,
-    release_process_group,
-    shard_loader,
-    wrap_ddp,
-)
+from .distributed import Topology, init_process_group, release_process_group, shard_loader, wrap_ddp
 from .evaluate import evaluate as _evaluate
 from .losses import LossContext, LossOutput, LossSpec, get_loss
-from .metrics import EpochState, Window, batch_metrics, epoch_record
+from .metrics import EpochState, epoch_record
 from .noise import TrainingNoise
 from .nonfinite import NonfiniteGuard
 from .progress import epoch_line, make_bar, set_postfix
@@ -129,35 +115,25 @@ class NoiseTrainer:
     """
 
     def __init__(
-        self,
-        model: nn.Module,
-        sigma: float | Sequence[float] = 0.5,
-        *,
-        optimizer: str | OptimizerFactory = "adamw",
-        consistency_weight: float | None = None,
+        self, model: nn.Module, sigma: float | Sequence[float] = 0.5, *,
+        optimizer: str | OptimizerFactory = "adamw", consistency_weight: float | None = None,
         device: str | torch.device | None = None,
-        checkpoint_dir: str | os.PathLike[str] | None = None,
-        callbacks: Sequence[Any] = (),
-        progress: bool | None = None,
-        metadata: Mapping[str, Any] | None = None,
-        reference_model: nn.Module | None = None,
-        config: TrainerConfig | None = None,
+        checkpoint_dir: str | os.PathLike[str] | None = None, callbacks: Sequence[Any] = (),
+        progress: bool | None = None, metadata: Mapping[str, Any] | None = None,
+        reference_model: nn.Module | None = None, config: TrainerConfig | None = None,
         **options: Any,
     ) -> None:
         unknown = sorted(set(options) - OPTION_NAMES)
         if unknown:
             hint = did_you_mean(unknown[0], OPTION_NAMES)
             raise TypeError(f"NoiseTrainer got unexpected keyword(s): {', '.join(unknown)}{hint}")
-        keywords = {**options, "sigma": sigma, "optimizer": optimizer,
-                    "consistency_weight": consistency_weight}  # fmt: skip
-        defaults = _keyword_defaults()
-        self._owns_process_group = False
         if not isinstance(model, nn.Module):
             raise TypeError(f"NoiseTrainer expects an nn.Module, got {type(model).__name__}")
-        factory = optimizer if callable(optimizer) and not isinstance(optimizer, str) else None
-        if factory is not None:
-            keywords["optimizer"] = defaults["optimizer"]
-        self.config = config_from_keywords(keywords, defaults, config)
+        factory = optimizer if callable(optimizer) else None  # recorded as "custom"
+        name = _DEFAULTS["optimizer"] if factory is not None else optimizer
+        keywords = {**options, "sigma": sigma, "optimizer": name,
+                    "consistency_weight": consistency_weight}
+        self.config = config_from_keywords(keywords, _DEFAULTS, config)
         if factory is not None:
             self.config = dataclasses.replace(self.config, optimizer=CUSTOM_OPTIMIZER)
         self.loss_spec: LossSpec = get_loss(self.config.loss)
@@ -167,10 +143,8 @@ class NoiseTrainer:
 
         # ----------------------------------------------------------- distributed + device
         self.topology = Topology.from_env()
-        self.world_size = self.topology.world_size
-        self.rank, self.local_rank = self.topology.rank, self.topology.local_rank
-        self.device = torch.device(device) if device is not None else (
-            self.topology.default_device())
+        self.world_size, self.rank, self.local_rank = dataclasses.astuple(self.topology)
+        self.device = torch.device(device) if device is not None else self.topology.default_device()
         if self.device.type == "cuda" and self.device.index is not None:
             torch.cuda.set_device(self.device)
         self._owns_process_group = init_process_group(self.topology, self.device)
@@ -183,16 +157,13 @@ class NoiseTrainer:
         if not self.params:
             raise ValueError(
                 "the model has nothing trainable (every parameter has requires_grad=False); "
-                "wrap it with peftsmoothing.wrap(model, method=...) or unfreeze some parameters"
-            )
-        self.reference = make_reference(self.module, reference_model, self.device) if (
-            self.loss_spec.needs_reference
-        ) else None
+                "wrap it with peftsmoothing.wrap(model, method=...) or unfreeze some parameters")
+        self.reference = (make_reference(self.module, reference_model, self.device)
+                          if self.loss_spec.needs_reference else None)
         self.model: nn.Module = wrap_ddp(self.module, self.topology, self.device)
         self.optimizer = make_optimizer(self.config, self.params, factory)
-        self.scaler: torch.amp.GradScaler | None = (
-            torch.amp.GradScaler(self.device.type) if self.config.precision == "fp16" else None
-        )
+        fp16 = self.config.precision == "fp16"  # autocast with a gradient scaler
+        self.scaler = torch.amp.GradScaler(self.device.type) if fp16 else None
         self.scheduler: torch.optim.lr_scheduler.LambdaLR | None = None
         self._nonfinite = NonfiniteGuard(self.module, self.params, self.config.nonfinite,
                                          self.topology, check_gradients=self.scaler is None)
@@ -240,13 +211,8 @@ class NoiseTrainer:
         return shard_loader(loader, self.topology, train=train, seed=self.config.seed)
 
     # ------------------------------------------------------------------ fit
-    def fit(
-        self,
-        train_loader: Iterable[Any],
-        val_loader: Iterable[Any] | None = None,
-        *,
-        resume: bool | str | os.PathLike[str] = False,
-    ) -> list[dict[str, Any]]:
+    def fit(self, train_loader: Iterable[Any], val_loader: Iterable[Any] | None = None, *,
+            resume: bool | str | os.PathLike[str] = False) -> list[dict[str, Any]]:
         """Train for the configured number of epochs.
 
         Args:
@@ -287,17 +253,14 @@ class NoiseTrainer:
         c = self.config
         total_steps = max(1, math.ceil(n_batches / c.grad_accum)) * c.epochs
         self.scheduler = make_scheduler(self.optimizer, c, total_steps)
-        resume_state: dict[str, Any] | None = None
-        if resume:
-            quiet = not self.is_main or self.progress is False
-            resume_state = ckpt.resume(self, resume, quiet=quiet)
-            if resume_state is not None and self.state.at_epoch_boundary:
-                ckpt.restore_rng(self, resume_state, loader)  # at an epoch boundary
-        if resume_state is None:
+        quiet = not self.is_main or self.progress is False
+        resume_state = ckpt.resume(self, resume, quiet=quiet) if resume else None
+        if resume_state is None:  # (a resumed run has the TrainState of its checkpoint)
             seed_everything(c.seed, self.rank)
             self.state = TrainState()
+        elif self.state.at_epoch_boundary:  # (mid-epoch: once the epoch's batches are replayed)
+            ckpt.restore_rng(self, resume_state, loader)
         self.should_stop = False
-        self.state.interrupted = False
         call_hook(self.callbacks, "on_fit_start", self)
 
         with ckpt.sigint_guard(self):
@@ -322,16 +285,14 @@ class NoiseTrainer:
         call_hook(self.callbacks, "on_fit_end", self, self.history)
         return self.history
 
-    def _run_epoch(
-        self, loader: Iterable[Any], n_batches: int, resume_state: Mapping[str, Any] | None
-    ) -> dict[str, Any] | None:
+    def _run_epoch(self, loader: Iterable[Any], n_batches: int,
+                   resume_state: Mapping[str, Any] | None) -> dict[str, Any] | None:
         """One epoch; returns its history record, or ``None`` when stopped mid-epoch."""
         c = self.config
         sampler = getattr(loader, "sampler", None)
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(self.epoch)  # type: ignore[union-attr]
-        state = self.state
-        skip = state.batches_done
+        state, skip = self.state, self.state.batches_done
         if skip and resume_state is not None and resume_state.get("epoch_start_rng") is not None:
             set_rng_state(resume_state["epoch_start_rng"], loader)
         state.epoch_start_rng = rng_state(loader)
@@ -340,77 +301,74 @@ class NoiseTrainer:
             next(it)
         if skip and resume_state is not None:
             ckpt.restore_rng(self, resume_state, loader)
-        st = state.epoch_sums if state.epoch_sums is not None else EpochState(self.device)
-        state.epoch_sums = st
-        window = Window()
+        if state.epoch_sums is None:
+            state.epoch_sums = EpochState(self.device)
+        st = state.epoch_sums
         state.boundary_rng = rng_state(loader)
         self.model.train()
         freeze_frozen_batchnorm(self.module)
         self._nonfinite.start()
         bar = make_bar(self.progress, self.is_main, n_batches, skip,
                        f"epoch {self.epoch + 1}/{c.epochs}")
-        t0 = time.perf_counter()
-        elapsed0 = st.elapsed
-        step_bad = torch.zeros((), dtype=torch.bool, device=self.device)
+        t0 = time.perf_counter() - st.elapsed  # a resumed epoch's time goes on
         ctx = LossContext(sigma=0.0, options=self.loss_options, module=self.module,
                           reference=self.reference)
         try:
             for b, batch in enumerate(it, start=skip):
                 x, y = self._prepare_batch(batch, first=b == skip)
-                sigma = self._noise.sigma(self.rank, self.epoch, b)
-                noisy = self._noise.noisy(x, sigma, self.num_noise, self.rank, self.epoch, b)
-                start = (b // c.grad_accum) * c.grad_accum
+                ctx.sigma = self._noise.sigma(self.rank, self.epoch, b)
+                noisy = self._noise.noisy(x, ctx.sigma, self.num_noise, self.rank, self.epoch, b)
+                start = b - b % c.grad_accum
                 size = min(c.grad_accum, n_batches - start)
                 boundary = b + 1 - start >= size
-                ctx.sigma = sigma
-                sync = contextlib.nullcontext()
-                if not boundary and self.model is not self.module:
-                    sync = self.model.no_sync()  # type: ignore[operator]
-                with sync:
+                no_sync = not boundary and self.model is not self.module  # DDP: sync at the step
+                with self.model.no_sync() if no_sync else nullcontext():  # type: ignore[operator]
                     with autocast(self.device, c.precision):
                         out: LossOutput = self.loss_spec.fn(self.model, x, noisy, y, ctx)
-                    step_bad |= ~torch.isfinite(out.loss.detach()).all()
                     loss = out.loss / size
                     (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
-                window.add(*batch_metrics(out, y, x.shape[0]))
+                st.add(out, y, x.shape[0])
                 if not boundary:
                     continue
-                if self._nonfinite.dropped(step_bad, epoch=self.epoch + 1, batch=b + 1):
-                    self.optimizer.zero_grad(set_to_none=True)
-                    window.items.clear()
-                    st.nonfinite_steps += 1
-                else:
+                dropped = self._nonfinite.dropped(st.bad, epoch=self.epoch + 1, batch=b + 1)
+                if not dropped:
                     self._optimizer_step()
-                    window.fold_into(st)
-                step_bad.zero_()
+                self.optimizer.zero_grad(set_to_none=True)  # a dropped step's gradients too
+                st.end_step(dropped=dropped)
                 state.batches_done = b + 1
                 state.boundary_rng = rng_state(loader)
                 if bar is not None:
                     bar.update(size)
                     if self.step % c.log_every == 0:
-                        set_postfix(bar, st, elapsed0 + time.perf_counter() - t0)
+                        set_postfix(bar, st, time.perf_counter() - t0)
                 call_hook(self.callbacks, "on_step_end", self)
                 if state.interrupted:
                     raise KeyboardInterrupt
                 if self.should_stop and state.batches_done < n_batches:
-                    st.elapsed = elapsed0 + time.perf_counter() - t0
-                    return None
+                    return None  # the epoch's time is kept by ``finally``
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
         finally:
-            st.elapsed = elapsed0 + time.perf_counter() - t0
+            st.elapsed = time.perf_counter() - t0
             if bar is not None:
                 bar.close()
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        st.elapsed = elapsed0 + time.perf_counter() - t0
         lr = float(self.optimizer.param_groups[0]["lr"])
-        return epoch_record(st, epoch=self.epoch + 1, step=self.step, lr=lr,
-                            topology=self.topology)
+        return epoch_record(st, epoch=self.epoch + 1, step=self.step, lr=lr, topology=self.topology)
 
     def _optimizer_step(self) -> None:
+        """Unscale (fp16), clip, step, advance the schedule and ``step``."""
         assert self.scheduler is not None
         self.state.updating = True
-        optimizer_step(self.optimizer, self.scheduler, self.scaler, self.params,
-                       self.config.max_grad_norm)  # fmt: skip
+        if self.config.max_grad_norm is not None:
+            if self.scaler is not None:
+                self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.params, self.config.max_grad_norm)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.scheduler.step()
         self.state.step += 1
         self.state.updating = False
 
@@ -440,10 +398,9 @@ class NoiseTrainer:
         sharded = self.world_size > 1 and isinstance(loader, DataLoader)
         return _evaluate(
             self.module, self._prepare_loader(loader, train=False),
-            sigma=float(max(self.sigmas)) if sigma is None else float(sigma),
+            sigma=max(self.sigmas) if sigma is None else float(sigma),
             prepare_batch=self._prepare_batch, precision=self.config.precision,
-            seed=self.config.seed, rank=self.rank, topology=self.topology if sharded else None,
-        )  # fmt: skip
+            seed=self.config.seed, rank=self.rank, topology=self.topology if sharded else None)
 
     def close(self) -> None:
         """Release ``DistributedDataParallel`` and, if the trainer created it, the process group.
@@ -460,11 +417,7 @@ class NoiseTrainer:
         self._owns_process_group = release_process_group(self._owns_process_group)
 
 
-@functools.cache
-def _keyword_defaults() -> dict[str, Any]:
-    return keyword_defaults(NoiseTrainer.__init__)
-
-
-NoiseTrainer.__init__.__signature__ = trainer_signature(  # type: ignore[attr-defined]
-    NoiseTrainer.__init__
-)
+_SIGNATURE = trainer_signature(NoiseTrainer.__init__)
+NoiseTrainer.__init__.__signature__ = _SIGNATURE  # type: ignore[attr-defined]
+#: The default of every keyword: what the option keywords must keep when ``config`` is given.
+_DEFAULTS = {name: p.default for name, p in _SIGNATURE.parameters.items()}

@@ -23,31 +23,20 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..core.names import LOSS_ENTRY_POINT_GROUP as _LOSS_GROUP
+from ..core.names import LOSS_ENTRY_POINT_GROUP
 from ..core.registry import Registry, did_you_mean
-from ..core.validation import is_int
+from ..core.validation import check_positive_int
 
 __all__ = [
-    "LOSSES",
-    "LOSS_ENTRY_POINT_GROUP",
-    "LossContext",
-    "LossFn",
-    "LossOutput",
-    "LossSpec",
-    "UnknownLossError",
-    "available_losses",
-    "consistency_loss",
-    "cross_entropy_loss",
-    "get_loss",
-    "mse_loss",
-    "register_loss",
-    "stability_loss",
+    "LOSSES", "LOSS_ENTRY_POINT_GROUP", "LossContext", "LossFn", "LossOutput", "LossSpec",
+    "UnknownLossError", "available_losses", "consistency_loss", "cross_entropy_loss", "get_loss",
+    "mse_loss", "register_loss", "stability_loss",
 ]
 
 
@@ -87,17 +76,9 @@ class LossOutput:
     terms: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
-class LossFn(Protocol):
-    """Signature of a registered loss function."""
-
-    def __call__(
-        self,
-        model: nn.Module,
-        clean: torch.Tensor,
-        noisy: list[torch.Tensor],
-        labels: torch.Tensor,
-        ctx: LossContext,
-    ) -> LossOutput: ...
+#: Signature of a registered loss function: ``fn(model, clean, noisy, labels, ctx)``.
+LossFn = Callable[[nn.Module, torch.Tensor, list[torch.Tensor], torch.Tensor, LossContext],
+                  LossOutput]
 
 
 @dataclass(frozen=True)
@@ -131,10 +112,8 @@ class LossSpec:
         if unknown:
             hints = [f"{key!r}{did_you_mean(key, self.options)}" for key in unknown]
             valid = ", ".join(self.options) if self.options else "(none)"
-            raise TypeError(
-                f"unknown option(s) for loss {self.name!r}: {', '.join(hints)}; "
-                f"valid options are: {valid}"
-            )
+            raise TypeError(f"unknown option(s) for loss {self.name!r}: {', '.join(hints)}; "
+                            f"valid options are: {valid}")
         return {**self.options, **given}
 
 
@@ -142,38 +121,23 @@ class UnknownLossError(ValueError):
     """Raised when a loss name is not registered (lists the available ones)."""
 
 
-#: The entry-point group in which third-party packages declare losses (``name = "pkg:fn"``).
-LOSS_ENTRY_POINT_GROUP = _LOSS_GROUP
-
-
 def _adopt(name: str, obj: object) -> None:
     if not callable(obj):
-        raise TypeError(
-            f"entry point {name!r} in group {LOSS_ENTRY_POINT_GROUP!r} must point to a loss "
-            "function"
-        )
+        raise TypeError(f"entry point {name!r} in group {LOSS_ENTRY_POINT_GROUP!r} must point to "
+                        "a loss function")
     register_loss(name)(obj)
 
 
 #: Every registered loss by name (built-in and third-party).
 LOSSES: Registry[LossSpec] = Registry(
-    "loss",
-    LOSS_ENTRY_POINT_GROUP,
-    UnknownLossError,
-    describe=lambda spec: spec.description,
-    identity=lambda spec: spec.fn,
-    adopt=_adopt,
+    "loss", LOSS_ENTRY_POINT_GROUP, UnknownLossError, describe=lambda spec: spec.description,
+    identity=lambda spec: spec.fn, adopt=_adopt,
 )
 
 
 def register_loss(
-    name: str,
-    *,
-    num_noise: int = 1,
-    options: Mapping[str, Any] | None = None,
-    needs_reference: bool = False,
-    description: str = "",
-    override: bool = False,
+    name: str, *, num_noise: int = 1, options: Mapping[str, Any] | None = None,
+    needs_reference: bool = False, description: str = "", override: bool = False,
 ) -> Callable[[LossFn], LossFn]:
     """Decorator that registers a loss function under ``name``.
 
@@ -205,21 +169,15 @@ def register_loss(
     """
     if not isinstance(name, str) or not name.strip():
         raise ValueError("loss name must be a non-empty string")
-    if not is_int(num_noise) or num_noise < 1:
-        raise ValueError(f"num_noise must be a positive integer, got {num_noise!r}")
+    copies = check_positive_int(num_noise, "num_noise")
 
     def decorator(fn: LossFn) -> LossFn:
         if not callable(fn):
             raise TypeError(f"register_loss({name!r}) expects a callable")
         doc = (getattr(fn, "__doc__", None) or "").strip().splitlines()
-        spec = LossSpec(
-            name=name,
-            fn=fn,
-            num_noise=int(num_noise),
-            options=dict(options or {}),
-            needs_reference=needs_reference,
-            description=description or (doc[0] if doc else ""),
-        )
+        spec = LossSpec(name=name, fn=fn, num_noise=copies, options=dict(options or {}),
+                        needs_reference=needs_reference,
+                        description=description or (doc[0] if doc else ""))
         LOSSES.register(name, spec, override=override)
         return fn
 
@@ -259,13 +217,8 @@ def _repeat_labels(labels: torch.Tensor, copies: int) -> torch.Tensor:
 
 
 @register_loss("ce", description="cross-entropy on noisy images (Gaussian augmentation)")
-def cross_entropy_loss(
-    model: nn.Module,
-    clean: torch.Tensor,
-    noisy: list[torch.Tensor],
-    labels: torch.Tensor,
-    ctx: LossContext,
-) -> LossOutput:
+def cross_entropy_loss(model: nn.Module, clean: torch.Tensor, noisy: list[torch.Tensor],
+                       labels: torch.Tensor, ctx: LossContext) -> LossOutput:
     """Cross-entropy on the noisy copies (Gaussian data augmentation, Cohen et al. 2019).
 
     Examples:
@@ -311,18 +264,10 @@ def consistency_terms(
 
 
 @register_loss(
-    "consistency",
-    num_noise=2,
-    options={"consistency_weight": 10.0, "entropy_weight": 0.5},
-    description="CE + consistency regularisation over noisy copies (Jeong & Shin 2020)",
-)
-def consistency_loss(
-    model: nn.Module,
-    clean: torch.Tensor,
-    noisy: list[torch.Tensor],
-    labels: torch.Tensor,
-    ctx: LossContext,
-) -> LossOutput:
+    "consistency", num_noise=2, options={"consistency_weight": 10.0, "entropy_weight": 0.5},
+    description="CE + consistency regularisation over noisy copies (Jeong & Shin 2020)")
+def consistency_loss(model: nn.Module, clean: torch.Tensor, noisy: list[torch.Tensor],
+                     labels: torch.Tensor, ctx: LossContext) -> LossOutput:
     """Consistency regularisation (Jeong & Shin, NeurIPS 2020).
 
     ``CE + lambda * mean_i KL(p_mean || p_i) + eta * H(p_mean)`` over ``num_noise`` noisy copies
@@ -352,18 +297,10 @@ def consistency_loss(
 
 
 @register_loss(
-    "stability",
-    options={"target": "hard"},
-    needs_reference=True,
-    description="match the frozen classifier's clean prediction on noisy images (Salman+ 2020)",
-)
-def stability_loss(
-    model: nn.Module,
-    clean: torch.Tensor,
-    noisy: list[torch.Tensor],
-    labels: torch.Tensor,
-    ctx: LossContext,
-) -> LossOutput:
+    "stability", options={"target": "hard"}, needs_reference=True,
+    description="match the frozen classifier's clean prediction on noisy images (Salman+ 2020)")
+def stability_loss(model: nn.Module, clean: torch.Tensor, noisy: list[torch.Tensor],
+                   labels: torch.Tensor, ctx: LossContext) -> LossOutput:
     """Stability objective (Salman et al. 2020, denoised smoothing): the model on noisy images
     is trained to predict what the frozen reference classifier predicts on the clean image.
 
@@ -399,16 +336,9 @@ def stability_loss(
 
 
 @register_loss(
-    "mse",
-    description="Denoiser reconstruction: mean squared error between pixel(noisy) and clean",
-)
-def mse_loss(
-    model: nn.Module,
-    clean: torch.Tensor,
-    noisy: list[torch.Tensor],
-    labels: torch.Tensor,
-    ctx: LossContext,
-) -> LossOutput:
+    "mse", description="Denoiser reconstruction: mean squared error between pixel(noisy) and clean")
+def mse_loss(model: nn.Module, clean: torch.Tensor, noisy: list[torch.Tensor],
+             labels: torch.Tensor, ctx: LossContext) -> LossOutput:
     """MSE between the wrapped model's pixel-space module (the denoiser) output and the clean
     image, as in Salman et al.'s "MSE objective". Needs a model wrapped with a pixel module.
 
@@ -429,12 +359,9 @@ def mse_loss(
         # gradient synchronisation and let the ranks drift apart silently.
         raise RuntimeError(
             "loss='mse' does not support multi-process (DDP) training; use loss='stability' "
-            "under torchrun, or train the denoiser in one process"
-        )
+            "under torchrun, or train the denoiser in one process")
     pixel = getattr(module, "pixel", None)
     if not isinstance(pixel, nn.Module) or isinstance(pixel, nn.Identity):
         raise ValueError("loss='mse' trains a pixel-space module (wrap(..., method='denoiser'))")
-    batch = torch.cat(noisy)
-    target = clean.repeat(len(noisy), *([1] * (clean.ndim - 1)))
-    loss = F.mse_loss(pixel(batch), target)
-    return LossOutput(loss, None)
+    target = torch.cat([clean] * len(noisy))  # the clean image of every copy
+    return LossOutput(F.mse_loss(pixel(torch.cat(noisy)), target))

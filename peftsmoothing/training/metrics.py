@@ -15,18 +15,26 @@ import torch
 from .distributed import Topology, sum_over_ranks
 from .losses import LossOutput
 
-__all__ = ["EpochState", "Window", "batch_metrics", "epoch_record"]
+__all__ = ["EpochState", "epoch_record"]
 
 BatchSums = tuple[torch.Tensor, "torch.Tensor | None", int, int, dict[str, torch.Tensor]]
 
 
 class EpochState:
-    """Running sums of one epoch, folded in at optimizer-step boundaries.
+    """Running sums of one epoch, and the batches of the current optimizer step (``pending``,
+    with a device flag ``bad`` that says whether a loss among them was non-finite), folded in
+    when the step ends.
 
     Examples:
+        >>> from peftsmoothing.training.losses import LossOutput
         >>> st = EpochState(torch.device("cpu"))
+        >>> logits = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+        >>> st.add(LossOutput(torch.tensor(0.5), logits), torch.tensor([0, 0]), 2)
+        >>> st.end_step(dropped=False)
+        >>> float(st.correct), st.predicted, st.seen, st.pending
+        (1.0, 2, 2, [])
         >>> EpochState.from_dict(st.to_dict(), torch.device("cpu")).seen
-        0
+        2
     """
 
     def __init__(self, device: torch.device) -> None:
@@ -39,18 +47,16 @@ class EpochState:
         self.terms: dict[str, torch.Tensor] = {}
         self.elapsed = 0.0
         self.nonfinite_steps = 0  # optimizer steps dropped for a non-finite loss
+        self.pending: list[BatchSums] = []  # the current step's batches (never saved)
+        self.bad = torch.zeros((), dtype=torch.bool, device=device)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain numbers (stored in an interrupt checkpoint as ``partial_epoch``)."""
         return {
-            "loss": float(self.loss),
-            "correct": float(self.correct),
-            "predicted": self.predicted,
-            "seen": self.seen,
-            "losses": self.losses,
+            "loss": float(self.loss), "correct": float(self.correct), "predicted": self.predicted,
+            "seen": self.seen, "losses": self.losses,
             "terms": {k: float(v) for k, v in self.terms.items()},
-            "elapsed": self.elapsed,
-            "nonfinite_steps": self.nonfinite_steps,
+            "elapsed": self.elapsed, "nonfinite_steps": self.nonfinite_steps,
         }
 
     @classmethod
@@ -60,82 +66,47 @@ class EpochState:
         st.loss += float(d["loss"])
         st.correct += float(d["correct"])
         st.predicted, st.seen, st.losses = int(d["predicted"]), int(d["seen"]), int(d["losses"])
-        st.terms = {
-            k: torch.tensor(float(v), device=device, dtype=torch.float64)
-            for k, v in d["terms"].items()
-        }
+        st.terms = {k: torch.tensor(float(v), device=device, dtype=torch.float64)
+                    for k, v in d["terms"].items()}
         st.elapsed = float(d["elapsed"])
         st.nonfinite_steps = int(d.get("nonfinite_steps", 0))
         return st
 
+    def add(self, out: LossOutput, y: torch.Tensor, batch: int) -> None:
+        """Record a batch of ``batch`` images of the current step: its loss, correct
+        predictions (when the loss returns logits), counts and terms; no host synchronisation."""
+        loss = out.loss.detach()
+        self.bad |= ~torch.isfinite(loss).all()
+        correct: torch.Tensor | None = None
+        predicted = 0
+        logits = out.logits
+        if logits is not None and logits.ndim == 2 and logits.shape[0] % batch == 0:
+            copies = logits.shape[0] // batch
+            labels = y if copies == 1 else y.repeat(copies)
+            correct = (logits.detach().argmax(dim=1) == labels).sum().to(torch.float64)
+            predicted = logits.shape[0]
+        terms = {k: v.detach().to(torch.float64) for k, v in out.terms.items()}
+        self.pending.append((loss.to(torch.float64), correct, predicted, batch, terms))
 
-class Window:
-    """Sums of the batches since the last optimizer step.
-
-    Examples:
-        >>> w = Window(); w.add(torch.tensor(1.0), None, 0, 4, {})
-        >>> st = EpochState(torch.device("cpu")); w.fold_into(st); st.seen, w.items
-        (4, [])
-    """
-
-    def __init__(self) -> None:
-        self.items: list[BatchSums] = []
-
-    def add(self, loss: torch.Tensor, correct: torch.Tensor | None, predicted: int, seen: int,
-            terms: dict[str, torch.Tensor]) -> None:
-        """Record one batch."""
-        self.items.append((loss, correct, predicted, seen, terms))
-
-    def fold_into(self, st: EpochState) -> None:
-        """Add the recorded batches to ``st`` and forget them."""
-        for loss, correct, predicted, seen, terms in self.items:
-            st.loss += loss
+    def end_step(self, *, dropped: bool) -> None:
+        """Add the step's batches to the sums (a ``dropped`` step: count it instead)."""
+        if dropped:
+            self.nonfinite_steps += 1
+            self.pending.clear()
+        for loss, correct, predicted, seen, terms in self.pending:
+            self.loss += loss
             if correct is not None:
-                st.correct += correct
-            st.predicted += predicted
-            st.seen += seen
-            st.losses += 1
+                self.correct += correct
+            self.predicted += predicted
+            self.seen += seen
+            self.losses += 1
             for k, v in terms.items():
-                if k in st.terms:
-                    st.terms[k] += v
+                if k in self.terms:
+                    self.terms[k] += v
                 else:
-                    st.terms[k] = v.to(torch.float64).clone()
-        self.items.clear()
-
-
-def batch_metrics(out: LossOutput, y: torch.Tensor, batch: int) -> BatchSums:
-    """A batch's loss, correct predictions (when the loss returns logits), counts and terms.
-
-    Examples:
-        >>> from peftsmoothing.training.losses import LossOutput
-        >>> out = LossOutput(torch.tensor(0.5), logits=torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
-        >>> batch_metrics(out, torch.tensor([0, 0]), 2)[1:4]
-        (tensor(1., dtype=torch.float64), 2, 2)
-    """
-    loss = out.loss.detach().to(torch.float64)
-    correct: torch.Tensor | None = None
-    predicted = 0
-    logits = out.logits
-    if logits is not None and logits.ndim == 2 and logits.shape[0] % batch == 0:
-        copies = logits.shape[0] // batch
-        labels = y if copies == 1 else y.repeat(copies)
-        correct = (logits.detach().argmax(dim=1) == labels).sum().to(torch.float64)
-        predicted = logits.shape[0]
-    terms = {k: v.detach().to(torch.float64) for k, v in out.terms.items()}
-    return loss, correct, predicted, batch, terms
-
-
-def _reduce(st: EpochState, topology: Topology) -> dict[str, Any]:
-    d = st.to_dict()
-    if topology.world_size > 1:
-        keys = ["loss", "correct", "predicted", "seen", "losses", *sorted(d["terms"])]
-        vals = [d[k] if k in d and k != "terms" else d["terms"][k] for k in keys]
-        summed = sum_over_ranks(torch.tensor(vals, dtype=torch.float64, device=st.device),
-                                topology)
-        out = dict(zip(keys, summed.tolist(), strict=True))
-        d.update({k: out[k] for k in ("loss", "correct", "predicted", "seen", "losses")})
-        d["terms"] = {k: out[k] for k in d["terms"]}
-    return d
+                    self.terms[k] = v.to(torch.float64).clone()
+        self.pending.clear()
+        self.bad.zero_()
 
 
 def epoch_record(
@@ -148,24 +119,24 @@ def epoch_record(
         >>> epoch_record(st, epoch=1, step=0, lr=0.1, topology=Topology())["train_acc"] is None
         True
     """
-    s = _reduce(st, topology)
+    s = st.to_dict()  # its sums and counts summed over the ranks, in one tensor
+    keys, terms = ("loss", "correct", "predicted", "seen", "losses"), sorted(s["terms"])
+    values = torch.tensor([*(s[k] for k in keys), *(s["terms"][k] for k in terms)],
+                          dtype=torch.float64, device=st.device)
+    summed = sum_over_ranks(values, topology).tolist()
+    s.update(zip(keys, summed[: len(keys)], strict=True))
+    s["terms"] = dict(zip(terms, summed[len(keys) :], strict=True))
+    losses = max(1, s["losses"])
     record: dict[str, Any] = {
-        "epoch": epoch,
-        "step": step,
-        "lr": lr,
-        "train_loss": s["loss"] / max(1, s["losses"]),
+        "epoch": epoch, "step": step, "lr": lr, "train_loss": s["loss"] / losses,
         "train_acc": s["correct"] / s["predicted"] if s["predicted"] else None,
+        **{f"train_{k}": v / losses for k, v in s["terms"].items()},
     }
-    for k, v in s["terms"].items():
-        record[f"train_{k}"] = v / max(1, s["losses"])
     if st.nonfinite_steps:
         record["nonfinite_steps"] = st.nonfinite_steps
-        warnings.warn(
-            f"epoch {epoch}: skipped {st.nonfinite_steps} optimizer step(s) with a "
-            "non-finite loss, gradient or trained buffer (nonfinite='skip')",
-            RuntimeWarning,
-            stacklevel=3,
-        )
+        warnings.warn(f"epoch {epoch}: skipped {st.nonfinite_steps} optimizer step(s) with a "
+                      "non-finite loss, gradient or trained buffer (nonfinite='skip')",
+                      RuntimeWarning, stacklevel=3)
     record["images"] = int(s["seen"])
     record["images_per_s"] = s["seen"] / st.elapsed if st.elapsed > 0 else None
     record["time_s"] = st.elapsed

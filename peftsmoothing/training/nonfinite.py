@@ -16,10 +16,24 @@ import torch
 from torch import nn
 
 from ..core.params import trained_keys
-from .build import nonfinite_gradients
 from .distributed import Topology, any_rank
 
-__all__ = ["NonfiniteGuard", "TrainedBuffers", "nonfinite_error"]
+__all__ = ["NonfiniteGuard", "TrainedBuffers", "nonfinite_gradients"]
+
+
+def nonfinite_gradients(params: list[nn.Parameter]) -> torch.Tensor:
+    """A device-side flag: does any gradient hold nan or inf? (No host synchronisation.)
+
+    Examples:
+        >>> import torch
+        >>> p = torch.nn.Parameter(torch.ones(2)); p.grad = torch.tensor([1.0, float("nan")])
+        >>> bool(nonfinite_gradients([p]))
+        True
+    """
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return torch.zeros((), dtype=torch.bool)
+    return ~torch.isfinite(torch.stack(torch._foreach_norm(grads))).all()
 
 
 class TrainedBuffers:
@@ -76,28 +90,6 @@ class TrainedBuffers:
     def first_nonfinite(self) -> str | None:
         """The name of the first buffer that holds nan or inf, or ``None`` (one host sync each)."""
         return next((k for k, b in self._floating if not bool(torch.isfinite(b).all())), None)
-
-
-def nonfinite_error(epoch: int, batch: int, buffer: str | None) -> FloatingPointError:
-    """The error of ``nonfinite="stop"``, raised before the step (1-based epoch and batch).
-
-    Args:
-        epoch: The epoch of the step.
-        batch: The batch that ended the step.
-        buffer: The trained buffer that went non-finite while the loss and the gradients
-            stayed finite; ``None`` for a non-finite loss or gradient.
-
-    Examples:
-        >>> str(nonfinite_error(2, 3, None)).split(":")[0]
-        'non-finite loss or gradient at epoch 2, batch 3'
-    """
-    what = f"trained buffer {buffer}" if buffer is not None else "loss or gradient"
-    return FloatingPointError(
-        f"non-finite {what} at epoch {epoch}, batch {batch}: training stopped before this "
-        "step, so the weights, the trained buffers and the last checkpoint are the last finite "
-        "ones; lower lr, clip gradients, use bf16 not fp16, check the data for nan/inf, or "
-        "nonfinite='skip'"
-    )
 
 
 class NonfiniteGuard:
@@ -158,8 +150,15 @@ class NonfiniteGuard:
         if not any_rank(bad | self.buffers.nonfinite(), self.topology):
             self.buffers.snapshot()  # the forward passes are done: the next step starts here
             return False
+        # a trained buffer that went non-finite while the loss and the gradients stayed finite
         buffer = None if bool(bad) else self.buffers.first_nonfinite()
         self.buffers.restore()  # the step's forward passes leave no trace
         if self.policy == "skip":
             return True
-        raise nonfinite_error(epoch, batch, buffer)
+        what = f"trained buffer {buffer}" if buffer is not None else "loss or gradient"
+        raise FloatingPointError(
+            f"non-finite {what} at epoch {epoch}, batch {batch}: training stopped before this "
+            "step, so the weights, the trained buffers and the last checkpoint are the last "
+            "finite ones; lower lr, clip gradients, use bf16 not fp16, check the data for "
+            "nan/inf, or nonfinite='skip'"
+        )

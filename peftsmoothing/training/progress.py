@@ -46,7 +46,6 @@ def epoch_line(record: Mapping[str, Any], epochs: int) -> str:
     """
     parts = [f"epoch {record['epoch']}/{epochs}", f"step {record['step']}"]
     for key, value in record.items():
-        if key in ("epoch", "step") or value is None:
-            continue
-        parts.append(f"{key} {value:.4g}" if isinstance(value, float) else f"{key} {value}")
+        if key not in ("epoch", "step") and value is not None:
+            parts.append(f"{key} {value:.4g}" if isinstance(value, float) else f"{key} {value}")
     return "  ".join(parts)

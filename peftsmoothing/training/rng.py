@@ -28,16 +28,10 @@ def loader_generators(loader: Any) -> list[torch.Generator]:
         >>> loader_generators(DataLoader(range(4), shuffle=True, generator=g))[0] is g
         True
     """
-    found: list[torch.Generator] = []
-    for obj in (
-        loader,
-        getattr(loader, "sampler", None),
-        getattr(getattr(loader, "batch_sampler", None), "sampler", None),
-    ):
-        g = getattr(obj, "generator", None)
-        if isinstance(g, torch.Generator) and all(g is not h for h in found):
-            found.append(g)
-    return found
+    owners = (loader, getattr(loader, "sampler", None),
+              getattr(getattr(loader, "batch_sampler", None), "sampler", None))
+    found = (getattr(owner, "generator", None) for owner in owners)
+    return list({id(g): g for g in found if isinstance(g, torch.Generator)}.values())  # once each
 
 
 def rng_state(loader: Any) -> dict[str, Any]:
@@ -48,16 +42,13 @@ def rng_state(loader: Any) -> dict[str, Any]:
         ['cuda', 'loader', 'numpy', 'python', 'torch']
     """
     np_state: Any = np.random.get_state()
+    cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
     return {
         "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all()
-        if torch.cuda.is_available() and torch.cuda.is_initialized()
-        else None,
+        "cuda": torch.cuda.get_rng_state_all() if cuda else None,
         "numpy": {
-            "name": str(np_state[0]),
-            "keys": torch.from_numpy(np.asarray(np_state[1], dtype=np.int64)),
-            "pos": int(np_state[2]),
-            "has_gauss": int(np_state[3]),
+            "name": str(np_state[0]), "keys": torch.from_numpy(np.asarray(np_state[1], np.int64)),
+            "pos": int(np_state[2]), "has_gauss": int(np_state[3]),
             "cached_gaussian": float(np_state[4]),
         },
         "python": random.getstate(),
@@ -79,10 +70,8 @@ def set_rng_state(state: Mapping[str, Any], loader: Any) -> None:
     if state.get("cuda") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
     n = state["numpy"]
-    np.random.set_state(
-        (n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
-         n["cached_gaussian"])
-    )
+    keys = n["keys"].numpy().astype(np.uint32)
+    np.random.set_state((n["name"], keys, n["pos"], n["has_gauss"], n["cached_gaussian"]))
     py = state["python"]
     random.setstate((py[0], tuple(py[1]), py[2]))
     for g, s in zip(loader_generators(loader), state.get("loader", []), strict=False):
