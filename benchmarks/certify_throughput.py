@@ -34,12 +34,70 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def timed(fn: Callable[[], None], device: torch.device) -> float:
+def timed(fn: Callable[[], object], device: torch.device) -> float:
     sync(device)
     start = time.perf_counter()
     fn()
     sync(device)
     return time.perf_counter() - start
+
+
+def loops(
+    model: ps.PEFTModel,
+    x: torch.Tensor,
+    batch: int,
+    batches: int,
+    precision: str,
+    sigma: float = 0.25,
+    num_classes: int = 10,
+) -> dict[str, Callable[[], None]]:
+    """(a) bare, (b) Cohen-style and (c) ``certify``, each over ``batch * batches`` samples."""
+    device = x.device
+    amp = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+    def autocast() -> torch.autocast:
+        return torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None)
+
+    def bare() -> None:
+        xb = x.unsqueeze(0).repeat(batch, 1, 1, 1)
+        with torch.inference_mode(), model.merged_for_inference(), autocast():
+            for _ in range(batches):
+                model(xb)
+
+    def cohen() -> None:
+        # Cohen et al., core.py `_sample_noise`: repeat + randn + argmax + counts on the host
+        counts = np.zeros(num_classes, dtype=int)
+        with torch.inference_mode(), model.merged_for_inference(), autocast():
+            for _ in range(batches):
+                xb = x.unsqueeze(0).repeat((batch, 1, 1, 1))
+                noise = torch.randn_like(xb, device=device) * sigma
+                predictions = model(xb + noise).argmax(1)
+                counts += np.bincount(predictions.cpu().numpy(), minlength=num_classes)
+
+    smoothed = ps.SmoothedClassifier(model, num_classes, sigma, precision=precision)
+    n0 = batch  # selection samples: one batch, the rest estimation
+
+    def certify() -> None:
+        smoothed.certify(x, n0=n0, n=batch * batches - n0, alpha=0.001, batch_size=batch, seed=0)
+
+    return {"bare": bare, "cohen": cohen, "certify": certify}
+
+
+def interleaved(
+    variants: dict[str, Callable[[], None]], rounds: int, device: torch.device
+) -> dict[str, np.ndarray]:
+    """Seconds per round of each variant after one warm-up call each, in random order per
+    round, so that machine noise (e.g. other processes) hits them all alike."""
+    for fn in variants.values():  # warm-up
+        fn()
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    order = list(variants)
+    rng = np.random.default_rng(0)
+    for _ in range(rounds):
+        rng.shuffle(order)
+        for name in order:
+            times[name].append(timed(variants[name], device))
+    return {k: np.array(v) for k, v in times.items()}
 
 
 def main() -> None:
@@ -59,45 +117,8 @@ def main() -> None:
                             num_classes=10)  # fmt: skip
     model = ps.wrap(vit, method="lora", r=8).to(device).eval()
     x = torch.rand(3, 32, 32, device=device)
-    sigma, batch, num = 0.25, args.batch, args.batch * args.batches
-    amp = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.precision]
-
-    def autocast() -> torch.autocast:
-        return torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None)
-
-    def bare() -> None:
-        xb = x.unsqueeze(0).repeat(batch, 1, 1, 1)
-        with torch.inference_mode(), model.merged_for_inference(), autocast():
-            for _ in range(args.batches):
-                model(xb)
-
-    def cohen() -> None:
-        # Cohen et al., core.py `_sample_noise`: repeat + randn + argmax + counts on the host
-        counts = np.zeros(10, dtype=int)
-        with torch.inference_mode(), model.merged_for_inference(), autocast():
-            for _ in range(args.batches):
-                xb = x.unsqueeze(0).repeat((batch, 1, 1, 1))
-                noise = torch.randn_like(xb, device=device) * sigma
-                predictions = model(xb + noise).argmax(1)
-                counts += np.bincount(predictions.cpu().numpy(), minlength=10)
-
-    smoothed = ps.SmoothedClassifier(model, 10, sigma, precision=args.precision)
-    n0 = batch  # selection samples: one batch, the rest estimation
-
-    def certify() -> None:
-        smoothed.certify(x, n0=n0, n=num - n0, alpha=0.001, batch_size=batch, seed=0)
-
-    for fn in (bare, cohen, certify):  # warm-up
-        fn()
-    variants = {"bare": bare, "cohen": cohen, "certify": certify}
-    times: dict[str, list[float]] = {k: [] for k in variants}
-    order = list(variants)
-    rng = np.random.default_rng(0)
-    for _ in range(args.rounds):
-        rng.shuffle(order)  # interleaved in random order: machine noise hits all three alike
-        for name in order:
-            times[name].append(timed(variants[name], device))
-    t = {k: np.array(v) for k, v in times.items()}
+    batch, num = args.batch, args.batch * args.batches
+    t = interleaved(loops(model, x, batch, args.batches, args.precision), args.rounds, device)
     rate = {k: num / float(np.median(v)) for k, v in t.items()}
     ratio_a = float(np.median(t["bare"] / t["certify"]))
     ratio_b = float(np.median(t["cohen"] / t["certify"]))

@@ -26,33 +26,18 @@ import argparse
 import json
 import platform
 import time
-from collections.abc import Callable
 from functools import partial
 from typing import Any
 
 import numpy as np
 import timm
 import torch
+from certify_throughput import interleaved, loops, sync, timed
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.flop_counter import FlopCounterMode
 
 import peftsmoothing as ps
-
-AMP = {"fp32": None, "bf16": torch.bfloat16}
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed(fn: Callable[[], object], device: torch.device) -> float:
-    sync(device)
-    start = time.perf_counter()
-    fn()
-    sync(device)
-    return time.perf_counter() - start
 
 
 def build(args: argparse.Namespace, method: str = "lora", seed: int = 0) -> ps.PEFTModel:
@@ -65,47 +50,13 @@ def build(args: argparse.Namespace, method: str = "lora", seed: int = 0) -> ps.P
 def certify_throughput(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     model = build(args).to(device).eval()
     x = torch.rand(3, args.img, args.img, device=device)
-    batch, num, sigma = args.batch, args.batch * args.batches, 0.25
+    batch, num = args.batch, args.batch * args.batches
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         model(x.unsqueeze(0))
     flops_per_image = counter.get_total_flops()
     results: dict[str, Any] = {"flops_per_image": flops_per_image}
     for precision in args.precisions:
-        amp = AMP[precision]
-
-        def autocast(amp: torch.dtype | None = amp) -> torch.autocast:
-            return torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None)
-
-        def bare() -> None:
-            xb = x.unsqueeze(0).repeat(batch, 1, 1, 1)
-            with torch.inference_mode(), model.merged_for_inference(), autocast():
-                for _ in range(args.batches):
-                    model(xb)
-
-        def cohen() -> None:
-            counts = np.zeros(10, dtype=int)
-            with torch.inference_mode(), model.merged_for_inference(), autocast():
-                for _ in range(args.batches):
-                    xb = x.unsqueeze(0).repeat((batch, 1, 1, 1))
-                    predictions = model(xb + torch.randn_like(xb) * sigma).argmax(1)
-                    counts += np.bincount(predictions.cpu().numpy(), minlength=10)
-
-        smoothed = ps.SmoothedClassifier(model, 10, sigma, precision=precision)
-
-        def certify(smoothed: ps.SmoothedClassifier = smoothed) -> None:
-            smoothed.certify(x, n0=batch, n=num - batch, alpha=0.001, batch_size=batch, seed=0)
-
-        variants = {"bare": bare, "cohen": cohen, "certify": certify}
-        for fn in variants.values():  # warm-up
-            fn()
-        times: dict[str, list[float]] = {k: [] for k in variants}
-        order = list(variants)
-        rng = np.random.default_rng(0)
-        for _ in range(args.rounds):
-            rng.shuffle(order)
-            for name in order:
-                times[name].append(timed(variants[name], device))
-        t = {k: np.array(v) for k, v in times.items()}
+        t = interleaved(loops(model, x, batch, args.batches, precision), args.rounds, device)
         rate = {k: num / float(np.median(v)) for k, v in t.items()}
         tflops = rate["certify"] * flops_per_image / 1e12
         results[precision] = {
