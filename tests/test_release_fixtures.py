@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 import torch
-from torch.utils.data import DataLoader, TensorDataset
 
 import peftsmoothing as ps
+from tests.fixtures.make_release_fixtures import certify_data, train_loader
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "release-0.1"
 SIGMA = 0.25
@@ -35,22 +35,6 @@ def load_quietly(path: Path) -> ps.PEFTModel:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return ps.load(path).eval()
-
-
-def certify_data() -> list[tuple[torch.Tensor, int]]:
-    """The generator's four seeded images and labels."""
-    gen = torch.Generator().manual_seed(1)
-    images = torch.rand(4, 3, 32, 32, generator=gen)
-    labels = torch.randint(0, 10, (4,), generator=gen).tolist()
-    return list(zip(images, labels, strict=True))
-
-
-def train_loader() -> DataLoader[tuple[torch.Tensor, ...]]:
-    """The generator's eight training images, 2 batches per epoch."""
-    gen = torch.Generator().manual_seed(2)
-    data = TensorDataset(torch.rand(8, 3, 32, 32, generator=gen), torch.arange(8) % 10)
-    return DataLoader(data, batch_size=4, shuffle=True,
-                      generator=torch.Generator().manual_seed(0))
 
 
 def test_saved_model_loads_with_the_same_outputs() -> None:
