@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from ..core.validation import check_choice
 from .preprocessing import preprocessing_config, preprocessing_transform
 
 try:  # numpy >= 2 keeps the implementation in numpy._core
@@ -214,12 +215,6 @@ def load_cifar(root: str | os.PathLike[str], train: bool, cifar100: bool = False
     return x.transpose(0, 2, 3, 1), y
 
 
-def _dataset_key(name: str) -> str:
-    if name.lower() not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
-    return name.lower()
-
-
 def _split_dir(root: Path, train: bool) -> Path:
     for name in ("train",) if train else ("val", "test"):
         if (root / name).is_dir():
@@ -271,7 +266,7 @@ def load_dataset(
         ...     print((3, 32, 32), 3)
         (3, 32, 32) 3
     """
-    key = _dataset_key(name)
+    key = check_choice(name.lower(), "dataset", DATASETS)
     augment = train if augment is None else augment
     if key in ("cifar10", "cifar100"):
         if download:
@@ -299,7 +294,7 @@ def num_classes(name: str, root: str | os.PathLike[str] | None = None) -> int:
         >>> num_classes("cifar10"), num_classes("cifar100")
         (10, 100)
     """
-    known = DATASETS[_dataset_key(name)]
+    known = DATASETS[check_choice(name.lower(), "dataset", DATASETS)]
     if known is not None:
         return known
     if root is None:

@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+from ..core.validation import check_real
+
 __all__ = ["INTERPOLATIONS", "preprocessing_config", "preprocessing_transform"]
 
 
@@ -81,15 +83,14 @@ def preprocessing_config(
             cfg["input_size"] = (cfg["input_size"][0], *built)
     size = image_size if image_size is not None else tuple(cfg["input_size"][-2:])
     hw = [int(size), int(size)] if isinstance(size, int) else [int(v) for v in size]
-    pct = float(crop_pct if crop_pct is not None else cfg.get("crop_pct") or 0.875)
-    mode = str(crop_mode or cfg.get("crop_mode") or "center")
+    pct = check_real(crop_pct if crop_pct is not None else cfg["crop_pct"], "crop_pct",
+                     low=0.0, high=1.0, low_open=True)
+    mode = str(crop_mode or cfg["crop_mode"])
     interp = str(interpolation or cfg["interpolation"])
     if interp == "random":  # timm's training-time choice; evaluation is deterministic
         interp = "bilinear"
     if len(hw) != 2 or min(hw) < 1:
         raise ValueError(f"image_size must be a positive int or (height, width), got {size!r}")
-    if not 0.0 < pct <= 1.0:
-        raise ValueError(f"crop_pct must be in (0, 1], got {pct!r}")
     if mode not in ("center", "squash"):
         raise ValueError(f"crop_mode must be 'center' or 'squash', got {mode!r}")
     if interp not in INTERPOLATIONS:
