@@ -83,20 +83,20 @@ def preprocessing_config(
             cfg["input_size"] = (cfg["input_size"][0], *built)
     size = image_size if image_size is not None else tuple(cfg["input_size"][-2:])
     hw = [int(size), int(size)] if isinstance(size, int) else [int(v) for v in size]
-    pct = check_real(crop_pct if crop_pct is not None else cfg["crop_pct"], "crop_pct",
-                     low=0.0, high=1.0, low_open=True)
+    pct = crop_pct if crop_pct is not None else cfg["crop_pct"]
     mode = str(crop_mode or cfg["crop_mode"])
     interp = str(interpolation or cfg["interpolation"])
     if interp == "random":  # timm's training-time choice; evaluation is deterministic
         interp = "bilinear"
     if len(hw) != 2 or min(hw) < 1:
         raise ValueError(f"image_size must be a positive int or (height, width), got {size!r}")
+    check_real(pct, "crop_pct", low=0.0, high=1.0, low_open=True)
     if mode not in ("center", "squash"):
         raise ValueError(f"crop_mode must be 'center' or 'squash', got {mode!r}")
     if interp not in INTERPOLATIONS:
         names = ", ".join(INTERPOLATIONS)
         raise ValueError(f"interpolation must be one of {names}, got {interp!r}")
-    return {"image_size": hw, "crop_pct": pct, "crop_mode": mode, "interpolation": interp}
+    return {"image_size": hw, "crop_pct": float(pct), "crop_mode": mode, "interpolation": interp}
 
 
 def preprocessing_transform(
