@@ -64,14 +64,13 @@ def run(args: argparse.Namespace) -> int:
     # Image folders follow the model's timm data config (size, crop, interpolation); the
     # settings record it, so a resume with other preprocessing is refused.
     smoothed, dataset, preprocessing = load_smoothed(args, args.shard, model_preprocessing=True)
-    indices = None if args.max is None else range(len(dataset))[: args.max]
     print(f"certifying {args.dataset} ({args.split}) with sigma={args.sigma} -> {log}")
     # What identifies the data (not --root: a path is not an identity).
     info = {"name": args.dataset, "split": args.split, "image_size": args.image_size,
             "preprocessing": preprocessing}
     report = smoothed.certify_dataset(
         dataset, args.n0, args.n, args.alpha, args.batch, log=log, resume=args.resume,
-        indices=indices, skip=args.skip, shard=shard, seed=args.seed,
+        indices=range(len(dataset))[: args.max], skip=args.skip, shard=shard, seed=args.seed,
         log_format=args.log_format, dataset_info=info, radius=args.radius,
         early_stop=args.early_stop, max_radius=args.max_radius, tolerance=args.tolerance,
     )

@@ -91,8 +91,7 @@ def run(args: argparse.Namespace) -> int:
     check_method_options(args.method, method_options)
     classes = datasets.num_classes(args.dataset, args.root)
     train_set: Any = datasets.load_dataset(args.dataset, args.root, True, image_size=args.img_size)
-    if args.limit is not None:
-        train_set = Subset(train_set, range(min(args.limit, len(train_set))))
+    train_set = Subset(train_set, range(len(train_set))[: args.limit])  # --limit: the first N
     val_loader = None
     if args.val_fraction > 0:
         n_val = max(1, round(len(train_set) * args.val_fraction))
