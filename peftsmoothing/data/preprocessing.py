@@ -126,19 +126,12 @@ def preprocessing_transform(
     from timm.data import create_transform
     from torchvision import transforms
 
-    clean = preprocessing_config(  # checks a config read back from a file
-        image_size=tuple(config["image_size"]),
-        **{key: config.get(key) for key in ("crop_pct", "crop_mode", "interpolation")},
-    )
-    size, mode = tuple(clean["image_size"]), clean["interpolation"]
+    options = {key: config.get(key) for key in ("crop_pct", "crop_mode", "interpolation")}
+    # checks a config read back from a file; what is left are create_transform's options
+    clean = preprocessing_config(image_size=tuple(config["image_size"]), **options)
+    size = tuple(clean.pop("image_size"))
     if not train:  # timm's eval transform, with an identity normalization: (x - 0) / 1
-        return create_transform(
-            size,
-            crop_pct=clean["crop_pct"],
-            crop_mode=clean["crop_mode"],
-            interpolation=mode,
-            mean=(0.0,),
-            std=(1.0,),
-        )
-    crop = transforms.RandomResizedCrop(size, interpolation=transforms.InterpolationMode(mode))
+        return create_transform(size, **clean, mean=(0.0,), std=(1.0,))
+    mode = transforms.InterpolationMode(clean["interpolation"])
+    crop = transforms.RandomResizedCrop(size, interpolation=mode)
     return transforms.Compose([crop, transforms.RandomHorizontalFlip(), transforms.ToTensor()])
