@@ -95,10 +95,9 @@ def load_smoothed(
     from ..data import datasets
 
     model = load_model(args)
-    folders = model_preprocessing and args.dataset in ("imagenet", "imagefolder")
-    preprocessing = (
-        datasets.preprocessing_config(model, image_size=args.image_size) if folders else None
-    )
+    preprocessing = None
+    if model_preprocessing and args.dataset in ("imagenet", "imagefolder"):
+        preprocessing = datasets.preprocessing_config(model, image_size=args.image_size)
     dataset = datasets.load_dataset(
         args.dataset, args.root, train=args.split == "train", image_size=args.image_size,
         augment=False, preprocessing=preprocessing,
