@@ -276,9 +276,7 @@ def load_dataset(
             official(os.fspath(root), train=train, download=True)
         x, y = load_cifar(root, train, cifar100=key == "cifar100")
         return ArrayDataset(x, y, image_size=image_size, augment=augment)
-    folder = _split_dir(Path(root), train)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"no image folder at {folder}")
+    folder = _split_dir(Path(root), train)  # ImageFolder raises FileNotFoundError if missing
     config = dict(preprocessing) if preprocessing is not None else preprocessing_config()
     if image_size is not None:
         config["image_size"] = [image_size, image_size]
