@@ -24,7 +24,7 @@ from torch import nn
 from ..core.noise import add_noise
 from ..core.precision import PRECISIONS, autocast
 from ..core.seeds import derive_seed
-from ..core.validation import check_choice, check_int, check_seed, check_sigma
+from ..core.validation import check_choice, check_int, check_sigma
 
 __all__ = [
     "STREAM_ESTIMATION",
@@ -54,8 +54,9 @@ def resolve_seed(seed: object) -> int:
         >>> isinstance(resolve_seed(None), int)
         True
     """
-    checked = check_seed(seed)  # None: drawn from torch's global generator, as it would seed
-    return int(torch.randint(0, 2**62, ()).item()) if checked is None else checked
+    if seed is None:  # drawn from torch's global generator, as it would seed
+        return int(torch.randint(0, 2**62, ()).item())
+    return check_int(seed, "seed", minimum=0)
 
 
 class Chunk(NamedTuple):

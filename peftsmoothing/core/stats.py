@@ -21,9 +21,6 @@ __all__ = [
     "binomial_pvalue",
     "certified_radius",
     "certify_bound",
-    "check_alpha",
-    "check_positive_int",
-    "check_sigma",
     "clopper_pearson_lower",
     "clopper_pearson_upper",
     "predict_from_counts",
@@ -188,7 +185,7 @@ def certify_bound(sigma: float, count: int, n: int, alpha: float) -> tuple[float
         0.0
     """
     pa_lower = clopper_pearson_lower(count, n, alpha)
-    return pa_lower, 0.0 if abstains(pa_lower) else certified_radius(sigma, pa_lower)
+    return pa_lower, certified_radius(sigma, pa_lower)  # 0.0 when CERTIFY abstains
 
 
 def certified_radius(sigma: float, pa_lower: float) -> float:
