@@ -219,7 +219,7 @@ class NoiseSampler:
             )
         if x.numel() == 0:
             raise ValueError(f"x is empty (shape {tuple(x.shape)})")
-        lo, hi = (float(v) for v in torch.stack(torch.aminmax(x.detach())).tolist())
+        lo, hi = torch.stack(torch.aminmax(x.detach())).tolist()
         if not (math.isfinite(lo) and math.isfinite(hi)):
             raise ValueError("x contains non-finite values (nan or inf)")
         if lo < -_RANGE_TOLERANCE or hi > 1.0 + _RANGE_TOLERANCE:
@@ -228,7 +228,6 @@ class NoiseSampler:
                 "already normalized. SmoothedClassifier adds noise in pixel space and expects "
                 "[0, 1] images with normalization inside the model; otherwise sigma and the "
                 "certified radius are in the wrong units.",
-                UserWarning,
                 stacklevel=4,
             )
         # Noise is added in at least fp32: a reduced-precision model then sees round(x + d),

@@ -5,12 +5,8 @@ PREDICT and CERTIFY are exactly the algorithms of Cohen, Rosenfeld & Kolter (201
 classifier ``g(x) = argmax_c P(f(x + d) = c)``, ``d ~ N(0, sigma^2 I)``, is evaluated with noise in
 pixel space: the base model ``f`` takes images in [0, 1] and normalizes them itself
 (docs/design.md, invariant 1), so ``sigma`` and the certified L2 radius are in the same units.
-
-A [`Certificate`][peftsmoothing.Certificate] is a statistical statement: with probability at least
-``1 - alpha`` over the noise, a non-abstaining prediction is the smoothed classifier's prediction on
-every point within ``radius`` (L2) of ``x``. Selection (``n0``) and estimation (``n``) samples are
-drawn independently; the bound is the exact one-sided Clopper-Pearson bound
-(``peftsmoothing.core.stats``).
+With probability at least ``1 - alpha`` over the noise, a non-abstaining certificate's prediction
+is the smoothed classifier's on every point within ``radius`` (L2) of ``x``.
 
 ``SmoothedClassifier`` is the facade: sampling is ``sampling.NoiseSampler`` (noise and counts
 on the device), every CERTIFY mode runs on the one engine ``engine.certify_packed`` (fixed
@@ -306,11 +302,9 @@ class SmoothedClassifier:
     ) -> Iterator[tuple[Any, Certificate]]:
         """Sequential CERTIFY of many images, their samples packed into shared batches.
 
-        The engine under ``certify(..., radius=...)`` and ``certify_dataset`` in the
-        sequential modes (``peftsmoothing.certify.engine.certify_packed``): each image draws its
-        noise from its own seeded streams, so its certificate does not depend on which images
-        share its batches (up to the model's last-bit differences between batch layouts).
-        Images of different shapes never share a batch. Eval mode, merged weights and
+        The engine under ``certify`` and ``certify_dataset``
+        (``peftsmoothing.certify.engine.certify_packed``, which says what packing keeps: each
+        image's own noise streams, batches of one shape). Eval mode, merged weights and
         inference mode hold only while the engine computes (``items`` is read then), never
         while the caller's loop body runs, and are restored if the caller stops early.
 
