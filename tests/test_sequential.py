@@ -23,13 +23,12 @@ from peftsmoothing.certify.sequential import (
     Schedule,
     SequentialPolicy,
     TargetRadiusPolicy,
-    clopper_pearson_upper,
     looks,
     max_certifiable_radius,
     run_sequential,
     spend_alpha,
 )
-from peftsmoothing.core.stats import certified_radius, clopper_pearson_lower
+from peftsmoothing.core.stats import certified_radius, clopper_pearson_lower, clopper_pearson_upper
 
 # ----------------------------------------------------------------------------- schedule
 

@@ -12,12 +12,10 @@ from scipy.stats import binom, norm
 from peftsmoothing.core.stats import (
     binomial_pvalue,
     certified_radius,
-    check_alpha,
-    check_positive_int,
-    check_sigma,
     clopper_pearson_lower,
     predict_from_counts,
 )
+from peftsmoothing.core.validation import check_alpha, check_positive_int, check_sigma
 
 
 @pytest.mark.parametrize("n", [1, 10, 100, 1000, 100_000])

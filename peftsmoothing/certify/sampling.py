@@ -24,7 +24,7 @@ from torch import nn
 from ..core.noise import add_noise
 from ..core.precision import PRECISIONS, autocast
 from ..core.seeds import derive_seed
-from ..core.validation import check_choice, check_int, check_seed, check_sigma
+from ..core.validation import check_choice, check_int, check_sigma
 
 __all__ = [
     "STREAM_ESTIMATION",
@@ -54,8 +54,9 @@ def resolve_seed(seed: object) -> int:
         >>> isinstance(resolve_seed(None), int)
         True
     """
-    checked = check_seed(seed)  # None: drawn from torch's global generator, as it would seed
-    return int(torch.randint(0, 2**62, ()).item()) if checked is None else checked
+    if seed is None:  # drawn from torch's global generator, as it would seed
+        return int(torch.randint(0, 2**62, ()).item())
+    return check_int(seed, "seed", minimum=0)
 
 
 class Chunk(NamedTuple):
@@ -218,7 +219,7 @@ class NoiseSampler:
             )
         if x.numel() == 0:
             raise ValueError(f"x is empty (shape {tuple(x.shape)})")
-        lo, hi = (float(v) for v in torch.stack(torch.aminmax(x.detach())).tolist())
+        lo, hi = torch.stack(torch.aminmax(x.detach())).tolist()
         if not (math.isfinite(lo) and math.isfinite(hi)):
             raise ValueError("x contains non-finite values (nan or inf)")
         if lo < -_RANGE_TOLERANCE or hi > 1.0 + _RANGE_TOLERANCE:
@@ -227,7 +228,6 @@ class NoiseSampler:
                 "already normalized. SmoothedClassifier adds noise in pixel space and expects "
                 "[0, 1] images with normalization inside the model; otherwise sigma and the "
                 "certified radius are in the wrong units.",
-                UserWarning,
                 stacklevel=4,
             )
         # Noise is added in at least fp32: a reduced-precision model then sees round(x + d),

@@ -233,10 +233,11 @@ class Registry(Generic[T]):
                             raise TypeError(f"it did not register a {self.kind} named {ep.name!r}")
                         self.adopt(ep.name, obj)
                 except Exception as err:  # a broken plug-in must not break every command
+                    package = f", package {ep.dist.name!r}" if ep.dist else ""
                     warnings.warn(
                         f"skipping the peftsmoothing {self.kind} plug-in {ep.name!r} "
-                        f"({ep.value}, entry-point group {self.group!r}"
-                        f"{_distribution(ep)}): {type(err).__name__}: {err}",
+                        f"({ep.value}, entry-point group {self.group!r}{package}): "
+                        f"{type(err).__name__}: {err}",
                         RuntimeWarning,
                         stacklevel=2,
                     )
@@ -249,7 +250,3 @@ def _origin(obj: object) -> str:
         return f"{module}.{qualname}"
     return type(obj).__name__
 
-
-def _distribution(ep: metadata.EntryPoint) -> str:
-    name = getattr(getattr(ep, "dist", None), "name", None)
-    return f", package {name!r}" if name else ""

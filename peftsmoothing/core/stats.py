@@ -21,9 +21,6 @@ __all__ = [
     "binomial_pvalue",
     "certified_radius",
     "certify_bound",
-    "check_alpha",
-    "check_positive_int",
-    "check_sigma",
     "clopper_pearson_lower",
     "clopper_pearson_upper",
     "predict_from_counts",
@@ -157,11 +154,10 @@ def predict_from_counts(counts: Iterable[int], alpha: float) -> int:
     a = check_alpha(alpha)
     if len(values) < 2:
         raise ValueError(f"predict_from_counts needs the counts of >= 2 classes, got {values}")
-    order = sorted(range(len(values)), key=lambda i: -values[i])
-    n_a, n_b = values[order[0]], values[order[1]]
+    n_a, n_b = sorted(values, reverse=True)[:2]
     if n_a == 0:
         raise ValueError("predict_from_counts got no votes (every count is 0)")
-    return ABSTAIN if binomial_pvalue(n_a, n_a + n_b) > a else order[0]
+    return ABSTAIN if binomial_pvalue(n_a, n_a + n_b) > a else values.index(n_a)
 
 
 def abstains(pa_lower: float) -> bool:
@@ -188,7 +184,7 @@ def certify_bound(sigma: float, count: int, n: int, alpha: float) -> tuple[float
         0.0
     """
     pa_lower = clopper_pearson_lower(count, n, alpha)
-    return pa_lower, 0.0 if abstains(pa_lower) else certified_radius(sigma, pa_lower)
+    return pa_lower, certified_radius(sigma, pa_lower)  # 0.0 when CERTIFY abstains
 
 
 def certified_radius(sigma: float, pa_lower: float) -> float:

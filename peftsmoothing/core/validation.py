@@ -17,7 +17,6 @@ __all__ = [
     "check_int",
     "check_positive_int",
     "check_real",
-    "check_seed",
     "check_sigma",
     "is_int",
 ]
@@ -197,24 +196,6 @@ def check_sigma(sigma: object) -> float:
         ValueError: sigma must be a finite number > 0, got 0
     """
     return check_real(sigma, "sigma", low=0.0, low_open=True)
-
-
-def check_seed(seed: object, allow_none: bool = True) -> int | None:
-    """Return a seed as an ``int`` (non-negative), or ``None`` when allowed.
-
-    Examples:
-        >>> check_seed(7), check_seed(None)
-        (7, None)
-        >>> check_seed(-1)
-        Traceback (most recent call last):
-        ...
-        ValueError: seed must be a non-negative integer or None, got -1
-    """
-    if seed is None and allow_none:
-        return None
-    if not is_int(seed) or int(seed) < 0:  # type: ignore[call-overload]
-        raise ValueError(f"seed must be a non-negative integer or None, got {seed!r}")
-    return int(seed)  # type: ignore[call-overload]
 
 
 def check_choice(value: object, name: str, choices: Iterable[str]) -> str:

@@ -29,7 +29,6 @@ caller running out of time) decides where sampling stops. Anytime-valid confiden
 
 from __future__ import annotations
 
-from ...core.stats import clopper_pearson_upper
 from .modes import fixed_policy, policy_settings, sequential_policy
 from .policies import (
     Decision,
@@ -59,7 +58,6 @@ __all__ = [
     "Schedule",
     "SequentialPolicy",
     "TargetRadiusPolicy",
-    "clopper_pearson_upper",
     "fixed_policy",
     "looks",
     "max_certifiable_radius",

@@ -35,7 +35,7 @@ def sequential_policy(
     max_radius: float | None = None,
     tolerance: float | None = None,
     schedule: Schedule | None = None,
-) -> SequentialPolicy | None:
+) -> TargetRadiusPolicy | MaxRadiusPolicy | None:
     """The stopping policy that ``certify``'s mode arguments ask for (``None``: fixed ``n``).
 
     ``radius`` selects target mode (``peftsmoothing.certify.sequential.TargetRadiusPolicy``);
@@ -67,7 +67,7 @@ def sequential_policy(
         return None
     schedule = Schedule.create(n, alpha) if schedule is None else schedule
     if radius is not None:  # the policy checks that ``schedule`` is a Schedule
-        policy: SequentialPolicy = TargetRadiusPolicy(sigma, radius, schedule)
+        policy: TargetRadiusPolicy | MaxRadiusPolicy = TargetRadiusPolicy(sigma, radius, schedule)
     else:
         policy = MaxRadiusPolicy(sigma, schedule, max_radius=max_radius, tolerance=tolerance)
     if schedule.n_max != n or schedule.alpha != alpha:
@@ -78,7 +78,7 @@ def sequential_policy(
     return policy
 
 
-def policy_settings(policy: SequentialPolicy) -> tuple[str, dict[str, Any]]:
+def policy_settings(policy: TargetRadiusPolicy | MaxRadiusPolicy) -> tuple[str, dict[str, Any]]:
     """``(mode, parameters)`` of a policy, as a log's settings record them.
 
     Examples:
@@ -95,8 +95,5 @@ def policy_settings(policy: SequentialPolicy) -> tuple[str, dict[str, Any]]:
     if isinstance(policy, TargetRadiusPolicy):
         params.update(radius=policy.radius, beta=policy.beta)
         return "target", params
-    if isinstance(policy, MaxRadiusPolicy):
-        cap = float(policy.max_radius)  # type: ignore[arg-type]
-        params.update(max_radius=None if cap == float("inf") else cap, tolerance=policy.tolerance)
-        return "max_radius", params
-    raise TypeError(f"unknown policy {type(policy).__name__}")
+    params.update(max_radius=policy.max_radius, tolerance=policy.tolerance)
+    return "max_radius", params

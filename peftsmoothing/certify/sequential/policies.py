@@ -8,7 +8,6 @@ reports is valid at whichever look sampling stops (a union bound over the looks)
 from __future__ import annotations
 
 import bisect
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -174,12 +173,7 @@ class TargetRadiusPolicy(_Policy):
         b = self.schedule.alpha if self.beta is None else check_alpha(self.beta)
         object.__setattr__(self, "beta", b)
         final = partial(self._certifies, self.schedule.n_looks - 1)
-        object.__setattr__(self, "_final_min", _first_true(final, self.n_max))
-
-    @property
-    def n_max(self) -> int:
-        """The final look's sample count."""
-        return self.schedule.n_max
+        object.__setattr__(self, "_final_min", _first_true(final, self.schedule.n_max))
 
     @property
     def p_target(self) -> float:
@@ -196,7 +190,7 @@ class TargetRadiusPolicy(_Policy):
     @property
     def reachable(self) -> bool:
         """Whether ``n_max`` samples can certify ``r`` at all (else every look is futile)."""
-        return self._final_min <= self.n_max
+        return self._final_min <= self.schedule.n_max
 
     def _certifies(self, look: int, count: int) -> bool:
         pa_lower, radius = self._bound(look, count)
@@ -205,7 +199,7 @@ class TargetRadiusPolicy(_Policy):
     def _viable(self, look: int, count: int) -> bool:
         """Whether the futility test at a (non-final) look lets sampling go on."""
         n_k = self.schedule.looks[look]
-        if count + (self.n_max - n_k) < self._final_min:
+        if count + (self.schedule.n_max - n_k) < self._final_min:
             return False  # even all remaining samples voting for c_A would not certify
         return clopper_pearson_upper(count, n_k, self.betas[look]) >= self.p_target
 
@@ -286,7 +280,7 @@ class MaxRadiusPolicy(_Policy):
     def __post_init__(self) -> None:
         super().__post_init__()
         cap, tol = self.max_radius, self.tolerance
-        cap = math.inf if cap is None else check_real(cap, "max_radius", low=0.0, low_open=True)
+        cap = None if cap is None else check_real(cap, "max_radius", low=0.0, low_open=True)
         tol = 0.05 * self.sigma if tol is None else check_real(tol, "tolerance", low=0.0)
         object.__setattr__(self, "max_radius", cap)
         object.__setattr__(self, "tolerance", tol)
@@ -307,7 +301,7 @@ class MaxRadiusPolicy(_Policy):
     def _reason(self, look: int, count: int, pa_lower: float, radius: float) -> Reason:
         if look == self.schedule.n_looks - 1:
             return "final"
-        if radius >= float(self.max_radius):  # type: ignore[arg-type]
+        if self.max_radius is not None and radius >= self.max_radius:
             return "max_radius"
         if self.projected_radius(look, count) - radius < float(self.tolerance):  # type: ignore[arg-type]
             return "converged"

@@ -141,8 +141,7 @@ def max_certifiable_radius(sigma: float, n: int, alpha: float) -> float:
         >>> round(max_certifiable_radius(1.0, 100_000, 0.0005), 4)  # the final look's share
         3.7878
     """
-    n_ = check_positive_int(n, "n")
-    return certified_radius(sigma, clopper_pearson_lower(n_, n_, alpha))
+    return certified_radius(sigma, clopper_pearson_lower(n, n, alpha))
 
 
 @dataclass(frozen=True)
