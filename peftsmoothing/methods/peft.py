@@ -107,11 +107,6 @@ def _checked(config: Any, source: str, *, yours: bool = False) -> Any:
     """Refuse options this method cannot honour, and patterns or work out of bounds (only
     warned about for ``yours``, a config object of your own code: a saved copy of it will not
     load); return a copy that trains the adapter."""
-    if getattr(config, "modules_to_save", None):  # refused as unreviewed too: say what to do
-        raise ValueError(
-            f"{source}: modules_to_save={config.modules_to_save!r} is not supported; wrap "
-            "trains the classification head itself (num_classes= or train_head=True)"
-        )
     check_reviewed_options(config, source)
     try:
         check_patterns(config, source)
