@@ -157,16 +157,14 @@ def config_from_dict(
         raise ValueError(f"{source}: a peft config must be a JSON object, got {values!r}")
     recipes.check_numbers(values, source)
     peft_type = values.get("peft_type")
-    if class_name is None:
-        class_name = _class_for_type(peft_type, source)
-    cls = _config_class(class_name, source)
-    if peft_type is not None and _class_for_type(peft_type, source) != class_name:
+    cls = _config_class(class_name or _class_for_type(peft_type, source), source)
+    if class_name and peft_type is not None and _class_for_type(peft_type, source) != class_name:
         raise ValueError(f"{source}: peft_type {peft_type!r} does not match {class_name}")
     fields = {f.name for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(k for k in values if k not in fields)
     if unknown:
         warnings.warn(
-            f"{source}: ignoring options {class_name} does not know: {', '.join(unknown)}",
+            f"{source}: ignoring options {cls.__name__} does not know: {', '.join(unknown)}",
             UserWarning,
             stacklevel=3,
         )
@@ -174,7 +172,7 @@ def config_from_dict(
     try:
         config = cls(**kwargs)
     except (TypeError, ValueError) as err:
-        raise ValueError(f"{source}: invalid {class_name}: {err}") from None
+        raise ValueError(f"{source}: invalid {cls.__name__}: {err}") from None
     return _checked(config, source)
 
 
