@@ -299,7 +299,7 @@ class PeftMethodConfig(MethodConfig):
         return {"config": config_to_dict(self.config), "config_class": self.config_class}
 
 
-class PeftMethod(Method):
+class PeftMethod(Method[PeftMethodConfig]):
     """HF peft adapters through ``inject_adapter_in_model``; merges into the base weights.
 
     Examples:
@@ -318,13 +318,9 @@ class PeftMethod(Method):
     Config = PeftMethodConfig
     supports_merge = True
 
-    def __init__(self, config: MethodConfig | None = None) -> None:
-        super().__init__(config)
-        self._originals: dict[str, dict[str, torch.Tensor]] = {}
-
     def apply(self, model: nn.Module, context: MethodContext) -> None:
+        self._originals: dict[str, dict[str, torch.Tensor]] = {}  # kept by merge for unmerge
         cfg = self.config
-        assert isinstance(cfg, PeftMethodConfig)
         if cfg._from_file:
             where = Path(cfg.adapter, ADAPTER_CONFIG_FILE) if cfg.adapter else "peft: config"
             _check_adapter_size(cfg.config, model, str(where))
