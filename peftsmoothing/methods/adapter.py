@@ -150,7 +150,7 @@ def _feature_dim(module: nn.Module, style: str, name: str) -> int:
 
 
 @register_method("adapter")
-class Adapter(Method):
+class Adapter(Method[AdapterConfig]):
     """Bottleneck adapters, parallel (AdaptFormer) or sequential (Houlsby).
 
     Examples:
@@ -167,7 +167,6 @@ class Adapter(Method):
 
     def apply(self, model: nn.Module, context: MethodContext) -> None:
         cfg = self.config
-        assert isinstance(cfg, AdapterConfig)
         patterns = cfg.target_modules
         if patterns is None:
             blocks = getattr(model, "blocks", None)

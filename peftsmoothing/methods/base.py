@@ -17,7 +17,7 @@ import dataclasses
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar, cast
 
 from torch import nn
 
@@ -190,7 +190,11 @@ def _set_extra(self: MethodContext, value: dict[str, Any]) -> None:
 setattr(MethodContext, "extra", property(_get_extra, _set_extra))  # noqa: B010
 
 
-class Method:
+#: The config class of a method (``Method[LoRAConfig]``: ``self.config`` is a ``LoRAConfig``).
+C = TypeVar("C", bound=MethodConfig)
+
+
+class Method(Generic[C]):
     """Base class of every PEFT method (the plug-in protocol).
 
     A method declares ``name`` (set by [`register_method`][peftsmoothing.register_method]), a
@@ -221,8 +225,8 @@ class Method:
     Config: ClassVar[type[MethodConfig]] = MethodConfig
     supports_merge: ClassVar[bool] = False
 
-    def __init__(self, config: MethodConfig | None = None) -> None:
-        self.config = config if config is not None else self.Config()
+    def __init__(self, config: C | None = None) -> None:
+        self.config: C = config if config is not None else cast(C, self.Config())
 
     def apply(self, model: nn.Module, context: MethodContext) -> None:
         """Add the method's trainable parameters to ``model`` (in place).

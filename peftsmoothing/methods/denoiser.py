@@ -101,7 +101,7 @@ class DenoiserConfig(MethodConfig):
 
 
 @register_method("denoiser")
-class Denoiser(Method):
+class Denoiser(Method[DenoiserConfig]):
     """A trainable denoiser (DnCNN or your own) in pixel space before a frozen classifier.
 
     Examples:
@@ -118,7 +118,6 @@ class Denoiser(Method):
 
     def apply(self, model: nn.Module, context: MethodContext) -> None:
         cfg = self.config
-        assert isinstance(cfg, DenoiserConfig)
         denoiser = cfg.denoiser or DnCNN(cfg.channels, cfg.depth, cfg.width)
         ref = next(model.parameters(), None)
         if ref is not None:

@@ -246,7 +246,7 @@ class LoRAConfig(MethodConfig):
 
 
 @register_method("lora")
-class LoRA(Method):
+class LoRA(Method[LoRAConfig]):
     """LoRA on Linear/Conv2d layers; merges into the base weights for inference.
 
     Examples:
@@ -265,7 +265,6 @@ class LoRA(Method):
     @override
     def apply(self, model: nn.Module, context: MethodContext) -> None:
         cfg = self.config
-        assert isinstance(cfg, LoRAConfig)
         patterns = cfg.target_modules
         if patterns is None:
             if not any(n.split(".")[-1] == "qkv" for n, _ in model.named_modules()):

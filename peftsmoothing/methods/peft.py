@@ -107,11 +107,6 @@ def _checked(config: Any, source: str, *, yours: bool = False) -> Any:
     """Refuse options this method cannot honour, and patterns or work out of bounds (only
     warned about for ``yours``, a config object of your own code: a saved copy of it will not
     load); return a copy that trains the adapter."""
-    if getattr(config, "modules_to_save", None):  # refused as unreviewed too: say what to do
-        raise ValueError(
-            f"{source}: modules_to_save={config.modules_to_save!r} is not supported; wrap "
-            "trains the classification head itself (num_classes= or train_head=True)"
-        )
     check_reviewed_options(config, source)
     try:
         check_patterns(config, source)
@@ -162,16 +157,14 @@ def config_from_dict(
         raise ValueError(f"{source}: a peft config must be a JSON object, got {values!r}")
     recipes.check_numbers(values, source)
     peft_type = values.get("peft_type")
-    if class_name is None:
-        class_name = _class_for_type(peft_type, source)
-    cls = _config_class(class_name, source)
-    if peft_type is not None and _class_for_type(peft_type, source) != class_name:
+    cls = _config_class(class_name or _class_for_type(peft_type, source), source)
+    if class_name and peft_type is not None and _class_for_type(peft_type, source) != class_name:
         raise ValueError(f"{source}: peft_type {peft_type!r} does not match {class_name}")
     fields = {f.name for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(k for k in values if k not in fields)
     if unknown:
         warnings.warn(
-            f"{source}: ignoring options {class_name} does not know: {', '.join(unknown)}",
+            f"{source}: ignoring options {cls.__name__} does not know: {', '.join(unknown)}",
             UserWarning,
             stacklevel=3,
         )
@@ -179,7 +172,7 @@ def config_from_dict(
     try:
         config = cls(**kwargs)
     except (TypeError, ValueError) as err:
-        raise ValueError(f"{source}: invalid {class_name}: {err}") from None
+        raise ValueError(f"{source}: invalid {cls.__name__}: {err}") from None
     return _checked(config, source)
 
 
@@ -306,7 +299,7 @@ class PeftMethodConfig(MethodConfig):
         return {"config": config_to_dict(self.config), "config_class": self.config_class}
 
 
-class PeftMethod(Method):
+class PeftMethod(Method[PeftMethodConfig]):
     """HF peft adapters through ``inject_adapter_in_model``; merges into the base weights.
 
     Examples:
@@ -325,13 +318,9 @@ class PeftMethod(Method):
     Config = PeftMethodConfig
     supports_merge = True
 
-    def __init__(self, config: MethodConfig | None = None) -> None:
-        super().__init__(config)
-        self._originals: dict[str, dict[str, torch.Tensor]] = {}
-
     def apply(self, model: nn.Module, context: MethodContext) -> None:
+        self._originals: dict[str, dict[str, torch.Tensor]] = {}  # kept by merge for unmerge
         cfg = self.config
-        assert isinstance(cfg, PeftMethodConfig)
         if cfg._from_file:
             where = Path(cfg.adapter, ADAPTER_CONFIG_FILE) if cfg.adapter else "peft: config"
             _check_adapter_size(cfg.config, model, str(where))

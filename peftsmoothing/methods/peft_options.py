@@ -26,10 +26,15 @@ Examples:
 
 from __future__ import annotations
 
-import importlib
 import re
+import sys
 from collections.abc import Mapping
 from typing import Any
+
+if sys.version_info >= (3, 11):
+    from re import _parser as sre_parse
+else:  # Python 3.10
+    import sre_parse
 
 __all__ = ["MAX_NAMES", "MAX_PATTERN_CHARS", "MAX_PATTERN_WORK", "MAX_WORK", "METADATA",
            "REVIEWED", "REVIEWED_VALUES", "check_patterns", "check_reviewed_options",
@@ -80,6 +85,8 @@ _SEE = (
     "(the peft method accepts only reviewed options at other than their defaults: see "
     "peftsmoothing.methods.peft_options)"
 )
+#: What to do instead of setting an unreviewed option, where there is something else to do.
+_INSTEAD = {"modules_to_save": "(wrap trains the head itself: num_classes= or train_head=True)"}
 
 
 _COLLECTIONS = (set, frozenset, list, tuple)
@@ -125,7 +132,8 @@ def check_reviewed_options(config: Any, source: str) -> None:
                 f"frozen backbone, or needs data); use one of {allowed}"
             )
         if option not in reviewed and not _same(value, getattr(default, option, None)):
-            raise ValueError(f"{source}: {name} option {option}={value!r} is not supported {_SEE}")
+            hint = _INSTEAD.get(option, _SEE)
+            raise ValueError(f"{source}: {name} option {option}={value!r} is not supported {hint}")
 
 
 #: The reviewed options that repeat work on every forward pass or merge, and the most a peft
@@ -272,18 +280,10 @@ def _regex_work(value: str, pattern: str, where: str) -> int:
     if len(value) > MAX_PATTERN_CHARS:
         raise ValueError(f"{where}: refusing {len(value)} characters (at most {MAX_PATTERN_CHARS})")
     try:
-        parsed = _regex_parser().parse(pattern)
+        parsed = sre_parse.parse(pattern)
     except (re.error, RecursionError, OverflowError) as err:
         raise ValueError(f"{where}={value!r} is not a valid regular expression ({err})") from None
     return _work(parsed, f"{where}={value!r}")
-
-
-def _regex_parser() -> Any:
-    """Python's own regular-expression parser (``re._parser``; ``sre_parse`` before 3.11)."""
-    try:
-        return importlib.import_module("re._parser")
-    except ImportError:  # Python 3.10
-        return importlib.import_module("sre_parse")
 
 
 def _work(parsed: Any, where: str) -> int:
@@ -305,10 +305,8 @@ def _work(parsed: Any, where: str) -> int:
                 continue
             alternatives *= 2 if low == 0 else 1  # optional: matched or skipped
             inner = [body]
-        elif name == "SUBPATTERN":
-            inner = [value[-1]]
-        elif name in ("ASSERT", "ASSERT_NOT"):
-            inner = [value[1]]
+        elif name in ("SUBPATTERN", "ASSERT", "ASSERT_NOT"):
+            inner = [value[-1]]  # the pattern of a group or a lookaround
         elif name == "BRANCH":
             inner = list(value[1])
             alternatives *= len(inner)

@@ -123,7 +123,7 @@ class PromptConfig(MethodConfig):
 
 
 @register_method("prompt")
-class Prompt(Method):
+class Prompt(Method[PromptConfig]):
     """Visual prompt tuning (shallow or deep) for timm VisionTransformer-style models.
 
     Examples:
@@ -140,7 +140,6 @@ class Prompt(Method):
 
     def apply(self, model: nn.Module, context: MethodContext) -> None:
         cfg = self.config
-        assert isinstance(cfg, PromptConfig)
         blocks = getattr(model, "blocks", None)
         prefix = getattr(model, "num_prefix_tokens", None)
         dim = getattr(model, "embed_dim", None)
