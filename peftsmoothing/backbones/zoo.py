@@ -48,6 +48,7 @@ def rebuild_base_model(
     base_weights: str | os.PathLike[str] | None = None,
     pretrained: bool | None = None,
     source: str = "recipe",
+    directory: str | os.PathLike[str] | None = None,
 ) -> nn.Module:
     """Build the base model a saved directory's recipe describes, after ``check_recipe``.
 
@@ -62,14 +63,16 @@ def rebuild_base_model(
         pretrained: ``True``: timm's registry weights for the recipe's name, whatever the
             recipe records; ``False``: never timm's registry weights; ``None``: as recorded.
         source: Where the recipe was read, for error messages.
+        directory: The saved directory the recipe was read from: also refuse a weights
+            choice that cannot rebuild its backbone (``check_weights_choice``).
 
     Returns:
         The base model.
 
     Raises:
         ValueError: If the recipe is refused, was built from a weights file and
-            ``base_weights`` is not given, or both ``base_weights`` and ``pretrained=True``
-            are given.
+            ``base_weights`` is not given, both ``base_weights`` and ``pretrained=True``
+            are given, or (with ``directory``) ``check_weights_choice`` refuses.
         FileNotFoundError: If ``base_weights`` does not exist.
 
     Examples:
@@ -79,6 +82,8 @@ def rebuild_base_model(
         (4, 4)
     """
     clean = check_recipe(recipe, source)
+    if directory is not None:
+        check_weights_choice(clean, directory, base_weights=base_weights, pretrained=pretrained)
     if base_weights is not None and pretrained:
         raise ValueError(
             "pass either base_weights=FILE or pretrained=True (timm's registry weights), not both"

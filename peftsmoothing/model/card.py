@@ -35,9 +35,7 @@ def _value(value: Any) -> str:
 
 
 def _table(rows: Iterable[tuple[str, Any]]) -> list[str]:
-    lines = ["| | |", "|---|---|"]
-    lines += [f"| {key} | `{_value(value)}` |" for key, value in rows]
-    return lines
+    return ["| | |", "|---|---|", *(f"| {key} | `{_value(value)}` |" for key, value in rows)]
 
 
 def _command(settings: Mapping[str, Any]) -> str:

@@ -81,11 +81,9 @@ def local_directory(location: str | os.PathLike[str]) -> str | os.PathLike[str]:
         return location
     repo, revision = hub_repo(location)
     hub = _hub()
-    from huggingface_hub import constants
-
     # plain files in a folder of their own (the Hub cache links files to blobs elsewhere, and a
     # saved directory's files may not be links out of it)
-    target = Path(constants.HF_HUB_CACHE) / "peftsmoothing" / repo.replace("/", "--")
+    target = Path(hub.constants.HF_HUB_CACHE) / "peftsmoothing" / repo.replace("/", "--")
     target = target / (revision or "main").replace("/", "--")
     folder = hub.snapshot_download(repo, revision=revision, allow_patterns=list(HUB_FILES),
                                    local_dir=target, endpoint=_endpoint())  # fmt: skip

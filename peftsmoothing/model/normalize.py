@@ -36,22 +36,20 @@ class Normalize(nn.Module):
 
     def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__()
-        mean_t = torch.as_tensor([float(m) for m in mean], dtype=torch.float32)
-        std_t = torch.as_tensor([float(s) for s in std], dtype=torch.float32)
-        if mean_t.ndim != 1 or std_t.ndim != 1 or mean_t.numel() != std_t.numel():
-            raise ValueError(
-                f"mean and std must be flat sequences of equal length, got {list(mean)} and "
-                f"{list(std)}"
-            )
-        if mean_t.numel() == 0:
-            raise ValueError("mean and std must not be empty")
-        if not torch.all(std_t > 0) or not torch.all(torch.isfinite(std_t)):
-            raise ValueError(f"std must be positive and finite, got {list(std)}")
-        if not torch.all(torch.isfinite(mean_t)):
-            raise ValueError(f"mean must be finite, got {list(mean)}")
         # the values as given (float64), for configs; the buffers hold them in float32
         self.given_mean = tuple(float(m) for m in mean)
         self.given_std = tuple(float(s) for s in std)
+        mean_t = torch.tensor(self.given_mean, dtype=torch.float32)
+        std_t = torch.tensor(self.given_std, dtype=torch.float32)
+        if not 0 < mean_t.numel() == std_t.numel():
+            raise ValueError(
+                f"mean and std must be non-empty sequences of equal length, got {list(mean)} "
+                f"and {list(std)}"
+            )
+        if not torch.all((std_t > 0) & std_t.isfinite()):
+            raise ValueError(f"std must be positive and finite, got {list(std)}")
+        if not torch.all(mean_t.isfinite()):
+            raise ValueError(f"mean must be finite, got {list(mean)}")
         self.register_buffer("mean", mean_t.view(-1, 1, 1), persistent=False)
         self.register_buffer("std", std_t.view(-1, 1, 1), persistent=False)
 

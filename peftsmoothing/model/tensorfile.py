@@ -8,9 +8,9 @@ allocate more than those tensors take. Release 0.1 wrote ``LEGACY_TENSORS_FILE``
 (``trainable.pt``, a ``torch.save`` zip); it is still read, with ``weights_only=True``, once its
 zip directory shows that it unpacks to no more than the trained tensors take: ``torch.load``
 allocates each storage whole, so a small file could otherwise hold a correctly shaped view into
-a storage of gigabytes. That zip directory is parsed here, as torch's reader (miniz) finds it,
-and a layout that another zip reader could see differently is refused. Used by
-``serialization`` (saved models) and ``training`` (checkpoints of plain modules).
+a storage of gigabytes. That zip directory is located here as torch's reader (miniz) finds it,
+and a layout that Python's ``zipfile`` (which then reads it) could see differently is refused.
+Used by ``serialization`` (saved models) and ``training`` (checkpoints of plain modules).
 """
 
 from __future__ import annotations
@@ -229,10 +229,10 @@ def read_legacy(file: Path, expected: Mapping[str, torch.Tensor]) -> dict[str, t
     if size > limit:
         raise ValueError(f"{file} holds {size:,} bytes, {too_large}")
     records = _zip_records(file)
-    unpacked = sum(size for _, _, _, size, _ in records)
+    unpacked = sum(r.file_size for r in records)
     if unpacked > limit:
         raise ValueError(f"{file} unpacks to {unpacked:,} bytes, {too_large}")
-    if any(method != 0 or packed != size for _, method, packed, size, _ in records):
+    if any(r.compress_type or r.compress_size != r.file_size for r in records):  # 0: stored
         raise ValueError(f"{file} holds compressed records, which torch.save never writes: refused")
     try:
         tensors = torch.load(file, map_location="cpu", weights_only=True)
@@ -245,26 +245,24 @@ def read_legacy(file: Path, expected: Mapping[str, torch.Tensor]) -> dict[str, t
     return tensors
 
 
-#: A zip's end record, zip64 end record and locator, central directory entry and local record.
-_END, _END64, _LOCATOR = b"PK\x05\x06", b"PK\x06\x06", b"PK\x06\x07"
-_ENTRY, _LOCAL = b"PK\x01\x02", b"PK\x03\x04"
-_END_SIZE, _END64_SIZE, _LOCATOR_SIZE, _ENTRY_SIZE, _LOCAL_SIZE = 22, 56, 20, 46, 30
+#: A zip's end record, zip64 end record and locator, and local record.
+_END, _END64, _LOCATOR, _LOCAL = b"PK\x05\x06", b"PK\x06\x06", b"PK\x06\x07", b"PK\x03\x04"
+_END_SIZE, _END64_SIZE, _LOCATOR_SIZE, _LOCAL_SIZE = 22, 56, 20, 30
 #: How far back from a zip's end its readers look for the end record (a comment of 64 KiB).
 _TAIL = 0xFFFF + _END_SIZE
-#: (name, method, compressed size, size, offset of the local header) of one zip record.
-_Record = tuple[bytes, int, int, int, int]
 
 
-def _zip_records(file: Path) -> list[_Record]:
-    """The records of ``file``'s zip directory, as torch's reader (miniz) finds them.
+def _zip_records(file: Path) -> list[zipfile.ZipInfo]:
+    """The records of ``file``'s zip directory, the one torch's reader (miniz) finds.
 
     Zip readers differ in where they look: Python's ``zipfile`` re-bases a directory that
     does not sit right before the end record, and ignores the zip64 locator's offset, while
     miniz follows both offsets. So the file must have the one layout they agree on, as
     ``torch.save`` writes it: one end record, at the very end (no comment); the zip64 end
-    record, if any, right before its locator; the central directory right before those,
-    after every local record, holding exactly the entries the end record counts, at the
-    offsets Python's ``zipfile`` sees too. Anything else is refused as ambiguous.
+    record, if any, right before its locator; the central directory right before those.
+    Then both readers parse the same directory, which ``zipfile`` reads here: it must hold
+    exactly the entries the end record counts (miniz reads that many), with distinct names,
+    each a local record before the directory. Anything else is refused as ambiguous.
 
     Raises:
         ValueError: One line naming the file and what is wrong with its zip directory.
@@ -273,8 +271,8 @@ def _zip_records(file: Path) -> list[_Record]:
         >>> import tempfile, torch
         >>> f = Path(tempfile.mkdtemp()) / LEGACY_TENSORS_FILE
         >>> torch.save({"w": torch.ones(2)}, f)
-        >>> _zip_records(f)[0][0]
-        b'trainable/data.pkl'
+        >>> _zip_records(f)[0].filename
+        'trainable/data.pkl'
         >>> _ = f.write_bytes(f.read_bytes() + b"trailing")
         >>> _zip_records(f)  # doctest: +ELLIPSIS
         Traceback (most recent call last):
@@ -324,50 +322,23 @@ def _zip_records(file: Path) -> list[_Record]:
                 f"{file}: an ambiguous zip directory (its central directory does not end where "
                 "its end record begins): refused"
             )
-        records = _central_directory(file, read(dir_offset, dir_size), count)
-        for name, _, packed, _, offset in records:
-            local = read(offset, _LOCAL_SIZE)
-            name_length, extra_length = struct.unpack("<HH", local[26:30])
-            if local[:4] != _LOCAL or (
-                offset + _LOCAL_SIZE + name_length + extra_length + packed > dir_offset
-            ):
-                raise ValueError(
-                    f"{file}: an ambiguous zip directory (record {name!r} is not a local record "
-                    "before the central directory): refused"
-                )
-    try:
-        with zipfile.ZipFile(file) as archive:
-            seen = [r.header_offset for r in archive.infolist()]
-    except (zipfile.BadZipFile, OSError, ValueError) as err:
-        raise ValueError(f"{file} is corrupt or truncated (not a zip: {err})") from None
-    if seen != [offset for _, _, _, _, offset in records]:
-        raise ValueError(
-            f"{file}: an ambiguous zip directory (Python's zip reader sees other records): refused"
-        )
-    return records
-
-
-def _central_directory(file: Path, raw: bytes, count: int) -> list[_Record]:
-    """The ``count`` entries of central directory ``raw``, which they must fill exactly."""
-    records: list[_Record] = []
-    at = 0
-    while at < len(raw) and len(records) <= count:
-        entry = raw[at : at + _ENTRY_SIZE].ljust(_ENTRY_SIZE, b"\0")
-        sig, method, packed, size = entry[:4], *struct.unpack("<H8xLL", entry[10:28])
-        name_length, extra_length, comment_length = struct.unpack("<3H", entry[28:34])
-        (offset,) = struct.unpack("<L", entry[42:46])
-        name = raw[at + _ENTRY_SIZE : at + _ENTRY_SIZE + name_length]
-        at += _ENTRY_SIZE + name_length + extra_length + comment_length
-        if sig != _ENTRY or at > len(raw) or 0xFFFFFFFF in (packed, size, offset):
+        try:  # it is the directory miniz reads: now Python's reader parses its entries
+            records = zipfile.ZipFile(f).infolist()
+        except (zipfile.BadZipFile, OSError, ValueError, NotImplementedError) as err:
+            raise ValueError(f"{file} is corrupt or truncated (not a zip: {err})") from None
+        names = [r.filename for r in records]
+        if len(records) != count or len(set(names)) != len(names):
             raise ValueError(
-                f"{file}: a corrupt zip directory (entry {len(records)} is truncated, or a "
-                "zip64 entry, which a file of trained tensors never needs): refused"
+                f"{file}: an ambiguous zip directory ({len(records)} entries, or repeated names, "
+                f"where its end record counts {count}): refused"
             )
-        records.append((name, method, packed, size, offset))
-    names = [r[0] for r in records]
-    if len(records) != count or at != len(raw) or len(set(names)) != len(names):
-        raise ValueError(
-            f"{file}: an ambiguous zip directory ({len(records)} entries, or repeated names, "
-            f"where its end record counts {count}): refused"
-        )
+        for record in records:
+            local = read(record.header_offset, _LOCAL_SIZE)
+            name_length, extra_length = struct.unpack("<HH", local[26:30])
+            data_end = record.header_offset + _LOCAL_SIZE + name_length + extra_length
+            if local[:4] != _LOCAL or data_end + record.compress_size > dir_offset:
+                raise ValueError(
+                    f"{file}: an ambiguous zip directory (record {record.filename!r} is not a "
+                    "local record before the central directory): refused"
+                )
     return records

@@ -22,13 +22,7 @@ from typing import Any
 from torch import nn
 
 from ..backbones.architecture import timm_candidate
-from ..backbones.zoo import (
-    BASE_ATTR,
-    check_recipe,
-    check_weights_choice,
-    load_weights,
-    rebuild_base_model,
-)
+from ..backbones.zoo import BASE_ATTR, load_weights, rebuild_base_model
 from ..core.validation import is_int
 from ..methods.base import MethodContext, get_method
 from ..methods.targets import get_submodule, replace_module
@@ -401,13 +395,12 @@ def _rebuild(
             "timm.create_model or ps.create_model, or a rebuild of its timm name did not have "
             "the same architecture); call ps.load(base_model, path) with the base model"
         )
-    source = f"{Path(path) / CONFIG_FILE}"
-    clean = check_recipe(recipe, source)  # refused before anything is built or fetched
-    name = clean.get("name") or clean.get("zoo")
-    check_weights_choice(clean, path, base_weights=base_weights, pretrained=pretrained)
+    source = f"{Path(path) / CONFIG_FILE}"  # a refused recipe builds and fetches nothing
     base_model = rebuild_base_model(
-        recipe, base_weights=base_weights, pretrained=pretrained, source=source
+        recipe, base_weights=base_weights, pretrained=pretrained, source=source, directory=path
     )
+    built = getattr(base_model, BASE_ATTR)
+    name = built.get("name") or built.get("zoo")
     if pretrained:
         return base_model, f"timm's registry weights for {name} (pretrained=True)"
     return base_model, f"the base model rebuilt from its recipe ({name})"
