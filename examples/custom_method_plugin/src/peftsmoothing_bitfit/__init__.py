@@ -45,7 +45,7 @@ class BitFitConfig(ps.MethodConfig):
                 raise ValueError(f"bitfit: pattern is not a valid regex: {err}") from None
 
 
-class BitFit(ps.Method):
+class BitFit(ps.Method[BitFitConfig]):
     """Train only the bias terms of the frozen model.
 
     Examples:
@@ -63,8 +63,7 @@ class BitFit(ps.Method):
 
     def apply(self, model: nn.Module, context: ps.MethodContext) -> None:
         """Unfreeze the selected biases; ``wrap`` has already frozen everything else."""
-        cfg = self.config
-        assert isinstance(cfg, BitFitConfig)
+        cfg = self.config  # a BitFitConfig (ps.Method[BitFitConfig])
         found = 0
         for name, p in model.named_parameters():
             if not name.rsplit(".", 1)[-1].endswith("bias"):
