@@ -9,19 +9,22 @@ those of a run that is still alive, or anything else.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import stat
 import tempfile
 from collections.abc import Callable, Collection
 from pathlib import Path
-from typing import IO, Final
+from typing import IO, Any, Final
 
 __all__ = [
     "atomic_save",
     "atomic_write",
     "clean_stale_temporaries",
+    "file_inside",
     "fsync_dir",
+    "read_json",
     "temporary_prefix",
 ]
 
@@ -178,3 +181,47 @@ def atomic_save(obj: object, path: str | os.PathLike[str]) -> None:
     import torch  # here: the command line imports this module without torch
 
     atomic_write(path, obj if isinstance(obj, bytes) else lambda f: torch.save(obj, f))
+
+
+def file_inside(directory: str | os.PathLike[str], name: str) -> Path:
+    """``directory / name``, refusing a symbolic link that leads out of ``directory``.
+
+    Raises:
+        ValueError: If the path resolves to a place outside ``directory``.
+
+    Examples:
+        >>> import tempfile
+        >>> d = tempfile.mkdtemp()
+        >>> file_inside(d, "model.json") == Path(d) / "model.json"
+        True
+    """
+    folder = Path(directory)
+    path = folder / name
+    target = path.resolve()  # the path itself, unless it is a link
+    if folder.resolve() not in target.parents:
+        raise ValueError(f"{path} is a link to {target}, outside {folder}: refused")
+    return path
+
+
+def read_json(path: str | os.PathLike[str]) -> Any:
+    """The parsed JSON of file ``path``; a file that is not JSON is one line, not a traceback.
+
+    Raises:
+        ValueError: If the file is not valid UTF-8 JSON, or nests deeper than Python's
+            recursion limit.
+
+    Examples:
+        >>> import pathlib, tempfile
+        >>> p = pathlib.Path(tempfile.mkdtemp()) / "x.json"
+        >>> _ = p.write_text("[" * 100_000)
+        >>> read_json(p)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: ...x.json is not valid JSON (nested too deeply)
+    """
+    try:
+        return json.loads(Path(path).read_bytes())
+    except RecursionError:
+        raise ValueError(f"{path} is not valid JSON (nested too deeply)") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path} is not valid JSON ({err})") from None

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from ..backbones import recipes
+from ..core.files import file_inside, read_json
 from .base import Method, MethodConfig, MethodContext, register_method
 from .peft_options import check_patterns, check_reviewed_options, check_work
 
@@ -199,12 +200,9 @@ def config_to_dict(config: Any) -> dict[str, Any]:
 
 
 def _adapter_file(directory: Path, name: str) -> Path:
-    path = directory / name
+    path = file_inside(directory, name)
     if not path.is_file():
         raise FileNotFoundError(f"{directory} is not a peft adapter directory: no {name}")
-    inside = directory.resolve()
-    if inside not in path.resolve().parents:
-        raise ValueError(f"{path} is a link out of {directory}: refused")
     return path
 
 
@@ -216,13 +214,7 @@ def read_adapter_config(directory: str | os.PathLike[str]) -> Any:
         ValueError: If the file is not JSON or names a config type that is not allowed.
     """
     path = _adapter_file(Path(directory), ADAPTER_CONFIG_FILE)
-    try:
-        values = json.loads(path.read_text())
-    except RecursionError:
-        raise ValueError(f"{path} is corrupt (nested too deeply)") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path} is corrupt (not valid JSON: {err})") from None
-    return config_from_dict(values, None, str(path))
+    return config_from_dict(read_json(path), None, str(path))
 
 
 @dataclass(frozen=True)

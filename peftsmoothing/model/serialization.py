@@ -28,7 +28,7 @@ from torch import nn
 
 from .._version import __version__
 from ..backbones.recipes import MAX_INPUT_SIDE, check_numbers
-from ..core.files import atomic_write
+from ..core.files import atomic_write, file_inside, read_json
 from ..core.fingerprint import stored_fingerprint, tensors_fingerprint
 from ..core.params import trained_keys
 from .tensorfile import (
@@ -148,15 +148,6 @@ def write_model(
     return out
 
 
-def _file_in(directory: Path, name: str) -> Path:
-    """``directory / name``, refusing a symlink that leads out of the directory."""
-    path = directory / name
-    target = path.resolve()  # the path itself, unless it is a link
-    if directory.resolve() not in target.parents:
-        raise ValueError(f"{path} is a link to {target}, outside {directory}: refused")
-    return path
-
-
 def read_config(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read and check the JSON config of a directory written by
     [`PEFTModel.save`][peftsmoothing.PEFTModel.save].
@@ -173,18 +164,16 @@ def read_config(path: str | os.PathLike[str]) -> dict[str, Any]:
         ...
         FileNotFoundError: ... is not a saved peftsmoothing model: peftsmoothing.json not found
     """
-    cfg_path = _file_in(Path(path), CONFIG_FILE)
+    cfg_path = file_inside(path, CONFIG_FILE)
     if not cfg_path.is_file():
         raise FileNotFoundError(
             f"{path} is not a saved peftsmoothing model: {CONFIG_FILE} not found"
         )
+    config = read_json(cfg_path)
     try:
-        config = json.loads(cfg_path.read_text())
         _check_config(config, cfg_path)
-    except RecursionError:  # JSON, or a spec, nested deeper than Python's recursion limit
+    except RecursionError:  # a spec nested deeper than check_numbers can follow
         raise ValueError(f"{cfg_path} is corrupt (nested too deeply)") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"{cfg_path} is corrupt (not valid JSON: {err})") from None
     return config
 
 
@@ -263,7 +252,7 @@ def read_tensors(
         ValueError: ...: the saved tensors do not fit this base model: w (saved (2,), model (3,))
     """
     folder = Path(directory)
-    file, legacy = _file_in(folder, TENSORS_FILE), _file_in(folder, LEGACY_TENSORS_FILE)
+    file, legacy = file_inside(folder, TENSORS_FILE), file_inside(folder, LEGACY_TENSORS_FILE)
     if os.path.lexists(file) and os.path.lexists(legacy):
         raise ValueError(
             f"{folder} holds both {TENSORS_FILE} and {LEGACY_TENSORS_FILE}: ambiguous, refused"
