@@ -31,6 +31,7 @@ from ..core.files import atomic_save, clean_stale_temporaries, fsync_dir, tempor
 from ..core.params import trained_state_dict
 from ..core.trainable import Trainable
 from ..model.serialization import TENSORS_FILE, read_tensors, write_tensors
+from ..model.tensorfile import check_tensors_fit
 from .config import TrainerConfig
 from .distributed import Topology, all_gather_objects, barrier
 from .metrics import EpochState
@@ -118,8 +119,6 @@ def _read(
     file = path / TRAINER_STATE_FILE
     try:
         state = torch.load(file, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise _Unreadable(f"{file} is missing") from None
     except Exception as err:  # torch raises many types for truncated or foreign files
         raise _Unreadable(f"{file} is corrupt or truncated ({type(err).__name__})") from None
     if not isinstance(state, dict):
@@ -180,18 +179,18 @@ def resume(
         return state
 
 
-def _write(trainer: Checkpointed, rng: list[Any], epoch_start_rng: Any = None,
-           partial: Any = None) -> Path:
+def _write(trainer: Checkpointed, rng: list[Any]) -> Path:
     """Write ``last/``: the trained tensors with the model config, and ``trainer_state.pt``
-    (``rng``: the RNG streams of every rank; ``partial``: the sums of an unfinished epoch)."""
+    (``rng``: the RNG streams of every rank; within an epoch, its start's and its sums too)."""
     assert trainer.checkpoint_dir is not None and trainer.scheduler is not None
     run, config = trainer.state, trainer.config.to_dict()
+    partial = run.epoch_sums.to_dict() if run.epoch_sums is not None else None
     state = {
         "format": _STATE_FORMAT, "format_version": _STATE_VERSION,
         "epochs_done": run.epoch, "batches_done": run.batches_done, "step": run.step,
         "optimizer": trainer.optimizer.state_dict(), "scheduler": trainer.scheduler.state_dict(),
         "scaler": trainer.scaler.state_dict() if trainer.scaler is not None else None,
-        "rng": rng, "epoch_start_rng": epoch_start_rng, "partial_epoch": partial,
+        "rng": rng, "epoch_start_rng": run.epoch_start_rng, "partial_epoch": partial,
         "history": run.history, "best": run.best, "config": config,
         "world_size": trainer.topology.world_size,
     }
@@ -295,9 +294,8 @@ def save_interrupt(trainer: Checkpointed, loader: Any) -> None:
     except FloatingPointError as err:
         warnings.warn(f"{err}; no checkpoint written", stacklevel=3)
         return
-    partial = run.epoch_sums.to_dict() if run.epoch_sums is not None else None
     rng = [run.boundary_rng if run.boundary_rng is not None else rng_state(loader)]
-    path = _write(trainer, rng, run.epoch_start_rng, partial)
+    path = _write(trainer, rng)
     write_history(trainer.checkpoint_dir, run.history)
     print(f"checkpoint written to {path} (epoch {run.epoch + 1}, {run.batches_done} batches "
           "done); resume with fit(..., resume=True)", file=sys.stderr, flush=True)
@@ -311,7 +309,6 @@ def sigint_guard(trainer: Checkpointed) -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.getsignal(signal.SIGINT)
 
     def handler(signum: int, frame: Any) -> None:
         if trainer.state.interrupted:
@@ -319,7 +316,7 @@ def sigint_guard(trainer: Checkpointed) -> Iterator[None]:
             raise KeyboardInterrupt
         trainer.state.interrupted = True
 
-    signal.signal(signal.SIGINT, handler)
+    previous = signal.signal(signal.SIGINT, handler)
     try:
         yield
     finally:
@@ -337,12 +334,11 @@ def load_checkpoint(trainer: Checkpointed, path: Path) -> dict[str, Any]:
     Raises:
         ValueError: Not a (readable) trainer state, or tensors that do not fit the model.
     """
-    state, tensors = _read(path, trainer.device, trained_state_dict(trainer.module))
-    current = trainer.module.state_dict()
-    bad = [k for k in tensors if k not in current or current[k].shape != tensors[k].shape]
-    bad += [n for n, p in trainer.module.named_parameters() if p.requires_grad and n not in tensors]
-    if bad:
-        raise ValueError(f"the checkpoint {path} does not fit this model: {', '.join(bad[:10])}")
+    expected = trained_state_dict(trainer.module)
+    state, tensors = _read(path, trainer.device, expected)  # a 0.1 trainable.pt: checked here
+    check_tensors_fit({k: (None, tuple(v.shape)) for k, v in tensors.items()}, expected,
+                      [n for n, p in trainer.module.named_parameters() if p.requires_grad],
+                      f"the checkpoint {path}: ")
     trainer.module.load_state_dict(tensors, strict=False)
     trainer.optimizer.load_state_dict(state["optimizer"])
     assert trainer.scheduler is not None
