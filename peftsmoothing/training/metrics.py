@@ -81,8 +81,7 @@ class EpochState:
         predicted = 0
         logits = out.logits
         if logits is not None and logits.ndim == 2 and logits.shape[0] % batch == 0:
-            copies = logits.shape[0] // batch
-            labels = y if copies == 1 else y.repeat(copies)
+            labels = y.repeat(logits.shape[0] // batch)
             correct = (logits.detach().argmax(dim=1) == labels).sum().to(torch.float64)
             predicted = logits.shape[0]
         terms = {k: v.detach().to(torch.float64) for k, v in out.terms.items()}
@@ -101,10 +100,7 @@ class EpochState:
             self.seen += seen
             self.losses += 1
             for k, v in terms.items():
-                if k in self.terms:
-                    self.terms[k] += v
-                else:
-                    self.terms[k] = v.to(torch.float64).clone()
+                self.terms[k] = self.terms.get(k, 0) + v  # float64 since ``add``
         self.pending.clear()
         self.bad.zero_()
 
