@@ -70,14 +70,24 @@ _STATE_FORMAT = "peftsmoothing-trainer-state"
 _STATE_VERSION = 1
 
 
-def _swap_dir(tmp: Path, final: Path) -> None:
-    """Replace directory ``final`` by ``tmp``; a crash in between leaves ``.<name>.old``."""
+@contextlib.contextmanager
+def _replacing(final: Path) -> Iterator[Path]:
+    """A new directory next to ``final`` to write, swapped in for ``final`` once written, or
+    removed on an error; a crash during the swap leaves ``.<name>.old``."""
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=temporary_prefix(final.name),
+                                suffix=".tmp"))
     old = final.parent / f".{final.name}.old"
-    if final.exists():  # else an .old a crash left is the only good copy: kept until tmp is in
-        if old.exists():
-            shutil.rmtree(old)
-        os.replace(final, old)
-    os.replace(tmp, final)
+    try:
+        yield tmp
+        fsync_dir(tmp)
+        if final.exists():  # else an .old a crash left is the only good copy: kept until tmp is in
+            if old.exists():
+                shutil.rmtree(old)
+            os.replace(final, old)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     fsync_dir(final.parent)
     shutil.rmtree(old, ignore_errors=True)
 
@@ -199,21 +209,14 @@ def _write(trainer: Checkpointed, rng: list[Any]) -> Path:
         "epochs_done": run.epoch, "step": run.step, "sigma": config["sigma"],
         "loss": trainer.config.loss, "last": last, "config": config,
     }}
-    root = trainer.checkpoint_dir
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=root, prefix=temporary_prefix("last"), suffix=".tmp"))
-    try:
+    trainer.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    with _replacing(trainer.checkpoint_dir / "last") as tmp:
         if isinstance(trainer.module, Trainable):
             trainer.module.save(tmp, metadata=meta)
         else:
             write_tensors(tmp, trained_state_dict(trainer.module))
         atomic_save(state, tmp / TRAINER_STATE_FILE)
-        fsync_dir(tmp)
-        _swap_dir(tmp, root / "last")
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return root / "last"
+    return trainer.checkpoint_dir / "last"
 
 
 def write_history(checkpoint_dir: Path, history: list[dict[str, Any]]) -> None:
@@ -272,10 +275,8 @@ def save_epoch(trainer: Checkpointed, loader: Any, record: Mapping[str, Any]) ->
         if trainer.is_main:
             last = _write(trainer, rng)
             if improved:
-                tmp = Path(tempfile.mkdtemp(dir=last.parent, prefix=temporary_prefix("best"),
-                                            suffix=".tmp"))
-                shutil.copytree(last, tmp, dirs_exist_ok=True)
-                _swap_dir(tmp, last.parent / "best")
+                with _replacing(last.parent / "best") as tmp:
+                    shutil.copytree(last, tmp, dirs_exist_ok=True)
             write_history(last.parent, trainer.state.history)
     barrier(trainer.topology)
 
