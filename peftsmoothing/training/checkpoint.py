@@ -143,10 +143,8 @@ def _read(
         raise _Unreadable(str(err)) from None
 
 
-def resume(
-    trainer: Checkpointed, resume: bool | str | os.PathLike[str], *, quiet: bool
-) -> dict[str, Any] | None:
-    """Load the checkpoint ``fit(resume=...)`` continues from; ``None`` to start fresh.
+def resume(trainer: Checkpointed, resume: bool | str | os.PathLike[str], *, quiet: bool) -> bool:
+    """Load the checkpoint ``fit(resume=...)`` continues from; ``False``: start fresh.
 
     Args:
         trainer: The trainer to load into.
@@ -166,7 +164,8 @@ def resume(
         if not (path / TRAINER_STATE_FILE).is_file():
             raise FileNotFoundError(
                 f"{path} is not a NoiseTrainer checkpoint ({TRAINER_STATE_FILE})")
-        return load_checkpoint(trainer, path)
+        load_checkpoint(trainer, path)
+        return True
     root = trainer.checkpoint_dir
     if root is None:
         raise ValueError("resume=True needs checkpoint_dir")
@@ -174,19 +173,19 @@ def resume(
     if not found:
         if not quiet:  # the normal first run of a resumable script: a note, not a warning
             print(f"no checkpoint in {root / 'last'} yet: starting from scratch", file=sys.stderr)
-        return None
+        return False
     try:
-        return load_checkpoint(trainer, found[0])
+        load_checkpoint(trainer, found[0])
     except _Unreadable as err:
         best = root / "best"
         if not (best / TRAINER_STATE_FILE).is_file():
             raise
         try:
-            state = load_checkpoint(trainer, best)
+            load_checkpoint(trainer, best)
         except _Unreadable as err2:
             raise ValueError(f"no readable checkpoint: {err}; and {err2}") from None
         warnings.warn(f"{err}; resuming from {best} instead", UserWarning, stacklevel=3)
-        return state
+    return True
 
 
 def _write(trainer: Checkpointed, rng: list[Any]) -> Path:
@@ -324,13 +323,11 @@ def sigint_guard(trainer: Checkpointed) -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
 
 
-def load_checkpoint(trainer: Checkpointed, path: Path) -> dict[str, Any]:
-    """Load the checkpoint at ``path`` into the trainer (weights, optimizer, counters).
+def load_checkpoint(trainer: Checkpointed, path: Path) -> None:
+    """Load the checkpoint at ``path`` into the trainer (weights, optimizer, counters, and
+    this rank's random streams into its ``TrainState``).
 
     Warns when the options differ from the checkpoint's (other than ``epochs``).
-
-    Returns:
-        The trainer state (for the RNG streams).
 
     Raises:
         ValueError: Not a (readable) trainer state, or tensors that do not fit the model.
@@ -354,18 +351,20 @@ def load_checkpoint(trainer: Checkpointed, path: Path) -> dict[str, Any]:
                       stacklevel=4)
     partial = state.get("partial_epoch")
     sums = EpochState.from_dict(partial, trainer.device) if partial is not None else None
+    rngs, rank = state.get("rng") or [], trainer.topology.rank
     trainer.state = TrainState(
         epoch=int(state["epochs_done"]), step=int(state["step"]), epoch_sums=sums,
         history=list(state.get("history", [])), best=state.get("best"),
-        batches_done=int(state["batches_done"]))
-    return state
+        batches_done=int(state["batches_done"]), epoch_start_rng=state.get("epoch_start_rng"),
+        boundary_rng=rngs[rank] if rank < len(rngs) else None)
 
 
-def restore_rng(trainer: Checkpointed, state: Mapping[str, Any], loader: Any) -> None:
-    """Continue this rank's random streams from a checkpoint (reseeded reproducibly from
-    ``(seed, rank, "resume", step)`` when an interrupt under torchrun saved only rank 0's)."""
-    rngs, rank = state.get("rng") or [], trainer.topology.rank
-    if rank < len(rngs) and rngs[rank] is not None:
-        set_rng_state(rngs[rank], loader)
+def restore_rng(trainer: Checkpointed, loader: Any) -> None:
+    """Continue this rank's random streams from the loaded ``state.boundary_rng`` (reseeded
+    reproducibly from ``(seed, rank, "resume", step)`` when an interrupt under torchrun saved
+    only rank 0's)."""
+    run = trainer.state
+    if run.boundary_rng is not None:
+        set_rng_state(run.boundary_rng, loader)
     else:
-        seed_everything(trainer.config.seed, rank, "resume", trainer.state.step)
+        seed_everything(trainer.config.seed, trainer.topology.rank, "resume", run.step)
