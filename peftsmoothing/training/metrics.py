@@ -17,7 +17,7 @@ from .losses import LossOutput
 
 __all__ = ["EpochState", "epoch_record"]
 
-BatchSums = tuple[torch.Tensor, "torch.Tensor | None", int, int, dict[str, torch.Tensor]]
+BatchSums = tuple[torch.Tensor, torch.Tensor, int, int, dict[str, torch.Tensor]]
 
 
 class EpochState:
@@ -77,8 +77,7 @@ class EpochState:
         predictions (when the loss returns logits), counts and terms; no host synchronisation."""
         loss = out.loss.detach()
         self.bad |= ~torch.isfinite(loss).all()
-        correct: torch.Tensor | None = None
-        predicted = 0
+        correct, predicted = torch.zeros_like(self.correct), 0  # without logits: no prediction
         logits = out.logits
         if logits is not None and logits.ndim == 2 and logits.shape[0] % batch == 0:
             labels = y.repeat(logits.shape[0] // batch)
@@ -94,8 +93,7 @@ class EpochState:
             self.pending.clear()
         for loss, correct, predicted, seen, terms in self.pending:
             self.loss += loss
-            if correct is not None:
-                self.correct += correct
+            self.correct += correct
             self.predicted += predicted
             self.seen += seen
             self.losses += 1
