@@ -113,18 +113,16 @@ def epoch_record(
         >>> epoch_record(st, epoch=1, step=0, lr=0.1, topology=Topology())["train_acc"] is None
         True
     """
-    s = st.to_dict()  # its sums and counts summed over the ranks, in one tensor
-    keys, terms = ("loss", "correct", "predicted", "seen", "losses"), sorted(s["terms"])
-    values = torch.tensor([*(s[k] for k in keys), *(s["terms"][k] for k in terms)],
-                          dtype=torch.float64, device=st.device)
-    summed = sum_over_ranks(values, topology).tolist()
-    s.update(zip(keys, summed[: len(keys)], strict=True))
-    s["terms"] = dict(zip(terms, summed[len(keys) :], strict=True))
+    d = st.to_dict()  # its sums, counts and terms (as train_<name>) summed over the ranks
+    sums = {k: d[k] for k in ("loss", "correct", "predicted", "seen", "losses")}
+    sums.update((f"train_{k}", d["terms"][k]) for k in sorted(d["terms"]))
+    values = torch.tensor(list(sums.values()), dtype=torch.float64, device=st.device)
+    s = dict(zip(sums, sum_over_ranks(values, topology).tolist(), strict=True))
     losses = max(1, s["losses"])
     record: dict[str, Any] = {
         "epoch": epoch, "step": step, "lr": lr, "train_loss": s["loss"] / losses,
         "train_acc": s["correct"] / s["predicted"] if s["predicted"] else None,
-        **{f"train_{k}": v / losses for k, v in s["terms"].items()},
+        **{k: v / losses for k, v in s.items() if k.startswith("train_")},
     }
     if st.nonfinite_steps:
         record["nonfinite_steps"] = st.nonfinite_steps
