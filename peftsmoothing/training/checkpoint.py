@@ -189,8 +189,9 @@ def resume(trainer: Checkpointed, resume: bool | str | os.PathLike[str], *, quie
 
 
 def _write(trainer: Checkpointed, rng: list[Any]) -> Path:
-    """Write ``last/``: the trained tensors with the model config, and ``trainer_state.pt``
-    (``rng``: the RNG streams of every rank; within an epoch, its start's and its sums too)."""
+    """Write ``last/`` (the trained tensors with the model config, and ``trainer_state.pt``;
+    ``rng``: the RNG streams of every rank; within an epoch, its start's and its sums too), then
+    ``history.jsonl``."""
     assert trainer.checkpoint_dir is not None and trainer.scheduler is not None
     run, config = trainer.state, trainer.config.to_dict()
     partial = run.epoch_sums.to_dict() if run.epoch_sums is not None else None
@@ -215,6 +216,7 @@ def _write(trainer: Checkpointed, rng: list[Any]) -> Path:
         else:
             write_tensors(tmp, trained_state_dict(trainer.module))
         atomic_save(state, tmp / TRAINER_STATE_FILE)
+    write_history(trainer.checkpoint_dir, run.history)
     return trainer.checkpoint_dir / "last"
 
 
@@ -276,7 +278,6 @@ def save_epoch(trainer: Checkpointed, loader: Any, record: Mapping[str, Any]) ->
             if improved:
                 with _replacing(last.parent / "best") as tmp:
                     shutil.copytree(last, tmp, dirs_exist_ok=True)
-            write_history(last.parent, trainer.state.history)
     barrier(trainer.topology)
 
 
@@ -296,7 +297,6 @@ def save_interrupt(trainer: Checkpointed, loader: Any) -> None:
         return
     rng = [run.boundary_rng if run.boundary_rng is not None else rng_state(loader)]
     path = _write(trainer, rng)
-    write_history(trainer.checkpoint_dir, run.history)
     print(f"checkpoint written to {path} (epoch {run.epoch + 1}, {run.batches_done} batches "
           "done); resume with fit(..., resume=True)", file=sys.stderr, flush=True)
 
