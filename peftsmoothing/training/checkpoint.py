@@ -31,6 +31,7 @@ from ..core.files import atomic_save, clean_stale_temporaries, fsync_dir, tempor
 from ..core.params import trained_state_dict
 from ..core.trainable import Trainable
 from ..model.serialization import TENSORS_FILE, read_tensors, write_tensors
+from ..model.tensorfile import check_tensors_fit
 from .config import TrainerConfig
 from .distributed import Topology, all_gather_objects, barrier
 from .metrics import EpochState
@@ -69,14 +70,24 @@ _STATE_FORMAT = "peftsmoothing-trainer-state"
 _STATE_VERSION = 1
 
 
-def _swap_dir(tmp: Path, final: Path) -> None:
-    """Replace directory ``final`` by ``tmp``; a crash in between leaves ``.<name>.old``."""
+@contextlib.contextmanager
+def _replacing(final: Path) -> Iterator[Path]:
+    """A new directory next to ``final`` to write, swapped in for ``final`` once written, or
+    removed on an error; a crash during the swap leaves ``.<name>.old``."""
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=temporary_prefix(final.name),
+                                suffix=".tmp"))
     old = final.parent / f".{final.name}.old"
-    if final.exists():  # else an .old a crash left is the only good copy: kept until tmp is in
-        if old.exists():
-            shutil.rmtree(old)
-        os.replace(final, old)
-    os.replace(tmp, final)
+    try:
+        yield tmp
+        fsync_dir(tmp)
+        if final.exists():  # else an .old a crash left is the only good copy: kept until tmp is in
+            if old.exists():
+                shutil.rmtree(old)
+            os.replace(final, old)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     fsync_dir(final.parent)
     shutil.rmtree(old, ignore_errors=True)
 
@@ -118,8 +129,6 @@ def _read(
     file = path / TRAINER_STATE_FILE
     try:
         state = torch.load(file, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise _Unreadable(f"{file} is missing") from None
     except Exception as err:  # torch raises many types for truncated or foreign files
         raise _Unreadable(f"{file} is corrupt or truncated ({type(err).__name__})") from None
     if not isinstance(state, dict):
@@ -134,10 +143,8 @@ def _read(
         raise _Unreadable(str(err)) from None
 
 
-def resume(
-    trainer: Checkpointed, resume: bool | str | os.PathLike[str], *, quiet: bool
-) -> dict[str, Any] | None:
-    """Load the checkpoint ``fit(resume=...)`` continues from; ``None`` to start fresh.
+def resume(trainer: Checkpointed, resume: bool | str | os.PathLike[str], *, quiet: bool) -> bool:
+    """Load the checkpoint ``fit(resume=...)`` continues from; ``False``: start fresh.
 
     Args:
         trainer: The trainer to load into.
@@ -157,7 +164,8 @@ def resume(
         if not (path / TRAINER_STATE_FILE).is_file():
             raise FileNotFoundError(
                 f"{path} is not a NoiseTrainer checkpoint ({TRAINER_STATE_FILE})")
-        return load_checkpoint(trainer, path)
+        load_checkpoint(trainer, path)
+        return True
     root = trainer.checkpoint_dir
     if root is None:
         raise ValueError("resume=True needs checkpoint_dir")
@@ -165,33 +173,34 @@ def resume(
     if not found:
         if not quiet:  # the normal first run of a resumable script: a note, not a warning
             print(f"no checkpoint in {root / 'last'} yet: starting from scratch", file=sys.stderr)
-        return None
+        return False
     try:
-        return load_checkpoint(trainer, found[0])
+        load_checkpoint(trainer, found[0])
     except _Unreadable as err:
         best = root / "best"
         if not (best / TRAINER_STATE_FILE).is_file():
             raise
         try:
-            state = load_checkpoint(trainer, best)
+            load_checkpoint(trainer, best)
         except _Unreadable as err2:
             raise ValueError(f"no readable checkpoint: {err}; and {err2}") from None
         warnings.warn(f"{err}; resuming from {best} instead", UserWarning, stacklevel=3)
-        return state
+    return True
 
 
-def _write(trainer: Checkpointed, rng: list[Any], epoch_start_rng: Any = None,
-           partial: Any = None) -> Path:
-    """Write ``last/``: the trained tensors with the model config, and ``trainer_state.pt``
-    (``rng``: the RNG streams of every rank; ``partial``: the sums of an unfinished epoch)."""
+def _write(trainer: Checkpointed, rng: list[Any]) -> Path:
+    """Write ``last/`` (the trained tensors with the model config, and ``trainer_state.pt``;
+    ``rng``: the RNG streams of every rank; within an epoch, its start's and its sums too), then
+    ``history.jsonl``."""
     assert trainer.checkpoint_dir is not None and trainer.scheduler is not None
     run, config = trainer.state, trainer.config.to_dict()
+    partial = run.epoch_sums.to_dict() if run.epoch_sums is not None else None
     state = {
         "format": _STATE_FORMAT, "format_version": _STATE_VERSION,
         "epochs_done": run.epoch, "batches_done": run.batches_done, "step": run.step,
         "optimizer": trainer.optimizer.state_dict(), "scheduler": trainer.scheduler.state_dict(),
         "scaler": trainer.scaler.state_dict() if trainer.scaler is not None else None,
-        "rng": rng, "epoch_start_rng": epoch_start_rng, "partial_epoch": partial,
+        "rng": rng, "epoch_start_rng": run.epoch_start_rng, "partial_epoch": partial,
         "history": run.history, "best": run.best, "config": config,
         "world_size": trainer.topology.world_size,
     }
@@ -200,21 +209,15 @@ def _write(trainer: Checkpointed, rng: list[Any], epoch_start_rng: Any = None,
         "epochs_done": run.epoch, "step": run.step, "sigma": config["sigma"],
         "loss": trainer.config.loss, "last": last, "config": config,
     }}
-    root = trainer.checkpoint_dir
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=root, prefix=temporary_prefix("last"), suffix=".tmp"))
-    try:
+    trainer.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    with _replacing(trainer.checkpoint_dir / "last") as tmp:
         if isinstance(trainer.module, Trainable):
             trainer.module.save(tmp, metadata=meta)
         else:
             write_tensors(tmp, trained_state_dict(trainer.module))
         atomic_save(state, tmp / TRAINER_STATE_FILE)
-        fsync_dir(tmp)
-        _swap_dir(tmp, root / "last")
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return root / "last"
+    write_history(trainer.checkpoint_dir, run.history)
+    return trainer.checkpoint_dir / "last"
 
 
 def write_history(checkpoint_dir: Path, history: list[dict[str, Any]]) -> None:
@@ -273,11 +276,8 @@ def save_epoch(trainer: Checkpointed, loader: Any, record: Mapping[str, Any]) ->
         if trainer.is_main:
             last = _write(trainer, rng)
             if improved:
-                tmp = Path(tempfile.mkdtemp(dir=last.parent, prefix=temporary_prefix("best"),
-                                            suffix=".tmp"))
-                shutil.copytree(last, tmp, dirs_exist_ok=True)
-                _swap_dir(tmp, last.parent / "best")
-            write_history(last.parent, trainer.state.history)
+                with _replacing(last.parent / "best") as tmp:
+                    shutil.copytree(last, tmp, dirs_exist_ok=True)
     barrier(trainer.topology)
 
 
@@ -295,10 +295,8 @@ def save_interrupt(trainer: Checkpointed, loader: Any) -> None:
     except FloatingPointError as err:
         warnings.warn(f"{err}; no checkpoint written", stacklevel=3)
         return
-    partial = run.epoch_sums.to_dict() if run.epoch_sums is not None else None
     rng = [run.boundary_rng if run.boundary_rng is not None else rng_state(loader)]
-    path = _write(trainer, rng, run.epoch_start_rng, partial)
-    write_history(trainer.checkpoint_dir, run.history)
+    path = _write(trainer, rng)
     print(f"checkpoint written to {path} (epoch {run.epoch + 1}, {run.batches_done} batches "
           "done); resume with fit(..., resume=True)", file=sys.stderr, flush=True)
 
@@ -311,7 +309,6 @@ def sigint_guard(trainer: Checkpointed) -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.getsignal(signal.SIGINT)
 
     def handler(signum: int, frame: Any) -> None:
         if trainer.state.interrupted:
@@ -319,30 +316,27 @@ def sigint_guard(trainer: Checkpointed) -> Iterator[None]:
             raise KeyboardInterrupt
         trainer.state.interrupted = True
 
-    signal.signal(signal.SIGINT, handler)
+    previous = signal.signal(signal.SIGINT, handler)
     try:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
 
 
-def load_checkpoint(trainer: Checkpointed, path: Path) -> dict[str, Any]:
-    """Load the checkpoint at ``path`` into the trainer (weights, optimizer, counters).
+def load_checkpoint(trainer: Checkpointed, path: Path) -> None:
+    """Load the checkpoint at ``path`` into the trainer (weights, optimizer, counters, and
+    this rank's random streams into its ``TrainState``).
 
     Warns when the options differ from the checkpoint's (other than ``epochs``).
-
-    Returns:
-        The trainer state (for the RNG streams).
 
     Raises:
         ValueError: Not a (readable) trainer state, or tensors that do not fit the model.
     """
-    state, tensors = _read(path, trainer.device, trained_state_dict(trainer.module))
-    current = trainer.module.state_dict()
-    bad = [k for k in tensors if k not in current or current[k].shape != tensors[k].shape]
-    bad += [n for n, p in trainer.module.named_parameters() if p.requires_grad and n not in tensors]
-    if bad:
-        raise ValueError(f"the checkpoint {path} does not fit this model: {', '.join(bad[:10])}")
+    expected = trained_state_dict(trainer.module)
+    state, tensors = _read(path, trainer.device, expected)  # a 0.1 trainable.pt: checked here
+    check_tensors_fit({k: (None, tuple(v.shape)) for k, v in tensors.items()}, expected,
+                      [n for n, p in trainer.module.named_parameters() if p.requires_grad],
+                      f"the checkpoint {path}: ")
     trainer.module.load_state_dict(tensors, strict=False)
     trainer.optimizer.load_state_dict(state["optimizer"])
     assert trainer.scheduler is not None
@@ -357,18 +351,20 @@ def load_checkpoint(trainer: Checkpointed, path: Path) -> dict[str, Any]:
                       stacklevel=4)
     partial = state.get("partial_epoch")
     sums = EpochState.from_dict(partial, trainer.device) if partial is not None else None
+    rngs, rank = state.get("rng") or [], trainer.topology.rank
     trainer.state = TrainState(
         epoch=int(state["epochs_done"]), step=int(state["step"]), epoch_sums=sums,
         history=list(state.get("history", [])), best=state.get("best"),
-        batches_done=int(state["batches_done"]))
-    return state
+        batches_done=int(state["batches_done"]), epoch_start_rng=state.get("epoch_start_rng"),
+        boundary_rng=rngs[rank] if rank < len(rngs) else None)
 
 
-def restore_rng(trainer: Checkpointed, state: Mapping[str, Any], loader: Any) -> None:
-    """Continue this rank's random streams from a checkpoint (reseeded reproducibly from
-    ``(seed, rank, "resume", step)`` when an interrupt under torchrun saved only rank 0's)."""
-    rngs, rank = state.get("rng") or [], trainer.topology.rank
-    if rank < len(rngs) and rngs[rank] is not None:
-        set_rng_state(rngs[rank], loader)
+def restore_rng(trainer: Checkpointed, loader: Any) -> None:
+    """Continue this rank's random streams from the loaded ``state.boundary_rng`` (reseeded
+    reproducibly from ``(seed, rank, "resume", step)`` when an interrupt under torchrun saved
+    only rank 0's)."""
+    run = trainer.state
+    if run.boundary_rng is not None:
+        set_rng_state(run.boundary_rng, loader)
     else:
-        seed_everything(trainer.config.seed, rank, "resume", trainer.state.step)
+        seed_everything(trainer.config.seed, trainer.topology.rank, "resume", run.step)

@@ -297,12 +297,9 @@ def trainer_signature(init: Callable[..., Any]) -> inspect.Signature:
     """
     own = inspect.signature(init).parameters
     params = [own["self"], own["model"]]
-    for f in dataclasses.fields(TrainerConfig):
-        if f.name in own:
-            params.append(own[f.name])
-        else:
-            default = None if f.default is dataclasses.MISSING else f.default  # loss_options
-            params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY,
-                                            default=default, annotation=f.type))
+    for f in dataclasses.fields(TrainerConfig):  # the option itself, if __init__ names it
+        default = None if f.default is dataclasses.MISSING else f.default  # loss_options
+        params.append(own.get(f.name) or inspect.Parameter(
+            f.name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=f.type))
         params += [own[name] for name in _KEYWORDS_AFTER.get(f.name, ())]
     return inspect.Signature([*params, own["config"]], return_annotation=None)

@@ -21,7 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, IterableDataset, RandomSampler, Sampler
 
 __all__ = [
-    "Topology", "all_gather_objects", "any_rank", "barrier", "comm_device", "init_process_group",
+    "Topology", "all_gather_objects", "any_rank", "barrier", "init_process_group",
     "release_process_group", "shard_loader", "sum_over_ranks", "wrap_ddp",
 ]
 
@@ -124,19 +124,9 @@ def shard_loader(
                       prefetch_factor=loader.prefetch_factor if loader.num_workers > 0 else None)
 
 
-def comm_device(device: torch.device) -> torch.device:
-    """Where collective tensors live: ``device`` under nccl, the CPU under gloo.
-
-    Examples:
-        >>> comm_device(torch.device("cpu"))
-        device(type='cpu')
-    """
-    backend = dist.get_backend() if dist.is_initialized() else "gloo"
-    return device if backend == "nccl" else torch.device("cpu")
-
-
 def sum_over_ranks(values: torch.Tensor, topology: Topology) -> torch.Tensor:
-    """``values`` summed over the ranks (float64; ``values`` itself on one process).
+    """``values`` summed over the ranks (``values`` itself on one process); the sum runs on
+    ``values``' device under nccl, on the CPU under gloo.
 
     Examples:
         >>> sum_over_ranks(torch.ones(2, dtype=torch.float64), Topology()).tolist()
@@ -144,7 +134,7 @@ def sum_over_ranks(values: torch.Tensor, topology: Topology) -> torch.Tensor:
     """
     if topology.world_size <= 1:
         return values
-    t = values.to(comm_device(values.device))
+    t = values if dist.get_backend() == "nccl" else values.cpu()
     dist.all_reduce(t)
     return t
 
@@ -156,11 +146,7 @@ def any_rank(flag: torch.Tensor, topology: Topology) -> bool:
         >>> any_rank(torch.tensor(False), Topology())
         False
     """
-    if topology.world_size > 1:
-        t = flag.to(comm_device(flag.device), torch.int32)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        flag = t
-    return bool(flag)
+    return bool(sum_over_ranks(flag.to(torch.int32), topology))
 
 
 def all_gather_objects(obj: Any, topology: Topology) -> list[Any]:

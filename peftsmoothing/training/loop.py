@@ -254,20 +254,18 @@ class NoiseTrainer:
         total_steps = max(1, math.ceil(n_batches / c.grad_accum)) * c.epochs
         self.scheduler = make_scheduler(self.optimizer, c, total_steps)
         quiet = not self.is_main or self.progress is False
-        resume_state = ckpt.resume(self, resume, quiet=quiet) if resume else None
-        if resume_state is None:  # (a resumed run has the TrainState of its checkpoint)
+        if not (resume and ckpt.resume(self, resume, quiet=quiet)):  # else: its TrainState
             seed_everything(c.seed, self.rank)
             self.state = TrainState()
         elif self.state.at_epoch_boundary:  # (mid-epoch: once the epoch's batches are replayed)
-            ckpt.restore_rng(self, resume_state, loader)
+            ckpt.restore_rng(self, loader)
         self.should_stop = False
         call_hook(self.callbacks, "on_fit_start", self)
 
         with ckpt.sigint_guard(self):
             try:
                 while self.epoch < c.epochs and not self.should_stop:
-                    record = self._run_epoch(loader, n_batches, resume_state)
-                    resume_state = None
+                    record = self._run_epoch(loader, n_batches)
                     if record is None:  # stopped mid-epoch
                         ckpt.save_interrupt(self, loader)
                         break
@@ -285,22 +283,21 @@ class NoiseTrainer:
         call_hook(self.callbacks, "on_fit_end", self, self.history)
         return self.history
 
-    def _run_epoch(self, loader: Iterable[Any], n_batches: int,
-                   resume_state: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    def _run_epoch(self, loader: Iterable[Any], n_batches: int) -> dict[str, Any] | None:
         """One epoch; returns its history record, or ``None`` when stopped mid-epoch."""
         c = self.config
         sampler = getattr(loader, "sampler", None)
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(self.epoch)  # type: ignore[union-attr]
-        state, skip = self.state, self.state.batches_done
-        if skip and resume_state is not None and resume_state.get("epoch_start_rng") is not None:
-            set_rng_state(resume_state["epoch_start_rng"], loader)
+        state, skip = self.state, self.state.batches_done  # skip: resumed mid-epoch
+        if skip and state.epoch_start_rng is not None:
+            set_rng_state(state.epoch_start_rng, loader)
         state.epoch_start_rng = rng_state(loader)
         it = iter(loader)
-        for _ in range(skip):  # resume mid-epoch: replay the loader order up to the stop
+        for _ in range(skip):  # replay the loader order up to the stop
             next(it)
-        if skip and resume_state is not None:
-            ckpt.restore_rng(self, resume_state, loader)
+        if skip:
+            ckpt.restore_rng(self, loader)
         if state.epoch_sums is None:
             state.epoch_sums = EpochState(self.device)
         st = state.epoch_sums

@@ -17,7 +17,7 @@ from .losses import LossOutput
 
 __all__ = ["EpochState", "epoch_record"]
 
-BatchSums = tuple[torch.Tensor, "torch.Tensor | None", int, int, dict[str, torch.Tensor]]
+BatchSums = tuple[torch.Tensor, torch.Tensor, int, int, dict[str, torch.Tensor]]
 
 
 class EpochState:
@@ -77,12 +77,10 @@ class EpochState:
         predictions (when the loss returns logits), counts and terms; no host synchronisation."""
         loss = out.loss.detach()
         self.bad |= ~torch.isfinite(loss).all()
-        correct: torch.Tensor | None = None
-        predicted = 0
+        correct, predicted = torch.zeros_like(self.correct), 0  # without logits: no prediction
         logits = out.logits
         if logits is not None and logits.ndim == 2 and logits.shape[0] % batch == 0:
-            copies = logits.shape[0] // batch
-            labels = y if copies == 1 else y.repeat(copies)
+            labels = y.repeat(logits.shape[0] // batch)
             correct = (logits.detach().argmax(dim=1) == labels).sum().to(torch.float64)
             predicted = logits.shape[0]
         terms = {k: v.detach().to(torch.float64) for k, v in out.terms.items()}
@@ -95,16 +93,12 @@ class EpochState:
             self.pending.clear()
         for loss, correct, predicted, seen, terms in self.pending:
             self.loss += loss
-            if correct is not None:
-                self.correct += correct
+            self.correct += correct
             self.predicted += predicted
             self.seen += seen
             self.losses += 1
             for k, v in terms.items():
-                if k in self.terms:
-                    self.terms[k] += v
-                else:
-                    self.terms[k] = v.to(torch.float64).clone()
+                self.terms[k] = self.terms.get(k, 0) + v  # float64 since ``add``
         self.pending.clear()
         self.bad.zero_()
 
@@ -119,18 +113,16 @@ def epoch_record(
         >>> epoch_record(st, epoch=1, step=0, lr=0.1, topology=Topology())["train_acc"] is None
         True
     """
-    s = st.to_dict()  # its sums and counts summed over the ranks, in one tensor
-    keys, terms = ("loss", "correct", "predicted", "seen", "losses"), sorted(s["terms"])
-    values = torch.tensor([*(s[k] for k in keys), *(s["terms"][k] for k in terms)],
-                          dtype=torch.float64, device=st.device)
-    summed = sum_over_ranks(values, topology).tolist()
-    s.update(zip(keys, summed[: len(keys)], strict=True))
-    s["terms"] = dict(zip(terms, summed[len(keys) :], strict=True))
+    d = st.to_dict()  # its sums, counts and terms (as train_<name>) summed over the ranks
+    sums = {k: d[k] for k in ("loss", "correct", "predicted", "seen", "losses")}
+    sums.update((f"train_{k}", d["terms"][k]) for k in sorted(d["terms"]))
+    values = torch.tensor(list(sums.values()), dtype=torch.float64, device=st.device)
+    s = dict(zip(sums, sum_over_ranks(values, topology).tolist(), strict=True))
     losses = max(1, s["losses"])
     record: dict[str, Any] = {
         "epoch": epoch, "step": step, "lr": lr, "train_loss": s["loss"] / losses,
         "train_acc": s["correct"] / s["predicted"] if s["predicted"] else None,
-        **{f"train_{k}": v / losses for k, v in s["terms"].items()},
+        **{k: v / losses for k, v in s.items() if k.startswith("train_")},
     }
     if st.nonfinite_steps:
         record["nonfinite_steps"] = st.nonfinite_steps

@@ -42,8 +42,6 @@ class TrainingNoise:
 
     def sigma(self, rank: int, epoch: int, batch: int) -> float:
         """The noise level of a batch (the only one when there is one)."""
-        if len(self.sigmas) == 1:
-            return self.sigmas[0]
         key = derive_seed(self.seed, "sigma", rank, epoch, batch)
         return random.Random(key).choice(self.sigmas)
 

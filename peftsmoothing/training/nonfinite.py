@@ -41,13 +41,12 @@ class TrainedBuffers:
 
     They are the persistent buffers of the modules that own a trained parameter (as in
     ``params.trained_state_dict``); only their floating-point ones can hold nan or inf. The
-    copy is allocated at the first ``snapshot``: nothing for methods whose trained modules have
-    no buffers (LoRA, prompts, adapters), a few vectors per trained BatchNorm otherwise.
+    copy is made with the object: nothing for methods whose trained modules have no buffers
+    (LoRA, prompts, adapters), a few vectors per trained BatchNorm otherwise.
 
     Examples:
         >>> net = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
         >>> buffers = TrainedBuffers(net)
-        >>> buffers.snapshot()
         >>> _ = net(torch.tensor([[0.0, 1.0], [float("nan"), 2.0]]))
         >>> bool(buffers.nonfinite()), buffers.first_nonfinite()
         (True, '1.running_mean')
@@ -61,21 +60,16 @@ class TrainedBuffers:
         saved = module.state_dict().keys()  # persistent buffers only (no tensor is copied)
         self.named = [(k, b) for k, b in module.named_buffers() if k in keys and k in saved]
         self._floating = [(k, b) for k, b in self.named if b.is_floating_point()]
-        self._copy: list[torch.Tensor] | None = None
+        self._copy = [b.detach().clone() for _, b in self.named]
 
     def snapshot(self) -> None:
-        """Copy the buffers' current values (the start of an optimizer step)."""
-        if self._copy is None:
-            self._copy = [b.detach().clone() for _, b in self.named]
-            return
+        """Copy the buffers' current values again (the start of an optimizer step)."""
         with torch.no_grad():
             for copy, (_, b) in zip(self._copy, self.named, strict=True):
                 copy.copy_(b)
 
     def restore(self) -> None:
-        """Put back the values of the last ``snapshot`` (nothing if there was none)."""
-        if self._copy is None:
-            return
+        """Put back the values of the last ``snapshot`` (or of the object's making)."""
         with torch.no_grad():
             for copy, (_, b) in zip(self._copy, self.named, strict=True):
                 b.copy_(copy)
@@ -124,7 +118,6 @@ class NonfiniteGuard:
     def start(self) -> None:
         """At the start of an epoch (or of a resumed one): copy the trained buffers as they are."""
         self.buffers = TrainedBuffers(self.module)  # the module's buffers now, after any .to()
-        self.buffers.snapshot()
 
     def dropped(self, bad: torch.Tensor, *, epoch: int, batch: int) -> bool:
         """Whether the step ending at ``batch`` is dropped; one host synchronisation.

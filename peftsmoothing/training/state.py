@@ -56,4 +56,4 @@ class TrainState:
         self.history.append(record)
         self.epoch += 1
         self.batches_done = 0
-        self.epoch_sums = None
+        self.epoch_sums = self.epoch_start_rng = None
