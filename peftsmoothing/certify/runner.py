@@ -110,21 +110,16 @@ def certify_dataset(
         if run.log is not None:
             opened = open_log(run.log, dict(run.settings), run.resume, stacklevel=stacklevel + 1)
             stack.callback(opened.close)
-            check_identity(opened, run.indices, lambda i: _identity(dataset, i, sampler))
-        done: dict[int, LogRow] = {}
-        for row in opened.rows if opened else []:
-            done.setdefault(row.idx, row)
+            check_identity(opened, run.indices, lambda i: _load(dataset, i, sampler.num_classes)[2])
+        done = {r.idx: r for r in reversed(opened.rows if opened else [])}  # first row counts
         results: dict[int, LogRow] = {i: done[i] for i in run.indices if i in done}
         correct = sum(r.correct for r in results.values())
         todo = [i for i in run.indices if i not in done]
-        labels: dict[int, tuple[int, str]] = {}
 
-        def items() -> Iterator[tuple[int, torch.Tensor, int]]:
-            for idx in todo:
-                image, label = dataset[idx]
-                label_ = _check_label(label, idx, sampler.num_classes)
-                labels[idx] = (label_, image_fingerprint(image, label_))
-                yield idx, image, derive_seed(run.seed, idx)
+        def items() -> Iterator[tuple[tuple[int, int, str], torch.Tensor, int]]:
+            for idx in todo:  # the key carries what the row records of the data
+                image, label, digest = _load(dataset, idx, sampler.num_classes)
+                yield (idx, label, digest), image, derive_seed(run.seed, idx)
 
         show = sys.stderr.isatty() if run.progress is None else bool(run.progress)
         from tqdm.auto import tqdm
@@ -134,14 +129,14 @@ def certify_dataset(
             desc="certify", dynamic_ncols=True,
         ))  # fmt: skip
         stack.enter_context(sampler.inference())  # one session for the whole dataset
-        for idx, cert in certify_packed(sampler, items(), run.n0, run.policy, run.batch_size):
-            label_, digest = labels.pop(idx)
+        certified = certify_packed(sampler, items(), run.n0, run.policy, run.batch_size)
+        for (idx, label, digest), cert in certified:
             row = LogRow(
                 idx=idx,
-                label=label_,
+                label=label,
                 predict=cert.prediction,
                 radius=cert.radius,
-                correct=int(cert.prediction == label_),
+                correct=int(cert.prediction == label),
                 pa_lower=cert.pa_lower,
                 count=cert.count,
                 n=cert.n,
@@ -160,9 +155,11 @@ def certify_dataset(
     return report
 
 
-def _identity(dataset: Any, idx: int, sampler: NoiseSampler) -> str:
+def _load(dataset: Any, idx: int, num_classes: int) -> tuple[torch.Tensor, int, str]:
+    """Image ``idx`` of ``dataset``, its label (checked) and their fingerprint."""
     image, label = dataset[idx]
-    return image_fingerprint(image, _check_label(label, idx, sampler.num_classes))
+    label = _check_label(label, idx, num_classes)
+    return image, label, image_fingerprint(image, label)
 
 
 def dataset_info(dataset: Any, info: Mapping[str, Any] | None) -> dict[str, Any]:
