@@ -102,7 +102,7 @@ class LogRow:
         layout = self.layout if layout is None else layout
         if layout not in _LAYOUTS:
             raise ValueError(f"unknown log layout {layout!r}")
-        values: list[Any] = list(self.values()[: len(_LAYOUTS[layout])])
+        values: list[Any] = list(astuple(self)[: len(_LAYOUTS[layout])])
         if layout == "cohen":  # Cohen et al.'s time where pa_lower stands
             values[5] = str(datetime.timedelta(seconds=self.seconds))
         elif None in values:
@@ -110,22 +110,19 @@ class LogRow:
         text = [repr(float(v)) if isinstance(v, float) else str(v) for v in values]
         return "\t".join(text) + "\n"
 
-    def values(self) -> tuple[Any, ...]:
-        """The fields in ``LOG_COLUMNS`` order."""
-        return astuple(self)
-
     def certificate(self) -> tuple[Any, ...]:
         """The fields but ``seconds`` (set to 0): what two certifications of one image must
         agree on."""
         return astuple(replace(self, seconds=0.0))
 
     @classmethod
-    def from_line(cls, line: str) -> LogRow:
-        """Parse one line of any layout (told by its number of fields); raise ``ValueError`` if
-        it is not a complete, valid row."""
+    def from_line(cls, line: str, layout: str | None = None) -> LogRow:
+        """Parse one line of ``layout`` (default: any, told by its number of fields); raise
+        ``ValueError`` if it is not a complete, valid row."""
         parts = line.rstrip("\n").split("\t")
-        if len(parts) not in {len(columns) for columns in _LAYOUTS.values()}:
-            raise ValueError(f"expected {len(LOG_COLUMNS)} tab-separated fields, got {len(parts)}")
+        widths = [len(_LAYOUTS[layout])] if layout else [len(c) for c in _LAYOUTS.values()]
+        if len(parts) not in widths:
+            raise ValueError(f"expected {widths[0]} tab-separated fields, got {len(parts)}")
         cohen = len(parts) == len(COHEN_COLUMNS)
         given = parts[:5] if cohen else parts
         values: list[Any] = [parse(p) for parse, p in zip(_PARSERS, given, strict=False)]
@@ -246,13 +243,9 @@ def parse_log(data: bytes, name: str = "log") -> tuple[list[LogRow], int]:
     rows: list[LogRow] = []
     pos = len(HEADERS[layout])
     *complete, tail = data[pos:].split(b"\n")
-    width = len(_LAYOUTS[layout])
     for number, raw in enumerate(complete):
-        try:
-            fields = raw.count(b"\t") + 1
-            if fields != width:  # a row of another layout than the header's
-                raise ValueError(f"expected {width} tab-separated fields, got {fields}")
-            rows.append(LogRow.from_line(raw.decode()))
+        try:  # a row of another layout than the header's is malformed too
+            rows.append(LogRow.from_line(raw.decode(), layout))
         except (ValueError, UnicodeDecodeError) as err:
             if number == len(complete) - 1 and not tail:
                 return rows, pos  # a garbled final line: treated as torn
