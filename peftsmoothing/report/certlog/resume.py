@@ -18,9 +18,8 @@ from ...core.files import atomic_write, clean_stale_temporaries, fsync_dir
 from .rows import HEADERS, MAX_LOG_BYTES, LogRow, check_log_file, parse_log
 from .settings import (
     FORMAT_VERSION,
-    MAX_SETTINGS_BYTES,
-    SETTINGS_FORMAT,
     V1_KEYS,
+    load_settings_file,
     read_settings,
     settings_diff,
     settings_path,
@@ -205,16 +204,14 @@ def _check_replaceable(meta_path: Path) -> None:
     ``peftsmoothing.json`` beside ``--out D/peftsmoothing``)."""
     if not os.path.lexists(meta_path):
         return
-    value = None
-    small = meta_path.is_file() and meta_path.stat().st_size <= MAX_SETTINGS_BYTES  # else: theirs
-    if small and not meta_path.is_symlink():
-        with contextlib.suppress(OSError, ValueError, UnicodeDecodeError, RecursionError):
-            value = json.loads(meta_path.read_bytes())
-    if not isinstance(value, dict) or value.get("format") != SETTINGS_FORMAT:
-        raise FileExistsError(
-            f"{meta_path} exists and is not the settings file of a certification log, and a "
-            "new log would replace it; choose another log path (or move that file)"
-        )
+    with contextlib.suppress(OSError, ValueError):  # unreadable, too large, not ours: theirs
+        if meta_path.is_file() and not meta_path.is_symlink():
+            load_settings_file(meta_path)
+            return
+    raise FileExistsError(
+        f"{meta_path} exists and is not the settings file of a certification log, and a "
+        "new log would replace it; choose another log path (or move that file)"
+    )
 
 
 def check_identity(log: OpenLog, indices: Iterable[int], identity: Callable[[int], str]) -> None:
