@@ -178,16 +178,14 @@ def dataset_info(dataset: Any, info: Mapping[str, Any] | None) -> dict[str, Any]
 
 
 def _check_label(label: object, idx: int, num_classes: int) -> int:
-    if isinstance(label, torch.Tensor):
-        if label.numel() != 1 or label.is_floating_point():
-            raise ValueError(f"the label of image {idx} must be one integer, got {label!r}")
+    if isinstance(label, torch.Tensor) and label.numel() == 1 and not label.is_floating_point():
         label = label.item()
-    if not is_int(label):
-        raise ValueError(f"the label of image {idx} must be an integer, got {label!r}")
-    value = int(label)  # type: ignore[call-overload]
-    if not 0 <= value < num_classes:
-        raise ValueError(f"the label {label} of image {idx} is outside [0, {num_classes})")
-    return value
+    if not is_int(label) or not 0 <= int(label) < num_classes:  # type: ignore[call-overload]
+        raise ValueError(
+            f"the label of image {idx} must be an integer in [0, {num_classes}), got {label!r} "
+            "(not an integer, or outside the classes)"
+        )
+    return int(label)  # type: ignore[call-overload]
 
 
 def select_indices(
