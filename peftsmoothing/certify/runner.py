@@ -219,11 +219,8 @@ def select_indices(
             raise ValueError("indices contains duplicates")
     chosen = chosen[::skip]
     if shard is not None:
-        try:
-            part, parts = shard
-        except (TypeError, ValueError):
-            raise ValueError(f"shard must be a pair (i, k), got {shard!r}") from None
-        if not (is_int(part) and is_int(parts)) or parts < 1 or not 0 <= part < parts:
-            raise ValueError(f"shard must be (i, k) with 0 <= i < k, got {shard!r}")
-        chosen = chosen[int(part) :: int(parts)]
+        pair = isinstance(shard, Sequence) and len(shard) == 2 and all(map(is_int, shard))
+        if not pair or not 0 <= shard[0] < shard[1]:
+            raise ValueError(f"shard must be a pair (i, k) with 0 <= i < k, got {shard!r}")
+        chosen = chosen[int(shard[0]) :: int(shard[1])]
     return chosen
