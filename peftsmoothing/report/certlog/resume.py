@@ -155,7 +155,7 @@ def _open_locked(
                 "what they were certified with is unknown; resuming is refused. Use another log."
             )
         if "format_version" not in old:  # format 1 (release 0.1): resumed in format 1
-            if rows[0].layout != "v1" or meta["columns"] != "peftsmoothing":
+            if meta["columns"] != "peftsmoothing":  # its rows' layout: checked below
                 raise ValueError(f"{path} is a format-1 log: it can only be resumed as one")
             layout = "v1"
         elif old["format_version"] != FORMAT_VERSION:
@@ -185,13 +185,12 @@ def _open_locked(
             stacklevel=stacklevel,
         )
     if not rows:  # nothing certified yet: start afresh with the new settings
-        valid = 0
         _check_replaceable(meta_path)
         atomic_write(meta_path, (json.dumps(meta, indent=2) + "\n").encode())
-    if valid < len(data):
+        handle.truncate(0)
+        handle.write(HEADERS[layout])  # O_APPEND: at the end, which is the start
+    elif valid < len(data):
         handle.truncate(valid)
-    if not valid:  # an empty log (O_APPEND: written at its end)
-        handle.write(HEADERS[layout])
     handle.flush()
     os.fsync(handle.fileno())
     fsync_dir(real.parent)
