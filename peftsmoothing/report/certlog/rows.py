@@ -102,13 +102,17 @@ class LogRow:
         layout = self.layout if layout is None else layout
         if layout not in _LAYOUTS:
             raise ValueError(f"unknown log layout {layout!r}")
-        values: list[Any] = list(astuple(self)[: len(_LAYOUTS[layout])])
+        values: list[Any] = list(self.values()[: len(_LAYOUTS[layout])])
         if layout == "cohen":  # Cohen et al.'s time where pa_lower stands
             values[5] = str(datetime.timedelta(seconds=self.seconds))
         elif None in values:
             raise ValueError("a format-2 row needs alpha and image_sha256")
         text = [repr(float(v)) if isinstance(v, float) else str(v) for v in values]
         return "\t".join(text) + "\n"
+
+    def values(self) -> tuple[Any, ...]:
+        """The fields in ``LOG_COLUMNS`` order."""
+        return astuple(self)
 
     def certificate(self) -> tuple[Any, ...]:
         """The fields but ``seconds`` (set to 0): what two certifications of one image must
