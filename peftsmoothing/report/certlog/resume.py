@@ -127,8 +127,7 @@ def open_log(
     except BaseException:
         opened = os.fstat(handle.fileno())
         with contextlib.suppress(OSError):  # the empty log this call created: not left
-            now = os.stat(real)
-            if created and opened.st_size == 0 and os.path.samestat(now, opened):
+            if created and opened.st_size == 0 and os.path.samestat(os.stat(real), opened):
                 os.unlink(real)
         handle.close()
         raise
