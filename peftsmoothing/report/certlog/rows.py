@@ -143,9 +143,7 @@ class LogRow:
             raise ValueError("inconsistent values")
         if not all(math.isfinite(v) and v >= 0 for v in (self.radius, self.seconds)):
             raise ValueError("radius or seconds out of range")
-        if cohen:  # a row of Cohen et al.'s layout: no counts, no bound
-            if self.count != 0 or not math.isnan(self.pa_lower) or self.alpha is not None:
-                raise ValueError("inconsistent values")
+        if cohen:  # no counts, no bound, no alpha: from_line fills them in
             return
         if self.n < 1 or not 0 <= self.count <= self.n or not 0 <= self.pa_lower <= 1:
             raise ValueError("inconsistent values, or pa_lower out of range")
