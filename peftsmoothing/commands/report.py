@@ -31,8 +31,9 @@ def run(args: argparse.Namespace) -> int:
         0
     """
     from ..report.accuracy import CertificationReport, certified_accuracy_table
+    from ..report.paired import paired_table
     from ..report.plots import is_own_plot, plot_certified_accuracy
-    from ..report.tables import bound_table, paired_table
+    from ..report.tables import bound_table
     from ._output import check_output
 
     if args.plot:  # before any work: never over a file that is not an earlier plot

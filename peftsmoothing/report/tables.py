@@ -1,6 +1,6 @@
-"""Tables of certification reports: Cohen et al.'s approximate certified accuracy, its lower
-bound with a stated confidence (``peftsmoothing.report.confidence``), and paired differences
-(``peftsmoothing.report.paired``)."""
+"""Tables of certification reports: Cohen et al.'s approximate certified accuracy, and its
+lower bound with a stated confidence (``peftsmoothing.report.confidence``); the table of
+paired differences is ``peftsmoothing.report.paired.paired_table``."""
 
 from __future__ import annotations
 
@@ -12,9 +12,7 @@ from typing import Any
 from ..core.validation import check_choice, check_real
 from .confidence import Certified, certified_accuracy_bound
 
-__all__ = [
-    "DEFAULT_RADII", "bound_table", "certified_accuracy_table", "check_radii", "paired_table"
-]
+__all__ = ["DEFAULT_RADII", "bound_table", "certified_accuracy_table", "check_radii"]
 
 DEFAULT_RADII: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
 """Radii of the certified-accuracy table when none are given."""
@@ -123,35 +121,4 @@ def bound_table(
         except ValueError as err:  # the run's alpha is unknown: say so in the row
             cells = [f"n/a ({err})"] + [""] * (len(values) - 1)
         lines.append(f"| {name.replace('|', '/')} | " + " | ".join(cells) + f" | {len(report)} |")
-    return "\n".join(lines)
-
-
-def paired_table(reports: Mapping[str, Any], radii: list[float]) -> str:
-    """Markdown table: every report minus the first, image by image, at each radius
-    (``CertificationReport.compare_to``), under a line that says so.
-
-    Examples:
-        >>> from peftsmoothing import CertificationReport
-        >>> from peftsmoothing.report.certlog import LogRow
-        >>> a = CertificationReport([LogRow(i, 0, 0, 0.5, 1, 0.9, 90, 100, 1) for i in range(4)])
-        >>> b = CertificationReport([LogRow(i, 0, 1, 0.5, 0, 0.9, 90, 100, 1) for i in range(4)])
-        >>> print(paired_table({"a": a, "b": b}, [0.0]).splitlines()[-1])
-        | b | -1.000 ± 0.000 (p = 0.12) | 4 |
-    """
-    first, *others = reports
-    lines = [
-        f"Paired differences against {first} (same images; ± standard error, p = exact "
-        "McNemar test):",
-        "",
-        "| log | " + " | ".join(f"r={r:g}" for r in radii) + " | shared images |",
-        "|---|" + "---:|" * (len(radii) + 1),
-    ]
-    for name in others:
-        try:
-            diffs = reports[name].compare_to(reports[first], radii)
-        except ValueError as err:  # other data: say so instead of failing the whole report
-            lines.append(f"| {name} | " + " | ".join(f"n/a: {err}" for _ in radii) + " | |")
-            continue
-        images = next(iter(diffs.values())).images
-        lines.append(f"| {name} | " + " | ".join(str(diffs[r]) for r in radii) + f" | {images} |")
     return "\n".join(lines)
