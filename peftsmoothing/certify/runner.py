@@ -110,21 +110,16 @@ def certify_dataset(
         if run.log is not None:
             opened = open_log(run.log, dict(run.settings), run.resume, stacklevel=stacklevel + 1)
             stack.callback(opened.close)
-            check_identity(opened, run.indices, lambda i: _identity(dataset, i, sampler))
-        done: dict[int, LogRow] = {}
-        for row in opened.rows if opened else []:
-            done.setdefault(row.idx, row)
+            check_identity(opened, run.indices, lambda i: _load(dataset, i, sampler.num_classes)[2])
+        done = {r.idx: r for r in reversed(opened.rows if opened else [])}  # first row counts
         results: dict[int, LogRow] = {i: done[i] for i in run.indices if i in done}
         correct = sum(r.correct for r in results.values())
         todo = [i for i in run.indices if i not in done]
-        labels: dict[int, tuple[int, str]] = {}
 
-        def items() -> Iterator[tuple[int, torch.Tensor, int]]:
-            for idx in todo:
-                image, label = dataset[idx]
-                label_ = _check_label(label, idx, sampler.num_classes)
-                labels[idx] = (label_, image_fingerprint(image, label_))
-                yield idx, image, derive_seed(run.seed, idx)
+        def items() -> Iterator[tuple[tuple[int, int, str], torch.Tensor, int]]:
+            for idx in todo:  # the key carries what the row records of the data
+                image, label, digest = _load(dataset, idx, sampler.num_classes)
+                yield (idx, label, digest), image, derive_seed(run.seed, idx)
 
         show = sys.stderr.isatty() if run.progress is None else bool(run.progress)
         from tqdm.auto import tqdm
@@ -134,14 +129,14 @@ def certify_dataset(
             desc="certify", dynamic_ncols=True,
         ))  # fmt: skip
         stack.enter_context(sampler.inference())  # one session for the whole dataset
-        for idx, cert in certify_packed(sampler, items(), run.n0, run.policy, run.batch_size):
-            label_, digest = labels.pop(idx)
+        certified = certify_packed(sampler, items(), run.n0, run.policy, run.batch_size)
+        for (idx, label, digest), cert in certified:
             row = LogRow(
                 idx=idx,
-                label=label_,
+                label=label,
                 predict=cert.prediction,
                 radius=cert.radius,
-                correct=int(cert.prediction == label_),
+                correct=int(cert.prediction == label),
                 pa_lower=cert.pa_lower,
                 count=cert.count,
                 n=cert.n,
@@ -160,9 +155,11 @@ def certify_dataset(
     return report
 
 
-def _identity(dataset: Any, idx: int, sampler: NoiseSampler) -> str:
+def _load(dataset: Any, idx: int, num_classes: int) -> tuple[torch.Tensor, int, str]:
+    """Image ``idx`` of ``dataset``, its label (checked) and their fingerprint."""
     image, label = dataset[idx]
-    return image_fingerprint(image, _check_label(label, idx, sampler.num_classes))
+    label = _check_label(label, idx, num_classes)
+    return image, label, image_fingerprint(image, label)
 
 
 def dataset_info(dataset: Any, info: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -181,16 +178,14 @@ def dataset_info(dataset: Any, info: Mapping[str, Any] | None) -> dict[str, Any]
 
 
 def _check_label(label: object, idx: int, num_classes: int) -> int:
-    if isinstance(label, torch.Tensor):
-        if label.numel() != 1 or label.is_floating_point():
-            raise ValueError(f"the label of image {idx} must be one integer, got {label!r}")
+    if isinstance(label, torch.Tensor) and label.numel() == 1 and not label.is_floating_point():
         label = label.item()
-    if not is_int(label):
-        raise ValueError(f"the label of image {idx} must be an integer, got {label!r}")
-    value = int(label)  # type: ignore[call-overload]
-    if not 0 <= value < num_classes:
-        raise ValueError(f"the label {label} of image {idx} is outside [0, {num_classes})")
-    return value
+    if not is_int(label) or not 0 <= int(label) < num_classes:  # type: ignore[call-overload]
+        raise ValueError(
+            f"the label of image {idx} must be an integer in [0, {num_classes}), got {label!r} "
+            "(not an integer, or outside the classes)"
+        )
+    return int(label)  # type: ignore[call-overload]
 
 
 def select_indices(
@@ -224,11 +219,8 @@ def select_indices(
             raise ValueError("indices contains duplicates")
     chosen = chosen[::skip]
     if shard is not None:
-        try:
-            part, parts = shard
-        except (TypeError, ValueError):
-            raise ValueError(f"shard must be a pair (i, k), got {shard!r}") from None
-        if not (is_int(part) and is_int(parts)) or parts < 1 or not 0 <= part < parts:
-            raise ValueError(f"shard must be (i, k) with 0 <= i < k, got {shard!r}")
-        chosen = chosen[int(part) :: int(parts)]
+        pair = isinstance(shard, Sequence) and len(shard) == 2 and all(map(is_int, shard))
+        if not pair or not 0 <= shard[0] < shard[1]:
+            raise ValueError(f"shard must be a pair (i, k) with 0 <= i < k, got {shard!r}")
+        chosen = chosen[int(shard[0]) :: int(shard[1])]
     return chosen

@@ -31,6 +31,7 @@ def run(args: argparse.Namespace) -> int:
         0
     """
     from ..report.accuracy import CertificationReport, certified_accuracy_table
+    from ..report.paired import paired_table
     from ..report.plots import is_own_plot, plot_certified_accuracy
     from ..report.tables import bound_table
     from ._output import check_output
@@ -63,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
               "probability <= the run's alpha:\n")
         print(bound_table(reports, args.radii, args.confidence, args.alpha))
         if args.compare and len(reports) > 1:
-            print(f"\n{paired_differences(reports, args.radii)}")
+            print(f"\n{paired_table(reports, args.radii)}")
     if args.plot:
         out = plot_certified_accuracy(reports, args.plot, max_radius=args.max_radius)
         print(f"wrote {out}", file=sys.stderr)
@@ -94,36 +95,6 @@ def log_names(paths: list[str]) -> list[str]:
             raise ValueError(f"the same log is given twice: {paths[names.index(min(clashes))]}")
         for i in grow:
             depth[i] += 1
-
-
-def paired_differences(reports: dict[str, Any], radii: list[float]) -> str:
-    """Markdown table: every report minus the first, image by image, at each radius.
-
-    Examples:
-        >>> from peftsmoothing.report.certlog import LogRow
-        >>> from peftsmoothing.report.accuracy import CertificationReport
-        >>> a = CertificationReport([LogRow(i, 0, 0, 0.5, 1, 0.9, 90, 100, 1) for i in range(4)])
-        >>> b = CertificationReport([LogRow(i, 0, 1, 0.5, 0, 0.9, 90, 100, 1) for i in range(4)])
-        >>> print(paired_differences({"a": a, "b": b}, [0.0]).splitlines()[-1])
-        | b | -1.000 ± 0.000 (p = 0.12) | 4 |
-    """
-    first, *others = reports
-    lines = [
-        f"Paired differences against {first} (same images; ± standard error, p = exact "
-        "McNemar test):",
-        "",
-        "| log | " + " | ".join(f"r={r:g}" for r in radii) + " | shared images |",
-        "|---|" + "---:|" * (len(radii) + 1),
-    ]
-    for name in others:
-        try:
-            diffs = reports[name].compare_to(reports[first], radii)
-        except ValueError as err:  # other data: say so instead of failing the whole report
-            lines.append(f"| {name} | " + " | ".join(f"n/a: {err}" for _ in radii) + " | |")
-            continue
-        images = next(iter(diffs.values())).images
-        lines.append(f"| {name} | " + " | ".join(str(diffs[r]) for r in radii) + f" | {images} |")
-    return "\n".join(lines)
 
 
 def register(subparsers: Any) -> None:

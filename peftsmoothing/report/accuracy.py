@@ -241,8 +241,7 @@ class CertificationReport:
         """
         values = check_radii(radii)
         self._require_rows()
-        total = len(self)
-        return {r: float(np.sum(self._certified(r))) / total for r in values}
+        return {r: float(np.mean(self._certified(r))) for r in values}
 
     def certified_accuracy_bound(
         self,
@@ -432,6 +431,4 @@ class CertificationReport:
             >>> out.stat().st_size > 0
             True
         """
-        return plot_certified_accuracy(
-            {self.name or "smoothed classifier": self}, path, max_radius=max_radius, title=title
-        )
+        return plot_certified_accuracy(self, path, max_radius=max_radius, title=title)

@@ -132,7 +132,7 @@ def certified_accuracy_bound(
     m = len(report)
     if not m:
         raise ValueError("the report holds no certificates")
-    a = run_alpha(report) if alpha is None else check_alpha(alpha)
+    a = run_alpha(report) if alpha is None else alpha  # checked by wrong_certificates_at_most
     q = wrong_certificates_at_most(m, a, confidence)
     return {
         float(r): max(0.0, float(np.sum(report.correct & (report.radius >= r)) - q) / m)

@@ -5,17 +5,20 @@ each image is certified correct by both, by one, or by neither, and only the dis
 (one but not the other) say which method is better. This is far more precise than comparing
 two certified accuracies.
 [`peftsmoothing.CertificationReport.compare_to`][peftsmoothing.CertificationReport.compare_to] pairs
-the images and calls ``paired_difference`` once per radius.
+the images and calls ``paired_difference`` once per radius; ``paired_table`` shows several
+reports against the first (``peftsmoothing report --compare``).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-__all__ = ["PairedDifference", "paired_difference"]
+__all__ = ["PairedDifference", "paired_difference", "paired_table"]
 
 
 @dataclass(frozen=True)
@@ -81,3 +84,34 @@ def paired_difference(first: np.ndarray, second: np.ndarray, radius: float) -> P
         radius=radius, difference=float(diff.mean()), stderr=stderr,
         p_value=min(1.0, p_value), better=better, worse=worse, images=len(diff),
     )  # fmt: skip
+
+
+def paired_table(reports: Mapping[str, Any], radii: list[float]) -> str:
+    """Markdown table: every report minus the first, image by image, at each radius
+    (``CertificationReport.compare_to``), under a line that says so.
+
+    Examples:
+        >>> from peftsmoothing import CertificationReport
+        >>> from peftsmoothing.report.certlog import LogRow
+        >>> a = CertificationReport([LogRow(i, 0, 0, 0.5, 1, 0.9, 90, 100, 1) for i in range(4)])
+        >>> b = CertificationReport([LogRow(i, 0, 1, 0.5, 0, 0.9, 90, 100, 1) for i in range(4)])
+        >>> print(paired_table({"a": a, "b": b}, [0.0]).splitlines()[-1])
+        | b | -1.000 ± 0.000 (p = 0.12) | 4 |
+    """
+    first, *others = reports
+    lines = [
+        f"Paired differences against {first} (same images; ± standard error, p = exact "
+        "McNemar test):",
+        "",
+        "| log | " + " | ".join(f"r={r:g}" for r in radii) + " | shared images |",
+        "|---|" + "---:|" * (len(radii) + 1),
+    ]
+    for name in others:
+        try:
+            diffs = reports[name].compare_to(reports[first], radii)
+        except ValueError as err:  # other data: say so instead of failing the whole report
+            lines.append(f"| {name} | " + " | ".join(f"n/a: {err}" for _ in radii) + " | |")
+            continue
+        images = next(iter(diffs.values())).images
+        lines.append(f"| {name} | " + " | ".join(str(diffs[r]) for r in radii) + f" | {images} |")
+    return "\n".join(lines)

@@ -93,7 +93,7 @@ def plot_certified_accuracy(
     if not any(len(r) for r in reports.values()):
         raise ValueError("nothing to plot: no report holds certificates")
     top = max_radius if max_radius is not None else default_max_radius(reports.values())
-    bounds = {k: r.pa_lower[np.isfinite(r.pa_lower)] for k, r in reports.items() if len(r)}
+    bounds = {k: r.pa_lower[np.isfinite(r.pa_lower)] for k, r in reports.items()}
     bounds = {k: v for k, v in bounds.items() if v.size}  # Cohen et al.'s logs have none
     fig = Figure(figsize=(6.0, 6.5 if bounds else 4.0), layout="constrained")
     ax, hist = fig.subplots(2, 1, height_ratios=(3, 2)) if bounds else (fig.add_subplot(), None)
@@ -115,8 +115,7 @@ def plot_certified_accuracy(
         ax.set_title(title)
     out = Path(path)
     fmt = out.suffix[1:].lower() or fig.canvas.get_default_filetype()
-    key = _CREATOR_KEYS.get(fmt)
-    metadata = {key: PLOT_CREATOR} if key else None
+    metadata = {_CREATOR_KEYS[fmt]: PLOT_CREATOR} if fmt in _CREATOR_KEYS else None
     clean_stale_temporaries(out.parent, [out.name])
     atomic_write(out, lambda f: fig.savefig(f, format=fmt, dpi=150, metadata=metadata))
     return out

@@ -1,5 +1,6 @@
 """Tables of certification reports: Cohen et al.'s approximate certified accuracy, and its
-lower bound with a stated confidence (``peftsmoothing.report.confidence``)."""
+lower bound with a stated confidence (``peftsmoothing.report.confidence``); the table of
+paired differences is ``peftsmoothing.report.paired.paired_table``."""
 
 from __future__ import annotations
 

@@ -18,9 +18,8 @@ from ...core.files import atomic_write, clean_stale_temporaries, fsync_dir
 from .rows import HEADERS, MAX_LOG_BYTES, LogRow, check_log_file, parse_log
 from .settings import (
     FORMAT_VERSION,
-    MAX_SETTINGS_BYTES,
-    SETTINGS_FORMAT,
     V1_KEYS,
+    load_settings_file,
     read_settings,
     settings_diff,
     settings_path,
@@ -128,8 +127,7 @@ def open_log(
     except BaseException:
         opened = os.fstat(handle.fileno())
         with contextlib.suppress(OSError):  # the empty log this call created: not left
-            now = os.stat(real)
-            if created and opened.st_size == 0 and os.path.samestat(now, opened):
+            if created and opened.st_size == 0 and os.path.samestat(os.stat(real), opened):
                 os.unlink(real)
         handle.close()
         raise
@@ -156,7 +154,7 @@ def _open_locked(
                 "what they were certified with is unknown; resuming is refused. Use another log."
             )
         if "format_version" not in old:  # format 1 (release 0.1): resumed in format 1
-            if rows[0].layout != "v1" or meta["columns"] != "peftsmoothing":
+            if meta["columns"] != "peftsmoothing":  # its rows' layout: checked below
                 raise ValueError(f"{path} is a format-1 log: it can only be resumed as one")
             layout = "v1"
         elif old["format_version"] != FORMAT_VERSION:
@@ -186,13 +184,12 @@ def _open_locked(
             stacklevel=stacklevel,
         )
     if not rows:  # nothing certified yet: start afresh with the new settings
-        valid = 0
         _check_replaceable(meta_path)
         atomic_write(meta_path, (json.dumps(meta, indent=2) + "\n").encode())
-    if valid < len(data):
+        handle.truncate(0)
+        handle.write(HEADERS[layout])  # O_APPEND: at the end, which is the start
+    elif valid < len(data):
         handle.truncate(valid)
-    if not valid:  # an empty log (O_APPEND: written at its end)
-        handle.write(HEADERS[layout])
     handle.flush()
     os.fsync(handle.fileno())
     fsync_dir(real.parent)
@@ -205,16 +202,14 @@ def _check_replaceable(meta_path: Path) -> None:
     ``peftsmoothing.json`` beside ``--out D/peftsmoothing``)."""
     if not os.path.lexists(meta_path):
         return
-    value = None
-    small = meta_path.is_file() and meta_path.stat().st_size <= MAX_SETTINGS_BYTES  # else: theirs
-    if small and not meta_path.is_symlink():
-        with contextlib.suppress(OSError, ValueError, UnicodeDecodeError, RecursionError):
-            value = json.loads(meta_path.read_bytes())
-    if not isinstance(value, dict) or value.get("format") != SETTINGS_FORMAT:
-        raise FileExistsError(
-            f"{meta_path} exists and is not the settings file of a certification log, and a "
-            "new log would replace it; choose another log path (or move that file)"
-        )
+    with contextlib.suppress(OSError, ValueError):  # unreadable, too large, not ours: theirs
+        if meta_path.is_file() and not meta_path.is_symlink():
+            load_settings_file(meta_path)
+            return
+    raise FileExistsError(
+        f"{meta_path} exists and is not the settings file of a certification log, and a "
+        "new log would replace it; choose another log path (or move that file)"
+    )
 
 
 def check_identity(log: OpenLog, indices: Iterable[int], identity: Callable[[int], str]) -> None:

@@ -120,12 +120,13 @@ class LogRow:
         return astuple(replace(self, seconds=0.0))
 
     @classmethod
-    def from_line(cls, line: str) -> LogRow:
-        """Parse one line of any layout (told by its number of fields); raise ``ValueError`` if
-        it is not a complete, valid row."""
+    def from_line(cls, line: str, layout: str | None = None) -> LogRow:
+        """Parse one line of ``layout`` (default: any, told by its number of fields); raise
+        ``ValueError`` if it is not a complete, valid row."""
         parts = line.rstrip("\n").split("\t")
-        if len(parts) not in {len(columns) for columns in _LAYOUTS.values()}:
-            raise ValueError(f"expected {len(LOG_COLUMNS)} tab-separated fields, got {len(parts)}")
+        widths = [len(_LAYOUTS[layout])] if layout else [len(c) for c in _LAYOUTS.values()]
+        if len(parts) not in widths:
+            raise ValueError(f"expected {widths[0]} tab-separated fields, got {len(parts)}")
         cohen = len(parts) == len(COHEN_COLUMNS)
         given = parts[:5] if cohen else parts
         values: list[Any] = [parse(p) for parse, p in zip(_PARSERS, given, strict=False)]
@@ -142,9 +143,7 @@ class LogRow:
             raise ValueError("inconsistent values")
         if not all(math.isfinite(v) and v >= 0 for v in (self.radius, self.seconds)):
             raise ValueError("radius or seconds out of range")
-        if cohen:  # a row of Cohen et al.'s layout: no counts, no bound
-            if self.count != 0 or not math.isnan(self.pa_lower) or self.alpha is not None:
-                raise ValueError("inconsistent values")
+        if cohen:  # no counts, no bound, no alpha: from_line fills them in
             return
         if self.n < 1 or not 0 <= self.count <= self.n or not 0 <= self.pa_lower <= 1:
             raise ValueError("inconsistent values, or pa_lower out of range")
@@ -246,13 +245,9 @@ def parse_log(data: bytes, name: str = "log") -> tuple[list[LogRow], int]:
     rows: list[LogRow] = []
     pos = len(HEADERS[layout])
     *complete, tail = data[pos:].split(b"\n")
-    width = len(_LAYOUTS[layout])
     for number, raw in enumerate(complete):
-        try:
-            fields = raw.count(b"\t") + 1
-            if fields != width:  # a row of another layout than the header's
-                raise ValueError(f"expected {width} tab-separated fields, got {fields}")
-            rows.append(LogRow.from_line(raw.decode()))
+        try:  # a row of another layout than the header's is malformed too
+            rows.append(LogRow.from_line(raw.decode(), layout))
         except (ValueError, UnicodeDecodeError) as err:
             if number == len(complete) - 1 and not tail:
                 return rows, pos  # a garbled final line: treated as torn

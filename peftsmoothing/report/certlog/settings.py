@@ -157,6 +157,27 @@ def read_settings(log: str | os.PathLike[str]) -> dict[str, Any] | None:
     path = settings_path(log)
     if not path.is_file():
         return None
+    value = load_settings_file(path)
+    check_settings(value, str(path), complete=True)
+    return value
+
+
+def load_settings_file(path: Path) -> dict[str, Any]:
+    """The JSON object in ``path`` if it is a log's settings file (``"format"``), unchecked
+    (``check_settings``); read only if at most ``MAX_SETTINGS_BYTES`` long.
+
+    Raises:
+        ValueError: One line naming the file: too large, not JSON, or not of our format.
+
+    Examples:
+        >>> import tempfile
+        >>> path = Path(tempfile.mkdtemp()) / "peftsmoothing.json"
+        >>> _ = path.write_text('{"format": "peftsmoothing-model"}')
+        >>> load_settings_file(path)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: .../peftsmoothing.json is not the settings file of a certification log
+    """
     if path.stat().st_size > MAX_SETTINGS_BYTES:
         raise ValueError(f"{path} is larger than a log's settings file may be (1 MiB): refused")
     try:
@@ -167,7 +188,6 @@ def read_settings(log: str | os.PathLike[str]) -> dict[str, Any] | None:
         raise ValueError(f"{path} is not valid JSON ({err})") from None
     if not isinstance(value, dict) or value.get("format") != SETTINGS_FORMAT:
         raise ValueError(f"{path} is not the settings file of a certification log")
-    check_settings(value, str(path), complete=True)
     return value
 
 
