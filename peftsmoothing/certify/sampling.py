@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from ..core.noise import add_noise
-from ..core.precision import PRECISIONS, autocast
+from ..core.precision import PRECISIONS, autocast, eval_mode
 from ..core.seeds import derive_seed
 from ..core.validation import check_choice, check_int, check_sigma
 
@@ -159,11 +159,10 @@ class NoiseSampler:
         if self._depth:
             yield
             return
-        modes = [(m, m.training) for m in self.base.modules()]
         restore_format: list[nn.Parameter] = []
         try:
             with contextlib.ExitStack() as stack:  # closed (weights unmerged) before the rest
-                self.base.eval()
+                stack.enter_context(eval_mode(self.base))  # modes back after the unmerge
                 merged = getattr(self.base, "merged_for_inference", None)
                 if self.merge and callable(merged):
                     stack.enter_context(merged())
@@ -180,8 +179,6 @@ class NoiseSampler:
             self._buffer = None  # a large batch is not held after sampling
             for p in restore_format:
                 p.data = p.data.contiguous()
-            for module, mode in modes:
-                module.training = mode
 
     def generator(self, seed: int, stream: int) -> torch.Generator:
         """A generator on the model's device seeded with ``derive_seed(seed, stream)``.

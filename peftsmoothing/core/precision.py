@@ -1,4 +1,5 @@
-"""Numeric precision of a forward pass: ``"fp32"``, or ``"bf16"`` / ``"fp16"`` autocast.
+"""How an inference forward pass runs: its numeric precision (``"fp32"``, or ``"bf16"`` /
+``"fp16"`` autocast) and the model's eval mode (``eval_mode``).
 
 The names ([`PRECISIONS`][peftsmoothing.core.names.PRECISIONS]) are declared in the torch-free
 [`peftsmoothing.core.names`][peftsmoothing.core.names] and used by training, certification
@@ -8,6 +9,7 @@ and the CLI; torch is imported only when a precision is applied.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from .names import PRECISIONS
@@ -15,8 +17,9 @@ from .validation import check_choice
 
 if TYPE_CHECKING:
     import torch
+    from torch import nn
 
-__all__ = ["PRECISIONS", "autocast"]
+__all__ = ["PRECISIONS", "autocast", "eval_mode"]
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[Any]:
@@ -38,3 +41,27 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+@contextlib.contextmanager
+def eval_mode(module: nn.Module) -> Iterator[None]:
+    """``module`` in eval mode inside; on exit every submodule gets its own mode back.
+
+    Examples:
+        >>> from torch import nn
+        >>> net = nn.Sequential(nn.Linear(2, 2), nn.Dropout().eval()).train(True)
+        >>> net[1].eval()  # doctest: +ELLIPSIS
+        Dropout(...)
+        >>> with eval_mode(net):
+        ...     net.training
+        False
+        >>> net.training, net[1].training
+        (True, False)
+    """
+    modes = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        yield
+    finally:
+        for m, mode in modes:
+            m.training = mode

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..core.precision import autocast
+from ..core.precision import autocast, eval_mode
 
 __all__ = ["BatchGuard", "check_images", "check_labels", "output_width", "split_batch"]
 
@@ -103,14 +103,8 @@ def output_width(module: nn.Module, x: torch.Tensor, device: torch.device, dtype
         ...              torch.device("cpu"), torch.float32, "fp32")
         5
     """
-    modes = [(m, m.training) for m in module.modules()]
-    module.eval()
-    try:
-        with torch.no_grad(), autocast(device, precision):
-            out = module(x[:1].to(device, dtype))
-    finally:
-        for m, mode in modes:
-            m.training = mode
+    with eval_mode(module), torch.no_grad(), autocast(device, precision):
+        out = module(x[:1].to(device, dtype))
     return int(out.shape[1]) if isinstance(out, torch.Tensor) and out.ndim == 2 else None
 
 

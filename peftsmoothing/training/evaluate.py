@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..core.noise import add_noise
-from ..core.precision import autocast
+from ..core.precision import autocast, eval_mode
 from ..core.seeds import derive_seed
 from .distributed import Topology, sum_over_ranks
 
@@ -61,11 +61,9 @@ def evaluate(
     if s < 0:
         raise ValueError(f"sigma must be >= 0, got {s}")
     device = next((p.device for p in module.parameters()), torch.device("cpu"))
-    modes = [(m, m.training) for m in module.modules()]
-    module.eval()
     gen = torch.Generator(device=device)
     sums = torch.zeros(5, dtype=torch.float64, device=device)
-    try:
+    with eval_mode(module):
         for b, batch in enumerate(loader):
             x, y = prepare_batch(batch, first=b == 0)
             gen.manual_seed(derive_seed(seed, "eval", rank, b))
@@ -78,9 +76,6 @@ def evaluate(
                 *((z.argmax(1) == y).sum().double() for z in pair),
                 torch.tensor(float(y.shape[0]), dtype=torch.float64, device=device),
             ])
-    finally:
-        for m, mode in modes:
-            m.training = mode
     if topology is not None:
         sums = sum_over_ranks(sums, topology)
     *totals, n = sums.tolist()
