@@ -24,10 +24,6 @@ MODES: Final[tuple[str, ...]] = ("fixed", "target", "max_radius")
 SETTINGS_FORMAT: Final[str] = "peftsmoothing-certify-log"
 """The ``"format"`` entry of a log's settings file (``<log>.json``)."""
 
-V1_KEYS: Final[tuple[str, ...]] = (
-    "sigma", "n0", "n", "alpha", "seed", "num_classes", "precision", "model_sha256",
-)  # fmt: skip
-
 MAX_SETTINGS_BYTES: Final[int] = 2**20
 """The largest settings file that is read (1 MiB; ours take a few hundred bytes)."""
 
@@ -83,22 +79,12 @@ def log_settings(
         >>> list(s)[:5], s["format"] == SETTINGS_FORMAT
         (['format', 'format_version', 'mode', 'columns', 'sigma'], True)
     """
-    out = {
-        "format": SETTINGS_FORMAT,
-        "format_version": FORMAT_VERSION,
-        "mode": mode,
-        "columns": columns,
-        "sigma": sigma,
-        "n0": n0,
-        "n": n,
-        "alpha": alpha,
-        "seed": seed,
-        "num_classes": num_classes,
-        "precision": precision,
-        "model_sha256": model_sha256,
-        "dataset": dict(dataset or {}),
-    }
-    if sequential is not None:
+    # every argument under its key, in the order of _KEYS; "sequential" only when given
+    given = locals() | {"format_version": FORMAT_VERSION, "dataset": dict(dataset or {})}
+    out = {"format": SETTINGS_FORMAT} | {key: given[key] for key in _KEYS if "." not in key}
+    if sequential is None:
+        del out["sequential"]
+    else:
         out["sequential"] = dict(sequential)
     return out
 
@@ -227,34 +213,41 @@ def _one_of(names: Sequence[str]) -> tuple[str, Callable[[Any], bool]]:
     return f"one of {', '.join(names)}", lambda v: isinstance(v, str) and v in names
 
 
-#: Each entry of a log's settings: what it must be, and the test of it.
-_TYPES: Final[dict[str, tuple[str, Callable[[Any], bool]]]] = {
-    "format_version": ("an integer", _integer),
-    "mode": _one_of(MODES),
-    "columns": _one_of(LOG_FORMATS),
-    "sigma": ("a finite number above 0", lambda v: _real(v) and v > 0),
-    "n0": ("an integer of at least 1", _count),
-    "n": ("an integer of at least 1", _count),
-    "alpha": ("a number in (0, 1)", _level),
-    "seed": ("an integer", _integer),
-    "num_classes": ("an integer of at least 1", _count),
-    "precision": ("a string", lambda v: isinstance(v, str)),
-    "model_sha256": ("a string", lambda v: isinstance(v, str)),
-    "dataset": ("a JSON object", lambda v: isinstance(v, dict)),
-    "dataset.size": ("an integer of at least 0, or null", _size),
-    "sequential": ("a JSON object, or null", lambda v: v is None or isinstance(v, dict)),
-    "sequential.n_max": ("an integer of at least 1", _count),
-    "sequential.looks": ("a list of integers of at least 1", _counts),
-    "sequential.look_alphas": ("a list of numbers in (0, 1)", _levels),
-    "sequential.radius": ("a finite number, or null", _optional_real),
-    "sequential.beta": ("a finite number, or null", _optional_real),
-    "sequential.max_radius": ("a finite number, or null", _optional_real),
-    "sequential.tolerance": ("a finite number, or null", _optional_real),
+#: Each entry of a log's settings: which settings must have it ("v1": all; "v2": format 2;
+#: "sequential": format 2 in a sequential mode; None: none), what it must be, and the test of
+#: it. ``log_settings`` writes the top-level entries, in this order, from its arguments of
+#: the same names: a new setting is a row here and an argument there.
+_KEYS: Final[dict[str, tuple[str | None, str, Callable[[Any], bool]]]] = {
+    "format_version": ("v2", "an integer", _integer),
+    "mode": ("v2", *_one_of(MODES)),
+    "columns": ("v2", *_one_of(LOG_FORMATS)),
+    "sigma": ("v1", "a finite number above 0", lambda v: _real(v) and v > 0),
+    "n0": ("v1", "an integer of at least 1", _count),
+    "n": ("v1", "an integer of at least 1", _count),
+    "alpha": ("v1", "a number in (0, 1)", _level),
+    "seed": ("v1", "an integer", _integer),
+    "num_classes": ("v1", "an integer of at least 1", _count),
+    "precision": ("v1", "a string", lambda v: isinstance(v, str)),
+    "model_sha256": ("v1", "a string", lambda v: isinstance(v, str)),
+    "dataset": ("v2", "a JSON object", lambda v: isinstance(v, dict)),
+    "dataset.size": (None, "an integer of at least 0, or null", _size),
+    "sequential": ("sequential", "a JSON object, or null",
+                   lambda v: v is None or isinstance(v, dict)),
+    "sequential.n_max": (None, "an integer of at least 1", _count),
+    "sequential.looks": ("sequential", "a list of integers of at least 1", _counts),
+    "sequential.look_alphas": ("sequential", "a list of numbers in (0, 1)", _levels),
+    "sequential.radius": (None, "a finite number, or null", _optional_real),
+    "sequential.beta": (None, "a finite number, or null", _optional_real),
+    "sequential.max_radius": (None, "a finite number, or null", _optional_real),
+    "sequential.tolerance": (None, "a finite number, or null", _optional_real),
 }  # fmt: skip
+
+V1_KEYS: Final[tuple[str, ...]] = tuple(k for k, (need, *_) in _KEYS.items() if need == "v1")
+"""The entries of a format-1 log's settings (release 0.1), besides ``"format"``."""
 
 
 def check_settings(settings: Mapping[str, Any], where: str, complete: bool = False) -> None:
-    """Refuse settings whose entries are not of their types (``_TYPES``), or nested deeper
+    """Refuse settings whose entries are not of their types (``_KEYS``), or nested deeper
     than ``MAX_DEPTH``; ``complete``: also those that lack an entry ``log_settings`` writes
     (format 1: one of ``V1_KEYS``).
 
@@ -274,16 +267,16 @@ def check_settings(settings: Mapping[str, Any], where: str, complete: bool = Fal
         ValueError: log.tsv.json: n must be an integer of at least 1, got 1000.0
     """
     _check_depth(settings, where)
-    required = list(V1_KEYS)
+    required = {"v1"}
     if "format_version" in settings:
-        required += ["mode", "columns", "dataset"]
+        required.add("v2")
         if settings.get("mode", "fixed") != "fixed":
-            required += ["sequential", "sequential.looks", "sequential.look_alphas"]
-    for key, (what, test) in _TYPES.items():
+            required.add("sequential")
+    for key, (need, what, test) in _KEYS.items():
         parent, _, child = key.rpartition(".")
         node = settings.get(parent) if parent else settings
         if not isinstance(node, Mapping) or child not in node:
-            if complete and key in required:
+            if complete and need in required:
                 raise ValueError(f"{where}: {key} is missing (every log's settings record it)")
             continue
         if not test(node[child]):
