@@ -17,12 +17,12 @@ from __future__ import annotations
 import difflib
 import threading
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import KW_ONLY, dataclass, field
 from importlib import metadata
 from typing import Generic, TypeVar
 
-__all__ = ["Registry", "closest_name", "did_you_mean"]
+__all__ = ["Registry", "check_options", "closest_name", "did_you_mean"]
 
 T = TypeVar("T")
 
@@ -71,6 +71,35 @@ def did_you_mean(word: object, choices: Iterable[str], *, prefix: bool = False) 
     """
     close = closest_name(word, choices, prefix=prefix)
     return f" (did you mean {close!r}?)" if close is not None else ""
+
+
+def check_options(
+    given: Iterable[str], valid: Sequence[str], owner: str, *, prefix: bool = False
+) -> None:
+    """Refuse option names that are not in ``valid``, each with its "did you mean" hint.
+
+    Args:
+        given: The option names passed.
+        valid: The known option names, in the order the message lists them.
+        owner: What takes the options, for the message (``"method 'lora'"``).
+        prefix: See ``closest_name``.
+
+    Raises:
+        TypeError: Naming every unknown option and listing the valid ones.
+
+    Examples:
+        >>> check_options(["rank"], ["r", "alpha"], "method 'lora'", prefix=True)
+        Traceback (most recent call last):
+        ...
+        TypeError: unknown option(s) for method 'lora': 'rank' (did you mean 'r'?); valid options are: r, alpha
+    """  # noqa: E501
+    unknown = [key for key in given if key not in valid]
+    if unknown:
+        hints = [f"{key!r}{did_you_mean(key, valid, prefix=prefix)}" for key in unknown]
+        raise TypeError(
+            f"unknown option(s) for {owner}: {', '.join(hints)}; "
+            f"valid options are: {', '.join(valid) or '(none)'}"
+        )
 
 
 @dataclass(eq=False)

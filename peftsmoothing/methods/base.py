@@ -22,7 +22,7 @@ from typing import Any, ClassVar, Generic, TypeVar, cast
 from torch import nn
 
 from ..core.names import METHOD_ENTRY_POINT_GROUP
-from ..core.registry import Registry, closest_name, did_you_mean
+from ..core.registry import Registry, check_options, closest_name
 
 __all__ = [
     "ENTRY_POINT_GROUP",
@@ -75,13 +75,7 @@ class MethodConfig:
             MethodConfig()
         """
         valid = [f.name for f in dataclasses.fields(cls)]
-        unknown = [k for k in kwargs if k not in valid]
-        if unknown:
-            hints = [f"{key!r}{did_you_mean(key, valid, prefix=True)}" for key in unknown]
-            raise TypeError(
-                f"unknown option(s) for method {method_name!r}: {', '.join(hints)}; "
-                f"valid options are: {', '.join(valid) if valid else '(none)'}"
-            )
+        check_options(kwargs, valid, f"method {method_name!r}", prefix=True)
         return cls(**kwargs)
 
     def _normalize(self, **values: Any) -> None:

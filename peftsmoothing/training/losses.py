@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..core.names import LOSS_ENTRY_POINT_GROUP
-from ..core.registry import Registry, did_you_mean
+from ..core.registry import Registry, check_options
 from ..core.validation import check_positive_int
 
 __all__ = [
@@ -108,12 +108,7 @@ class LossSpec:
             >>> get_loss("consistency").resolve_options({"consistency_weight": 20.0})
             {'consistency_weight': 20.0, 'entropy_weight': 0.5}
         """
-        unknown = [k for k in given if k not in self.options]
-        if unknown:
-            hints = [f"{key!r}{did_you_mean(key, self.options)}" for key in unknown]
-            valid = ", ".join(self.options) if self.options else "(none)"
-            raise TypeError(f"unknown option(s) for loss {self.name!r}: {', '.join(hints)}; "
-                            f"valid options are: {valid}")
+        check_options(given, list(self.options), f"loss {self.name!r}")
         return {**self.options, **given}
 
 
