@@ -27,7 +27,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from ..core.files import atomic_save, clean_stale_temporaries, fsync_dir, temporary_prefix
+from ..core.files import atomic_write, clean_stale_temporaries, fsync_dir, temporary_prefix
 from ..core.params import trained_state_dict
 from ..core.trainable import Trainable
 from ..model.serialization import TENSORS_FILE, read_tensors, write_tensors
@@ -214,7 +214,7 @@ def _write(trainer: Checkpointed, rng: list[Any]) -> Path:
             trainer.module.save(tmp, metadata=meta)
         else:
             write_tensors(tmp, trained_state_dict(trainer.module))
-        atomic_save(state, tmp / TRAINER_STATE_FILE)
+        atomic_write(tmp / TRAINER_STATE_FILE, lambda f: torch.save(state, f))
     write_history(trainer.checkpoint_dir, run.history)
     return trainer.checkpoint_dir / "last"
 
@@ -229,7 +229,7 @@ def write_history(checkpoint_dir: Path, history: list[dict[str, Any]]) -> None:
         '{"epoch": 1}\\n'
     """
     text = "".join(json.dumps(r) + "\n" for r in history)
-    atomic_save(text.encode(), checkpoint_dir / HISTORY_FILE)
+    atomic_write(checkpoint_dir / HISTORY_FILE, text.encode())
 
 
 def _update_best(trainer: Checkpointed, record: Mapping[str, Any]) -> bool:
