@@ -453,6 +453,26 @@ def test_legacy_tensors_file_still_loads(tmp_path: Path) -> None:
     assert torch.equal(ps.load(directory).eval()(x), model(x))
 
 
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [("frozen key", "not a trained tensor"), ("missing", "lacks trained tensors")],
+)
+def test_legacy_tensors_file_that_does_not_fit_is_refused(
+    tmp_path: Path, change: str, message: str
+) -> None:
+    model = wrapped()
+    directory = model.save(tmp_path / "m")
+    (directory / "trainable.safetensors").unlink()
+    tensors = model.trained_state_dict()
+    if change == "frozen key":
+        tensors["model.blocks.0.attn.qkv.bias"] = torch.zeros(96)
+    else:
+        del tensors["model.head.bias"]
+    torch.save(tensors, directory / "trainable.pt")
+    with pytest.raises(ValueError, match=rf"trainable\.pt: .*{message}"):
+        ps.load(directory)
+
+
 # ------------------------------------------------------------------ frozen-weights fingerprint
 def test_other_backbone_with_the_same_shapes_is_refused(tmp_path: Path) -> None:
     directory = saved(tmp_path, seed=0)

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import IO, Any, Final
 
 __all__ = [
-    "atomic_save",
     "atomic_write",
     "clean_stale_temporaries",
     "file_inside",
@@ -166,21 +165,6 @@ def atomic_write(
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-
-
-def atomic_save(obj: object, path: str | os.PathLike[str]) -> None:
-    """``torch.save(obj)`` atomically (see ``atomic_write``); ``bytes`` are written as is.
-
-    Examples:
-        >>> import pathlib, tempfile, torch
-        >>> p = pathlib.Path(tempfile.mkdtemp()) / "t.pt"
-        >>> atomic_save({"w": torch.ones(2)}, p)
-        >>> torch.load(p)["w"].tolist()
-        [1.0, 1.0]
-    """
-    import torch  # here: the command line imports this module without torch
-
-    atomic_write(path, obj if isinstance(obj, bytes) else lambda f: torch.save(obj, f))
 
 
 def file_inside(directory: str | os.PathLike[str], name: str) -> Path:

@@ -217,14 +217,15 @@ def read_tensors(
     map_location: Any,
     expected: Mapping[str, torch.Tensor],
 ) -> dict[str, torch.Tensor]:
-    """The saved trained tensors, read only as far as they fit ``expected``.
+    """The saved trained tensors: exactly those of ``expected``, read only as far as they fit.
 
     ``TENSORS_FILE`` must name exactly the tensors in ``expected``, each with its dtype and
     shape, and be as long as its header and their data: checked from the safetensors header
     before any tensor is read. A 0.1 ``LEGACY_TENSORS_FILE`` is read with
     ``torch.load(weights_only=True)``, and only when its zip directory shows uncompressed
     records no larger than the tensors of ``expected`` take (a crafted file could otherwise
-    make ``torch.load`` allocate a storage far larger than the file).
+    make ``torch.load`` allocate a storage far larger than the file); then it must hold
+    exactly the names and shapes of ``expected``. So the caller may load what this returns.
 
     Args:
         directory: A saved model or checkpoint directory.
@@ -238,8 +239,8 @@ def read_tensors(
     Raises:
         FileNotFoundError: If the directory holds neither file.
         ValueError: If it holds both, a file links out of the directory, is corrupt, is
-            larger than ``expected`` needs, or (safetensors) does not name exactly the
-            tensors of ``expected``.
+            larger than ``expected`` needs, or does not hold exactly the tensors of
+            ``expected``.
 
     Examples:
         >>> import tempfile, torch

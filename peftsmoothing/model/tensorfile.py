@@ -19,7 +19,7 @@ import json
 import os
 import struct
 import zipfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 import safetensors.torch
@@ -30,7 +30,6 @@ from ..core.files import atomic_write
 __all__ = [
     "LEGACY_TENSORS_FILE",
     "TENSORS_FILE",
-    "check_tensors_fit",
     "read_legacy",
     "read_safetensors",
     "write_tensors",
@@ -125,7 +124,7 @@ def read_safetensors(file: Path, expected: Mapping[str, torch.Tensor]) -> dict[s
     if not all(isinstance(v, dict) and isinstance(v.get("shape"), list) for v in header.values()):
         raise ValueError(f"{file} is corrupt (a safetensors header entry without a shape)")
     saved = {k: (str(v.get("dtype")), tuple(v["shape"])) for k, v in header.items()}
-    check_tensors_fit(saved, expected, expected, f"{file}: ")
+    _check_fit(saved, expected, f"{file}: ")
     size = file.stat().st_size
     if size != 8 + length + data:
         raise ValueError(
@@ -138,33 +137,31 @@ def read_safetensors(file: Path, expected: Mapping[str, torch.Tensor]) -> dict[s
         raise ValueError(f"{file} is corrupt or truncated ({type(err).__name__}: {err})") from None
 
 
-def check_tensors_fit(
+def _check_fit(
     saved: Mapping[str, tuple[str | None, tuple[int, ...]]],
     expected: Mapping[str, torch.Tensor],
-    required: Iterable[str],
-    prefix: str = "",
+    prefix: str,
 ) -> None:
-    """Refuse saved tensors that do not fit the model exactly.
+    """Refuse saved tensors that are not exactly ``expected``'s.
 
     Every saved tensor must be one of ``expected`` (frozen weights are never saved, so a frozen
-    key is refused), with its shape and, where the saved dtype is known, its dtype; every name
-    in ``required`` must be saved.
+    key is refused), with its shape and, where the saved dtype is known, its dtype; every one
+    of ``expected`` must be saved.
 
     Args:
         saved: Name -> (safetensors dtype name, or ``None`` if unknown; shape) of what is saved.
         expected: The model's trained tensors (``PEFTModel.trained_state_dict()``).
-        required: The names that must be saved.
-        prefix: The start of the messages (e.g. the file's name).
+        prefix: The start of the messages (the file's name).
 
     Raises:
         ValueError: Naming up to ten keys that do not fit, or that are missing.
 
     Examples:
         >>> import torch
-        >>> check_tensors_fit({"w": (None, (2,))}, {"w": torch.zeros(3)}, ["w"])
+        >>> _check_fit({"w": (None, (2,))}, {"w": torch.zeros(3)}, "f: ")
         Traceback (most recent call last):
         ...
-        ValueError: the saved tensors do not fit this base model: w (saved (2,), model (3,))
+        ValueError: f: the saved tensors do not fit this base model: w (saved (2,), model (3,))
     """
     problems = []
     for name, (dtype, shape) in saved.items():
@@ -182,7 +179,7 @@ def check_tensors_fit(
         raise ValueError(
             f"{prefix}the saved tensors do not fit this base model: {', '.join(problems[:10])}"
         )
-    missing = [n for n in required if n not in saved]
+    missing = [n for n in expected if n not in saved]
     if missing:
         raise ValueError(
             f"{prefix}the saved model lacks trained tensors: {', '.join(missing[:10])}"
@@ -196,8 +193,8 @@ def read_legacy(file: Path, expected: Mapping[str, torch.Tensor]) -> dict[str, t
     The file's size and its zip directory (uncompressed, as ``torch.save`` writes it) must
     show at most the bytes of ``expected``'s tensors plus their records before
     ``torch.load(weights_only=True)`` reads it. The directory is the one torch reads, and
-    must be the only one any zip reader can find (``_zip_records``). Which tensors it holds is
-    checked by the caller (``check_tensors_fit``).
+    must be the only one any zip reader can find (``_zip_records``). Then it must hold exactly
+    ``expected``'s names and shapes.
 
     Args:
         file: The file.
@@ -208,8 +205,8 @@ def read_legacy(file: Path, expected: Mapping[str, torch.Tensor]) -> dict[str, t
 
     Raises:
         ValueError: One line naming the file: larger than the tensors take, compressed
-            records, not a zip, an ambiguous zip directory, corrupt, or not a dict of named
-            tensors.
+            records, not a zip, an ambiguous zip directory, corrupt, not a dict of named
+            tensors, or other tensors or shapes than ``expected``'s.
 
     Examples:
         >>> import tempfile, torch
@@ -242,6 +239,7 @@ def read_legacy(file: Path, expected: Mapping[str, torch.Tensor]) -> dict[str, t
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in tensors.items()
     ):
         raise ValueError(f"{file} does not hold a dict of named tensors")
+    _check_fit({k: (None, tuple(v.shape)) for k, v in tensors.items()}, expected, f"{file}: ")
     return tensors
 
 

@@ -37,7 +37,6 @@ from .serialization import (
     read_tensors,
     saved_method_options,
 )
-from .tensorfile import check_tensors_fit
 
 __all__ = ["CONFIG_FILE", "TENSORS_FILE", "PEFTModel", "WrapSpec", "load", "read_config", "wrap"]
 
@@ -369,14 +368,7 @@ def load(
     if map_location is None:
         ref = next(wrapped.parameters(), None)
         map_location = ref.device if ref is not None else "cpu"
-    trained = wrapped.trained_state_dict()
-    tensors = read_tensors(path, map_location, trained)
-    listed = config.get("tensors")  # the config's list of what was saved, if any
-    check_tensors_fit(
-        {k: (None, tuple(v.shape)) for k, v in tensors.items()},
-        {k: v for k, v in trained.items() if listed is None or k in listed},
-        [n for n, _ in wrapped.named_trainable_parameters()],
-    )
+    tensors = read_tensors(path, map_location, wrapped.trained_state_dict())  # exactly those
     wrapped.load_state_dict(tensors, strict=False)
     return wrapped
 

@@ -27,11 +27,10 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from ..core.files import atomic_save, clean_stale_temporaries, fsync_dir, temporary_prefix
+from ..core.files import atomic_write, clean_stale_temporaries, fsync_dir, temporary_prefix
 from ..core.params import trained_state_dict
 from ..core.trainable import Trainable
 from ..model.serialization import TENSORS_FILE, read_tensors, write_tensors
-from ..model.tensorfile import check_tensors_fit
 from .config import TrainerConfig
 from .distributed import Topology, all_gather_objects, barrier
 from .metrics import EpochState
@@ -118,7 +117,7 @@ def prepare_dir(checkpoint_dir: Path) -> None:
 
 
 class _Unreadable(ValueError):
-    """A checkpoint file that cannot be read (as opposed to one that does not fit)."""
+    """A checkpoint that cannot be read, or whose tensors do not fit (``resume`` may fall back)."""
 
 
 def _read(
@@ -215,7 +214,7 @@ def _write(trainer: Checkpointed, rng: list[Any]) -> Path:
             trainer.module.save(tmp, metadata=meta)
         else:
             write_tensors(tmp, trained_state_dict(trainer.module))
-        atomic_save(state, tmp / TRAINER_STATE_FILE)
+        atomic_write(tmp / TRAINER_STATE_FILE, lambda f: torch.save(state, f))
     write_history(trainer.checkpoint_dir, run.history)
     return trainer.checkpoint_dir / "last"
 
@@ -230,7 +229,7 @@ def write_history(checkpoint_dir: Path, history: list[dict[str, Any]]) -> None:
         '{"epoch": 1}\\n'
     """
     text = "".join(json.dumps(r) + "\n" for r in history)
-    atomic_save(text.encode(), checkpoint_dir / HISTORY_FILE)
+    atomic_write(checkpoint_dir / HISTORY_FILE, text.encode())
 
 
 def _update_best(trainer: Checkpointed, record: Mapping[str, Any]) -> bool:
@@ -332,11 +331,7 @@ def load_checkpoint(trainer: Checkpointed, path: Path) -> None:
     Raises:
         ValueError: Not a (readable) trainer state, or tensors that do not fit the model.
     """
-    expected = trained_state_dict(trainer.module)
-    state, tensors = _read(path, trainer.device, expected)  # a 0.1 trainable.pt: checked here
-    check_tensors_fit({k: (None, tuple(v.shape)) for k, v in tensors.items()}, expected,
-                      [n for n, p in trainer.module.named_parameters() if p.requires_grad],
-                      f"the checkpoint {path}: ")
+    state, tensors = _read(path, trainer.device, trained_state_dict(trainer.module))
     trainer.module.load_state_dict(tensors, strict=False)
     trainer.optimizer.load_state_dict(state["optimizer"])
     assert trainer.scheduler is not None
