@@ -137,3 +137,16 @@ def test_recorded_options_are_verified_by_a_rebuild(
 def test_models_timm_did_not_make_record_no_recipe() -> None:
     assert timm_candidate(nn.Linear(2, 2)) is None
     assert ps.wrap(nn.Linear(3, 2), method="full", normalize=None).base_recipe is None
+
+
+def test_base_recipe_can_be_assigned_as_before_0_2() -> None:
+    """``base_recipe`` was a plain attribute before 0.2: assigning it (a copy is kept) or
+    ``None`` still works, and replaces a recipe not yet verified."""
+    vit = timm.create_model(NAME, pretrained=False, img_size=32, patch_size=4)
+    model = ps.wrap(vit, method="lora", r=2, num_classes=10)
+    mine = {"name": NAME, "seed": 3, "kwargs": {"img_size": 32, "patch_size": 4}}
+    model.base_recipe = mine
+    mine["seed"] = 4
+    assert model.base_recipe == {**mine, "seed": 3}
+    model.base_recipe = None
+    assert model.base_recipe is None

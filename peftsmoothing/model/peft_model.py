@@ -139,6 +139,12 @@ class PEFTModel(nn.Module):
             self._base_candidate = None
         return self._base_recipe
 
+    @base_recipe.setter
+    def base_recipe(self, recipe: Mapping[str, Any] | None) -> None:
+        # an attribute before 0.2, so assigning it (a recipe of your own, or None) still works
+        self._base_recipe = dict(recipe) if recipe is not None else None
+        self._base_candidate = None
+
     @override
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(self.normalize(self.resize(self.pixel(x))))
