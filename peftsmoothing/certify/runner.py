@@ -26,7 +26,7 @@ import torch
 
 from ..core.fingerprint import image_fingerprint
 from ..core.seeds import derive_seed
-from ..core.validation import is_int
+from ..core.validation import check_int, is_int
 from ..report.accuracy import CertificationReport
 from ..report.certlog import LogRow, OpenLog, check_identity, open_log
 from .engine import certify_packed
@@ -158,8 +158,14 @@ def certify_dataset(
 def _load(dataset: Any, idx: int, num_classes: int) -> tuple[torch.Tensor, int, str]:
     """Image ``idx`` of ``dataset``, its label (checked) and their fingerprint."""
     image, label = dataset[idx]
-    label = _check_label(label, idx, num_classes)
-    return image, label, image_fingerprint(image, label)
+    if isinstance(label, torch.Tensor) and label.numel() == 1 and not label.is_floating_point():
+        label = label.item()
+    if not is_int(label) or not 0 <= label < num_classes:
+        raise ValueError(
+            f"the label of image {idx} must be an integer in [0, {num_classes}), got {label!r} "
+            "(not an integer, or outside the classes)"
+        )
+    return image, int(label), image_fingerprint(image, label)
 
 
 def dataset_info(dataset: Any, info: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -175,17 +181,6 @@ def dataset_info(dataset: Any, info: Mapping[str, Any] | None) -> dict[str, Any]
         if value is not None and not isinstance(value, (str, int, float, bool)):
             raise ValueError(f"dataset_info[{key!r}] must be a number, string, bool or None")
     return {"size": len(dataset) if hasattr(dataset, "__len__") else None, **(info or {})}
-
-
-def _check_label(label: object, idx: int, num_classes: int) -> int:
-    if isinstance(label, torch.Tensor) and label.numel() == 1 and not label.is_floating_point():
-        label = label.item()
-    if not is_int(label) or not 0 <= int(label) < num_classes:  # type: ignore[call-overload]
-        raise ValueError(
-            f"the label of image {idx} must be an integer in [0, {num_classes}), got {label!r} "
-            "(not an integer, or outside the classes)"
-        )
-    return int(label)  # type: ignore[call-overload]
 
 
 def select_indices(
@@ -208,13 +203,9 @@ def select_indices(
             raise ValueError("the dataset has no len(); pass indices=")
         chosen = list(range(size))
     else:
-        chosen = []
-        for i in indices:
-            if not is_int(i) or i < 0:
-                raise ValueError(f"indices must be non-negative integers, got {i!r}")
-            if size is not None and i >= size:
-                raise ValueError(f"index {i} is out of range for a dataset of {size} images")
-            chosen.append(int(i))
+        chosen = [check_int(i, "each index", minimum=0) for i in indices]
+        if size is not None and max(chosen, default=-1) >= size:
+            raise ValueError(f"index {max(chosen)} is out of range for a dataset of {size} images")
         if len(set(chosen)) != len(chosen):
             raise ValueError("indices contains duplicates")
     chosen = chosen[::skip]

@@ -62,8 +62,7 @@ def looks(
     g = check_real(growth, "growth", low=1.0, low_open=True)
     out: list[int] = []
     value = float(f)
-    while round(value) < n:
-        step = round(value)
+    while (step := round(value)) < n:
         if not out or step > out[-1]:
             out.append(step)
         value *= g
