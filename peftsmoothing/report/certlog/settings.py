@@ -5,12 +5,13 @@ See ``peftsmoothing.report.certlog`` for the format as a whole.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
+
+from ...core.files import read_json
 
 FORMAT_VERSION: Final[int] = 2
 """The ``"format_version"`` of the settings this code writes (format 1 has none)."""
@@ -166,12 +167,7 @@ def load_settings_file(path: Path) -> dict[str, Any]:
     """
     if path.stat().st_size > MAX_SETTINGS_BYTES:
         raise ValueError(f"{path} is larger than a log's settings file may be (1 MiB): refused")
-    try:
-        value = json.loads(path.read_bytes())
-    except RecursionError:
-        raise ValueError(f"{path} is not valid JSON (nested too deeply)") from None
-    except (ValueError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path} is not valid JSON ({err})") from None
+    value = read_json(path)
     if not isinstance(value, dict) or value.get("format") != SETTINGS_FORMAT:
         raise ValueError(f"{path} is not the settings file of a certification log")
     return value
