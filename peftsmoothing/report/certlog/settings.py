@@ -197,12 +197,8 @@ def _level(value: Any) -> bool:
     return _real(value) and 0 < value < 1
 
 
-def _counts(value: Any) -> bool:
-    return isinstance(value, list) and all(map(_count, value))
-
-
-def _levels(value: Any) -> bool:
-    return isinstance(value, list) and all(map(_level, value))
+def _list_of(test: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    return lambda value: isinstance(value, list) and all(map(test, value))
 
 
 def _one_of(names: Sequence[str]) -> tuple[str, Callable[[Any], bool]]:
@@ -230,8 +226,8 @@ _KEYS: Final[dict[str, tuple[str | None, str, Callable[[Any], bool]]]] = {
     "sequential": ("sequential", "a JSON object, or null",
                    lambda v: v is None or isinstance(v, dict)),
     "sequential.n_max": (None, "an integer of at least 1", _count),
-    "sequential.looks": ("sequential", "a list of integers of at least 1", _counts),
-    "sequential.look_alphas": ("sequential", "a list of numbers in (0, 1)", _levels),
+    "sequential.looks": ("sequential", "a list of integers of at least 1", _list_of(_count)),
+    "sequential.look_alphas": ("sequential", "a list of numbers in (0, 1)", _list_of(_level)),
     "sequential.radius": (None, "a finite number, or null", _optional_real),
     "sequential.beta": (None, "a finite number, or null", _optional_real),
     "sequential.max_radius": (None, "a finite number, or null", _optional_real),
