@@ -108,9 +108,8 @@ def run_demo(
 
     _say("[1/4] Pretrained model and data (shipped with the package, no download)")
     train = cifar10_sample(train=True)
+    train = Subset(train, range(len(train))[:train_limit])  # type: ignore[assignment]
     test = cifar10_sample(train=False)
-    if train_limit is not None:
-        train = Subset(train, range(min(train_limit, len(train))))  # type: ignore[assignment]
     model = wrap(demo_vit(), method="lora", r=cfg.r, train_head=True)
     _say(f"      demo ViT, 1.2M parameters, clean CIFAR-10; LoRA r={cfg.r} on q, v + head: "
          f"{parameter_report(model).summary()}")

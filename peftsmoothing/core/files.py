@@ -207,5 +207,5 @@ def read_json(path: str | os.PathLike[str]) -> Any:
         return json.loads(Path(path).read_bytes())
     except RecursionError:
         raise ValueError(f"{path} is not valid JSON (nested too deeply)") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+    except ValueError as err:  # not UTF-8, not JSON, or an integer too long to convert
         raise ValueError(f"{path} is not valid JSON ({err})") from None

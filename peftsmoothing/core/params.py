@@ -91,9 +91,8 @@ def parameter_report(model: nn.Module) -> ParameterReport:
         trainable = sum(p.numel() for p in own if p.requires_grad)
         if trainable:
             rows.append(ModuleCount(name, trainable, sum(p.numel() for p in own)))
-    params = list(model.parameters())  # each shared tensor once
-    total = sum(p.numel() for p in params)
-    return ParameterReport(sum(p.numel() for p in params if p.requires_grad), total, tuple(rows))
+    total = sum(p.numel() for p in model.parameters())  # each shared tensor once
+    return ParameterReport(sum(m.trainable for m in rows), total, tuple(rows))
 
 
 def trained_keys(model: nn.Module) -> set[str]:

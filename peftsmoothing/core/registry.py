@@ -134,7 +134,7 @@ class Registry(Generic[T]):
     error: type[ValueError]
     _: KW_ONLY
     describe: Callable[[T], str]
-    identity: Callable[[T], object] | None = None
+    identity: Callable[[T], object] = lambda entry: entry
     adopt: Callable[[str, object], None] | None = None
     unknown_message: Callable[[str, list[str]], str] | None = None
     _entries: dict[str, T] = field(default_factory=dict, init=False)
@@ -161,8 +161,8 @@ class Registry(Generic[T]):
             ValueError: a number named 'one' is already registered (int); pass override=True to replace it
         """  # noqa: E501
         with self._lock:
-            existing = self._key(self._entries.get(name, entry))  # a free name: no conflict
-            if existing is not self._key(entry) and not override:
+            existing = self.identity(self._entries.get(name, entry))  # a free name: no conflict
+            if existing is not self.identity(entry) and not override:
                 raise ValueError(
                     f"a {self.kind} named {name!r} is already registered "
                     f"({_origin(existing)}); pass override=True to replace it"
@@ -198,10 +198,6 @@ class Registry(Generic[T]):
                 return self._entries[name]
             names = sorted(self._entries)
         raise self.error((self.unknown_message or self._unknown)(name, names))
-
-    def _key(self, entry: T) -> object:
-        """What makes two registrations the same (``identity``; default: the entry)."""
-        return entry if self.identity is None else self.identity(entry)
 
     def _unknown(self, name: str, names: list[str]) -> str:
         """The default message of ``get``'s error."""
@@ -252,7 +248,7 @@ class Registry(Generic[T]):
             for ep in metadata.entry_points(group=self.group):
                 existing = self._entries.get(ep.name)
                 if existing is not None and ep.module == getattr(
-                    self._key(existing), "__module__", None
+                    self.identity(existing), "__module__", None
                 ):
                     continue  # its module is imported: it registered itself
                 try:

@@ -5,12 +5,13 @@ See ``peftsmoothing.report.certlog`` for the format as a whole.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
+
+from ...core.files import read_json
 
 FORMAT_VERSION: Final[int] = 2
 """The ``"format_version"`` of the settings this code writes (format 1 has none)."""
@@ -166,12 +167,7 @@ def load_settings_file(path: Path) -> dict[str, Any]:
     """
     if path.stat().st_size > MAX_SETTINGS_BYTES:
         raise ValueError(f"{path} is larger than a log's settings file may be (1 MiB): refused")
-    try:
-        value = json.loads(path.read_bytes())
-    except RecursionError:
-        raise ValueError(f"{path} is not valid JSON (nested too deeply)") from None
-    except (ValueError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path} is not valid JSON ({err})") from None
+    value = read_json(path)
     if not isinstance(value, dict) or value.get("format") != SETTINGS_FORMAT:
         raise ValueError(f"{path} is not the settings file of a certification log")
     return value
@@ -201,12 +197,8 @@ def _level(value: Any) -> bool:
     return _real(value) and 0 < value < 1
 
 
-def _counts(value: Any) -> bool:
-    return isinstance(value, list) and all(map(_count, value))
-
-
-def _levels(value: Any) -> bool:
-    return isinstance(value, list) and all(map(_level, value))
+def _list_of(test: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    return lambda value: isinstance(value, list) and all(map(test, value))
 
 
 def _one_of(names: Sequence[str]) -> tuple[str, Callable[[Any], bool]]:
@@ -234,8 +226,8 @@ _KEYS: Final[dict[str, tuple[str | None, str, Callable[[Any], bool]]]] = {
     "sequential": ("sequential", "a JSON object, or null",
                    lambda v: v is None or isinstance(v, dict)),
     "sequential.n_max": (None, "an integer of at least 1", _count),
-    "sequential.looks": ("sequential", "a list of integers of at least 1", _counts),
-    "sequential.look_alphas": ("sequential", "a list of numbers in (0, 1)", _levels),
+    "sequential.looks": ("sequential", "a list of integers of at least 1", _list_of(_count)),
+    "sequential.look_alphas": ("sequential", "a list of numbers in (0, 1)", _list_of(_level)),
     "sequential.radius": (None, "a finite number, or null", _optional_real),
     "sequential.beta": (None, "a finite number, or null", _optional_real),
     "sequential.max_radius": (None, "a finite number, or null", _optional_real),
