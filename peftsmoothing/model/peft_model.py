@@ -188,11 +188,9 @@ class PEFTModel(nn.Module):
             >>> ps.wrap(nn.Linear(3, 2), method="full", normalize=None).frozen_reference() is None
             True
         """
-        if isinstance(self.pixel, nn.Identity):
-            return None
-        if any(p.requires_grad for p in self.model.parameters()):
-            return None
-        return self.forward_without_pixel
+        trained_pixel = not isinstance(self.pixel, nn.Identity)
+        frozen = not any(p.requires_grad for p in self.model.parameters())
+        return self.forward_without_pixel if trained_pixel and frozen else None
 
     # ----------------------------------------------------------------- trainable parameters
     def named_trainable_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:

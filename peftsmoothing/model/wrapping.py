@@ -285,7 +285,8 @@ def load(
         path: Directory written by ``save`` (omit when passing it as the first argument), or
             ``"hf-hub:user/name[@revision]"``: its copy on the Hugging Face Hub, downloaded
             (``model/hub.py``) and then checked exactly as a local directory.
-        map_location: Device for the saved tensors; default: the base model's device.
+        map_location: Device the saved tensors are read to (default: the CPU) before they
+            are copied into the model, which keeps its own devices.
         base_weights: A ``state_dict`` file with the base model's weights, loaded into the
             rebuilt (or given) base model before wrapping, e.g. a backbone you pre-trained
             yourself or timm's weights downloaded on another machine.
@@ -365,10 +366,8 @@ def load(
             f"model has {wrapped.base_parameters:,}"
         )
     check_base_fingerprint(config, wrapped.base_fingerprint, path, origin)
-    if map_location is None:
-        ref = next(wrapped.parameters(), None)
-        map_location = ref.device if ref is not None else "cpu"
-    tensors = read_tensors(path, map_location, wrapped.trained_state_dict())  # exactly those
+    # exactly those tensors; load_state_dict copies them onto the model's devices
+    tensors = read_tensors(path, map_location, wrapped.trained_state_dict())
     wrapped.load_state_dict(tensors, strict=False)
     return wrapped
 
