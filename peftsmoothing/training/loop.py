@@ -273,7 +273,7 @@ class NoiseTrainer:
                         metrics = self.evaluate(val)
                         record.update({f"val_{k}": v for k, v in metrics.items() if k != "n"})
                     self.state.end_epoch(record)
-                    if self.is_main and self.progress is not False:
+                    if not quiet:
                         print(epoch_line(record, c.epochs), file=sys.stderr, flush=True)
                     call_hook(self.callbacks, "on_epoch_end", self, record)
                     ckpt.save_epoch(self, loader, record)
