@@ -156,15 +156,12 @@ class TrainerConfig:
         "the last good checkpoint) or skip that optimizer step", choices=NONFINITE)  # fmt: skip
 
     def __post_init__(self) -> None:
-        sigma: Any = self.sigma
-        if isinstance(sigma, Sequence) and not isinstance(sigma, (str, bytes)):
-            object.__setattr__(self, "sigma", tuple(sigma))
-        elif isinstance(sigma, bool) or not isinstance(sigma, (int, float)):
-            raise ValueError(f"sigma must be a number or a list of numbers, got {sigma!r}")
-        if not self._sigma_values():
+        sigma: Any = self.sigma  # stored as checked floats: one, or a tuple of several
+        several = isinstance(sigma, Sequence) and not isinstance(sigma, (str, bytes))
+        if several and not sigma:
             raise ValueError("sigma: give at least one noise level")
-        for s in self._sigma_values():
-            check_real(s, "sigma", low=0)
+        values = tuple(check_real(s, "sigma", low=0) for s in (sigma if several else [sigma]))
+        object.__setattr__(self, "sigma", values if several else values[0])
         for f in dataclasses.fields(self):
             value, meta = getattr(self, f.name), f.metadata
             if value is None and f.default is None:
@@ -182,10 +179,6 @@ class TrainerConfig:
 
         get_loss(self.loss).resolve_options(self.loss_options)
 
-    def _sigma_values(self) -> tuple[Any, ...]:
-        """The noise levels as given, as a tuple (not converted)."""
-        return self.sigma if isinstance(self.sigma, tuple) else (self.sigma,)
-
     @property
     def sigmas(self) -> tuple[float, ...]:
         """The noise levels as a tuple of floats.
@@ -194,7 +187,7 @@ class TrainerConfig:
             >>> TrainerConfig(sigma=0.25).sigmas
             (0.25,)
         """
-        return tuple(float(s) for s in self._sigma_values())
+        return self.sigma if isinstance(self.sigma, tuple) else (self.sigma,)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable dict of the options.
@@ -204,7 +197,7 @@ class TrainerConfig:
             0.25
         """
         out = dataclasses.asdict(self)
-        out["sigma"] = list(self.sigmas) if isinstance(self.sigma, tuple) else float(self.sigma)
+        out["sigma"] = list(self.sigma) if isinstance(self.sigma, tuple) else self.sigma
         out["loss_options"] = dict(self.loss_options)
         return out
 

@@ -18,6 +18,7 @@ from torch import nn
 from ..core.noise import add_noise
 from ..core.precision import autocast, eval_mode
 from ..core.seeds import derive_seed
+from ..core.validation import check_real
 from .distributed import Topology, sum_over_ranks
 
 __all__ = ["evaluate"]
@@ -48,7 +49,7 @@ def evaluate(
         ``clean_acc``, ``noisy_acc``, ``clean_loss``, ``noisy_loss``, ``sigma``, ``n``.
 
     Raises:
-        ValueError: For ``sigma < 0``.
+        ValueError: For a sigma that is not a finite number >= 0.
 
     Examples:
         >>> from torch import nn
@@ -57,9 +58,7 @@ def evaluate(
         >>> evaluate(model, data, sigma=0.0, prepare_batch=lambda b, first: b)["n"]
         4.0
     """
-    s = float(sigma)
-    if s < 0:
-        raise ValueError(f"sigma must be >= 0, got {s}")
+    s = check_real(sigma, "sigma", low=0)
     device = next((p.device for p in module.parameters()), torch.device("cpu"))
     gen = torch.Generator(device=device)
     sums = torch.zeros(5, dtype=torch.float64, device=device)

@@ -273,7 +273,7 @@ class NoiseTrainer:
                         metrics = self.evaluate(val)
                         record.update({f"val_{k}": v for k, v in metrics.items() if k != "n"})
                     self.state.end_epoch(record)
-                    if self.is_main and self.progress is not False:
+                    if not quiet:
                         print(epoch_line(record, c.epochs), file=sys.stderr, flush=True)
                     call_hook(self.callbacks, "on_epoch_end", self, record)
                     ckpt.save_epoch(self, loader, record)
@@ -392,12 +392,12 @@ class NoiseTrainer:
             >>> ps.NoiseTrainer(model, sigma=0.5, progress=False).evaluate(data)["n"]
             4.0
         """
-        sharded = self.world_size > 1 and isinstance(loader, DataLoader)
-        return _evaluate(
+        return _evaluate(  # a DataLoader is sharded (under torchrun): sum over the ranks
             self.module, self._prepare_loader(loader, train=False),
-            sigma=max(self.sigmas) if sigma is None else float(sigma),
+            sigma=max(self.sigmas) if sigma is None else sigma,
             prepare_batch=self._prepare_batch, precision=self.config.precision,
-            seed=self.config.seed, rank=self.rank, topology=self.topology if sharded else None)
+            seed=self.config.seed, rank=self.rank,
+            topology=self.topology if isinstance(loader, DataLoader) else None)
 
     def close(self) -> None:
         """Release ``DistributedDataParallel`` and, if the trainer created it, the process group.

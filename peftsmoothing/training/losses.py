@@ -337,14 +337,13 @@ def mse_loss(model: nn.Module, clean: torch.Tensor, noisy: list[torch.Tensor],
         >>> round(out.loss.item(), 4)  # the fresh denoiser is the identity
         0.01
     """
-    module = ctx.module if ctx.module is not None else model
-    if module is not model:
+    if ctx.module is not None and ctx.module is not model:
         # Under DistributedDataParallel, calling the denoiser directly would bypass DDP's
         # gradient synchronisation and let the ranks drift apart silently.
         raise RuntimeError(
             "loss='mse' does not support multi-process (DDP) training; use loss='stability' "
             "under torchrun, or train the denoiser in one process")
-    pixel = getattr(module, "pixel", None)
+    pixel = getattr(model, "pixel", None)
     if not isinstance(pixel, nn.Module) or isinstance(pixel, nn.Identity):
         raise ValueError("loss='mse' trains a pixel-space module (wrap(..., method='denoiser'))")
     target = torch.cat([clean] * len(noisy))  # the clean image of every copy
