@@ -728,6 +728,57 @@ def test_corrupt_last_checkpoint_falls_back_to_best(tmp_path: Path) -> None:
     assert len(history) == 3
 
 
+def test_trainer_state_zip_bomb_is_refused_before_loading(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A deflated 256 MiB storage in a small ``trainer_state.pt``: ``torch.load`` would allocate
+    it whole, so resume refuses it from the zip directory and falls back to ``best/``."""
+    import io
+    import zipfile
+
+    ckpt = trained_checkpoint(tmp_path)
+    file = ckpt / "last" / "trainer_state.pt"
+    state = torch.load(file, weights_only=True)
+    state["history"].append({"padding": torch.zeros(2**26)})
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    plain = zipfile.ZipFile(buffer)
+    with zipfile.ZipFile(file, "w", zipfile.ZIP_DEFLATED) as out:
+        for name in plain.namelist():
+            out.writestr(name, plain.read(name))
+    assert file.stat().st_size < 2**20
+    loads: list[str] = []
+    real = torch.load
+    monkeypatch.setattr(torch, "load", lambda f, *a, **k: loads.append(str(f)) or real(f, *a, **k))
+    trainer = ps.NoiseTrainer(Diverges(bad=set()), 0.25, epochs=3, progress=False,
+                              checkpoint_dir=ckpt, monitor="train_loss")  # fmt: skip
+    refused = r"unpacks to .*more than the file holds.*resuming from .*best"
+    with pytest.warns(UserWarning, match=refused):
+        assert len(trainer.fit(data(), resume=True)) == 3
+    assert str(file) not in loads
+
+
+def test_zip_records_that_overlap_are_refused_before_loading(tmp_path: Path) -> None:
+    """64 directory entries that all point at one 1 MiB record: a 1 MiB file that would make
+    ``torch.load`` allocate 64 MiB."""
+    import copy
+    import zipfile
+
+    from peftsmoothing.model.tensorfile import check_torch_zip
+
+    file = tmp_path / "trainer_state.pt"
+    with zipfile.ZipFile(file, "w", zipfile.ZIP_STORED) as out:
+        out.writestr("archive/data/0", bytes(2**20))
+        for i in range(1, 64):
+            entry = copy.copy(out.filelist[0])
+            entry.filename = f"archive/data/{i}"
+            out.filelist.append(entry)
+    with pytest.raises(ValueError, match=r"trainer_state\.pt unpacks to 67,108,864 bytes"):
+        check_torch_zip(file)
+    torch.save({"w": torch.ones(4)}, file)
+    check_torch_zip(file)  # what torch.save writes passes
+
+
 def test_both_checkpoints_corrupt_is_one_error_naming_both(tmp_path: Path) -> None:
     ckpt = trained_checkpoint(tmp_path)
     for name in ("last", "best"):

@@ -10,7 +10,8 @@ zip directory shows that it unpacks to no more than the trained tensors take: ``
 allocates each storage whole, so a small file could otherwise hold a correctly shaped view into
 a storage of gigabytes. That zip directory is located here as torch's reader (miniz) finds it,
 and a layout that Python's ``zipfile`` (which then reads it) could see differently is refused.
-Used by ``serialization`` (saved models) and ``training`` (checkpoints of plain modules).
+The same zip check guards a trainer checkpoint's ``trainer_state.pt`` (``check_torch_zip``).
+Used by ``serialization`` (saved models) and ``training`` (checkpoints).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from ..core.files import atomic_write
 __all__ = [
     "LEGACY_TENSORS_FILE",
     "TENSORS_FILE",
+    "check_torch_zip",
     "read_legacy",
     "read_safetensors",
     "write_tensors",
@@ -225,12 +227,7 @@ def read_legacy(file: Path, expected: Mapping[str, torch.Tensor]) -> dict[str, t
     size = file.stat().st_size
     if size > limit:
         raise ValueError(f"{file} holds {size:,} bytes, {too_large}")
-    records = _zip_records(file)
-    unpacked = sum(r.file_size for r in records)
-    if unpacked > limit:
-        raise ValueError(f"{file} unpacks to {unpacked:,} bytes, {too_large}")
-    if any(r.compress_type or r.compress_size != r.file_size for r in records):  # 0: stored
-        raise ValueError(f"{file} holds compressed records, which torch.save never writes: refused")
+    check_torch_zip(file, limit, too_large)
     try:
         tensors = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for truncated or foreign files
@@ -248,6 +245,43 @@ _END, _END64, _LOCATOR, _LOCAL = b"PK\x05\x06", b"PK\x06\x06", b"PK\x06\x07", b"
 _END_SIZE, _END64_SIZE, _LOCATOR_SIZE, _LOCAL_SIZE = 22, 56, 20, 30
 #: How far back from a zip's end its readers look for the end record (a comment of 64 KiB).
 _TAIL = 0xFFFF + _END_SIZE
+
+
+def check_torch_zip(
+    file: Path, limit: int | None = None, too_large: str = "more than the file holds: refused"
+) -> None:
+    """Refuse a ``torch.save`` zip that ``torch.load`` could allocate more than ``limit`` bytes
+    for (default: the file's size, which every file ``torch.save`` writes keeps to).
+
+    ``torch.load`` allocates each record whole, at the size the zip directory declares, so the
+    directory must be the unambiguous one ``_zip_records`` reads, its records stored (not
+    compressed), and their sizes must add up to at most ``limit``: records that overlap, or a
+    deflated storage of gigabytes in a small file, are refused before anything is allocated.
+
+    Args:
+        file: The file.
+        limit: Bytes the records may take together at most; ``None``: the file's size.
+        too_large: The end of the message when they take more.
+
+    Raises:
+        ValueError: One line naming the file and what is wrong with its zip directory.
+
+    Examples:
+        >>> import tempfile, torch
+        >>> f = Path(tempfile.mkdtemp()) / "state.pt"
+        >>> torch.save({"step": 3, "w": torch.ones(4)}, f)
+        >>> check_torch_zip(f)
+        >>> check_torch_zip(f, limit=16, too_large="more than 16: refused")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: ...state.pt unpacks to ... bytes, more than 16: refused
+    """
+    records = _zip_records(file)
+    unpacked = sum(r.file_size for r in records)
+    if unpacked > (file.stat().st_size if limit is None else limit):
+        raise ValueError(f"{file} unpacks to {unpacked:,} bytes, {too_large}")
+    if any(r.compress_type or r.compress_size != r.file_size for r in records):  # 0: stored
+        raise ValueError(f"{file} holds compressed records, which torch.save never writes: refused")
 
 
 def _zip_records(file: Path) -> list[zipfile.ZipInfo]:
@@ -275,7 +309,7 @@ def _zip_records(file: Path) -> list[zipfile.ZipInfo]:
         >>> _zip_records(f)  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
-        ValueError: ...: not a zip, or an ambiguous zip directory (no end record at its end...
+        ValueError: ... is corrupt or truncated, or an ambiguous zip (no end record at its end...
     """
     size = file.stat().st_size
     with file.open("rb") as f:
@@ -292,7 +326,7 @@ def _zip_records(file: Path) -> list[zipfile.ZipInfo]:
         at_end = tail.rfind(_END) == len(tail) - _END_SIZE and tail[-2:] == b"\0\0"  # no comment
         if end < 0 or tail.count(_END) != 1 or not at_end:
             raise ValueError(
-                f"{file}: not a zip, or an ambiguous zip directory (no end record at its end, "
+                f"{file} is corrupt or truncated, or an ambiguous zip (no end record at its end, "
                 "or more than one): refused"
             )
         # (this disk, the directory's disk, entries here, entries, directory size, offset)

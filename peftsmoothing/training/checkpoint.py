@@ -4,7 +4,8 @@ A checkpoint directory holds the trained tensors (written by the model's own ``s
 is ``peftsmoothing.core.trainable.Trainable``, else ``trainable.safetensors``; release 0.1's
 ``trainable.pt`` is still read) and
 ``trainer_state.pt``: optimizer, scheduler, scaler, RNG states, history and config, tensors and
-plain types only (``torch.load(weights_only=True)``). A directory is written next to its final
+plain types only (``torch.load(weights_only=True)``, once its zip directory shows no record
+claims more memory than the file holds). A directory is written next to its final
 place and swapped in, so a crash leaves the previous checkpoint intact. Only rank 0 writes.
 The format is that of release 0.1 (version 1): those checkpoints still resume.
 """
@@ -31,6 +32,7 @@ from ..core.files import atomic_write, clean_stale_temporaries, fsync_dir, tempo
 from ..core.params import trained_state_dict
 from ..core.trainable import Trainable
 from ..model.serialization import TENSORS_FILE, read_tensors, write_tensors
+from ..model.tensorfile import check_torch_zip
 from .config import TrainerConfig
 from .distributed import Topology, all_gather_objects, barrier
 from .metrics import EpochState
@@ -126,6 +128,12 @@ def _read(
     """The trainer state and trained tensors (exactly ``expected``'s, see
     ``serialization.read_tensors``) of checkpoint ``path``, or a one-line ``_Unreadable``."""
     file = path / TRAINER_STATE_FILE
+    try:
+        check_torch_zip(file)  # no record may claim more memory than the file holds
+    except FileNotFoundError:
+        raise _Unreadable(f"{file} is missing") from None
+    except (OSError, ValueError) as err:
+        raise _Unreadable(str(err)) from None
     try:
         state = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for truncated or foreign files
