@@ -39,11 +39,10 @@ def make_optimizer(
         if not isinstance(opt, torch.optim.Optimizer):
             raise TypeError("the optimizer factory must return a torch.optim.Optimizer")
         return opt
-    c = config
-    if c.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=c.lr, momentum=0.9, weight_decay=c.weight_decay)
-    adam = torch.optim.AdamW if c.optimizer == "adamw" else torch.optim.Adam
-    return adam(params, lr=c.lr, weight_decay=c.weight_decay)
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=config.lr, momentum=0.9, weight_decay=config.weight_decay)
+    adam = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
+    return adam(params, lr=config.lr, weight_decay=config.weight_decay)
 
 
 def lr_factor(schedule: str, step: int, warmup: int, total: int) -> float:
@@ -82,9 +81,8 @@ def make_scheduler(
         >>> make_scheduler(opt, TrainerConfig(warmup_steps=1), 10).get_last_lr()
         [0.5]
     """
-    c = config
     return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(c.schedule, s, c.warmup_steps, total_steps))
+        optimizer, lambda s: lr_factor(config.schedule, s, config.warmup_steps, total_steps))
 
 
 def make_reference(
