@@ -257,7 +257,7 @@ class NoiseTrainer:
         if not (resume and ckpt.resume(self, resume, quiet=quiet)):  # else: its TrainState
             seed_everything(c.seed, self.rank)
             self.state = TrainState()
-        elif self.state.at_epoch_boundary:  # (mid-epoch: once the epoch's batches are replayed)
+        elif self.state.batches_done == 0:  # (mid-epoch: once the epoch's batches are replayed)
             ckpt.restore_rng(self, loader)
         self.should_stop = False
         call_hook(self.callbacks, "on_fit_start", self)

@@ -31,8 +31,8 @@ class TrainState:
 
     Examples:
         >>> state = TrainState()
-        >>> state.epoch, state.step, state.at_epoch_boundary
-        (0, 0, True)
+        >>> state.epoch, state.step, state.batches_done
+        (0, 0, 0)
     """
 
     epoch: int = 0
@@ -45,11 +45,6 @@ class TrainState:
     epoch_start_rng: dict[str, Any] | None = None
     updating: bool = False
     interrupted: bool = False
-
-    @property
-    def at_epoch_boundary(self) -> bool:
-        """Whether no batch of the current epoch has been trained yet."""
-        return self.batches_done == 0
 
     def end_epoch(self, record: dict[str, Any]) -> None:
         """Record a completed epoch and move to the next one's start."""
