@@ -231,11 +231,11 @@ class LoRAConfig(MethodConfig):
     def __post_init__(self) -> None:
         if not is_int(self.r) or self.r < 1:
             raise ValueError(f"lora: r must be a positive integer, got {self.r!r}")
-        self._normalize(r=int(self.r))  # a numpy integer becomes a JSON-safe int
         if not self.alpha > 0:
             raise ValueError(f"lora: alpha must be > 0, got {self.alpha!r}")
         check_real(self.dropout, "lora: dropout", low=0, high=1, high_open=True)
-        self._normalize(target_modules=as_patterns(self.target_modules))
+        # int(): a numpy integer becomes a JSON-safe int
+        self._normalize(r=int(self.r), target_modules=as_patterns(self.target_modules))
         enable = tuple(bool(e) for e in self.qkv_enable)
         if len(enable) != 3 or not any(enable):
             raise ValueError(
