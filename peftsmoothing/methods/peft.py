@@ -89,8 +89,7 @@ def _config_class(name: str, source: str) -> type:
             f"{source}: peft config class {name!r} is not allowed; allowed: "
             f"{', '.join(ALLOWED_CONFIGS)}"
         )
-    cls: type = getattr(_peft(), name)
-    return cls
+    return getattr(_peft(), name)
 
 
 def _class_for_type(peft_type: object, source: str) -> str:
@@ -195,8 +194,7 @@ def config_to_dict(config: Any) -> dict[str, Any]:
         name = type(config).__name__
         raise TypeError(f"peft: {name} holds a {type(value).__name__}, which JSON cannot store")
 
-    out: dict[str, Any] = json.loads(json.dumps(config.to_dict(), default=plain))
-    return out
+    return json.loads(json.dumps(config.to_dict(), default=plain))
 
 
 def _adapter_file(directory: Path, name: str) -> Path:
