@@ -200,8 +200,7 @@ def _model_bytes(name: str, kwargs: str) -> int:
             f"cannot size {name!r} with options {kwargs} on the meta device ({err}); set "
             "peftsmoothing.backbones.recipes.MAX_BYTES = None to build it unsized, if you trust it"
         ) from None
-    tensors = [*model.parameters(), *model.buffers()]
-    return sum(t.numel() * t.element_size() for t in tensors)
+    return sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
 
 
 def check_numbers(value: object, source: str, limit: int = MAX_OPTION_VALUE) -> None:
