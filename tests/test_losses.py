@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import pytest
 import torch
@@ -128,3 +129,20 @@ def test_stability_loss_hard_and_soft() -> None:
     with pytest.raises(ValueError, match="target"):
         stability_loss(student, x, noisy, labels,
                        LossContext(sigma=0.2, options={"target": "x"}, reference=ref))
+
+
+@pytest.mark.parametrize("loss", [cross_entropy_loss, consistency_loss])
+def test_one_noisy_copy_reaches_the_model_without_a_copy(loss: Any) -> None:
+    """One noise copy per image (the default) is the model's input as it is: concatenating a
+    single tensor would copy a whole batch of images on every training step."""
+    seen: list[int] = []
+
+    class Recording(nn.Linear):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            seen.append(x.data_ptr())
+            return super().forward(x)
+
+    x = torch.rand(4, 3)
+    noisy = [x + 0.1]
+    loss(Recording(3, 2), x, noisy, torch.tensor([0, 1, 0, 1]), LossContext(sigma=0.1))
+    assert seen == [noisy[0].data_ptr()]

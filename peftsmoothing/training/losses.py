@@ -200,6 +200,11 @@ def available_losses() -> list[str]:
     return LOSSES.names()
 
 
+def _all_noisy(noisy: list[torch.Tensor]) -> torch.Tensor:
+    # one copy as it is: torch.cat would copy a whole batch of images on every step
+    return noisy[0] if len(noisy) == 1 else torch.cat(noisy)
+
+
 @register_loss("ce", description="cross-entropy on noisy images (Gaussian augmentation)")
 def cross_entropy_loss(model: nn.Module, clean: torch.Tensor, noisy: list[torch.Tensor],
                        labels: torch.Tensor, ctx: LossContext) -> LossOutput:
@@ -214,7 +219,7 @@ def cross_entropy_loss(model: nn.Module, clean: torch.Tensor, noisy: list[torch.
         >>> out.logits.shape
         torch.Size([4, 2])
     """
-    logits = model(torch.cat(noisy))
+    logits = model(_all_noisy(noisy))
     loss = F.cross_entropy(logits.float(), labels.repeat(len(noisy)))
     return LossOutput(loss, logits)
 
@@ -271,7 +276,7 @@ def consistency_loss(model: nn.Module, clean: torch.Tensor, noisy: list[torch.Te
         >>> sorted(out.terms)
         ['ce', 'entropy', 'kl']
     """
-    logits = model(torch.cat(noisy))
+    logits = model(_all_noisy(noisy))
     ce, kl, entropy = consistency_terms(logits, labels, len(noisy))
     lam = float(ctx.options.get("consistency_weight", 10.0))
     eta = float(ctx.options.get("entropy_weight", 0.5))
@@ -309,7 +314,7 @@ def stability_loss(model: nn.Module, clean: torch.Tensor, noisy: list[torch.Tens
         raise ValueError(f"stability loss: target must be 'hard' or 'soft', got {target_kind!r}")
     with torch.no_grad():
         ref_logits = ctx.reference(clean).float()
-    logits = model(torch.cat(noisy))
+    logits = model(_all_noisy(noisy))
     copies = len(noisy)
     if target_kind == "hard":
         loss = F.cross_entropy(logits.float(), ref_logits.argmax(dim=1).repeat(copies))
@@ -347,4 +352,4 @@ def mse_loss(model: nn.Module, clean: torch.Tensor, noisy: list[torch.Tensor],
     if not isinstance(pixel, nn.Module) or isinstance(pixel, nn.Identity):
         raise ValueError("loss='mse' trains a pixel-space module (wrap(..., method='denoiser'))")
     target = torch.cat([clean] * len(noisy))  # the clean image of every copy
-    return LossOutput(F.mse_loss(pixel(torch.cat(noisy)), target))
+    return LossOutput(F.mse_loss(pixel(_all_noisy(noisy)), target))

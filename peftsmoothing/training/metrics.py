@@ -77,12 +77,13 @@ class EpochState:
         predictions (when the loss returns logits), counts and terms; no host synchronisation."""
         loss = out.loss.detach()
         self.bad |= ~torch.isfinite(loss).all()
-        correct, predicted = torch.zeros_like(self.correct), 0  # without logits: no prediction
         logits = out.logits
         if logits is not None and logits.ndim == 2 and logits.shape[0] % batch == 0:
             labels = y.repeat(logits.shape[0] // batch)
             correct = (logits.detach().argmax(dim=1) == labels).sum().to(torch.float64)
             predicted = logits.shape[0]
+        else:  # no logits: no prediction (a zero made only then, not on every batch)
+            correct, predicted = torch.zeros_like(self.correct), 0
         terms = {k: v.detach().to(torch.float64) for k, v in out.terms.items()}
         self.pending.append((loss.to(torch.float64), correct, predicted, batch, terms))
 
